@@ -1,0 +1,65 @@
+//! The `weft` command line: a thin shell over the engine.
+//!
+//! `weft pull` fetches the default model (or imports a local one),
+//! `weft generate` completes a prompt, `weft chat` holds a conversation in
+//! the terminal. Argument parsing and printing live here; everything else is
+//! in the library crates.
+
+mod run;
+mod store;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::store::Store;
+
+#[derive(Parser)]
+#[command(name = "weft", version, about = "Weft: a programmable LLM serving platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch the default model, or import a local .gguf file or Hugging Face directory.
+    Pull {
+        /// A .gguf file or a directory with config.json, *.safetensors and tokenizer.json.
+        path: Option<PathBuf>,
+    },
+    /// Complete a prompt and print the completion.
+    Generate(run::GenerateArgs),
+    /// Chat with the model in the terminal.
+    Chat(run::ChatArgs),
+}
+
+/// Options shared by the commands that run a model.
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// A model path, a pulled model's name, or `default`.
+    #[arg(long, env = "WEFT_MODEL")]
+    pub model: Option<String>,
+    /// Compute threads (default: all cores).
+    #[arg(long, env = "WEFT_THREADS")]
+    pub threads: Option<usize>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let store = Store::from_env()?;
+    match cli.command {
+        Command::Pull { path: None } => {
+            let path = store.pull_default()?;
+            println!("{}", path.display());
+        }
+        Command::Pull { path: Some(p) } => {
+            let name = store.import(&p)?;
+            println!("imported as {name:?}; use it with --model {name}");
+        }
+        Command::Generate(args) => run::generate(&store, args)?,
+        Command::Chat(args) => run::chat(&store, args)?,
+    }
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! `weft generate` and `weft chat`: load a model, run the engine, print tokens.
+
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow};
+use clap::Args;
+use weft_engine::chat_template::ChatMessage;
+use weft_engine::{Engine, EngineConfig, GenerationRequest, LoadedModel};
+use weft_types::SamplingParams;
+
+use crate::ModelArgs;
+use crate::store::Store;
+
+/// Sampling options shared by `generate` and `chat`.
+#[derive(Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// 0 means greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: u32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: u32,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// The prompt.
+    #[arg(long)]
+    pub prompt: String,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// A system message to start the conversation with.
+    #[arg(long)]
+    pub system: Option<String>,
+}
+
+fn params(s: &SamplingArgs) -> Result<SamplingParams> {
+    if !(0.0..=100.0).contains(&s.temperature) || !(s.top_p > 0.0 && s.top_p <= 1.0) {
+        return Err(anyhow!("--temperature must be in [0, 100] and --top-p in (0, 1]"));
+    }
+    Ok(SamplingParams {
+        temperature: s.temperature,
+        top_k: s.top_k,
+        top_p: s.top_p,
+        seed: s.seed,
+        max_tokens: s.max_tokens,
+        ..SamplingParams::default()
+    })
+}
+
+fn load(store: &Store, args: &ModelArgs) -> Result<(LoadedModel, Engine)> {
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("configuring threads")?;
+    }
+    let path = store.resolve(args.model.as_deref())?;
+    let loaded = LoadedModel::open(&path).with_context(|| format!("loading {}", path.display()))?;
+    let config = EngineConfig::for_model(&loaded.model, 256 << 20);
+    let engine = Engine::new(Arc::clone(&loaded.model), Arc::clone(&loaded.tokenizer), config);
+    Ok((loaded, engine))
+}
+
+/// Run one request to completion, streaming its text to stdout.
+fn stream(engine: &mut Engine, prompt: Vec<u32>, params: SamplingParams) -> Result<String> {
+    engine
+        .add_request(GenerationRequest { prompt, params, tenant: String::new(), score_prompt: false })
+        .map_err(|e| anyhow!("{e}"))?;
+    let mut text = String::new();
+    let mut stdout = std::io::stdout().lock();
+    while engine.has_work() {
+        for out in engine.step() {
+            stdout.write_all(out.text.as_bytes())?;
+            stdout.flush()?;
+            text.push_str(&out.text);
+        }
+    }
+    writeln!(stdout)?;
+    Ok(text)
+}
+
+pub fn generate(store: &Store, args: GenerateArgs) -> Result<()> {
+    let (loaded, mut engine) = load(store, &args.model)?;
+    let prompt = if args.chat {
+        let template = loaded.template.as_ref().context("this model has no chat template")?;
+        let text = template.render(&[ChatMessage::new("user", &args.prompt)], true)?;
+        loaded.tokenizer.encode(&text, true)?
+    } else {
+        loaded.tokenizer.encode(&args.prompt, false)?
+    };
+    stream(&mut engine, prompt, params(&args.sampling)?)?;
+    Ok(())
+}
+
+pub fn chat(store: &Store, args: ChatArgs) -> Result<()> {
+    let (loaded, mut engine) = load(store, &args.model)?;
+    let template = loaded.template.as_ref().context("this model has no chat template")?;
+    let mut history: Vec<ChatMessage> = args.system.iter().map(|s| ChatMessage::new("system", s)).collect();
+    eprintln!("weft: chatting with {} (Ctrl-D to quit)", loaded.name);
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        history.push(ChatMessage::new("user", line));
+        // The template is ours; the user's words inside it are plain text.
+        let rendered = template.render(&history, true)?;
+        let prompt = encode_chat(&loaded, &history, &rendered)?;
+        let reply = stream(&mut engine, prompt, params(&args.sampling)?)?;
+        history.push(ChatMessage::new("assistant", &reply));
+    }
+}
+
+/// Tokenize a rendered conversation so that special tokens come only from
+/// the template, never from what users typed.
+fn encode_chat(loaded: &LoadedModel, history: &[ChatMessage], rendered: &str) -> Result<Vec<u32>> {
+    let mut tokens = Vec::new();
+    let mut rest = rendered;
+    for msg in history {
+        if msg.content.is_empty() {
+            continue;
+        }
+        if let Some(at) = rest.find(&msg.content) {
+            tokens.extend(loaded.tokenizer.encode(&rest[..at], true)?);
+            tokens.extend(loaded.tokenizer.encode(&msg.content, false)?);
+            rest = &rest[at + msg.content.len()..];
+        }
+    }
+    tokens.extend(loaded.tokenizer.encode(rest, true)?);
+    Ok(tokens)
+}

@@ -1,0 +1,441 @@
+//! The engine: continuous batching over a paged KV cache.
+//!
+//! Each [`Engine::step`] plans one forward pass for the whole running set:
+//! every decoding sequence contributes its next token first, then prefilling
+//! sequences contribute chunks of their prompt while the step's token budget
+//! lasts (chunked prefill, so a long prompt never stalls running decodes),
+//! then waiting requests are admitted, reusing cached prefix blocks where
+//! their hash chain matches. When the pool runs out of blocks the most
+//! recently admitted sequence is preempted: its blocks are released and it
+//! goes back to the front of the queue to be recomputed later, which yields
+//! the same tokens because sampling depends only on `(seed, index)`.
+//!
+//! The engine is a plain single-owner state machine with no threads or locks
+//! of its own; the server drives it from one task.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use thiserror::Error;
+use weft_types::{SamplingParams, StopReason};
+
+use crate::kv_cache::{BlockPool, KvStorage, chain_next, chain_root};
+use crate::model::{BatchToken, ForwardBatch, LlamaModel};
+use crate::sampling::{argmax, logprob_of, sample};
+use crate::sequence::{PromptScore, RequestId, Sequence};
+use crate::tokenizer::Tokenizer;
+
+/// Engine sizing. Every field documents its default.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Token slots per KV block. Default 16.
+    pub block_size: usize,
+    /// Blocks in the pool. Default: as many as fit in 512 MiB.
+    pub num_blocks: usize,
+    /// Most tokens computed in one step, prefill chunks included. Default 512.
+    pub max_batch_tokens: usize,
+    /// Most sequences running at once. Default 64.
+    pub max_running: usize,
+}
+
+impl EngineConfig {
+    /// Defaults for `model`, with a KV cache of `kv_cache_bytes`.
+    pub fn for_model(model: &LlamaModel, kv_cache_bytes: usize) -> Self {
+        let block_size = 16;
+        let per_token = KvStorage::bytes_per_token(model.config.layers, model.config.kv_dim());
+        Self { block_size, num_blocks: (kv_cache_bytes / (per_token * block_size)).max(1), max_batch_tokens: 512, max_running: 64 }
+    }
+}
+
+/// A request as the engine accepts it: already tokenized and validated.
+#[derive(Clone, Debug)]
+pub struct GenerationRequest {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    /// Salt for prefix-cache hashes: requests share cached blocks only with
+    /// the same tenant.
+    pub tenant: String,
+    /// Return a [`PromptScore`] for every prompt position.
+    pub score_prompt: bool,
+}
+
+/// What one step produced for one request.
+#[derive(Clone, Debug, Default)]
+pub struct Output {
+    pub id: RequestId,
+    pub tokens: Vec<u32>,
+    /// Log-probability of each token in `tokens`.
+    pub logprobs: Vec<f32>,
+    /// Text completed by these tokens (valid UTF-8; stop strings removed).
+    pub text: String,
+    pub prompt_scores: Vec<PromptScore>,
+    pub finished: Option<StopReason>,
+    pub prompt_tokens: usize,
+    /// Prompt tokens served from the prefix cache at admission.
+    pub cached_tokens: usize,
+}
+
+/// A request the engine refuses.
+#[derive(Debug, Error, PartialEq)]
+pub enum EngineError {
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("token id {token} at prompt position {position} is outside the vocabulary of {vocab} tokens")]
+    TokenOutOfRange { token: u32, position: usize, vocab: usize },
+    #[error("prompt tokens + max_tokens must be ≤ {limit} ({what}); given {prompt} prompt tokens and {max_tokens} max_tokens")]
+    TooLong { prompt: usize, max_tokens: u32, limit: usize, what: &'static str },
+}
+
+/// Counters for tests, metrics and benchmarks.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EngineStats {
+    /// Prompt tokens run through the model (prefix-cache hits excluded).
+    pub prompt_tokens_computed: u64,
+    /// Prompt tokens served from the prefix cache.
+    pub prompt_tokens_cached: u64,
+    pub preemptions: u64,
+    pub steps: u64,
+}
+
+/// Continuous-batching inference over one model.
+pub struct Engine {
+    model: Arc<LlamaModel>,
+    tokenizer: Arc<Tokenizer>,
+    config: EngineConfig,
+    kv: KvStorage,
+    pool: BlockPool,
+    waiting: VecDeque<Sequence>,
+    running: Vec<Sequence>,
+    next_id: RequestId,
+    stats: EngineStats,
+    cached_at_admission: std::collections::HashMap<RequestId, usize>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("config", &self.config).field("stats", &self.stats).finish()
+    }
+}
+
+impl Engine {
+    pub fn new(model: Arc<LlamaModel>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Self {
+        let kv = KvStorage::new(model.config.layers, config.num_blocks, config.block_size, model.config.kv_dim());
+        let pool = BlockPool::new(config.num_blocks);
+        Self {
+            model,
+            tokenizer,
+            config,
+            kv,
+            pool,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            next_id: 1,
+            stats: EngineStats::default(),
+            cached_at_admission: Default::default(),
+        }
+    }
+
+    pub fn model(&self) -> &Arc<LlamaModel> {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// Blocks not referenced by any sequence.
+    pub fn free_blocks(&self) -> usize {
+        self.pool.num_free()
+    }
+
+    /// Whether any request is waiting or running.
+    pub fn has_work(&self) -> bool {
+        !self.waiting.is_empty() || !self.running.is_empty()
+    }
+
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Queue a request. It starts running at a later [`Engine::step`].
+    pub fn add_request(&mut self, req: GenerationRequest) -> Result<RequestId, EngineError> {
+        let vocab = self.model.config.vocab_size;
+        if req.prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if let Some((position, &token)) = req.prompt.iter().enumerate().find(|(_, t)| **t as usize >= vocab) {
+            return Err(EngineError::TokenOutOfRange { token, position, vocab });
+        }
+        let total = req.prompt.len() + req.params.max_tokens as usize;
+        let context = self.model.config.context_length;
+        let capacity = self.config.num_blocks * self.config.block_size;
+        for (limit, what) in [(context, "the model's context length"), (capacity, "the KV cache capacity")] {
+            if total > limit {
+                return Err(EngineError::TooLong { prompt: req.prompt.len(), max_tokens: req.params.max_tokens, limit, what });
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.waiting.push_back(Sequence {
+            id,
+            prompt_len: req.prompt.len(),
+            tokens: req.prompt,
+            computed: 0,
+            blocks: Vec::new(),
+            hashes: Vec::new(),
+            root: chain_root(&req.tenant),
+            params: req.params,
+            score_prompt: req.score_prompt,
+            scored: 0,
+            decoder: self.tokenizer.stream(),
+            text: String::new(),
+            emitted: 0,
+            finished: None,
+        });
+        Ok(id)
+    }
+
+    /// Stop a request now and free its blocks. Returns whether it existed.
+    pub fn cancel(&mut self, id: RequestId) -> bool {
+        if let Some(i) = self.running.iter().position(|s| s.id == id) {
+            let mut seq = self.running.remove(i);
+            seq.release_blocks(&mut self.pool);
+            self.cached_at_admission.remove(&id);
+            return true;
+        }
+        if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
+            self.waiting.remove(i);
+            self.cached_at_admission.remove(&id);
+            return true;
+        }
+        false
+    }
+
+    /// Run one forward pass for the running batch and return what each
+    /// request produced.
+    pub fn step(&mut self) -> Vec<Output> {
+        let plan = self.plan();
+        if plan.is_empty() {
+            return Vec::new();
+        }
+        self.stats.steps += 1;
+
+        let mut batch = ForwardBatch::default();
+        for (slot, &(i, n)) in plan.iter().enumerate() {
+            let seq = &self.running[i];
+            batch.block_tables.push(&seq.blocks);
+            let last = seq.tokens.len() - 1;
+            for pos in seq.computed..seq.computed + n {
+                let scores = seq.score_prompt && pos + 1 < seq.prompt_len && pos >= seq.scored;
+                batch.tokens.push(BatchToken { token: seq.tokens[pos], pos, seq: slot, logits: pos == last || scores });
+                if pos < seq.prompt_len {
+                    self.stats.prompt_tokens_computed += 1;
+                }
+            }
+        }
+        let flags: Vec<(usize, bool)> = batch.tokens.iter().map(|t| (t.pos, t.logits)).collect();
+        let logits = self.model.forward(&batch, &mut self.kv);
+        drop(batch);
+
+        let vocab = self.model.config.vocab_size;
+        let mut rows = logits.chunks_exact(vocab);
+        let mut flags = flags.into_iter();
+        let mut outputs = Vec::with_capacity(plan.len());
+        for &(i, n) in &plan {
+            let seq = &mut self.running[i];
+            let mut out = Output { id: seq.id, prompt_tokens: seq.prompt_len, ..Output::default() };
+            let last = seq.tokens.len() - 1;
+            for (pos, has_logits) in flags.by_ref().take(n) {
+                if !has_logits {
+                    continue;
+                }
+                let row = rows.next().expect("one logits row per flagged token");
+                if seq.score_prompt && pos + 1 < seq.prompt_len && pos >= seq.scored {
+                    out.prompt_scores.push(PromptScore { logprob: logprob_of(row, seq.tokens[pos + 1]), argmax: argmax(row) });
+                    seq.scored = pos + 1;
+                }
+                if pos == last {
+                    let token = sample(row, &seq.params, seq.generated() as u64);
+                    out.tokens.push(token);
+                    out.logprobs.push(logprob_of(row, token));
+                }
+            }
+            seq.computed += n;
+            for b in seq.hashes.len()..seq.computed / self.config.block_size {
+                let bs = self.config.block_size;
+                let prev = seq.hashes.last().copied().unwrap_or(seq.root);
+                let h = chain_next(&prev, &seq.tokens[b * bs..(b + 1) * bs]);
+                self.pool.register(seq.blocks[b], h);
+                seq.hashes.push(h);
+            }
+            if let Some(&token) = out.tokens.first() {
+                Self::accept_token(&self.tokenizer, &self.model, seq, token, &mut out);
+            }
+            if let Some(cached) = self.cached_at_admission.get(&seq.id) {
+                out.cached_tokens = *cached;
+            }
+            outputs.push(out);
+        }
+
+        // Retire finished sequences.
+        let mut k = 0;
+        while k < self.running.len() {
+            if self.running[k].finished.is_some() {
+                let mut seq = self.running.remove(k);
+                seq.release_blocks(&mut self.pool);
+                self.cached_at_admission.remove(&seq.id);
+            } else {
+                k += 1;
+            }
+        }
+        outputs.retain(|o| o.finished.is_some() || !o.tokens.is_empty() || !o.prompt_scores.is_empty());
+        outputs
+    }
+
+    fn accept_token(tokenizer: &Tokenizer, model: &LlamaModel, seq: &mut Sequence, token: u32, out: &mut Output) {
+        let eog = tokenizer.is_eog(token) && !seq.params.ignore_eos;
+        seq.tokens.push(token);
+        if eog {
+            seq.finished = Some(StopReason::Stop);
+            out.text = seq.flush();
+        } else {
+            let delta = seq.decoder.push(tokenizer, token).unwrap_or_default();
+            out.text = seq.push_text(&delta);
+            if seq.finished.is_none()
+                && (seq.generated() >= seq.params.max_tokens as usize || seq.tokens.len() >= model.config.context_length)
+            {
+                seq.finished = Some(StopReason::Length);
+                out.text.push_str(&seq.flush());
+            }
+        }
+        out.finished = seq.finished;
+    }
+
+    /// Decide which sequences run this step and how many tokens each
+    /// computes, allocating (and if need be preempting for) their blocks.
+    /// Returns `(index into running, token count)` pairs.
+    fn plan(&mut self) -> Vec<(usize, usize)> {
+        loop {
+            let plan = self.try_plan();
+            if !plan.is_empty() || self.running.len() <= 1 {
+                return plan;
+            }
+            // Nobody could get blocks: keep only the oldest sequence, which
+            // always fits alone (admission checks the pool's capacity).
+            while self.running.len() > 1 {
+                self.preempt_last();
+            }
+        }
+    }
+
+    fn try_plan(&mut self) -> Vec<(usize, usize)> {
+        let bs = self.config.block_size;
+        let mut budget = self.config.max_batch_tokens;
+        let mut plan: Vec<(usize, usize)> = Vec::new();
+        // Decodes first, then prefill chunks.
+        for decode_pass in [true, false] {
+            let mut i = 0;
+            while i < self.running.len() && budget > 0 {
+                let seq = &self.running[i];
+                let remaining = seq.tokens.len() - seq.computed;
+                if (remaining == 1) != decode_pass || plan.iter().any(|&(j, _)| j == i) {
+                    i += 1;
+                    continue;
+                }
+                let n = remaining.min(budget);
+                let needed = (seq.computed + n).div_ceil(bs).saturating_sub(seq.blocks.len());
+                while self.pool.num_free() < needed {
+                    // Preempt the newest unplanned sequence other than this one.
+                    let victim = (0..self.running.len()).rev().find(|&v| v != i && !plan.iter().any(|&(j, _)| j == v));
+                    match victim {
+                        Some(v) if v > i => {
+                            self.preempt(v);
+                            for entry in plan.iter_mut().filter(|(j, _)| *j > v) {
+                                entry.0 -= 1;
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                if self.pool.num_free() < needed {
+                    i += 1;
+                    continue;
+                }
+                for _ in 0..needed {
+                    let b = self.pool.allocate().expect("free block counted above");
+                    self.running[i].blocks.push(b);
+                }
+                plan.push((i, n));
+                budget -= n;
+                i += 1;
+            }
+        }
+        // Admit waiting requests while budget and blocks last.
+        while budget > 0 && self.running.len() < self.config.max_running {
+            let Some(mut seq) = self.waiting.pop_front() else { break };
+            let cached = if seq.score_prompt { 0 } else { self.reuse_prefix(&mut seq) };
+            let n = (seq.tokens.len() - seq.computed).min(budget);
+            let needed = (seq.computed + n).div_ceil(bs).saturating_sub(seq.blocks.len());
+            if self.pool.num_free() < needed {
+                seq.release_blocks(&mut self.pool);
+                self.waiting.push_front(seq);
+                break;
+            }
+            for _ in 0..needed {
+                let b = self.pool.allocate().expect("free block counted above");
+                seq.blocks.push(b);
+            }
+            self.stats.prompt_tokens_cached += cached.min(seq.prompt_len) as u64;
+            self.cached_at_admission.entry(seq.id).or_insert(cached.min(seq.prompt_len));
+            self.running.push(seq);
+            plan.push((self.running.len() - 1, n));
+            budget -= n;
+        }
+        plan
+    }
+
+    /// Attach cached blocks for the longest matching full-block prefix,
+    /// always leaving at least one token to compute. Returns tokens reused.
+    fn reuse_prefix(&mut self, seq: &mut Sequence) -> usize {
+        let bs = self.config.block_size;
+        let full = (seq.tokens.len() - 1) / bs;
+        let mut prev = seq.root;
+        for b in 0..full {
+            let h = chain_next(&prev, &seq.tokens[b * bs..(b + 1) * bs]);
+            match self.pool.acquire_cached(&h) {
+                Some(block) => {
+                    seq.blocks.push(block);
+                    seq.hashes.push(h);
+                    seq.computed += bs;
+                    prev = h;
+                }
+                None => break,
+            }
+        }
+        seq.computed
+    }
+
+    fn preempt(&mut self, index: usize) {
+        let mut seq = self.running.remove(index);
+        seq.release_blocks(&mut self.pool);
+        self.stats.preemptions += 1;
+        self.waiting.push_front(seq);
+    }
+
+    fn preempt_last(&mut self) {
+        let last = self.running.len() - 1;
+        self.preempt(last);
+    }
+}

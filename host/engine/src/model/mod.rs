@@ -1,0 +1,38 @@
+//! Decoder-only transformer models (the Llama family) and their weights.
+//!
+//! `config` turns GGUF metadata or a Hugging Face `config.json` into one
+//! [`ModelConfig`]; `weights` loads tensors from either source without
+//! copying (both are memory-mapped); `rope` holds rotary position encoding;
+//! `llama` is the forward pass over a batch of tokens with a paged KV cache.
+
+pub mod config;
+pub mod llama;
+pub mod rope;
+pub mod weights;
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::gguf::GgufError;
+
+pub use config::{ModelConfig, RopeLayout, RopeScaling};
+pub use llama::{BatchToken, ForwardBatch, LlamaModel};
+pub use weights::Weight;
+
+/// What can go wrong turning files into a model.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    #[error("tensor {name:?}: {reason}")]
+    Tensor { name: String, reason: String },
+    #[error("safetensors file {path}: {reason}")]
+    Safetensors { path: PathBuf, reason: String },
+}

@@ -1,0 +1,70 @@
+//! Sampling parameters and the reasons a sequence stops.
+//!
+//! These are *validated* values: whoever builds them (the CLI today, the
+//! server's validation layer later) has already checked the bounds stated on
+//! each field. The engine trusts them.
+
+use serde::{Deserialize, Serialize};
+
+/// A token id in the model's vocabulary.
+pub type TokenId = u32;
+
+/// How the next token is chosen for one sequence.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    /// Softmax temperature; `0.0` means greedy (argmax). Range `[0, 100]`.
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens; `0` disables. Default `0`.
+    pub top_k: u32,
+    /// Nucleus sampling mass in `(0, 1]`; `1.0` disables. Default `1.0`.
+    pub top_p: f32,
+    /// Seed for this sequence's random draws. The draw for the `i`-th generated
+    /// token depends only on `(seed, i)`, so a sequence replays identically
+    /// after preemption or inside any batch.
+    pub seed: u64,
+    /// Generate at most this many tokens. Default `256`.
+    pub max_tokens: u32,
+    /// Stop when one of these strings appears in the output (the string is not
+    /// emitted). At most 4 strings of at most 256 bytes each.
+    pub stop: Vec<String>,
+    /// Keep generating past the end-of-sequence token. Default `false`.
+    pub ignore_eos: bool,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            max_tokens: 256,
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Greedy decoding of at most `max_tokens` tokens.
+    pub fn greedy(max_tokens: u32) -> Self {
+        Self { max_tokens, ..Self::default() }
+    }
+
+    /// Whether this sequence picks the argmax at every step.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0 || self.top_k == 1
+    }
+}
+
+/// Why a sequence finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The model produced an end-of-sequence token, or a stop string matched.
+    Stop,
+    /// `max_tokens` or the context length was reached.
+    Length,
+    /// The request was cancelled by its client.
+    Cancelled,
+}

@@ -1,0 +1,130 @@
+//! `f32` dot products with run-time CPU feature dispatch.
+//!
+//! The instruction set is chosen once per process: AVX2+FMA when the CPU has
+//! it, otherwise a portable version the compiler vectorises for the baseline
+//! target. `WEFT_CPU_ISA=portable` forces the portable path so CI exercises
+//! it on any machine; `WEFT_CPU_ISA=avx2` insists on AVX2 (and falls back,
+//! with a warning on stderr, when the CPU lacks it).
+//!
+//! Both paths sum in a fixed order that depends only on the vector length, so
+//! results are reproducible run to run and independent of batching.
+
+use std::sync::OnceLock;
+
+/// The instruction set the kernels run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Plain Rust, vectorised by the compiler for the build's baseline target.
+    Portable,
+    /// x86-64 AVX2 with fused multiply-add.
+    Avx2Fma,
+}
+
+impl Isa {
+    /// The instruction set in use, decided on first call.
+    pub fn current() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            let detected = detect();
+            match std::env::var("WEFT_CPU_ISA").as_deref() {
+                Ok("portable") => Isa::Portable,
+                Ok("avx2") if detected != Isa::Avx2Fma => {
+                    eprintln!("weft: WEFT_CPU_ISA=avx2 but this CPU lacks AVX2+FMA; using portable kernels");
+                    Isa::Portable
+                }
+                _ => detected,
+            }
+        })
+    }
+}
+
+fn detect() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return Isa::Avx2Fma;
+        }
+    }
+    Isa::Portable
+}
+
+/// `Σ a[i]·b[i]` over equal-length slices.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    match Isa::current() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2Fma` is only selected when the CPU reports AVX2 and FMA.
+        Isa::Avx2Fma => unsafe { avx2::dot(a, b) },
+        _ => dot_portable(a, b),
+    }
+}
+
+/// The portable dot product: eight independent partial sums, then a fixed
+/// pairwise reduction.
+pub fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = [0f32; 8];
+    let chunks = n / 8;
+    for c in 0..chunks {
+        let (x, y) = (&a[c * 8..c * 8 + 8], &b[c * 8..c * 8 + 8]);
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut tail = 0f32;
+    for i in chunks * 8..n {
+        tail += a[i] * b[i];
+    }
+    let s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+    s + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// AVX2+FMA dot product with four 8-lane accumulators.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: every load reads 8 floats starting at `i`, and the loop
+        // bounds keep `i + 8 ≤ n` for both slices.
+        unsafe {
+            while i + 32 <= n {
+                for (k, a_k) in acc.iter_mut().enumerate() {
+                    let x = _mm256_loadu_ps(pa.add(i + 8 * k));
+                    let y = _mm256_loadu_ps(pb.add(i + 8 * k));
+                    *a_k = _mm256_fmadd_ps(x, y, *a_k);
+                }
+                i += 32;
+            }
+            while i + 8 <= n {
+                let x = _mm256_loadu_ps(pa.add(i));
+                let y = _mm256_loadu_ps(pb.add(i));
+                acc[0] = _mm256_fmadd_ps(x, y, acc[0]);
+                i += 8;
+            }
+        }
+        let s01 = _mm256_add_ps(acc[0], acc[1]);
+        let s23 = _mm256_add_ps(acc[2], acc[3]);
+        let s = _mm256_add_ps(s01, s23);
+        let hi = _mm256_extractf128_ps(s, 1);
+        let lo = _mm256_castps256_ps128(s);
+        let q = _mm_add_ps(lo, hi);
+        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
+        let mut sum = _mm_cvtss_f32(q);
+        while i < n {
+            sum += a[i] * b[i];
+            i += 1;
+        }
+        sum
+    }
+}
