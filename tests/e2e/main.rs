@@ -1,1 +1,6 @@
-//! End-to-end tests.
+//! End-to-end tests: one binary, a module per topic (one link step on two
+//! cores). They use the real default model pulled by `weft pull` and the
+//! committed reference fixtures under `tests/data/`.
+
+mod hf_reference;
+mod scheduling;
