@@ -3,4 +3,6 @@
 //! committed reference fixtures under `tests/data/`.
 
 mod hf_reference;
+mod perplexity;
+mod repo_rules;
 mod scheduling;

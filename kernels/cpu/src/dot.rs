@@ -48,11 +48,20 @@ fn detect() -> Isa {
     Isa::Portable
 }
 
-/// `Σ a[i]·b[i]` over equal-length slices.
+/// `Σ a[i]·b[i]` over equal-length slices, on the process's instruction set.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_with(Isa::current(), a, b)
+}
+
+/// `Σ a[i]·b[i]` on a given instruction set; one the CPU lacks falls back to
+/// the portable path.
+#[inline]
+pub fn dot_with(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
-    match Isa::current() {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma if detect() != Isa::Avx2Fma => dot_portable(a, b),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2Fma` is only selected when the CPU reports AVX2 and FMA.
         Isa::Avx2Fma => unsafe { avx2::dot(a, b) },
