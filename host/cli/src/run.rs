@@ -100,8 +100,7 @@ pub fn generate(store: &Store, args: GenerateArgs) -> Result<()> {
     let (loaded, mut engine) = load(store, &args.model)?;
     let prompt = if args.chat {
         let template = loaded.template.as_ref().context("this model has no chat template")?;
-        let text = template.render(&[ChatMessage::new("user", &args.prompt)], true)?;
-        loaded.tokenizer.encode(&text, true)?
+        template.encode(&loaded.tokenizer, &[ChatMessage::new("user", &args.prompt)], true)?
     } else {
         loaded.tokenizer.encode(&args.prompt, false)?
     };
@@ -126,29 +125,8 @@ pub fn chat(store: &Store, args: ChatArgs) -> Result<()> {
             continue;
         }
         history.push(ChatMessage::new("user", line));
-        // The template is ours; the user's words inside it are plain text.
-        let rendered = template.render(&history, true)?;
-        let prompt = encode_chat(&loaded, &history, &rendered)?;
+        let prompt = template.encode(&loaded.tokenizer, &history, true)?;
         let reply = stream(&mut engine, prompt, params(&args.sampling)?)?;
         history.push(ChatMessage::new("assistant", &reply));
     }
-}
-
-/// Tokenize a rendered conversation so that special tokens come only from
-/// the template, never from what users typed.
-fn encode_chat(loaded: &LoadedModel, history: &[ChatMessage], rendered: &str) -> Result<Vec<u32>> {
-    let mut tokens = Vec::new();
-    let mut rest = rendered;
-    for msg in history {
-        if msg.content.is_empty() {
-            continue;
-        }
-        if let Some(at) = rest.find(&msg.content) {
-            tokens.extend(loaded.tokenizer.encode(&rest[..at], true)?);
-            tokens.extend(loaded.tokenizer.encode(&msg.content, false)?);
-            rest = &rest[at + msg.content.len()..];
-        }
-    }
-    tokens.extend(loaded.tokenizer.encode(rest, true)?);
-    Ok(tokens)
 }

