@@ -48,3 +48,33 @@ fn bf16_llama_with_llama3_rope_scaling_and_tied_embeddings_matches_transformers(
 fn f16_mha_llama_with_linear_rope_scaling_matches_transformers() {
     check("mha-linear-rope-f16");
 }
+
+#[test]
+fn a_hugging_face_directory_loads_whole_and_greedy_decoding_follows_transformers() {
+    use std::sync::Arc;
+    use weft_engine::{Engine, EngineConfig, LoadedModel};
+    use weft_tests::{request, run_to_completion, tokens_of};
+    use weft_types::SamplingParams;
+
+    let dir = data("hf-tiny/gqa-f32");
+    let loaded = LoadedModel::open(&dir).unwrap();
+    assert_eq!(loaded.tokenizer.encode("hello the world", false).unwrap(), [298, 261, 297]);
+    let reference = std::fs::read(data("hf-tiny/gqa-f32.reference.safetensors")).unwrap();
+    let reference = SafeTensors::deserialize(&reference).unwrap();
+    let ids: Vec<u32> =
+        reference.tensor("input_ids").unwrap().data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect();
+    let logits: Vec<f32> =
+        reference.tensor("logits").unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let vocab = loaded.model.config.vocab_size;
+    // The token transformers ranks first after the first 20 input ids.
+    let row = &logits[19 * vocab..20 * vocab];
+    let expected = weft_engine::sampling::argmax(row);
+
+    let config = EngineConfig::for_model(&loaded.model, 1 << 20);
+    let mut engine = Engine::new(Arc::clone(&loaded.model), Arc::clone(&loaded.tokenizer), config);
+    let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(3) };
+    let id = engine.add_request(request(&ids[..20], params)).unwrap();
+    let generated = tokens_of(&run_to_completion(&mut engine), id);
+    assert_eq!(generated.len(), 3);
+    assert_eq!(generated[0], expected);
+}

@@ -6,3 +6,4 @@ mod hf_reference;
 mod perplexity;
 mod repo_rules;
 mod scheduling;
+mod text;
