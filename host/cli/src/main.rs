@@ -5,6 +5,7 @@
 //! the terminal. Argument parsing and printing live here; everything else is
 //! in the library crates.
 
+mod bench;
 mod run;
 mod store;
 
@@ -33,6 +34,8 @@ enum Command {
     Generate(run::GenerateArgs),
     /// Chat with the model in the terminal.
     Chat(run::ChatArgs),
+    /// Measure prefill and decode throughput of the engine.
+    Bench(bench::BenchArgs),
 }
 
 /// Options shared by the commands that run a model.
@@ -60,6 +63,7 @@ fn main() -> Result<()> {
         }
         Command::Generate(args) => run::generate(&store, args)?,
         Command::Chat(args) => run::chat(&store, args)?,
+        Command::Bench(args) => bench::bench(&store, args)?,
     }
     Ok(())
 }

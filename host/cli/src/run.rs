@@ -67,9 +67,9 @@ fn params(s: &SamplingArgs) -> Result<SamplingParams> {
     })
 }
 
-fn load(store: &Store, args: &ModelArgs) -> Result<(LoadedModel, Engine)> {
+pub fn load(store: &Store, args: &ModelArgs) -> Result<(LoadedModel, Engine)> {
     if let Some(n) = args.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("configuring threads")?;
+        weft_kernels_cpu::pool::set_threads(n);
     }
     let path = store.resolve(args.model.as_deref())?;
     let loaded = LoadedModel::open(&path).with_context(|| format!("loading {}", path.display()))?;

@@ -1,10 +1,11 @@
 //! `f32` dot products with run-time CPU feature dispatch.
 //!
-//! The instruction set is chosen once per process: AVX2+FMA when the CPU has
-//! it, otherwise a portable version the compiler vectorises for the baseline
-//! target. `WEFT_CPU_ISA=portable` forces the portable path so CI exercises
-//! it on any machine; `WEFT_CPU_ISA=avx2` insists on AVX2 (and falls back,
-//! with a warning on stderr, when the CPU lacks it).
+//! The instruction set is chosen once per process: AVX-512 VNNI (for the
+//! integer kernels) when the CPU has it, else AVX2+FMA, else a portable
+//! version the compiler vectorises for the baseline target. The environment
+//! variable `WEFT_CPU_ISA` (`portable`, `avx2`, `avx512vnni`) caps the choice
+//! so CI exercises every path on one machine; asking for more than the CPU
+//! has falls back to the best it does have, with a warning on stderr.
 //!
 //! Both paths sum in a fixed order that depends only on the vector length, so
 //! results are reproducible run to run and independent of batching.
@@ -12,12 +13,14 @@
 use std::sync::OnceLock;
 
 /// The instruction set the kernels run on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     /// Plain Rust, vectorised by the compiler for the build's baseline target.
     Portable,
-    /// x86-64 AVX2 with fused multiply-add.
+    /// x86-64 AVX2 with fused multiply-add (and F16C).
     Avx2Fma,
+    /// AVX2+FMA plus AVX-512 VNNI (with VL) for 8-bit integer dot products.
+    Avx512Vnni,
 }
 
 impl Isa {
@@ -26,22 +29,39 @@ impl Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
             let detected = detect();
-            match std::env::var("WEFT_CPU_ISA").as_deref() {
+            let wanted = match std::env::var("WEFT_CPU_ISA").as_deref() {
                 Ok("portable") => Isa::Portable,
-                Ok("avx2") if detected != Isa::Avx2Fma => {
-                    eprintln!("weft: WEFT_CPU_ISA=avx2 but this CPU lacks AVX2+FMA; using portable kernels");
-                    Isa::Portable
+                Ok("avx2") => Isa::Avx2Fma,
+                Ok("avx512vnni") | Ok("") | Err(_) => Isa::Avx512Vnni,
+                Ok(other) => {
+                    eprintln!("weft: unknown WEFT_CPU_ISA={other:?} (portable, avx2, avx512vnni); detecting");
+                    Isa::Avx512Vnni
                 }
-                _ => detected,
+            };
+            let chosen = wanted.min(detected);
+            if std::env::var_os("WEFT_CPU_ISA").is_some() && chosen != wanted {
+                eprintln!("weft: WEFT_CPU_ISA asks for {wanted:?} but this CPU supports {detected:?}");
             }
+            chosen
         })
+    }
+
+    /// Every instruction set this CPU can run, for tests.
+    pub fn available() -> Vec<Isa> {
+        [Isa::Portable, Isa::Avx2Fma, Isa::Avx512Vnni].into_iter().filter(|i| *i <= detect()).collect()
     }
 }
 
-fn detect() -> Isa {
+pub(crate) fn detect() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            if std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512vl") {
+                return Isa::Avx512Vnni;
+            }
             return Isa::Avx2Fma;
         }
     }
@@ -61,10 +81,10 @@ pub fn dot_with(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma if detect() != Isa::Avx2Fma => dot_portable(a, b),
+        Isa::Avx2Fma | Isa::Avx512Vnni if detect() < Isa::Avx2Fma => dot_portable(a, b),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2Fma` is only selected when the CPU reports AVX2 and FMA.
-        Isa::Avx2Fma => unsafe { avx2::dot(a, b) },
+        // SAFETY: checked just above that the CPU reports AVX2 and FMA.
+        Isa::Avx2Fma | Isa::Avx512Vnni => unsafe { avx2::dot(a, b) },
         _ => dot_portable(a, b),
     }
 }

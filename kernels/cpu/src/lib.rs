@@ -14,6 +14,8 @@ pub mod dot;
 pub mod dtype;
 pub mod matmul;
 pub mod ops;
+pub mod pool;
+pub mod qdot;
 
 pub use dtype::{WeightType, WeightTypeError};
-pub use matmul::{Matrix, matmul};
+pub use matmul::{Matrix, matmul, matmul_group};

@@ -1,15 +1,21 @@
-//! Matrix products between a stored weight matrix and a batch of activations.
+//! Matrix products between stored weight matrices and a batch of
+//! activations.
 //!
-//! The weight is read once per call for the whole batch: each task
-//! dequantises a row into scratch and dots it with every activation row.
-//! Work is split over rows across the rayon pool. A row's output depends only
-//! on that weight row and that activation row, so results are batch-invariant.
-
-use rayon::prelude::*;
+//! Every weight row is read once per call for the whole batch. Q4_0, Q4_1
+//! and Q8_0 weights use integer kernels against activations quantised to 8
+//! bits per token (`qdot`); other types dequantise a row into scratch and
+//! use the `f32` dot. Rows are split across the compute pool. A row's output
+//! depends only on that weight row and that token's activations, so results
+//! are batch-invariant.
+//!
+//! [`matmul_group`] runs several matrices that read the same input (Q, K and
+//! V; gate and up) as one parallel loop, quantising the input once.
 
 use crate::dequant::dequantize;
-use crate::dot::dot;
+use crate::dot::{Isa, dot_with};
 use crate::dtype::WeightType;
+use crate::pool::{parallel_for, split, threads};
+use crate::qdot::{BlockQ8, dot_rows, has_integer_kernel, quantize_row};
 
 /// A borrowed weight matrix of `rows × cols` elements in `ty`'s layout, row
 /// major (GGUF's `[cols, rows]` dimension order).
@@ -27,17 +33,21 @@ impl Matrix<'_> {
         self.cols / self.ty.block_len() * self.ty.block_bytes()
     }
 
+    fn row(&self, r: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+
     /// Dequantise row `r` into `out` (`cols` long).
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
-        let rb = self.row_bytes();
-        dequantize(self.ty, &self.data[r * rb..(r + 1) * rb], out);
+        dequantize(self.ty, self.row(r), out);
     }
 }
 
 /// Raw output pointer shared by tasks that write disjoint elements.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint (row, token) elements; see `matmul`.
+// SAFETY: tasks write disjoint (row, token) elements; see `matmul_group`.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
@@ -45,28 +55,77 @@ unsafe impl Sync for OutPtr {}
 ///
 /// `x` holds `n × w.cols` floats, `out` holds `n × w.rows`.
 pub fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
-    assert_eq!(x.len(), n * w.cols, "activation shape");
-    assert_eq!(out.len(), n * w.rows, "output shape");
-    assert_eq!(w.data.len(), w.rows * w.row_bytes(), "weight shape");
-    let threads = rayon::current_num_threads().max(1);
-    let rows_per_task = (w.rows / (threads * 8)).clamp(4, 256);
-    let ptr = OutPtr(out.as_mut_ptr());
-    let (rows, cols) = (w.rows, w.cols);
-    (0..rows.div_ceil(rows_per_task)).into_par_iter().for_each_init(
-        || vec![0f32; cols],
-        |scratch, task| {
-            let ptr = ptr;
-            let start = task * rows_per_task;
-            let end = (start + rows_per_task).min(rows);
-            for r in start..end {
-                w.row_into(r, scratch);
+    matmul_group(&[*w], x, n, &mut [out]);
+}
+
+/// [`matmul`] for several matrices with the same input width, in one
+/// parallel loop.
+pub fn matmul_group(ws: &[Matrix], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
+    assert_eq!(ws.len(), outs.len(), "one output per matrix");
+    let cols = ws[0].cols;
+    assert_eq!(x.len(), n * cols, "activation shape");
+    for (w, out) in ws.iter().zip(outs.iter()) {
+        assert_eq!(w.cols, cols, "matrices in a group share the input width");
+        assert_eq!(out.len(), n * w.rows, "output shape");
+        assert_eq!(w.data.len(), w.rows * w.row_bytes(), "weight shape");
+    }
+    let isa = Isa::current();
+    let quantized: Vec<BlockQ8> = if ws.iter().any(|w| has_integer_kernel(w.ty)) {
+        let mut q = vec![BlockQ8::default(); n * cols / 32];
+        for (t, blocks) in q.chunks_exact_mut(cols / 32).enumerate() {
+            quantize_row(&x[t * cols..(t + 1) * cols], blocks);
+        }
+        q
+    } else {
+        Vec::new()
+    };
+    let ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+    let total_rows: usize = ws.iter().map(|w| w.rows).sum();
+    // Enough tasks to balance, few enough that each amortises its claim.
+    let tasks = (threads() * 4).min(total_rows.div_ceil(4)).max(1);
+    parallel_for(tasks, |task| {
+        let mut scratch = Vec::new();
+        for global in split(total_rows, tasks, task) {
+            let (wi, r) = locate(ws, global);
+            let w = &ws[wi];
+            let out = ptrs[wi];
+            let row = w.row(r);
+            if has_integer_kernel(w.ty) {
+                let bpr = cols / 32;
+                let act = |t: usize| &quantized[t * bpr..(t + 1) * bpr];
+                // SAFETY (all writes): `t < n`, `r < w.rows`: inside this
+                // output, and each (matrix, row) belongs to exactly one task.
+                let put = |t: usize, v: f32| unsafe { *out.0.add(t * w.rows + r) = v };
+                let mut t = 0;
+                while t + 4 <= n {
+                    let v = dot_rows::<4>(isa, w.ty, row, [act(t), act(t + 1), act(t + 2), act(t + 3)]);
+                    v.iter().enumerate().for_each(|(k, &v)| put(t + k, v));
+                    t += 4;
+                }
+                while t < n {
+                    put(t, dot_rows::<1>(isa, w.ty, row, [act(t)])[0]);
+                    t += 1;
+                }
+            } else {
+                scratch.resize(cols, 0.0);
+                dequantize(w.ty, row, &mut scratch);
                 for t in 0..n {
-                    let v = dot(scratch, &x[t * cols..(t + 1) * cols]);
-                    // SAFETY: `t < n` and `r < rows`, so the index is inside
-                    // `out`, and each (t, r) pair belongs to exactly one task.
-                    unsafe { *ptr.0.add(t * rows + r) = v };
+                    let v = dot_with(isa, &scratch, &x[t * cols..(t + 1) * cols]);
+                    // SAFETY: as above.
+                    unsafe { *out.0.add(t * w.rows + r) = v };
                 }
             }
-        },
-    );
+        }
+    });
+}
+
+/// Which matrix and row a row index of the concatenated group names.
+fn locate(ws: &[Matrix], mut row: usize) -> (usize, usize) {
+    for (i, w) in ws.iter().enumerate() {
+        if row < w.rows {
+            return (i, row);
+        }
+        row -= w.rows;
+    }
+    unreachable!("row index within the group")
 }

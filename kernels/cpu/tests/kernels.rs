@@ -78,3 +78,62 @@ fn a_rows_result_does_not_depend_on_the_rest_of_the_batch() {
         assert_eq!(&batched[t * rows..(t + 1) * rows], &single[..], "token {t}");
     }
 }
+
+/// Random Q4_0 / Q4_1 / Q8_0 rows with finite scales.
+fn random_row(ty: WeightType, blocks: usize, seed: u64) -> Vec<u8> {
+    let noise = random(blocks * ty.block_bytes(), seed);
+    let mut row: Vec<u8> = noise.iter().map(|v| ((v + 1.0) * 127.5) as u8).collect();
+    for (b, block) in row.chunks_exact_mut(ty.block_bytes()).enumerate() {
+        block[..2].copy_from_slice(&half::f16::from_f32(0.01 + 0.001 * b as f32).to_le_bytes());
+        if ty == WeightType::Q4_1 {
+            block[2..4].copy_from_slice(&half::f16::from_f32(-0.05).to_le_bytes());
+        }
+    }
+    row
+}
+
+#[test]
+fn integer_kernels_agree_across_instruction_sets_tiles_and_a_float64_reference() {
+    use weft_kernels_cpu::qdot::{BlockQ8, dot_rows, quantize_row};
+    let blocks = 48;
+    for ty in [WeightType::Q4_0, WeightType::Q4_1, WeightType::Q8_0] {
+        let row = random_row(ty, blocks, ty.block_bytes() as u64);
+        let mut w = vec![0f32; blocks * 32];
+        dequantize(ty, &row, &mut w);
+        let acts: Vec<Vec<BlockQ8>> = (0..4)
+            .map(|t| {
+                let x = random(blocks * 32, 500 + t);
+                let mut q = vec![BlockQ8::default(); blocks];
+                quantize_row(&x, &mut q);
+                q
+            })
+            .collect();
+        let refs = [&acts[0][..], &acts[1][..], &acts[2][..], &acts[3][..]];
+        let mut results = Vec::new();
+        for isa in Isa::available() {
+            let tiled = dot_rows::<4>(isa, ty, &row, refs);
+            let single: Vec<f32> = refs.iter().map(|a| dot_rows::<1>(isa, ty, &row, [a])[0]).collect();
+            assert_eq!(tiled.to_vec(), single, "{ty:?} {isa:?}: tiling changes nothing");
+            results.push((isa, single));
+        }
+        for (t, a) in acts.iter().enumerate() {
+            // What the integer kernel computes exactly: dequantised weights
+            // times dequantised 8-bit activations.
+            let exact: f64 = a
+                .iter()
+                .enumerate()
+                .flat_map(|(b, blk)| (0..32).map(move |j| (b, j, blk)))
+                .map(|(b, j, blk)| w[b * 32 + j] as f64 * blk.q[j] as f64 * blk.d as f64)
+                .sum();
+            let scale: f64 = w.iter().map(|v| v.abs() as f64).sum::<f64>() * 0.05;
+            for (isa, r) in &results {
+                assert!(((r[t] as f64) - exact).abs() <= 1e-5 * scale, "{ty:?} {isa:?} token {t}: {} vs {exact}", r[t]);
+            }
+        }
+        // The vector paths are bit-identical to each other.
+        let vector: Vec<_> = results.iter().filter(|(i, _)| *i != Isa::Portable).collect();
+        for pair in vector.windows(2) {
+            assert_eq!(pair[0].1, pair[1].1, "{ty:?}: {:?} vs {:?}", pair[0].0, pair[1].0);
+        }
+    }
+}

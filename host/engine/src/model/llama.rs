@@ -11,10 +11,10 @@
 //! keys and values, never on the rest of the batch: logits are bit-identical
 //! alone or batched, chunked or not.
 
-use rayon::prelude::*;
 use weft_kernels_cpu::dot::dot;
-use weft_kernels_cpu::matmul;
 use weft_kernels_cpu::ops::{axpy, rms_norm, silu_mul, softmax};
+use weft_kernels_cpu::pool::{parallel_for, split, threads};
+use weft_kernels_cpu::{matmul, matmul_group};
 
 use super::config::{ModelConfig, RopeScaling};
 use super::rope::Rope;
@@ -189,9 +189,7 @@ impl LlamaModel {
 
         for (li, layer) in self.layers.iter().enumerate() {
             norm_rows(&x, &layer.attn_norm, c.rms_eps, &mut xn, h);
-            matmul(&layer.wq.matrix(), &xn, n, &mut q);
-            matmul(&layer.wk.matrix(), &xn, n, &mut k);
-            matmul(&layer.wv.matrix(), &xn, n, &mut v);
+            matmul_group(&[layer.wq.matrix(), layer.wk.matrix(), layer.wv.matrix()], &xn, n, &mut [&mut q, &mut k, &mut v]);
             add_bias(&mut q, layer.bq.as_deref());
             add_bias(&mut k, layer.bk.as_deref());
             add_bias(&mut v, layer.bv.as_deref());
@@ -205,9 +203,8 @@ impl LlamaModel {
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
 
             norm_rows(&x, &layer.ffn_norm, c.rms_eps, &mut xn, h);
-            matmul(&layer.gate.matrix(), &xn, n, &mut gate);
-            matmul(&layer.up.matrix(), &xn, n, &mut up);
-            gate.par_chunks_mut(c.ffn).zip(up.par_chunks(c.ffn)).for_each(|(g, u)| silu_mul(g, u));
+            matmul_group(&[layer.gate.matrix(), layer.up.matrix()], &xn, n, &mut [&mut gate, &mut up]);
+            silu_mul(&mut gate, &up);
             matmul(&layer.down.matrix(), &gate, n, &mut proj);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         }
@@ -230,33 +227,72 @@ impl LlamaModel {
         let group = c.heads / c.kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let bs = kv.block_size();
-        out.par_chunks_mut(qd).enumerate().for_each(|(i, o)| {
+        let n = batch.tokens.len();
+        let out_ptr = SharedOut(out.as_mut_ptr());
+        let tasks = threads().min(n * c.heads).max(1);
+        parallel_for(tasks, |task| {
+            let out_ptr = out_ptr;
+            let mut scores = Vec::new();
+            for item in split(n * c.heads, tasks, task) {
+                let (i, head) = (item / c.heads, item % c.heads);
+                // SAFETY: each (token, head) slice is written by exactly one task.
+                let oh = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(i * qd + head * hd), hd) };
+                self.attend(layer, batch, q, kv, i, head, group, scale, bs, &mut scores, oh);
+            }
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        layer: usize,
+        batch: &ForwardBatch,
+        q: &[f32],
+        kv: &KvStorage,
+        i: usize,
+        head: usize,
+        group: usize,
+        scale: f32,
+        bs: usize,
+        scores: &mut Vec<f32>,
+        oh: &mut [f32],
+    ) {
+        let c = &self.config;
+        let (qd, hd) = (c.q_dim(), c.head_dim);
+        {
             let t = batch.tokens[i];
             let table = batch.block_tables[t.seq];
             let ctx = t.pos + 1;
-            let mut scores = vec![0f32; ctx];
-            for head in 0..c.heads {
-                let kvh = head / group;
-                let qh = &q[i * qd + head * hd..i * qd + (head + 1) * hd];
-                for (p, s) in scores.iter_mut().enumerate() {
-                    let slot = table[p / bs] as usize * bs + p % bs;
-                    *s = dot(qh, &kv.key(layer, slot)[kvh * hd..(kvh + 1) * hd]) * scale;
-                }
-                softmax(&mut scores);
-                let oh = &mut o[head * hd..(head + 1) * hd];
-                oh.fill(0.0);
-                for (p, &w) in scores.iter().enumerate() {
-                    let slot = table[p / bs] as usize * bs + p % bs;
-                    axpy(w, &kv.value(layer, slot)[kvh * hd..(kvh + 1) * hd], oh);
-                }
+            scores.clear();
+            scores.resize(ctx, 0.0);
+            let kvh = head / group;
+            let qh = &q[i * qd + head * hd..i * qd + (head + 1) * hd];
+            for (p, s) in scores.iter_mut().enumerate() {
+                let slot = table[p / bs] as usize * bs + p % bs;
+                *s = dot(qh, &kv.key(layer, slot)[kvh * hd..(kvh + 1) * hd]) * scale;
             }
-        });
+            softmax(scores);
+            oh.fill(0.0);
+            for (p, &w) in scores.iter().enumerate() {
+                let slot = table[p / bs] as usize * bs + p % bs;
+                axpy(w, &kv.value(layer, slot)[kvh * hd..(kvh + 1) * hd], oh);
+            }
+        }
     }
 }
 
 fn norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32], width: usize) {
-    out.par_chunks_mut(width).zip(x.par_chunks(width)).for_each(|(o, xi)| rms_norm(xi, weight, eps, o));
+    for (o, xi) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
+        rms_norm(xi, weight, eps, o);
+    }
 }
+
+/// Output pointer shared by attention tasks writing disjoint head slices.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint slices; see `LlamaModel::attention`.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
 
 fn add_bias(x: &mut [f32], bias: Option<&[f32]>) {
     if let Some(b) = bias {

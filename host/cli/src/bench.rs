@@ -1,0 +1,113 @@
+//! `weft bench`: engine-level throughput on the loaded model.
+//!
+//! Prefill: one request of N prompt tokens, timed to its first output.
+//! Decode at batch B: B requests with short distinct prompts generate
+//! `--decode-tokens` tokens each (end-of-sequence ignored); tokens/s counts
+//! only steps in which every sequence was decoding. Each figure is the
+//! median of `--rounds` runs. Prompts come from a fixed public-domain text,
+//! so runs are repeatable.
+
+use std::time::Instant;
+
+use anyhow::{Result, anyhow};
+use clap::Args;
+use serde_json::json;
+use weft_engine::{Engine, GenerationRequest};
+use weft_types::SamplingParams;
+
+use crate::ModelArgs;
+use crate::store::Store;
+
+#[derive(Args, Clone, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt lengths to time prefill at.
+    #[arg(long, value_delimiter = ',', default_value = "128,512")]
+    pub prefill: Vec<usize>,
+    /// Batch sizes to time decode at.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+    pub batch: Vec<usize>,
+    /// Tokens each sequence decodes.
+    #[arg(long, default_value_t = 64)]
+    pub decode_tokens: u32,
+    /// Runs per figure (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const TEXT: &str = include_str!("../../../tests/data/ppl-text.txt");
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn request(prompt: Vec<u32>, max_tokens: u32, tenant: String) -> GenerationRequest {
+    GenerationRequest {
+        prompt,
+        params: SamplingParams { ignore_eos: true, ..SamplingParams::greedy(max_tokens) },
+        tenant,
+        score_prompt: false,
+    }
+}
+
+fn prefill_tps(engine: &mut Engine, tokens: &[u32], round: usize) -> Result<f64> {
+    // A fresh tenant per round: nothing comes from the prefix cache.
+    engine.add_request(request(tokens.to_vec(), 1, format!("bench-prefill-{round}"))).map_err(|e| anyhow!("{e}"))?;
+    let start = Instant::now();
+    while engine.has_work() {
+        engine.step();
+    }
+    Ok(tokens.len() as f64 / start.elapsed().as_secs_f64())
+}
+
+fn decode_tps(engine: &mut Engine, corpus: &[u32], batch: usize, n: u32, round: usize) -> Result<f64> {
+    for b in 0..batch {
+        let start = (b * 37 + round * 11) % (corpus.len() - 32);
+        let prompt = corpus[start..start + 32].to_vec();
+        engine.add_request(request(prompt, n, format!("bench-decode-{round}-{b}"))).map_err(|e| anyhow!("{e}"))?;
+    }
+    // Run prefill (and the first sampled token) outside the timed region.
+    while engine.num_waiting() > 0 {
+        engine.step();
+    }
+    engine.step();
+    let start = Instant::now();
+    let mut tokens = 0usize;
+    while engine.has_work() {
+        tokens += engine.step().iter().map(|o| o.tokens.len()).sum::<usize>();
+    }
+    Ok(tokens as f64 / start.elapsed().as_secs_f64())
+}
+
+pub fn bench(store: &Store, args: BenchArgs) -> Result<()> {
+    let (loaded, mut engine) = crate::run::load(store, &args.model)?;
+    let corpus = loaded.tokenizer.encode(TEXT, false)?;
+    let threads = weft_kernels_cpu::pool::threads();
+    let mut rows = Vec::new();
+    for &n in &args.prefill {
+        let tokens = &corpus[..n.min(corpus.len())];
+        prefill_tps(&mut engine, tokens, usize::MAX)?; // warm-up
+        let runs = (0..args.rounds).map(|r| prefill_tps(&mut engine, tokens, r)).collect::<Result<Vec<_>>>()?;
+        rows.push((format!("prefill {n}"), median(runs)));
+    }
+    for &b in &args.batch {
+        let runs = (0..args.rounds).map(|r| decode_tps(&mut engine, &corpus, b, args.decode_tokens, r)).collect::<Result<Vec<_>>>()?;
+        rows.push((format!("decode batch {b}"), median(runs)));
+    }
+    if args.json {
+        let figures: serde_json::Map<String, serde_json::Value> = rows.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        println!("{}", json!({ "model": loaded.name, "threads": threads, "tokens_per_second": figures }));
+    } else {
+        println!("model {} · {threads} threads · median of {} rounds", loaded.name, args.rounds);
+        println!("{:<20} {:>12}", "figure", "tokens/s");
+        for (k, v) in rows {
+            println!("{k:<20} {v:>12.1}");
+        }
+    }
+    Ok(())
+}

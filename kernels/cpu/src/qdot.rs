@@ -1,0 +1,235 @@
+//! Integer dot products between quantised weight rows and activations
+//! quantised on the fly to 8 bits (llama.cpp's approach for Q4_0, Q4_1 and
+//! Q8_0 weights).
+//!
+//! Activations are cut into blocks of 32 with one `f32` scale each
+//! ([`BlockQ8`]). Within a block the product is an exact integer sum, so the
+//! AVX2, AVX-512 VNNI and portable paths produce the same integer; the
+//! per-block scaling is then done in scalar `f32` in one fixed order. All
+//! paths therefore give bit-identical results, and so does a row alone or in
+//! a batch.
+
+use half::f16;
+
+use crate::dot::Isa;
+use crate::dtype::WeightType;
+
+/// 32 activations as `d × q[i]`, plus `sum = d × Σ q[i]` for the weight
+/// types with an offset (Q4_1).
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(32))]
+pub struct BlockQ8 {
+    pub q: [i8; 32],
+    pub d: f32,
+    pub sum: f32,
+}
+
+impl Default for BlockQ8 {
+    fn default() -> Self {
+        Self { q: [0; 32], d: 0.0, sum: 0.0 }
+    }
+}
+
+/// Weight types with an integer kernel.
+pub fn has_integer_kernel(ty: WeightType) -> bool {
+    matches!(ty, WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q8_0)
+}
+
+/// Quantise `x` (a multiple of 32 long) into `out` (`x.len() / 32` blocks),
+/// rounding to nearest like ggml's `quantize_row_q8_1`.
+pub fn quantize_row(x: &[f32], out: &mut [BlockQ8]) {
+    for (block, chunk) in out.iter_mut().zip(x.chunks_exact(32)) {
+        let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in block.q.iter_mut().zip(chunk) {
+            *q = (v * id).round() as i8;
+            sum += *q as i32;
+        }
+        block.d = d;
+        block.sum = d * sum as f32;
+    }
+}
+
+#[inline]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// Dot products of one stored weight row with `T` tokens' quantised
+/// activations, unpacking each weight block once.
+///
+/// The AVX2 and AVX-512 VNNI paths are bit-identical to each other (the
+/// same exact integer partial sums, scaled and accumulated in the same
+/// order) and for every `T`; the portable path sums the same products in
+/// another order and agrees to float rounding.
+#[inline]
+pub fn dot_rows<const T: usize>(isa: Isa, ty: WeightType, row: &[u8], acts: [&[BlockQ8]; T]) -> [f32; T] {
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Portable {
+        // SAFETY: non-portable ISAs are selected only when AVX2, FMA and F16C
+        // are present (and VNNI for `Avx512Vnni`).
+        return unsafe {
+            match (ty, isa) {
+                (WeightType::Q4_1, Isa::Avx512Vnni) => x86::row_q4_vnni::<true, T>(row, acts),
+                (WeightType::Q4_1, _) => x86::row_q4_avx2::<true, T>(row, acts),
+                (WeightType::Q4_0, Isa::Avx512Vnni) => x86::row_q4_vnni::<false, T>(row, acts),
+                (WeightType::Q4_0, _) => x86::row_q4_avx2::<false, T>(row, acts),
+                _ => x86::row_q8_0::<T>(row, acts),
+            }
+        };
+    }
+    let _ = isa;
+    acts.map(|a| dot_row_portable(ty, row, a))
+}
+
+/// [`dot_rows`] for a single token.
+#[inline]
+pub fn dot_row(isa: Isa, ty: WeightType, row: &[u8], act: &[BlockQ8]) -> f32 {
+    dot_rows::<1>(isa, ty, row, [act])[0]
+}
+
+fn dot_row_portable(ty: WeightType, row: &[u8], act: &[BlockQ8]) -> f32 {
+    let bb = ty.block_bytes();
+    let mut acc = 0f32;
+    for (block, a) in row.chunks_exact(bb).zip(act) {
+        let d = f16_at(block, 0);
+        let (isum, offset) = match ty {
+            WeightType::Q4_1 => (nibble_dot(&block[4..20], &a.q), f16_at(block, 2) * a.sum),
+            WeightType::Q4_0 => (nibble_dot(&block[2..18], &a.q) - 8 * a.q.iter().map(|&v| v as i32).sum::<i32>(), 0.0),
+            _ => (block[2..34].iter().zip(&a.q).map(|(&w, &q)| w as i8 as i32 * q as i32).sum(), 0.0),
+        };
+        acc += d * a.d * isum as f32 + offset;
+    }
+    acc
+}
+
+/// `Σ nibble[i] · q[i]` where nibbles 0..16 are the low halves of `packed`
+/// and 16..32 the high halves (ggml's Q4 layout).
+#[inline]
+fn nibble_dot(packed: &[u8], q: &[i8; 32]) -> i32 {
+    let mut s = 0i32;
+    for j in 0..16 {
+        s += (packed[j] & 0x0F) as i32 * q[j] as i32 + (packed[j] >> 4) as i32 * q[j + 16] as i32;
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::BlockQ8;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum_f32(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Two f16 values at `p` (little-endian) as f32, through F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn f16x2(p: *const u8) -> (f32, f32) {
+        // SAFETY: the caller guarantees 4 readable bytes at `p`.
+        let bits = unsafe { (p as *const u32).read_unaligned() };
+        let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
+        (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_shuffle_ps(v, v, 1)))
+    }
+
+    /// Defines a Q4_1 (`OFFSET`) / Q4_0 kernel for one instruction set that
+    /// dots one weight row with `T` tokens' activations, unpacking each
+    /// weight block once. `$lanes(u, s)` must give eight 32-bit lanes, lane
+    /// j = Σ of products 4j..4j+3 of unsigned bytes `u` and signed bytes
+    /// `s`. Each token's arithmetic is the same for every `T`, so tiling
+    /// never changes a result. Each instruction set gets its own function so
+    /// its intrinsics inline under its own features.
+    macro_rules! row_q4 {
+        ($name:ident, $features:literal, $lanes:expr) => {
+            /// # Safety
+            /// The CPU must have the enabled features; `row` holds as many
+            /// whole blocks as each activation slice.
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name<const OFFSET: bool, const T: usize>(row: &[u8], acts: [&[BlockQ8]; T]) -> [f32; T] {
+                let lanes = $lanes;
+                let (bb, qs) = if OFFSET { (20, 4) } else { (18, 2) };
+                let blocks = acts[0].len();
+                debug_assert!(row.len() >= blocks * bb && acts.iter().all(|a| a.len() == blocks));
+                let mask = _mm_set1_epi8(0x0F);
+                // Two accumulators per token (even and odd blocks) break the
+                // FMA dependency chain; the combination order is fixed.
+                let mut acc = [[_mm256_setzero_ps(); 2]; T];
+                let mut offsets = [[0f32; 2]; T];
+                for i in 0..blocks {
+                    // SAFETY: block `i` lies inside `row` (checked by the caller).
+                    let p = unsafe { row.as_ptr().add(i * bb) };
+                    let (d, m) = unsafe { f16x2(p) };
+                    let packed = unsafe { _mm_loadu_si128(p.add(qs) as *const __m128i) };
+                    let w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), mask), _mm_and_si128(packed, mask));
+                    for t in 0..T {
+                        let a = &acts[t][i];
+                        let q = unsafe { _mm256_load_si256(a.q.as_ptr() as *const __m256i) };
+                        let mut sums = lanes(w, q);
+                        if OFFSET {
+                            offsets[t][i & 1] += m * a.sum;
+                        } else {
+                            // Q4_0 stores q + 8: subtract 8 × Σ q per lane.
+                            sums = _mm256_sub_epi32(sums, lanes(_mm256_set1_epi8(8), q));
+                        }
+                        acc[t][i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sums), acc[t][i & 1]);
+                    }
+                }
+                let mut out = [0f32; T];
+                for t in 0..T {
+                    out[t] = hsum_f32(_mm256_add_ps(acc[t][0], acc[t][1])) + (offsets[t][0] + offsets[t][1]);
+                }
+                out
+            }
+        };
+    }
+
+    row_q4!(row_q4_avx2, "avx2,fma,f16c", |u: __m256i, s: __m256i| _mm256_madd_epi16(
+        _mm256_maddubs_epi16(u, s),
+        _mm256_set1_epi16(1)
+    ));
+    row_q4!(row_q4_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", |u: __m256i, s: __m256i| _mm256_dpbusd_epi32(
+        _mm256_setzero_si256(),
+        u,
+        s
+    ));
+
+    /// Q8_0 row against `T` tokens' Q8 activations (see `row_q4!`).
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C must be available; `row` holds as many blocks as
+    /// each activation slice.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn row_q8_0<const T: usize>(row: &[u8], acts: [&[BlockQ8]; T]) -> [f32; T] {
+        let blocks = acts[0].len();
+        debug_assert!(row.len() >= blocks * 34 && acts.iter().all(|a| a.len() == blocks));
+        let mut acc = [[_mm256_setzero_ps(); 2]; T];
+        for i in 0..blocks {
+            // SAFETY: block `i` lies inside `row` (checked by the caller).
+            let p = unsafe { row.as_ptr().add(i * 34) };
+            let (d, _) = unsafe { f16x2(p) };
+            let x = unsafe { _mm256_loadu_si256(p.add(2) as *const __m256i) };
+            // maddubs wants unsigned × signed: move x's sign onto y.
+            let ax = _mm256_sign_epi8(x, x);
+            for t in 0..T {
+                let a = &acts[t][i];
+                let y = unsafe { _mm256_load_si256(a.q.as_ptr() as *const __m256i) };
+                let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, x)), _mm256_set1_epi16(1));
+                acc[t][i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sums), acc[t][i & 1]);
+            }
+        }
+        let mut out = [0f32; T];
+        for t in 0..T {
+            out[t] = hsum_f32(_mm256_add_ps(acc[t][0], acc[t][1]));
+        }
+        out
+    }
+}
