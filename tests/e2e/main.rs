@@ -3,6 +3,7 @@
 //! committed reference fixtures under `tests/data/`.
 
 mod hf_reference;
+mod llamacpp_parity;
 mod perplexity;
 mod repo_rules;
 mod scheduling;

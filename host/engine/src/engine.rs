@@ -267,7 +267,17 @@ impl Engine {
                     seq.scored = pos + 1;
                 }
                 if pos == last {
-                    let token = sample(row, &seq.params, seq.generated() as u64);
+                    let token = if seq.params.ignore_eos {
+                        let mut masked = row.to_vec();
+                        for &t in self.tokenizer.eog_tokens() {
+                            if let Some(l) = masked.get_mut(t as usize) {
+                                *l = f32::NEG_INFINITY;
+                            }
+                        }
+                        sample(&masked, &seq.params, seq.generated() as u64)
+                    } else {
+                        sample(row, &seq.params, seq.generated() as u64)
+                    };
                     out.tokens.push(token);
                     out.logprobs.push(logprob_of(row, token));
                 }
@@ -305,7 +315,7 @@ impl Engine {
     }
 
     fn accept_token(tokenizer: &Tokenizer, model: &LlamaModel, seq: &mut Sequence, token: u32, out: &mut Output) {
-        let eog = tokenizer.is_eog(token) && !seq.params.ignore_eos;
+        let eog = tokenizer.is_eog(token);
         seq.tokens.push(token);
         if eog {
             seq.finished = Some(StopReason::Stop);

@@ -70,10 +70,18 @@ impl KvStorage {
         self.keys.first().map_or(0, |k| k.len() / self.kv_dim)
     }
 
+    /// Store a token's key and value. They are rounded to f16 precision,
+    /// as llama.cpp's default f16 cache stores them, so attention sees the
+    /// same numbers as the reference implementation.
     pub fn write(&mut self, layer: usize, slot: usize, key: &[f32], value: &[f32]) {
         let r = slot * self.kv_dim..(slot + 1) * self.kv_dim;
-        self.keys[layer][r.clone()].copy_from_slice(key);
-        self.values[layer][r].copy_from_slice(value);
+        let round = |v: &f32| half::f16::from_f32(*v).to_f32();
+        for (dst, src) in self.keys[layer][r.clone()].iter_mut().zip(key) {
+            *dst = round(src);
+        }
+        for (dst, src) in self.values[layer][r].iter_mut().zip(value) {
+            *dst = round(src);
+        }
     }
 
     pub fn key(&self, layer: usize, slot: usize) -> &[f32] {

@@ -27,7 +27,9 @@ pub struct SamplingParams {
     /// Stop when one of these strings appears in the output (the string is not
     /// emitted). At most 4 strings of at most 256 bytes each.
     pub stop: Vec<String>,
-    /// Keep generating past the end-of-sequence token. Default `false`.
+    /// Never end on an end-of-sequence token: such tokens are excluded from
+    /// sampling (llama.cpp's semantics), so exactly `max_tokens` tokens of
+    /// text come out unless a stop string matches. Default `false`.
     pub ignore_eos: bool,
 }
 

@@ -9,6 +9,7 @@
 //! batch depends only on that row's inputs, never on the batch size or on the
 //! other rows, so a request produces bit-identical logits alone or batched.
 
+pub mod attention;
 pub mod dequant;
 pub mod dot;
 pub mod dtype;

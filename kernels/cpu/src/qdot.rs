@@ -35,8 +35,9 @@ pub fn has_integer_kernel(ty: WeightType) -> bool {
     matches!(ty, WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q8_0)
 }
 
-/// Quantise `x` (a multiple of 32 long) into `out` (`x.len() / 32` blocks),
-/// rounding to nearest like ggml's `quantize_row_q8_1`.
+/// Quantise `x` (a multiple of 32 long) into `out` (`x.len() / 32` blocks)
+/// exactly as ggml's `quantize_row_q8_1` does, scales rounded to f16
+/// included, so our products match llama.cpp's.
 pub fn quantize_row(x: &[f32], out: &mut [BlockQ8]) {
     for (block, chunk) in out.iter_mut().zip(x.chunks_exact(32)) {
         let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -47,8 +48,8 @@ pub fn quantize_row(x: &[f32], out: &mut [BlockQ8]) {
             *q = (v * id).round() as i8;
             sum += *q as i32;
         }
-        block.d = d;
-        block.sum = d * sum as f32;
+        block.d = f16::from_f32(d).to_f32();
+        block.sum = f16::from_f32(d * sum as f32).to_f32();
     }
 }
 

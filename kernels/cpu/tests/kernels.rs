@@ -118,12 +118,21 @@ fn integer_kernels_agree_across_instruction_sets_tiles_and_a_float64_reference()
         }
         for (t, a) in acts.iter().enumerate() {
             // What the integer kernel computes exactly: dequantised weights
-            // times dequantised 8-bit activations.
+            // times dequantised 8-bit activations, with Q4_1's offset applied
+            // through the block's stored activation sum (as in ggml).
             let exact: f64 = a
                 .iter()
                 .enumerate()
-                .flat_map(|(b, blk)| (0..32).map(move |j| (b, j, blk)))
-                .map(|(b, j, blk)| w[b * 32 + j] as f64 * blk.q[j] as f64 * blk.d as f64)
+                .map(|(b, blk)| {
+                    let m = if ty == WeightType::Q4_1 {
+                        let at = b * ty.block_bytes() + 2;
+                        half::f16::from_le_bytes([row[at], row[at + 1]]).to_f32() as f64
+                    } else {
+                        0.0
+                    };
+                    let body: f64 = (0..32).map(|j| (w[b * 32 + j] as f64 - m) * blk.q[j] as f64 * blk.d as f64).sum();
+                    body + m * blk.sum as f64
+                })
                 .sum();
             let scale: f64 = w.iter().map(|v| v.abs() as f64).sum::<f64>() * 0.05;
             for (isa, r) in &results {
@@ -135,5 +144,31 @@ fn integer_kernels_agree_across_instruction_sets_tiles_and_a_float64_reference()
         for pair in vector.windows(2) {
             assert_eq!(pair[0].1, pair[1].1, "{ty:?}: {:?} vs {:?}", pair[0].0, pair[1].0);
         }
+    }
+}
+
+#[test]
+fn attention_matches_an_exact_softmax_to_f16_precision_on_every_path() {
+    use weft_kernels_cpu::attention::attend;
+    let (hd, ctx) = (64, 37);
+    let round = |v: f32| half::f16::from_f32(v).to_f32();
+    let q = random(hd, 1);
+    let keys: Vec<f32> = random(hd * ctx, 2).into_iter().map(|v| round(v * 3.0)).collect();
+    let values: Vec<f32> = random(hd * ctx, 3).into_iter().map(round).collect();
+    let scale = 1.0 / (hd as f32).sqrt();
+    // Exact reference in f64 on the same (f16-rounded) inputs.
+    let scores: Vec<f64> = (0..ctx)
+        .map(|p| (0..hd).map(|j| round(q[j]) as f64 * keys[p * hd + j] as f64).sum::<f64>() * scale as f64)
+        .collect();
+    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    let exact: Vec<f64> = (0..hd).map(|j| (0..ctx).map(|p| weights[p] * values[p * hd + j] as f64).sum::<f64>() / total).collect();
+    for isa in Isa::available() {
+        let mut out = vec![f32::NAN; hd];
+        attend(isa, &q, ctx, scale, |p| &keys[p * hd..(p + 1) * hd], |p| &values[p * hd..(p + 1) * hd], &mut out);
+        let err: f64 = out.iter().zip(&exact).map(|(o, e)| (*o as f64 - e).powi(2)).sum::<f64>().sqrt();
+        let norm: f64 = exact.iter().map(|e| e * e).sum::<f64>().sqrt();
+        assert!(err / norm < 2e-3, "{isa:?}: relative error {}", err / norm);
     }
 }

@@ -11,8 +11,9 @@
 //! keys and values, never on the rest of the batch: logits are bit-identical
 //! alone or batched, chunked or not.
 
-use weft_kernels_cpu::dot::dot;
-use weft_kernels_cpu::ops::{axpy, rms_norm, silu_mul, softmax};
+use weft_kernels_cpu::attention;
+use weft_kernels_cpu::dot::Isa;
+use weft_kernels_cpu::ops::{rms_norm, silu_mul};
 use weft_kernels_cpu::pool::{parallel_for, split, threads};
 use weft_kernels_cpu::{matmul, matmul_group};
 
@@ -232,12 +233,11 @@ impl LlamaModel {
         let tasks = threads().min(n * c.heads).max(1);
         parallel_for(tasks, |task| {
             let out_ptr = out_ptr;
-            let mut scores = Vec::new();
             for item in split(n * c.heads, tasks, task) {
                 let (i, head) = (item / c.heads, item % c.heads);
                 // SAFETY: each (token, head) slice is written by exactly one task.
                 let oh = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(i * qd + head * hd), hd) };
-                self.attend(layer, batch, q, kv, i, head, group, scale, bs, &mut scores, oh);
+                self.attend(layer, batch, q, kv, i, head, group, scale, bs, oh);
             }
         });
     }
@@ -254,30 +254,24 @@ impl LlamaModel {
         group: usize,
         scale: f32,
         bs: usize,
-        scores: &mut Vec<f32>,
         oh: &mut [f32],
     ) {
         let c = &self.config;
         let (qd, hd) = (c.q_dim(), c.head_dim);
-        {
-            let t = batch.tokens[i];
-            let table = batch.block_tables[t.seq];
-            let ctx = t.pos + 1;
-            scores.clear();
-            scores.resize(ctx, 0.0);
-            let kvh = head / group;
-            let qh = &q[i * qd + head * hd..i * qd + (head + 1) * hd];
-            for (p, s) in scores.iter_mut().enumerate() {
-                let slot = table[p / bs] as usize * bs + p % bs;
-                *s = dot(qh, &kv.key(layer, slot)[kvh * hd..(kvh + 1) * hd]) * scale;
-            }
-            softmax(scores);
-            oh.fill(0.0);
-            for (p, &w) in scores.iter().enumerate() {
-                let slot = table[p / bs] as usize * bs + p % bs;
-                axpy(w, &kv.value(layer, slot)[kvh * hd..(kvh + 1) * hd], oh);
-            }
-        }
+        let t = batch.tokens[i];
+        let table = batch.block_tables[t.seq];
+        let kvh = head / group;
+        let qh = &q[i * qd + head * hd..i * qd + (head + 1) * hd];
+        let slot = |p: usize| table[p / bs] as usize * bs + p % bs;
+        attention::attend(
+            Isa::current(),
+            qh,
+            t.pos + 1,
+            scale,
+            |p| &kv.key(layer, slot(p))[kvh * hd..(kvh + 1) * hd],
+            |p| &kv.value(layer, slot(p))[kvh * hd..(kvh + 1) * hd],
+            oh,
+        );
     }
 }
 
