@@ -54,7 +54,11 @@ impl std::fmt::Debug for KvStorage {
 impl KvStorage {
     pub fn new(layers: usize, num_blocks: usize, block_size: usize, kv_dim: usize) -> Self {
         let len = num_blocks * block_size * kv_dim;
-        Self { block_size, kv_dim, keys: vec![vec![0.0; len]; layers], values: vec![vec![0.0; len]; layers] }
+        // One zeroed allocation per layer (not clones of one): the pages stay
+        // unmapped until a block is first written, so resident memory grows
+        // with use rather than with the configured capacity.
+        let zeroed = || (0..layers).map(|_| vec![0.0; len]).collect();
+        Self { block_size, kv_dim, keys: zeroed(), values: zeroed() }
     }
 
     /// Bytes one token occupies across all layers.
