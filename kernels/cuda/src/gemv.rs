@@ -1,0 +1,241 @@
+//! Weight upload, GEMV and embedding launches (`kernels/gemv.cu`).
+//!
+//! The GEMV kernels exist for batch sizes 1, 2, 4 and 8 (activation vectors
+//! per launch, each weight read once per launch); other batch sizes are split
+//! into those pieces, largest first. For batches well past 8 a GEMM (see
+//! [`CudaKernels::gemm_f32`]) is the better tool.
+
+use cudarc::driver::{CudaSlice, PushKernelArg};
+
+use crate::error::{CudaError, Result, driver};
+use crate::runtime::GEMV;
+use crate::weights::{DeviceMatrix, WeightType};
+use crate::{CudaKernels, arg_i32, arg_u32, launch_cfg};
+
+/// Kernel names by (batch index in [1, 2, 4, 8], rows-per-warp index in [1, 2, 4]).
+const NAMES: [[&str; 3]; 4] = [
+    ["gemv_b1_r1", "gemv_b1_r2", "gemv_b1_r4"],
+    ["gemv_b2_r1", "gemv_b2_r2", "gemv_b2_r4"],
+    ["gemv_b4_r1", "gemv_b4_r2", "gemv_b4_r4"],
+    ["gemv_b8_r1", "gemv_b8_r2", "gemv_b8_r4"],
+];
+/// The staged (shared-memory, cp.async) variants of the same.
+const STAGED_NAMES: [[&str; 3]; 4] = [
+    ["gemvs_b1_r1", "gemvs_b1_r2", "gemvs_b1_r4"],
+    ["gemvs_b2_r1", "gemvs_b2_r2", "gemvs_b2_r4"],
+    ["gemvs_b4_r1", "gemvs_b4_r2", "gemvs_b4_r4"],
+    ["gemvs_b8_r1", "gemvs_b8_r2", "gemvs_b8_r4"],
+];
+
+/// Which GEMV implementation to launch.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemvPath {
+    /// The measured-faster kernels for the format and batch (see `prefer_staged`).
+    Auto,
+    /// Staged through shared memory whenever format and alignment allow it.
+    Staged,
+    /// Always the direct kernels.
+    Direct,
+}
+
+fn staged_possible(ty: WeightType, cols: usize) -> bool {
+    ty != WeightType::F32 && ty.row_bytes(cols).is_multiple_of(16)
+}
+
+/// Whether the staged kernels are the faster choice for `ty` at a batch
+/// piece of `piece` vectors, from H100 measurements at the Llama-3-8B shapes
+/// (the `bench` timing harness in tests/kernels): the 16-bit formats stream
+/// well with direct 16-byte loads except at batch 8, and Q4_1's 4-byte
+/// aligned blocks favour direct loads at batch 1; every other block format
+/// is faster staged.
+fn prefer_staged(ty: WeightType, piece: usize) -> bool {
+    match ty {
+        WeightType::F32 => false,
+        WeightType::F16 | WeightType::BF16 => piece >= 8,
+        WeightType::Q4_1 => piece > 1,
+        _ => true,
+    }
+}
+
+/// Warps per GEMV block (the kernels are compiled for 128 threads).
+const WARPS: usize = 4;
+
+impl CudaKernels {
+    /// Upload a `rows × cols` tensor given as its GGUF bytes (row-major, each
+    /// row `cols / block_len` whole blocks).
+    pub fn upload_matrix(
+        &self,
+        ty: WeightType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+    ) -> Result<DeviceMatrix> {
+        const OP: &str = "uploading a weight matrix";
+        if rows == 0 || cols == 0 || !cols.is_multiple_of(ty.col_multiple()) {
+            return Err(CudaError::invalid(
+                OP,
+                format!(
+                    "{ty:?} needs rows ≥ 1 and cols a positive multiple of {}; given {rows} × {cols}",
+                    ty.col_multiple()
+                ),
+            ));
+        }
+        arg_i32(OP, "rows", rows)?;
+        arg_i32(OP, "cols", cols)?;
+        let want = rows * ty.row_bytes(cols);
+        if bytes.len() != want {
+            return Err(CudaError::invalid(
+                OP,
+                format!(
+                    "{rows} × {cols} {ty:?} is {want} bytes; given {}",
+                    bytes.len()
+                ),
+            ));
+        }
+        Ok(DeviceMatrix {
+            ty,
+            rows,
+            cols,
+            data: self.upload(bytes)?,
+        })
+    }
+
+    /// `y[b] = W · x[b]` for `b < batch`; x is `batch × cols`, y `batch × rows`.
+    pub fn gemv(
+        &self,
+        w: &DeviceMatrix,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        batch: usize,
+    ) -> Result<()> {
+        self.gemv_with_path(w, x, y, batch, GemvPath::Auto)
+    }
+
+    /// [`Self::gemv`] with an explicit implementation choice.
+    #[doc(hidden)]
+    pub fn gemv_with_path(
+        &self,
+        w: &DeviceMatrix,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        batch: usize,
+        path: GemvPath,
+    ) -> Result<()> {
+        const OP: &str = "gemv";
+        let (rows, cols) = (w.rows, w.cols);
+        if batch == 0 {
+            return Ok(());
+        }
+        self.check_buf(OP, "weights", &w.data, w.bytes())?;
+        self.check_buf(OP, "x", x, batch * cols)?;
+        self.check_buf(OP, "y", y, batch * rows)?;
+        let rows_i = arg_i32(OP, "rows", rows)?;
+        let cols_i = arg_i32(OP, "cols", cols)?;
+        let row_bytes = w.ty.row_bytes(cols) as i64;
+
+        let min_warps = 8 * self.sm_count() as usize;
+        let can_stage = path != GemvPath::Direct && staged_possible(w.ty, cols);
+        // Rows per warp: as many as keep at least 8 warps per SM busy (more
+        // rows per warp reuse each x load; fewer give more warps). Staged
+        // Q6_K, F16 and BF16 have no 4-row variant (two pipeline stages of
+        // four rows would pass 48 KB of shared memory).
+        let rows_per_warp = |staged: bool| {
+            let max_r =
+                if staged && matches!(w.ty, WeightType::Q6K | WeightType::F16 | WeightType::BF16) {
+                    1
+                } else {
+                    2
+                };
+            [2usize, 1, 0]
+                .into_iter()
+                .find(|&i| i <= max_r && rows.div_ceil(1 << i) >= min_warps)
+                .unwrap_or(0)
+        };
+        let mut done = 0;
+        while done < batch {
+            let left = batch - done;
+            let (b_idx, piece) = match left {
+                8.. => (3, 8),
+                4..=7 => (2, 4),
+                2..=3 => (1, 2),
+                _ => (0, 1),
+            };
+            let staged = can_stage && (path == GemvPath::Staged || prefer_staged(w.ty, piece));
+            let r_idx = rows_per_warp(staged);
+            let names = if staged { &STAGED_NAMES } else { &NAMES };
+            let f = self.function(GEMV, Some(w.ty.define()), names[b_idx][r_idx])?;
+            let rows_per_block = WARPS << r_idx;
+            let cfg = launch_cfg(
+                (arg_u32(OP, "blocks", rows.div_ceil(rows_per_block))?, 1, 1),
+                32 * WARPS as u32,
+                0,
+            );
+            let xs = x.slice(done * cols..(done + piece) * cols);
+            let mut ys = y.slice_mut(done * rows..(done + piece) * rows);
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&w.data)
+                .arg(&xs)
+                .arg(&mut ys)
+                .arg(&rows_i)
+                .arg(&cols_i)
+                .arg(&row_bytes);
+            // SAFETY: the weights hold rows*row_bytes bytes in the declared
+            // format, xs piece*cols floats and ys piece*rows floats (checked);
+            // the kernel reads rows < rows and chunks < cols / CHUNK only.
+            unsafe { b.launch(cfg) }.map_err(driver("launching gemv"))?;
+            done += piece;
+        }
+        Ok(())
+    }
+
+    /// `out[t] = dequantised row ids[t] of table` (`ids.len() × cols` floats).
+    pub fn embed(&self, table: &DeviceMatrix, ids: &[u32], out: &mut CudaSlice<f32>) -> Result<()> {
+        const OP: &str = "embedding lookup";
+        if ids.is_empty() {
+            return Ok(());
+        }
+        if let Some((t, &id)) = ids
+            .iter()
+            .enumerate()
+            .find(|&(_, &id)| id as usize >= table.rows)
+        {
+            return Err(CudaError::invalid(
+                OP,
+                format!("token {t} has id {id}; the table has {} rows", table.rows),
+            ));
+        }
+        self.check_buf(OP, "table", &table.data, table.bytes())?;
+        self.check_buf(OP, "out", out, ids.len() * table.cols)?;
+        let ids_dev = self.upload(ids)?;
+        let f = self.function(GEMV, Some(table.ty.define()), "embed_rows")?;
+        let chunk = if matches!(table.ty, WeightType::Q4K | WeightType::Q6K) {
+            16
+        } else {
+            8
+        };
+        let blocks = arg_u32(OP, "blocks", (table.cols / chunk).div_ceil(128))?;
+        let cols_i = arg_i32(OP, "cols", table.cols)?;
+        let row_bytes = table.ty.row_bytes(table.cols) as i64;
+        // grid.y is limited to 65535, so long prompts go in pieces.
+        const MAX_Y: usize = 65_535;
+        let mut start = 0;
+        while start < ids.len() {
+            let n = (ids.len() - start).min(MAX_Y);
+            let ids_piece = ids_dev.slice(start..start + n);
+            let mut out_piece = out.slice_mut(start * table.cols..(start + n) * table.cols);
+            let cfg = launch_cfg((blocks, n as u32, 1), 128, 0);
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&table.data)
+                .arg(&ids_piece)
+                .arg(&mut out_piece)
+                .arg(&cols_i)
+                .arg(&row_bytes);
+            // SAFETY: every id is below the row count (checked), out_piece
+            // holds n*cols floats.
+            unsafe { b.launch(cfg) }.map_err(driver("launching embed_rows"))?;
+            start += n;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,213 @@
+//! CUDA kernels for Weft's GPU backend.
+//!
+//! [`CudaKernels`] is a handle on one GPU: it opens the driver and NVRTC at
+//! run time (the crate builds and links without CUDA; a machine without a
+//! driver gets [`CudaError::NoDriver`], never a panic), compiles the kernel
+//! sources in `src/kernels/*.cu` for the device's architecture on first use
+//! and caches them per process and device, and exposes each kernel as a
+//! method that checks every size, index and buffer before it launches.
+//!
+//! Kernels: RMSNorm, RoPE (adjacent and NeoX pairs), SwiGLU, embedding
+//! lookup and (batched) GEMV over GGUF block formats kept quantised on the
+//! device, paged-attention decode with GQA, top-k with log-softmax over
+//! vocabulary rows, and cuBLAS SGEMM for large f32 products.
+//!
+//! Deliberately not here: model structure, scheduling, KV-cache allocation
+//! policy and the engine's backend trait (the engine owns those), and any
+//! multi-stream or CUDA-graph machinery: every call is enqueued on the
+//! device's default stream, in order.
+
+mod attention;
+mod blas;
+mod error;
+mod gemv;
+mod layers;
+mod runtime;
+mod sample;
+mod weights;
+
+use std::sync::{Arc, Mutex};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, ValidAsZeroBits,
+};
+
+pub use attention::{DecodeBatch, KvCacheShape};
+pub use error::{CudaError, Result};
+#[doc(hidden)]
+pub use gemv::GemvPath;
+pub use layers::{RopeLayout, RopeTable};
+pub use runtime::compile_all_for_sm;
+pub use sample::TopK;
+pub use weights::{DeviceMatrix, WeightType};
+
+/// The CUDA binding this crate is built on, for callers that need its types.
+pub use cudarc;
+/// Re-exported so callers can name buffer types without depending on cudarc.
+pub use cudarc::driver::CudaSlice as DeviceBuffer;
+
+use error::driver;
+use runtime::{Device, ModuleKey, Source};
+
+/// A handle on one GPU and its compiled kernels. Cheap to clone.
+#[derive(Clone)]
+pub struct CudaKernels {
+    dev: Arc<Device>,
+    stream: Arc<CudaStream>,
+    blas: Arc<Mutex<Option<Arc<CudaBlas>>>>,
+}
+
+impl std::fmt::Debug for CudaKernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaKernels")
+            .field("device", &self.dev)
+            .finish()
+    }
+}
+
+impl CudaKernels {
+    /// Open device `ordinal`. Fails with an `is_unavailable()` error when
+    /// the machine has no CUDA driver, no such device or no NVRTC.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let dev = Device::get(ordinal)?;
+        let stream = dev.ctx.default_stream();
+        Ok(CudaKernels {
+            dev,
+            stream,
+            blas: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// The device's marketing name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn device_name(&self) -> &str {
+        &self.dev.name
+    }
+
+    /// What the kernels are compiled for, e.g. "sm_90".
+    pub fn arch(&self) -> String {
+        format!("sm_{}", self.dev.sm)
+    }
+
+    /// Number of streaming multiprocessors.
+    pub fn sm_count(&self) -> u32 {
+        self.dev.sm_count
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.dev.ctx
+    }
+
+    /// The stream every kernel of this handle is enqueued on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Wait for everything enqueued so far; reports asynchronous kernel faults.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(driver("synchronizing the stream"))?;
+        // Errors from calls that cannot return one (frees in Drop) are parked
+        // in the context; surface them here.
+        self.dev
+            .ctx
+            .check_err()
+            .map_err(driver("an earlier free or event call"))
+    }
+
+    /// Copy a host slice into a new device buffer.
+    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        self.stream
+            .clone_htod(host)
+            .map_err(driver("copying host data to the device"))
+    }
+
+    /// Copy a device buffer into a new host vector (waits for the stream).
+    pub fn download<T: DeviceRepr>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
+        self.stream
+            .clone_dtoh(buf)
+            .map_err(driver("copying device data to the host"))
+    }
+
+    /// A new zeroed device buffer of `len` elements.
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
+        self.stream
+            .alloc_zeros(len)
+            .map_err(driver("allocating device memory"))
+    }
+
+    /// The kernel `name` of module `key`, compiled and loaded on first use.
+    pub(crate) fn function(
+        &self,
+        source: Source,
+        define: Option<&'static str>,
+        name: &'static str,
+    ) -> Result<CudaFunction> {
+        self.dev
+            .module(
+                source,
+                ModuleKey {
+                    name: source.name,
+                    define,
+                },
+            )?
+            .function(name)
+    }
+
+    /// Reject buffers that live in another device's context.
+    pub(crate) fn check_buf<T>(
+        &self,
+        op: &'static str,
+        what: &str,
+        buf: &CudaSlice<T>,
+        need: usize,
+    ) -> Result<()> {
+        if !Arc::ptr_eq(buf.context(), &self.dev.ctx) {
+            return Err(CudaError::invalid(
+                op,
+                format!("{what} was allocated on another device"),
+            ));
+        }
+        if buf.len() < need {
+            return Err(CudaError::invalid(
+                op,
+                format!(
+                    "{what} holds {} elements; this call needs at least {need}",
+                    buf.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `v` as an `i32` kernel argument, or an error naming it.
+pub(crate) fn arg_i32(op: &'static str, what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| {
+        CudaError::invalid(
+            op,
+            format!("{what} = {v} exceeds the kernel limit of {}", i32::MAX),
+        )
+    })
+}
+
+pub(crate) fn arg_u32(op: &'static str, what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| {
+        CudaError::invalid(
+            op,
+            format!("{what} = {v} exceeds the launch limit of {}", u32::MAX),
+        )
+    })
+}
+
+pub(crate) fn launch_cfg(grid: (u32, u32, u32), block: u32, shared_mem_bytes: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: grid,
+        block_dim: (block, 1, 1),
+        shared_mem_bytes,
+    }
+}
+
+/// Shared memory a block may use without opting in to more (all GPUs since sm_20).
+pub(crate) const DEFAULT_SHARED_BYTES: usize = 48 * 1024;
