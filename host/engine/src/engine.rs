@@ -30,7 +30,8 @@ use crate::tokenizer::Tokenizer;
 pub struct EngineConfig {
     /// Token slots per KV block. Default 16.
     pub block_size: usize,
-    /// Blocks in the pool. Default: as many as fit in 512 MiB.
+    /// Blocks in the pool. Default: as many as fit in the byte budget given
+    /// to [`EngineConfig::for_model`].
     pub num_blocks: usize,
     /// Most tokens computed in one step, prefill chunks included. Default 512.
     pub max_batch_tokens: usize,
@@ -42,7 +43,7 @@ impl EngineConfig {
     /// Defaults for `model`, with a KV cache of `kv_cache_bytes`.
     pub fn for_model(model: &LlamaModel, kv_cache_bytes: usize) -> Self {
         let block_size = 16;
-        let per_token = KvStorage::bytes_per_token(model.config.layers, model.config.kv_dim());
+        let per_token = KvStorage::bytes_per_token(model.config.layers, model.config.kv_dim(), model.config.kv_precision);
         Self { block_size, num_blocks: (kv_cache_bytes / (per_token * block_size)).max(1), max_batch_tokens: 512, max_running: 64 }
     }
 }
@@ -119,7 +120,7 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     pub fn new(model: Arc<LlamaModel>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Self {
-        let kv = KvStorage::new(model.config.layers, config.num_blocks, config.block_size, model.config.kv_dim());
+        let kv = KvStorage::new(model.config.layers, config.num_blocks, config.block_size, model.config.kv_dim(), model.config.kv_precision);
         let pool = BlockPool::new(config.num_blocks);
         Self {
             model,

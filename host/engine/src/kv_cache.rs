@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use half::f16;
 use sha2::{Digest, Sha256};
 
 /// Content address of a full block: the hash chain up to and including it.
@@ -36,64 +37,99 @@ pub fn chain_next(prev: &BlockHash, tokens: &[u32]) -> BlockHash {
     h.finalize().into()
 }
 
+/// How keys and values are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvPrecision {
+    /// Half precision, as llama.cpp's default cache: half the memory, and
+    /// the numbers the GGUF reference sees.
+    F16,
+    /// Full precision, for models checked against float32 references.
+    F32,
+}
+
+enum Planes {
+    F16(Vec<Vec<f16>>),
+    F32(Vec<Vec<f32>>),
+}
+
 /// Key and value storage for every layer, addressed by slot
 /// (`block × block_size + offset`).
 pub struct KvStorage {
     block_size: usize,
     kv_dim: usize,
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
+    keys: Planes,
+    values: Planes,
 }
 
 impl std::fmt::Debug for KvStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KvStorage({} layers, {} slots of {})", self.keys.len(), self.slots(), self.kv_dim)
+        write!(f, "KvStorage({:?}, slots of {})", self.precision(), self.kv_dim)
     }
 }
 
+/// One layer's keys and values, every slot, `kv_dim` values per slot.
+#[derive(Clone, Copy, Debug)]
+pub enum KvLayer<'a> {
+    F16 { keys: &'a [f16], values: &'a [f16] },
+    F32 { keys: &'a [f32], values: &'a [f32] },
+}
+
 impl KvStorage {
-    pub fn new(layers: usize, num_blocks: usize, block_size: usize, kv_dim: usize) -> Self {
+    pub fn new(layers: usize, num_blocks: usize, block_size: usize, kv_dim: usize, precision: KvPrecision) -> Self {
         let len = num_blocks * block_size * kv_dim;
         // One zeroed allocation per layer (not clones of one): the pages stay
         // unmapped until a block is first written, so resident memory grows
         // with use rather than with the configured capacity.
-        let zeroed = || (0..layers).map(|_| vec![0.0; len]).collect();
-        Self { block_size, kv_dim, keys: zeroed(), values: zeroed() }
+        let planes = || match precision {
+            KvPrecision::F16 => Planes::F16((0..layers).map(|_| vec![f16::ZERO; len]).collect()),
+            KvPrecision::F32 => Planes::F32((0..layers).map(|_| vec![0f32; len]).collect()),
+        };
+        Self { block_size, kv_dim, keys: planes(), values: planes() }
     }
 
     /// Bytes one token occupies across all layers.
-    pub fn bytes_per_token(layers: usize, kv_dim: usize) -> usize {
-        2 * layers * kv_dim * std::mem::size_of::<f32>()
+    pub fn bytes_per_token(layers: usize, kv_dim: usize, precision: KvPrecision) -> usize {
+        let elem = match precision {
+            KvPrecision::F16 => 2,
+            KvPrecision::F32 => 4,
+        };
+        2 * layers * kv_dim * elem
+    }
+
+    pub fn precision(&self) -> KvPrecision {
+        match self.keys {
+            Planes::F16(_) => KvPrecision::F16,
+            Planes::F32(_) => KvPrecision::F32,
+        }
     }
 
     pub fn block_size(&self) -> usize {
         self.block_size
     }
 
-    fn slots(&self) -> usize {
-        self.keys.first().map_or(0, |k| k.len() / self.kv_dim)
-    }
-
-    /// Store a token's key and value. They are rounded to f16 precision,
-    /// as llama.cpp's default f16 cache stores them, so attention sees the
-    /// same numbers as the reference implementation.
+    /// Store a token's key and value (rounded to the storage precision).
     pub fn write(&mut self, layer: usize, slot: usize, key: &[f32], value: &[f32]) {
         let r = slot * self.kv_dim..(slot + 1) * self.kv_dim;
-        let round = |v: &f32| half::f16::from_f32(*v).to_f32();
-        for (dst, src) in self.keys[layer][r.clone()].iter_mut().zip(key) {
-            *dst = round(src);
-        }
-        for (dst, src) in self.values[layer][r].iter_mut().zip(value) {
-            *dst = round(src);
+        for (planes, src) in [(&mut self.keys, key), (&mut self.values, value)] {
+            match planes {
+                Planes::F16(p) => p[layer][r.clone()].iter_mut().zip(src).for_each(|(d, s)| *d = f16::from_f32(*s)),
+                Planes::F32(p) => p[layer][r.clone()].copy_from_slice(src),
+            }
         }
     }
 
-    pub fn key(&self, layer: usize, slot: usize) -> &[f32] {
-        &self.keys[layer][slot * self.kv_dim..(slot + 1) * self.kv_dim]
+    /// Width of one slot (`kv_heads × head_dim`).
+    pub fn kv_dim(&self) -> usize {
+        self.kv_dim
     }
 
-    pub fn value(&self, layer: usize, slot: usize) -> &[f32] {
-        &self.values[layer][slot * self.kv_dim..(slot + 1) * self.kv_dim]
+    /// A layer's planes, for attention.
+    pub fn layer(&self, layer: usize) -> KvLayer<'_> {
+        match (&self.keys, &self.values) {
+            (Planes::F16(k), Planes::F16(v)) => KvLayer::F16 { keys: &k[layer], values: &v[layer] },
+            (Planes::F32(k), Planes::F32(v)) => KvLayer::F32 { keys: &k[layer], values: &v[layer] },
+            _ => unreachable!("keys and values are built with one precision"),
+        }
     }
 }
 

@@ -1,4 +1,6 @@
-//! Single-query attention over one head, with llama.cpp's CPU numerics.
+//! Single-query attention over one head: exact (`f32`, two-pass softmax)
+//! for models checked against float32 references, and with llama.cpp's CPU
+//! numerics for GGUF models.
 //!
 //! The engine's parity target is llama.cpp on the same GGUF, whose default
 //! CPU attention (flash attention over an f16 cache) rounds the query to
@@ -6,29 +8,47 @@
 //! in f16. Small quantised decoders are sensitive enough to these roundings
 //! that confident greedy choices follow them (see
 //! `tests/e2e/llamacpp_parity.rs`), so we reproduce them step for step:
-//! same rounding points, same order, same `expf`. Keys and values arrive
-//! already rounded to f16 by the KV cache.
+//! same rounding points, same order, same `expf`. Keys and values come
+//! straight from the f16 KV cache.
 
 use half::f16;
 
 use crate::dot::Isa;
+
+/// Exact attention over an `f32` cache: scores, a max-subtracted softmax,
+/// and the weighted sum of values, all in `f32` in position order.
+pub fn attend_exact<'a>(
+    q: &[f32],
+    ctx: usize,
+    scale: f32,
+    key: impl Fn(usize) -> &'a [f32],
+    value: impl Fn(usize) -> &'a [f32],
+    out: &mut [f32],
+) {
+    let mut scores: Vec<f32> = (0..ctx).map(|p| crate::dot::dot(q, key(p)) * scale).collect();
+    crate::ops::softmax(&mut scores);
+    out.fill(0.0);
+    for (p, &w) in scores.iter().enumerate() {
+        crate::ops::axpy(w, value(p), out);
+    }
+}
 
 #[inline]
 fn round16(v: f32) -> f32 {
     f16::from_f32(v).to_f32()
 }
 
-/// Attend one query head over `ctx` cached positions. `key(p)` / `value(p)`
-/// give the head's `head_dim` floats at position `p`; the result goes to
-/// `out` (`head_dim` long). The vector and portable paths agree to f16
+/// Attention with llama.cpp's rounding points over an f16 cache. `key(p)` /
+/// `value(p)` give the head's `head_dim` f16 values at position `p`; the result goes
+/// to `out` (`head_dim` long). The vector and portable paths agree to f16
 /// rounding.
-pub fn attend<'a>(
+pub fn attend_llama_cpp<'a>(
     isa: Isa,
     q: &[f32],
     ctx: usize,
     scale: f32,
-    key: impl Fn(usize) -> &'a [f32],
-    value: impl Fn(usize) -> &'a [f32],
+    key: impl Fn(usize) -> &'a [f16],
+    value: impl Fn(usize) -> &'a [f16],
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
@@ -40,9 +60,11 @@ pub fn attend<'a>(
     let _ = isa;
     let qh: Vec<f32> = q.iter().map(|&v| round16(v)).collect();
     let mut acc = vec![0f32; out.len()];
+    let mut k32 = vec![0f32; q.len()];
     let (mut m, mut s_sum) = (f32::NEG_INFINITY, 0f32);
     for p in 0..ctx {
-        let s = crate::dot::dot_portable(&qh, key(p)) * scale;
+        k32.iter_mut().zip(key(p)).for_each(|(d, s)| *d = s.to_f32());
+        let s = crate::dot::dot_portable(&qh, &k32) * scale;
         let (ms, vs) = if s > m {
             let old = m;
             m = s;
@@ -53,8 +75,8 @@ pub fn attend<'a>(
         if ms != 1.0 {
             acc.iter_mut().for_each(|a| *a = round16(*a * ms));
         }
-        for (a, &v) in acc.iter_mut().zip(value(p)) {
-            *a = round16(v.mul_add(vs, *a));
+        for (a, v) in acc.iter_mut().zip(value(p)) {
+            *a = round16(v.to_f32().mul_add(vs, *a));
         }
         s_sum = s_sum * ms + vs;
     }
@@ -68,6 +90,19 @@ pub fn attend<'a>(
 mod x86 {
     use std::arch::x86_64::*;
 
+    use half::f16;
+
+    /// Eight f16 values at `p` as f32.
+    ///
+    /// # Safety
+    /// 8 values must be readable at `p`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const f16) -> __m256 {
+        // SAFETY: the caller guarantees 16 readable bytes.
+        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p as *const __m128i) })
+    }
+
     /// Rounds every lane to f16 precision and back.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -79,21 +114,21 @@ mod x86 {
     /// `(a0 + a2) + (a1 + a3)`, then halves and two horizontal adds.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn dot(q: &[f32], k: &[f32]) -> f32 {
+    fn dot(q: &[f32], k: &[f16]) -> f32 {
         let n = q.len().min(k.len());
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut i = 0;
         while i + 32 <= n {
             for (j, a) in acc.iter_mut().enumerate() {
-                // SAFETY: `i + 8·j + 8 ≤ n` floats are readable in both.
-                let (x, y) = unsafe { (_mm256_loadu_ps(q.as_ptr().add(i + 8 * j)), _mm256_loadu_ps(k.as_ptr().add(i + 8 * j))) };
+                // SAFETY: `i + 8·j + 8 ≤ n` values are readable in both.
+                let (x, y) = unsafe { (_mm256_loadu_ps(q.as_ptr().add(i + 8 * j)), load8(k.as_ptr().add(i + 8 * j))) };
                 *a = _mm256_fmadd_ps(x, y, *a);
             }
             i += 32;
         }
         let mut tail = 0f64;
         while i < n {
-            tail += (q[i] * k[i]) as f64;
+            tail += (q[i] * k[i].to_f32()) as f64;
             i += 1;
         }
         let a = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
@@ -104,14 +139,14 @@ mod x86 {
 
     /// # Safety
     /// AVX2, FMA and F16C must be available; `q.len()` is a multiple of 8
-    /// and at most 256; `key(p)`, `value(p)` and `out` have `q.len()` floats.
+    /// and at most 256; `key(p)`, `value(p)` and `out` have `q.len()` values.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn attend<'a>(
         q: &[f32],
         ctx: usize,
         scale: f32,
-        key: impl Fn(usize) -> &'a [f32],
-        value: impl Fn(usize) -> &'a [f32],
+        key: impl Fn(usize) -> &'a [f16],
+        value: impl Fn(usize) -> &'a [f16],
         out: &mut [f32],
     ) {
         let hd = q.len();
@@ -141,8 +176,8 @@ mod x86 {
             let v = value(p);
             let vsv = _mm256_set1_ps(vs);
             for (l, a) in acc.iter_mut().enumerate().take(lanes) {
-                // SAFETY: `v` has `hd` floats.
-                let x = unsafe { _mm256_loadu_ps(v.as_ptr().add(8 * l)) };
+                // SAFETY: `v` has `hd` values.
+                let x = unsafe { load8(v.as_ptr().add(8 * l)) };
                 *a = round16(_mm256_fmadd_ps(x, vsv, *a));
             }
             s_sum = s_sum * ms + vs;

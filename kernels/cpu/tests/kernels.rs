@@ -149,26 +149,35 @@ fn integer_kernels_agree_across_instruction_sets_tiles_and_a_float64_reference()
 
 #[test]
 fn attention_matches_an_exact_softmax_to_f16_precision_on_every_path() {
-    use weft_kernels_cpu::attention::attend;
+    use weft_kernels_cpu::attention::{attend_exact, attend_llama_cpp};
     let (hd, ctx) = (64, 37);
     let round = |v: f32| half::f16::from_f32(v).to_f32();
     let q = random(hd, 1);
-    let keys: Vec<f32> = random(hd * ctx, 2).into_iter().map(|v| round(v * 3.0)).collect();
-    let values: Vec<f32> = random(hd * ctx, 3).into_iter().map(round).collect();
+    let keys: Vec<half::f16> = random(hd * ctx, 2).into_iter().map(|v| half::f16::from_f32(v * 3.0)).collect();
+    let values: Vec<half::f16> = random(hd * ctx, 3).into_iter().map(half::f16::from_f32).collect();
     let scale = 1.0 / (hd as f32).sqrt();
     // Exact reference in f64 on the same (f16-rounded) inputs.
     let scores: Vec<f64> = (0..ctx)
-        .map(|p| (0..hd).map(|j| round(q[j]) as f64 * keys[p * hd + j] as f64).sum::<f64>() * scale as f64)
+        .map(|p| (0..hd).map(|j| round(q[j]) as f64 * keys[p * hd + j].to_f64()).sum::<f64>() * scale as f64)
         .collect();
     let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
     let total: f64 = weights.iter().sum();
-    let exact: Vec<f64> = (0..hd).map(|j| (0..ctx).map(|p| weights[p] * values[p * hd + j] as f64).sum::<f64>() / total).collect();
+    let exact: Vec<f64> = (0..hd).map(|j| (0..ctx).map(|p| weights[p] * values[p * hd + j].to_f64()).sum::<f64>() / total).collect();
     for isa in Isa::available() {
         let mut out = vec![f32::NAN; hd];
-        attend(isa, &q, ctx, scale, |p| &keys[p * hd..(p + 1) * hd], |p| &values[p * hd..(p + 1) * hd], &mut out);
+        attend_llama_cpp(isa, &q, ctx, scale, |p| &keys[p * hd..(p + 1) * hd], |p| &values[p * hd..(p + 1) * hd], &mut out);
         let err: f64 = out.iter().zip(&exact).map(|(o, e)| (*o as f64 - e).powi(2)).sum::<f64>().sqrt();
         let norm: f64 = exact.iter().map(|e| e * e).sum::<f64>().sqrt();
         assert!(err / norm < 2e-3, "{isa:?}: relative error {}", err / norm);
     }
+    // The exact path on f32 inputs (the q used by the reference is rounded).
+    let qr: Vec<f32> = q.iter().map(|v| round(*v)).collect();
+    let k32: Vec<f32> = keys.iter().map(|v| v.to_f32()).collect();
+    let v32: Vec<f32> = values.iter().map(|v| v.to_f32()).collect();
+    let mut out = vec![f32::NAN; hd];
+    attend_exact(&qr, ctx, scale, |p| &k32[p * hd..(p + 1) * hd], |p| &v32[p * hd..(p + 1) * hd], &mut out);
+    let err: f64 = out.iter().zip(&exact).map(|(o, e)| (*o as f64 - e).powi(2)).sum::<f64>().sqrt();
+    let norm: f64 = exact.iter().map(|e| e * e).sum::<f64>().sqrt();
+    assert!(err / norm < 1e-6, "exact path: relative error {}", err / norm);
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde_json::Value as Json;
 
 use super::ModelError;
+use crate::kv_cache::KvPrecision;
 use crate::gguf::GgufFile;
 
 /// How query/key dimensions are paired for rotary encoding.
@@ -49,6 +50,11 @@ pub struct ModelConfig {
     pub rope_scaling: RopeScaling,
     pub context_length: usize,
     pub tie_embeddings: bool,
+    /// How the KV cache stores keys and values: f16 with llama.cpp's
+    /// attention numerics for GGUF models (checked against llama.cpp), f32
+    /// with exact attention for safetensors models (checked against
+    /// transformers in float32).
+    pub kv_precision: KvPrecision,
 }
 
 impl ModelConfig {
@@ -121,6 +127,7 @@ impl ModelConfig {
             rope_scaling: scaling,
             context_length: file.u64(&key("context_length")).unwrap_or(2048) as usize,
             tie_embeddings: file.tensor("output.weight").is_none(),
+            kv_precision: KvPrecision::F16,
             architecture: arch,
         };
         config.validate().map_err(|reason| ModelError::Config { path: file.path().to_path_buf(), reason })?;
@@ -184,6 +191,7 @@ impl ModelConfig {
             rope_scaling: scaling,
             context_length: usize_of("max_position_embeddings").unwrap_or(2048),
             tie_embeddings: json.get("tie_word_embeddings").and_then(Json::as_bool).unwrap_or(false),
+            kv_precision: KvPrecision::F32,
             architecture: arch,
         };
         config.validate().map_err(bad)?;

@@ -21,7 +21,7 @@ use super::config::{ModelConfig, RopeScaling};
 use super::rope::Rope;
 use super::weights::{Weight, WeightSource};
 use super::ModelError;
-use crate::kv_cache::KvStorage;
+use crate::kv_cache::{KvLayer, KvStorage};
 
 struct Layer {
     attn_norm: Vec<f32>,
@@ -262,16 +262,25 @@ impl LlamaModel {
         let table = batch.block_tables[t.seq];
         let kvh = head / group;
         let qh = &q[i * qd + head * hd..i * qd + (head + 1) * hd];
-        let slot = |p: usize| table[p / bs] as usize * bs + p % bs;
-        attention::attend(
-            Isa::current(),
-            qh,
-            t.pos + 1,
-            scale,
-            |p| &kv.key(layer, slot(p))[kvh * hd..(kvh + 1) * hd],
-            |p| &kv.value(layer, slot(p))[kvh * hd..(kvh + 1) * hd],
-            oh,
-        );
+        let kvd = kv.kv_dim();
+        let at = |p: usize| {
+            let start = (table[p / bs] as usize * bs + p % bs) * kvd + kvh * hd;
+            start..start + hd
+        };
+        match kv.layer(layer) {
+            KvLayer::F16 { keys, values } => attention::attend_llama_cpp(
+                Isa::current(),
+                qh,
+                t.pos + 1,
+                scale,
+                |p| &keys[at(p)],
+                |p| &values[at(p)],
+                oh,
+            ),
+            KvLayer::F32 { keys, values } => {
+                attention::attend_exact(qh, t.pos + 1, scale, |p| &keys[at(p)], |p| &values[at(p)], oh)
+            }
+        }
     }
 }
 
