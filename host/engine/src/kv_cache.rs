@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use half::f16;
+use half::slice::HalfBitsSliceExt;
 use sha2::{Digest, Sha256};
 
 /// Content address of a full block: the hash chain up to and including it.
@@ -47,8 +48,10 @@ pub enum KvPrecision {
     F32,
 }
 
+/// Per-layer planes. f16 values are kept as their `u16` bits so the
+/// allocation can be zeroed lazily by the OS (see `KvStorage::new`).
 enum Planes {
-    F16(Vec<Vec<f16>>),
+    F16(Vec<Vec<u16>>),
     F32(Vec<Vec<f32>>),
 }
 
@@ -77,11 +80,13 @@ pub enum KvLayer<'a> {
 impl KvStorage {
     pub fn new(layers: usize, num_blocks: usize, block_size: usize, kv_dim: usize, precision: KvPrecision) -> Self {
         let len = num_blocks * block_size * kv_dim;
-        // One zeroed allocation per layer (not clones of one): the pages stay
-        // unmapped until a block is first written, so resident memory grows
-        // with use rather than with the configured capacity.
+        // One zeroed allocation per layer (not clones of one) of a primitive
+        // type (so `vec!` asks the allocator for zeroed memory instead of
+        // writing it): the pages stay unmapped until a block is first
+        // written, and resident memory grows with use rather than with the
+        // configured capacity.
         let planes = || match precision {
-            KvPrecision::F16 => Planes::F16((0..layers).map(|_| vec![f16::ZERO; len]).collect()),
+            KvPrecision::F16 => Planes::F16((0..layers).map(|_| vec![0u16; len]).collect()),
             KvPrecision::F32 => Planes::F32((0..layers).map(|_| vec![0f32; len]).collect()),
         };
         Self { block_size, kv_dim, keys: planes(), values: planes() }
@@ -112,7 +117,7 @@ impl KvStorage {
         let r = slot * self.kv_dim..(slot + 1) * self.kv_dim;
         for (planes, src) in [(&mut self.keys, key), (&mut self.values, value)] {
             match planes {
-                Planes::F16(p) => p[layer][r.clone()].iter_mut().zip(src).for_each(|(d, s)| *d = f16::from_f32(*s)),
+                Planes::F16(p) => p[layer][r.clone()].iter_mut().zip(src).for_each(|(d, s)| *d = f16::from_f32(*s).to_bits()),
                 Planes::F32(p) => p[layer][r.clone()].copy_from_slice(src),
             }
         }
@@ -126,7 +131,9 @@ impl KvStorage {
     /// A layer's planes, for attention.
     pub fn layer(&self, layer: usize) -> KvLayer<'_> {
         match (&self.keys, &self.values) {
-            (Planes::F16(k), Planes::F16(v)) => KvLayer::F16 { keys: &k[layer], values: &v[layer] },
+            (Planes::F16(k), Planes::F16(v)) => {
+                KvLayer::F16 { keys: k[layer].reinterpret_cast(), values: v[layer].reinterpret_cast() }
+            }
             (Planes::F32(k), Planes::F32(v)) => KvLayer::F32 { keys: &k[layer], values: &v[layer] },
             _ => unreachable!("keys and values are built with one precision"),
         }

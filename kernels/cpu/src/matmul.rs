@@ -51,6 +51,13 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+/// Quantised-activation pointer shared by tasks quantising disjoint tokens.
+#[derive(Clone, Copy)]
+struct QPtr(*mut BlockQ8);
+// SAFETY: tasks write disjoint tokens' blocks; see `matmul_group`.
+unsafe impl Send for QPtr {}
+unsafe impl Sync for QPtr {}
+
 /// `out[t][r] = Σ_c w[r][c] · x[t][c]` for `t < n`.
 ///
 /// `x` holds `n × w.cols` floats, `out` holds `n × w.rows`.
@@ -71,10 +78,18 @@ pub fn matmul_group(ws: &[Matrix], x: &[f32], n: usize, outs: &mut [&mut [f32]])
     }
     let isa = Isa::current();
     let quantized: Vec<BlockQ8> = if ws.iter().any(|w| has_integer_kernel(w.ty)) {
-        let mut q = vec![BlockQ8::default(); n * cols / 32];
-        for (t, blocks) in q.chunks_exact_mut(cols / 32).enumerate() {
-            quantize_row(&x[t * cols..(t + 1) * cols], blocks);
-        }
+        let bpr = cols / 32;
+        let mut q = vec![BlockQ8::default(); n * bpr];
+        let qp = QPtr(q.as_mut_ptr());
+        let tasks = threads().min(n);
+        parallel_for(tasks, |task| {
+            let qp = qp;
+            for t in split(n, tasks, task) {
+                // SAFETY: token `t`'s blocks are written by this task only.
+                let blocks = unsafe { std::slice::from_raw_parts_mut(qp.0.add(t * bpr), bpr) };
+                quantize_row(&x[t * cols..(t + 1) * cols], blocks);
+            }
+        });
         q
     } else {
         Vec::new()

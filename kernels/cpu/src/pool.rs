@@ -158,6 +158,33 @@ pub fn parallel_for<F: Fn(usize) + Sync>(tasks: usize, f: F) {
     *shared.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
 
+/// Apply `f` to disjoint `width`-long chunks of `data` (chunk index and
+/// chunk) across the pool.
+pub fn for_each_chunk<T: Send, F: Fn(usize, &mut [T]) + Sync>(data: &mut [T], width: usize, f: F) {
+    let n = data.len() / width;
+    let ptr = SendPtr(data.as_mut_ptr());
+    let tasks = threads().min(n).max(1);
+    parallel_for(tasks, |task| {
+        let ptr = ptr;
+        for i in split(n, tasks, task) {
+            // SAFETY: chunk `i` is handed to exactly one task, and lies inside `data`.
+            let chunk = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(i * width), width) };
+            f(i, chunk);
+        }
+    });
+}
+
+struct SendPtr<T>(*mut T);
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SendPtr<T> {}
+// SAFETY: used only to hand disjoint chunks to tasks (`for_each_chunk`).
+unsafe impl<T: Send> Send for SendPtr<T> {}
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+
 /// Split `0..len` into `parts` nearly equal ranges and return range `i`.
 pub fn split(len: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
     let base = len / parts;

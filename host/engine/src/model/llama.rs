@@ -14,7 +14,7 @@
 use weft_kernels_cpu::attention;
 use weft_kernels_cpu::dot::Isa;
 use weft_kernels_cpu::ops::{rms_norm, silu_mul};
-use weft_kernels_cpu::pool::{parallel_for, split, threads};
+use weft_kernels_cpu::pool::{for_each_chunk, parallel_for, threads};
 use weft_kernels_cpu::{matmul, matmul_group};
 
 use super::config::{ModelConfig, RopeScaling};
@@ -205,7 +205,7 @@ impl LlamaModel {
 
             norm_rows(&x, &layer.ffn_norm, c.rms_eps, &mut xn, h);
             matmul_group(&[layer.gate.matrix(), layer.up.matrix()], &xn, n, &mut [&mut gate, &mut up]);
-            silu_mul(&mut gate, &up);
+            for_each_chunk(&mut gate, c.ffn, |t, g| silu_mul(g, &up[t * c.ffn..(t + 1) * c.ffn]));
             matmul(&layer.down.matrix(), &gate, n, &mut proj);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         }
@@ -233,7 +233,9 @@ impl LlamaModel {
         let tasks = threads().min(n * c.heads).max(1);
         parallel_for(tasks, |task| {
             let out_ptr = out_ptr;
-            for item in split(n * c.heads, tasks, task) {
+            // Interleaved: later tokens attend over more positions, so
+            // contiguous ranges would leave one task with most of the work.
+            for item in (task..n * c.heads).step_by(tasks) {
                 let (i, head) = (item / c.heads, item % c.heads);
                 // SAFETY: each (token, head) slice is written by exactly one task.
                 let oh = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(i * qd + head * hd), hd) };
@@ -285,9 +287,7 @@ impl LlamaModel {
 }
 
 fn norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32], width: usize) {
-    for (o, xi) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
-        rms_norm(xi, weight, eps, o);
-    }
+    for_each_chunk(out, width, |t, o| rms_norm(&x[t * width..(t + 1) * width], weight, eps, o));
 }
 
 /// Output pointer shared by attention tasks writing disjoint head slices.
