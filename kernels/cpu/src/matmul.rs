@@ -100,36 +100,34 @@ pub fn matmul_group(ws: &[Matrix], x: &[f32], n: usize, outs: &mut [&mut [f32]])
     let tasks = (threads() * 4).min(total_rows.div_ceil(4)).max(1);
     parallel_for(tasks, |task| {
         let mut scratch = Vec::new();
-        for global in split(total_rows, tasks, task) {
+        let rows = split(total_rows, tasks, task);
+        let mut global = rows.start;
+        while global < rows.end {
             let (wi, r) = locate(ws, global);
             let w = &ws[wi];
             let out = ptrs[wi];
-            let row = w.row(r);
+            // SAFETY (all writes): `t < n`, `r < w.rows`: inside this
+            // output, and each (matrix, row) belongs to exactly one task.
+            let put = |r: usize, t: usize, v: f32| unsafe { *out.0.add(t * w.rows + r) = v };
             if has_integer_kernel(w.ty) {
                 let bpr = cols / 32;
                 let act = |t: usize| &quantized[t * bpr..(t + 1) * bpr];
-                // SAFETY (all writes): `t < n`, `r < w.rows`: inside this
-                // output, and each (matrix, row) belongs to exactly one task.
-                let put = |t: usize, v: f32| unsafe { *out.0.add(t * w.rows + r) = v };
-                let mut t = 0;
-                while t + 4 <= n {
-                    let v = dot_rows::<4>(isa, w.ty, row, [act(t), act(t + 1), act(t + 2), act(t + 3)]);
-                    v.iter().enumerate().for_each(|(k, &v)| put(t + k, v));
-                    t += 4;
+                let tiled = n / 4 * 4;
+                for t in (0..tiled).step_by(4) {
+                    let v = dot_rows::<1, 4>(isa, w.ty, [w.row(r)], [act(t), act(t + 1), act(t + 2), act(t + 3)]);
+                    v[0].iter().enumerate().for_each(|(k, &v)| put(r, t + k, v));
                 }
-                while t < n {
-                    put(t, dot_rows::<1>(isa, w.ty, row, [act(t)])[0]);
-                    t += 1;
+                for t in tiled..n {
+                    put(r, t, dot_rows::<1, 1>(isa, w.ty, [w.row(r)], [act(t)])[0][0]);
                 }
             } else {
                 scratch.resize(cols, 0.0);
-                dequantize(w.ty, row, &mut scratch);
+                dequantize(w.ty, w.row(r), &mut scratch);
                 for t in 0..n {
-                    let v = dot_with(isa, &scratch, &x[t * cols..(t + 1) * cols]);
-                    // SAFETY: as above.
-                    unsafe { *out.0.add(t * w.rows + r) = v };
+                    put(r, t, dot_with(isa, &scratch, &x[t * cols..(t + 1) * cols]));
                 }
             }
+            global += 1;
         }
     });
 }

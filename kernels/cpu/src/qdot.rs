@@ -58,37 +58,42 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
-/// Dot products of one stored weight row with `T` tokens' quantised
-/// activations, unpacking each weight block once.
+/// Dot products of `R` stored weight rows with `T` tokens' quantised
+/// activations (`out[r][t]`), unpacking each weight block once.
 ///
 /// The AVX2 and AVX-512 VNNI paths are bit-identical to each other (the
 /// same exact integer partial sums, scaled and accumulated in the same
-/// order) and for every `T`; the portable path sums the same products in
-/// another order and agrees to float rounding.
+/// order) and for every `R` and `T`; the portable path sums the same
+/// products in another order and agrees to float rounding.
 #[inline]
-pub fn dot_rows<const T: usize>(isa: Isa, ty: WeightType, row: &[u8], acts: [&[BlockQ8]; T]) -> [f32; T] {
+pub fn dot_rows<const R: usize, const T: usize>(
+    isa: Isa,
+    ty: WeightType,
+    rows: [&[u8]; R],
+    acts: [&[BlockQ8]; T],
+) -> [[f32; T]; R] {
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Portable {
         // SAFETY: non-portable ISAs are selected only when AVX2, FMA and F16C
         // are present (and VNNI for `Avx512Vnni`).
         return unsafe {
             match (ty, isa) {
-                (WeightType::Q4_1, Isa::Avx512Vnni) => x86::row_q4_vnni::<true, T>(row, acts),
-                (WeightType::Q4_1, _) => x86::row_q4_avx2::<true, T>(row, acts),
-                (WeightType::Q4_0, Isa::Avx512Vnni) => x86::row_q4_vnni::<false, T>(row, acts),
-                (WeightType::Q4_0, _) => x86::row_q4_avx2::<false, T>(row, acts),
-                _ => x86::row_q8_0::<T>(row, acts),
+                (WeightType::Q4_1, Isa::Avx512Vnni) => x86::row_q4_vnni::<true, R, T>(rows, acts),
+                (WeightType::Q4_1, _) => x86::row_q4_avx2::<true, R, T>(rows, acts),
+                (WeightType::Q4_0, Isa::Avx512Vnni) => x86::row_q4_vnni::<false, R, T>(rows, acts),
+                (WeightType::Q4_0, _) => x86::row_q4_avx2::<false, R, T>(rows, acts),
+                _ => x86::row_q8_0::<R, T>(rows, acts),
             }
         };
     }
     let _ = isa;
-    acts.map(|a| dot_row_portable(ty, row, a))
+    rows.map(|row| acts.map(|a| dot_row_portable(ty, row, a)))
 }
 
-/// [`dot_rows`] for a single token.
+/// [`dot_rows`] for a single row and token.
 #[inline]
 pub fn dot_row(isa: Isa, ty: WeightType, row: &[u8], act: &[BlockQ8]) -> f32 {
-    dot_rows::<1>(isa, ty, row, [act])[0]
+    dot_rows::<1, 1>(isa, ty, [row], [act])[0][0]
 }
 
 fn dot_row_portable(ty: WeightType, row: &[u8], act: &[BlockQ8]) -> f32 {
@@ -151,42 +156,54 @@ mod x86 {
     /// its intrinsics inline under its own features.
     macro_rules! row_q4 {
         ($name:ident, $features:literal, $lanes:expr) => {
+            /// `R` weight rows against `T` tokens: `out[r][t]`.
+            ///
             /// # Safety
-            /// The CPU must have the enabled features; `row` holds as many
-            /// whole blocks as each activation slice.
+            /// The CPU must have the enabled features; each row holds as
+            /// many whole blocks as each activation slice.
             #[target_feature(enable = $features)]
-            pub unsafe fn $name<const OFFSET: bool, const T: usize>(row: &[u8], acts: [&[BlockQ8]; T]) -> [f32; T] {
+            pub unsafe fn $name<const OFFSET: bool, const R: usize, const T: usize>(
+                rows: [&[u8]; R],
+                acts: [&[BlockQ8]; T],
+            ) -> [[f32; T]; R] {
                 let lanes = $lanes;
                 let (bb, qs) = if OFFSET { (20, 4) } else { (18, 2) };
                 let blocks = acts[0].len();
-                debug_assert!(row.len() >= blocks * bb && acts.iter().all(|a| a.len() == blocks));
+                debug_assert!(rows.iter().all(|r| r.len() >= blocks * bb) && acts.iter().all(|a| a.len() == blocks));
                 let mask = _mm_set1_epi8(0x0F);
-                // Two accumulators per token (even and odd blocks) break the
-                // FMA dependency chain; the combination order is fixed.
-                let mut acc = [[_mm256_setzero_ps(); 2]; T];
-                let mut offsets = [[0f32; 2]; T];
+                // Two accumulators per (row, token) — even and odd blocks —
+                // break the FMA dependency chain; the combination order is
+                // fixed, so every (row, token) result is the same whatever
+                // R and T it was computed with.
+                let mut acc = [[[_mm256_setzero_ps(); 2]; T]; R];
+                let mut offsets = [[[0f32; 2]; T]; R];
                 for i in 0..blocks {
-                    // SAFETY: block `i` lies inside `row` (checked by the caller).
-                    let p = unsafe { row.as_ptr().add(i * bb) };
-                    let (d, m) = unsafe { f16x2(p) };
-                    let packed = unsafe { _mm_loadu_si128(p.add(qs) as *const __m128i) };
-                    let w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), mask), _mm_and_si128(packed, mask));
-                    for t in 0..T {
-                        let a = &acts[t][i];
-                        let q = unsafe { _mm256_load_si256(a.q.as_ptr() as *const __m256i) };
-                        let mut sums = lanes(w, q);
-                        if OFFSET {
-                            offsets[t][i & 1] += m * a.sum;
-                        } else {
-                            // Q4_0 stores q + 8: subtract 8 × Σ q per lane.
-                            sums = _mm256_sub_epi32(sums, lanes(_mm256_set1_epi8(8), q));
+                    for r in 0..R {
+                        // SAFETY: block `i` lies inside each row (checked by the caller).
+                        let p = unsafe { rows[r].as_ptr().add(i * bb) };
+                        let (d, m) = unsafe { f16x2(p) };
+                        let packed = unsafe { _mm_loadu_si128(p.add(qs) as *const __m128i) };
+                        let w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), mask), _mm_and_si128(packed, mask));
+                        for t in 0..T {
+                            let a = &acts[t][i];
+                            let q = unsafe { _mm256_load_si256(a.q.as_ptr() as *const __m256i) };
+                            let mut sums = lanes(w, q);
+                            if OFFSET {
+                                offsets[r][t][i & 1] += m * a.sum;
+                            } else {
+                                // Q4_0 stores q + 8: subtract 8 × Σ q per lane.
+                                sums = _mm256_sub_epi32(sums, lanes(_mm256_set1_epi8(8), q));
+                            }
+                            acc[r][t][i & 1] =
+                                _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sums), acc[r][t][i & 1]);
                         }
-                        acc[t][i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sums), acc[t][i & 1]);
                     }
                 }
-                let mut out = [0f32; T];
-                for t in 0..T {
-                    out[t] = hsum_f32(_mm256_add_ps(acc[t][0], acc[t][1])) + (offsets[t][0] + offsets[t][1]);
+                let mut out = [[0f32; T]; R];
+                for r in 0..R {
+                    for t in 0..T {
+                        out[r][t] = hsum_f32(_mm256_add_ps(acc[r][t][0], acc[r][t][1])) + (offsets[r][t][0] + offsets[r][t][1]);
+                    }
                 }
                 out
             }
@@ -203,33 +220,37 @@ mod x86 {
         s
     ));
 
-    /// Q8_0 row against `T` tokens' Q8 activations (see `row_q4!`).
+    /// Q8_0: `R` rows against `T` tokens' Q8 activations (see `row_q4!`).
     ///
     /// # Safety
-    /// AVX2, FMA and F16C must be available; `row` holds as many blocks as
-    /// each activation slice.
+    /// AVX2, FMA and F16C must be available; each row holds as many blocks
+    /// as each activation slice.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn row_q8_0<const T: usize>(row: &[u8], acts: [&[BlockQ8]; T]) -> [f32; T] {
+    pub unsafe fn row_q8_0<const R: usize, const T: usize>(rows: [&[u8]; R], acts: [&[BlockQ8]; T]) -> [[f32; T]; R] {
         let blocks = acts[0].len();
-        debug_assert!(row.len() >= blocks * 34 && acts.iter().all(|a| a.len() == blocks));
-        let mut acc = [[_mm256_setzero_ps(); 2]; T];
+        debug_assert!(rows.iter().all(|r| r.len() >= blocks * 34) && acts.iter().all(|a| a.len() == blocks));
+        let mut acc = [[[_mm256_setzero_ps(); 2]; T]; R];
         for i in 0..blocks {
-            // SAFETY: block `i` lies inside `row` (checked by the caller).
-            let p = unsafe { row.as_ptr().add(i * 34) };
-            let (d, _) = unsafe { f16x2(p) };
-            let x = unsafe { _mm256_loadu_si256(p.add(2) as *const __m256i) };
-            // maddubs wants unsigned × signed: move x's sign onto y.
-            let ax = _mm256_sign_epi8(x, x);
-            for t in 0..T {
-                let a = &acts[t][i];
-                let y = unsafe { _mm256_load_si256(a.q.as_ptr() as *const __m256i) };
-                let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, x)), _mm256_set1_epi16(1));
-                acc[t][i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sums), acc[t][i & 1]);
+            for r in 0..R {
+                // SAFETY: block `i` lies inside each row (checked by the caller).
+                let p = unsafe { rows[r].as_ptr().add(i * 34) };
+                let (d, _) = unsafe { f16x2(p) };
+                let x = unsafe { _mm256_loadu_si256(p.add(2) as *const __m256i) };
+                // maddubs wants unsigned × signed: move x's sign onto y.
+                let ax = _mm256_sign_epi8(x, x);
+                for t in 0..T {
+                    let a = &acts[t][i];
+                    let y = unsafe { _mm256_load_si256(a.q.as_ptr() as *const __m256i) };
+                    let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, x)), _mm256_set1_epi16(1));
+                    acc[r][t][i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sums), acc[r][t][i & 1]);
+                }
             }
         }
-        let mut out = [0f32; T];
-        for t in 0..T {
-            out[t] = hsum_f32(_mm256_add_ps(acc[t][0], acc[t][1]));
+        let mut out = [[0f32; T]; R];
+        for r in 0..R {
+            for t in 0..T {
+                out[r][t] = hsum_f32(_mm256_add_ps(acc[r][t][0], acc[r][t][1]));
+            }
         }
         out
     }

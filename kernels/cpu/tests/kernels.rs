@@ -111,9 +111,13 @@ fn integer_kernels_agree_across_instruction_sets_tiles_and_a_float64_reference()
         let refs = [&acts[0][..], &acts[1][..], &acts[2][..], &acts[3][..]];
         let mut results = Vec::new();
         for isa in Isa::available() {
-            let tiled = dot_rows::<4>(isa, ty, &row, refs);
-            let single: Vec<f32> = refs.iter().map(|a| dot_rows::<1>(isa, ty, &row, [a])[0]).collect();
-            assert_eq!(tiled.to_vec(), single, "{ty:?} {isa:?}: tiling changes nothing");
+            let tiled = dot_rows::<1, 4>(isa, ty, [&row], refs);
+            let single: Vec<f32> = refs.iter().map(|a| dot_rows::<1, 1>(isa, ty, [&row], [a])[0][0]).collect();
+            assert_eq!(tiled[0].to_vec(), single, "{ty:?} {isa:?}: tiling changes nothing");
+            let other = random_row(ty, blocks, 99);
+            let paired = dot_rows::<2, 1>(isa, ty, [&row, &other], [refs[2]]);
+            assert_eq!(paired[0][0], single[2], "{ty:?} {isa:?}: pairing rows changes nothing");
+            assert_eq!(paired[1][0], dot_rows::<1, 1>(isa, ty, [&other], [refs[2]])[0][0]);
             results.push((isa, single));
         }
         for (t, a) in acts.iter().enumerate() {
