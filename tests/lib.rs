@@ -79,7 +79,7 @@ pub fn tokens_of(outputs: &[Output], id: u64) -> Vec<u32> {
 pub fn all_logits(model: &LlamaModel, tokens: &[u32]) -> Vec<f32> {
     let bs = 16;
     let blocks = tokens.len().div_ceil(bs);
-    let mut kv = KvStorage::new(model.config.layers, blocks, bs, model.config.kv_dim(), model.config.kv_precision);
+    let mut kv = KvStorage::new(model.config.layers, blocks, bs, model.config.kv_dim(), model.config.kv_precision());
     let table: Vec<u32> = (0..blocks as u32).collect();
     let batch = ForwardBatch {
         tokens: tokens.iter().enumerate().map(|(pos, &token)| BatchToken { token, pos, seq: 0, logits: true }).collect(),

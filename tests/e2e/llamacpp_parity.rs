@@ -147,7 +147,10 @@ fn greedy_decoding_agrees_with_llama_cpp() {
         cases.cases.len()
     );
     assert!(confident_disagreements.is_empty(), "disagreements where llama.cpp was confident: {confident_disagreements:#?}");
-    // Above llama.cpp's agreement with itself across attention paths (95.56%).
-    assert!(rate >= 0.96, "argmax agreement {:.2}% < 96%", rate * 100.0);
-    assert!(long_prefixes >= 2, "at least two prompts agree on the first 32 greedy tokens");
+    // Above llama.cpp's agreement with itself across attention paths (95.56%);
+    // we measure 97.14%.
+    assert!(rate >= 0.97, "argmax agreement {:.2}% < 97%", rate * 100.0);
+    // llama.cpp's own flash and plain attention paths share >= 32 greedy
+    // tokens on 1 of these 12 prompts; we share them with its default on 6.
+    assert!(long_prefixes >= 6, "{long_prefixes} prompts agree on the first 32 greedy tokens (6 expected)");
 }

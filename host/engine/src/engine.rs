@@ -43,7 +43,7 @@ impl EngineConfig {
     /// Defaults for `model`, with a KV cache of `kv_cache_bytes`.
     pub fn for_model(model: &LlamaModel, kv_cache_bytes: usize) -> Self {
         let block_size = 16;
-        let per_token = KvStorage::bytes_per_token(model.config.layers, model.config.kv_dim(), model.config.kv_precision);
+        let per_token = KvStorage::bytes_per_token(model.config.layers, model.config.kv_dim(), model.config.kv_precision());
         Self { block_size, num_blocks: (kv_cache_bytes / (per_token * block_size)).max(1), max_batch_tokens: 512, max_running: 64 }
     }
 }
@@ -120,7 +120,7 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     pub fn new(model: Arc<LlamaModel>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Self {
-        let kv = KvStorage::new(model.config.layers, config.num_blocks, config.block_size, model.config.kv_dim(), model.config.kv_precision);
+        let kv = KvStorage::new(model.config.layers, config.num_blocks, config.block_size, model.config.kv_dim(), model.config.kv_precision());
         let pool = BlockPool::new(config.num_blocks);
         Self {
             model,

@@ -1,10 +1,11 @@
 //! Small element-wise and reduction ops used by the forward pass.
 
-use crate::dot::dot;
 
-/// RMSNorm: `out = x / sqrt(mean(x²) + eps) · weight`.
+/// RMSNorm: `out = x / sqrt(mean(x²) + eps) · weight`, with the sum of
+/// squares accumulated in `f64` as ggml does.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let mean_sq = dot(x, x) / x.len() as f32;
+    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    let mean_sq = (sum / x.len() as f64) as f32;
     let scale = 1.0 / (mean_sq + eps).sqrt();
     for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
         *o = v * scale * w;

@@ -36,16 +36,17 @@ pub fn has_integer_kernel(ty: WeightType) -> bool {
 }
 
 /// Quantise `x` (a multiple of 32 long) into `out` (`x.len() / 32` blocks)
-/// exactly as ggml's `quantize_row_q8_1` does, scales rounded to f16
-/// included, so our products match llama.cpp's.
+/// exactly as ggml's x86 `quantize_row_q8_1` does: scale `127 / amax`,
+/// round half to even, scales rounded to f16 — so our products match
+/// llama.cpp's bit for bit.
 pub fn quantize_row(x: &[f32], out: &mut [BlockQ8]) {
     for (block, chunk) in out.iter_mut().zip(x.chunks_exact(32)) {
         let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mut sum = 0i32;
         for (q, &v) in block.q.iter_mut().zip(chunk) {
-            *q = (v * id).round() as i8;
+            *q = (v * id).round_ties_even() as i8;
             sum += *q as i32;
         }
         block.d = f16::from_f32(d).to_f32();
@@ -131,9 +132,10 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn hsum_f32(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        // ggml's hsum_float_8.
+        let s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
         _mm_cvtss_f32(s)
     }
 
@@ -171,12 +173,12 @@ mod x86 {
                 let blocks = acts[0].len();
                 debug_assert!(rows.iter().all(|r| r.len() >= blocks * bb) && acts.iter().all(|a| a.len() == blocks));
                 let mask = _mm_set1_epi8(0x0F);
-                // Two accumulators per (row, token) — even and odd blocks —
-                // break the FMA dependency chain; the combination order is
-                // fixed, so every (row, token) result is the same whatever
-                // R and T it was computed with.
-                let mut acc = [[[_mm256_setzero_ps(); 2]; T]; R];
-                let mut offsets = [[[0f32; 2]; T]; R];
+                // One accumulator per (row, token), blocks in order, then
+                // ggml's horizontal sum plus the offsets: the same operations
+                // as ggml's `vec_dot_q4_1_q8_1`, and the same whatever R and
+                // T a (row, token) was computed with.
+                let mut acc = [[_mm256_setzero_ps(); T]; R];
+                let mut offsets = [[0f32; T]; R];
                 for i in 0..blocks {
                     for r in 0..R {
                         // SAFETY: block `i` lies inside each row (checked by the caller).
@@ -189,20 +191,19 @@ mod x86 {
                             let q = unsafe { _mm256_load_si256(a.q.as_ptr() as *const __m256i) };
                             let mut sums = lanes(w, q);
                             if OFFSET {
-                                offsets[r][t][i & 1] += m * a.sum;
+                                offsets[r][t] += m * a.sum;
                             } else {
                                 // Q4_0 stores q + 8: subtract 8 × Σ q per lane.
                                 sums = _mm256_sub_epi32(sums, lanes(_mm256_set1_epi8(8), q));
                             }
-                            acc[r][t][i & 1] =
-                                _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sums), acc[r][t][i & 1]);
+                            acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sums), acc[r][t]);
                         }
                     }
                 }
                 let mut out = [[0f32; T]; R];
                 for r in 0..R {
                     for t in 0..T {
-                        out[r][t] = hsum_f32(_mm256_add_ps(acc[r][t][0], acc[r][t][1])) + (offsets[r][t][0] + offsets[r][t][1]);
+                        out[r][t] = hsum_f32(acc[r][t]) + offsets[r][t];
                     }
                 }
                 out
@@ -229,7 +230,7 @@ mod x86 {
     pub unsafe fn row_q8_0<const R: usize, const T: usize>(rows: [&[u8]; R], acts: [&[BlockQ8]; T]) -> [[f32; T]; R] {
         let blocks = acts[0].len();
         debug_assert!(rows.iter().all(|r| r.len() >= blocks * 34) && acts.iter().all(|a| a.len() == blocks));
-        let mut acc = [[[_mm256_setzero_ps(); 2]; T]; R];
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
         for i in 0..blocks {
             for r in 0..R {
                 // SAFETY: block `i` lies inside each row (checked by the caller).
@@ -242,14 +243,14 @@ mod x86 {
                     let a = &acts[t][i];
                     let y = unsafe { _mm256_load_si256(a.q.as_ptr() as *const __m256i) };
                     let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, x)), _mm256_set1_epi16(1));
-                    acc[r][t][i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sums), acc[r][t][i & 1]);
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sums), acc[r][t]);
                 }
             }
         }
         let mut out = [[0f32; T]; R];
         for r in 0..R {
             for t in 0..T {
-                out[r][t] = hsum_f32(_mm256_add_ps(acc[r][t][0], acc[r][t][1]));
+                out[r][t] = hsum_f32(acc[r][t]);
             }
         }
         out

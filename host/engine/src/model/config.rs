@@ -50,11 +50,31 @@ pub struct ModelConfig {
     pub rope_scaling: RopeScaling,
     pub context_length: usize,
     pub tie_embeddings: bool,
-    /// How the KV cache stores keys and values: f16 with llama.cpp's
-    /// attention numerics for GGUF models (checked against llama.cpp), f32
-    /// with exact attention for safetensors models (checked against
-    /// transformers in float32).
-    pub kv_precision: KvPrecision,
+    /// Whose arithmetic the forward pass reproduces: llama.cpp's for GGUF
+    /// models (checked against llama.cpp), plain float32 for safetensors
+    /// models (checked against transformers).
+    pub numerics: Numerics,
+}
+
+/// The reference implementation whose rounding a model's forward pass
+/// follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Numerics {
+    /// llama.cpp's CPU path: f16 KV cache with flash-attention roundings,
+    /// RoPE angles in f32 as ggml computes them.
+    LlamaCpp,
+    /// Float32 everywhere (f64 where it is free), as transformers computes.
+    Float32,
+}
+
+impl ModelConfig {
+    /// How the KV cache stores keys and values.
+    pub fn kv_precision(&self) -> KvPrecision {
+        match self.numerics {
+            Numerics::LlamaCpp => KvPrecision::F16,
+            Numerics::Float32 => KvPrecision::F32,
+        }
+    }
 }
 
 impl ModelConfig {
@@ -127,7 +147,7 @@ impl ModelConfig {
             rope_scaling: scaling,
             context_length: file.u64(&key("context_length")).unwrap_or(2048) as usize,
             tie_embeddings: file.tensor("output.weight").is_none(),
-            kv_precision: KvPrecision::F16,
+            numerics: Numerics::LlamaCpp,
             architecture: arch,
         };
         config.validate().map_err(|reason| ModelError::Config { path: file.path().to_path_buf(), reason })?;
@@ -191,7 +211,7 @@ impl ModelConfig {
             rope_scaling: scaling,
             context_length: usize_of("max_position_embeddings").unwrap_or(2048),
             tie_embeddings: json.get("tie_word_embeddings").and_then(Json::as_bool).unwrap_or(false),
-            kv_precision: KvPrecision::F32,
+            numerics: Numerics::Float32,
             architecture: arch,
         };
         config.validate().map_err(bad)?;

@@ -16,7 +16,7 @@ use thiserror::Error;
 
 use crate::gguf::GgufError;
 
-pub use config::{ModelConfig, RopeLayout, RopeScaling};
+pub use config::{ModelConfig, Numerics, RopeLayout, RopeScaling};
 pub use llama::{BatchToken, ForwardBatch, LlamaModel};
 pub use weights::Weight;
 

@@ -1,6 +1,6 @@
 //! Rotary position encoding (RoPE) with the common scaling variants.
 
-use super::config::{ModelConfig, RopeLayout, RopeScaling};
+use super::config::{ModelConfig, Numerics, RopeLayout, RopeScaling};
 
 /// Precomputed inverse frequencies for one model.
 #[derive(Clone, Debug)]
@@ -8,6 +8,18 @@ pub struct Rope {
     inv_freq: Vec<f64>,
     layout: RopeLayout,
     head_dim: usize,
+    /// ggml's f32 angle recurrence, when the model follows llama.cpp.
+    ggml: Option<GgmlAngles>,
+}
+
+/// ggml's way of computing rotation angles: `theta_i = pos · scale^i` by
+/// repeated f32 multiplication, divided by per-frequency factors and
+/// multiplied by the linear frequency scale, then `cosf`/`sinf`.
+#[derive(Clone, Debug)]
+struct GgmlAngles {
+    theta_scale: f32,
+    freq_scale: f32,
+    freq_factors: Option<Vec<f32>>,
 }
 
 impl Rope {
@@ -41,20 +53,51 @@ impl Rope {
                 }
             }
         }
-        Self { inv_freq, layout: config.rope_layout, head_dim: config.head_dim }
+        let ggml = (config.numerics == Numerics::LlamaCpp).then(|| GgmlAngles {
+            theta_scale: (config.rope_theta).powf(-2.0 / d as f32),
+            freq_scale: match config.rope_scaling {
+                RopeScaling::Linear { factor } => 1.0 / factor,
+                _ => 1.0,
+            },
+            freq_factors: match &config.rope_scaling {
+                RopeScaling::FreqFactors(ff) => Some(ff.clone()),
+                _ => None,
+            },
+        });
+        Self { inv_freq, layout: config.rope_layout, head_dim: config.head_dim, ggml }
+    }
+
+    fn angles(&self, pos: usize) -> Vec<(f32, f32)> {
+        match &self.ggml {
+            Some(g) => {
+                let mut theta = pos as f32;
+                (0..self.inv_freq.len())
+                    .map(|i| {
+                        let extrap = match &g.freq_factors {
+                            Some(ff) => theta / ff[i],
+                            None => theta,
+                        };
+                        let angle = g.freq_scale * extrap;
+                        theta *= g.theta_scale;
+                        (angle.sin(), angle.cos())
+                    })
+                    .collect()
+            }
+            None => self
+                .inv_freq
+                .iter()
+                .map(|f| {
+                    let a = pos as f64 * f;
+                    (a.sin() as f32, a.cos() as f32)
+                })
+                .collect(),
+        }
     }
 
     /// Rotate every head in `x` (`heads × head_dim`) for position `pos`.
     pub fn apply(&self, x: &mut [f32], pos: usize) {
         let half = self.inv_freq.len();
-        let sin_cos: Vec<(f32, f32)> = self
-            .inv_freq
-            .iter()
-            .map(|f| {
-                let a = pos as f64 * f;
-                (a.sin() as f32, a.cos() as f32)
-            })
-            .collect();
+        let sin_cos = self.angles(pos);
         for head in x.chunks_exact_mut(self.head_dim) {
             for (i, &(s, c)) in sin_cos.iter().enumerate() {
                 let (a, b) = match self.layout {
