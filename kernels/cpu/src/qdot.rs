@@ -40,6 +40,18 @@ pub fn has_integer_kernel(ty: WeightType) -> bool {
 /// round half to even, scales rounded to f16 — so our products match
 /// llama.cpp's bit for bit.
 pub fn quantize_row(x: &[f32], out: &mut [BlockQ8]) {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::current() != Isa::Portable {
+        // SAFETY: non-portable ISAs imply AVX2 (and with it SSE4.1).
+        unsafe { x86::quantize_row(x, out) };
+        return;
+    }
+    quantize_row_portable(x, out);
+}
+
+/// The portable [`quantize_row`] (also the reference the vector path is
+/// tested against).
+pub fn quantize_row_portable(x: &[f32], out: &mut [BlockQ8]) {
     for (block, chunk) in out.iter_mut().zip(x.chunks_exact(32)) {
         let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
@@ -127,6 +139,8 @@ fn nibble_dot(packed: &[u8], q: &[i8; 32]) -> i32 {
 mod x86 {
     use std::arch::x86_64::*;
 
+    use half::f16;
+
     use super::BlockQ8;
 
     #[inline]
@@ -137,6 +151,46 @@ mod x86 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
         _mm_cvtss_f32(s)
+    }
+
+    /// Vector [`super::quantize_row`]: the same scale, the same
+    /// round-half-to-even (`_mm256_round_ps` with nearest), the same f16
+    /// rounding of the scales.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C must be available.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn quantize_row(x: &[f32], out: &mut [BlockQ8]) {
+        let sign_mask = _mm256_set1_ps(-0.0);
+        for (block, chunk) in out.iter_mut().zip(x.chunks_exact(32)) {
+            // SAFETY: `chunk` holds 32 floats.
+            let v: [__m256; 4] = std::array::from_fn(|k| unsafe { _mm256_loadu_ps(chunk.as_ptr().add(8 * k)) });
+            let mut m = _mm256_andnot_ps(sign_mask, v[0]);
+            for vk in &v[1..] {
+                m = _mm256_max_ps(m, _mm256_andnot_ps(sign_mask, *vk));
+            }
+            let m4 = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
+            let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+            let d = amax / 127.0;
+            let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+            let q: [__m256i; 4] = std::array::from_fn(|k| {
+                _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(v[k], id)))
+            });
+            let sum = q.iter().fold(_mm256_setzero_si256(), |acc, qk| _mm256_add_epi32(acc, *qk));
+            let s4 = _mm_add_epi32(_mm256_extracti128_si256(sum, 1), _mm256_castsi256_si128(sum));
+            let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b01_00_11_10));
+            let total = _mm_cvtsi128_si32(_mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b10_11_00_01)));
+            // Pack 32 i32 → 32 i8 in order (packs work per 128-bit lane).
+            let p01 = _mm256_packs_epi32(q[0], q[1]);
+            let p23 = _mm256_packs_epi32(q[2], q[3]);
+            let p = _mm256_packs_epi16(p01, p23);
+            let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            // SAFETY: `block.q` holds 32 bytes.
+            unsafe { _mm256_storeu_si256(block.q.as_mut_ptr() as *mut __m256i, p) };
+            block.d = f16::from_f32(d).to_f32();
+            block.sum = f16::from_f32(d * total as f32).to_f32();
+        }
     }
 
     /// Two f16 values at `p` (little-endian) as f32, through F16C.

@@ -185,3 +185,21 @@ fn attention_matches_an_exact_softmax_to_f16_precision_on_every_path() {
     let norm: f64 = exact.iter().map(|e| e * e).sum::<f64>().sqrt();
     assert!(err / norm < 1e-6, "exact path: relative error {}", err / norm);
 }
+
+#[test]
+fn vector_activation_quantisation_matches_the_portable_one() {
+    use weft_kernels_cpu::qdot::{BlockQ8, quantize_row, quantize_row_portable};
+    // Includes exact halves (x · 127/amax = k + 0.5) to pin the tie rule.
+    let mut x = random(32 * 64, 4242);
+    for (i, v) in x.iter_mut().enumerate().take(64) {
+        *v = if i % 32 == 0 { 127.0 } else { (i % 7) as f32 + 0.5 };
+    }
+    let (mut a, mut b) = (vec![BlockQ8::default(); 64], vec![BlockQ8::default(); 64]);
+    quantize_row(&x, &mut a);
+    quantize_row_portable(&x, &mut b);
+    for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+        assert_eq!((p.q, p.d, p.sum), (q.q, q.d, q.sum), "block {i}");
+    }
+    assert_eq!(b[0].q[1], 2, "1.5 rounds to even");
+    assert_eq!(b[0].q[3], 4, "3.5 rounds to even");
+}

@@ -175,6 +175,8 @@ impl LlamaModel {
             .map(|t| batch.block_tables[t.seq][t.pos / bs] as usize * bs + t.pos % bs)
             .collect();
 
+        // Rotation angles depend only on the position: once per token.
+        let angles: Vec<Vec<(f32, f32)>> = batch.tokens.iter().map(|t| self.rope.angles(t.pos)).collect();
         let mut x = vec![0f32; n * h];
         for (t, row) in batch.tokens.iter().zip(x.chunks_exact_mut(h)) {
             self.embed.matrix().row_into(t.token as usize, row);
@@ -194,9 +196,9 @@ impl LlamaModel {
             add_bias(&mut q, layer.bq.as_deref());
             add_bias(&mut k, layer.bk.as_deref());
             add_bias(&mut v, layer.bv.as_deref());
-            for (i, t) in batch.tokens.iter().enumerate() {
-                self.rope.apply(&mut q[i * qd..(i + 1) * qd], t.pos);
-                self.rope.apply(&mut k[i * kvd..(i + 1) * kvd], t.pos);
+            for i in 0..n {
+                self.rope.rotate(&mut q[i * qd..(i + 1) * qd], &angles[i]);
+                self.rope.rotate(&mut k[i * kvd..(i + 1) * kvd], &angles[i]);
                 kv.write(li, slots[i], &k[i * kvd..(i + 1) * kvd], &v[i * kvd..(i + 1) * kvd]);
             }
             self.attention(li, batch, &q, kv, &mut attn, hd);

@@ -67,7 +67,9 @@ impl Rope {
         Self { inv_freq, layout: config.rope_layout, head_dim: config.head_dim, ggml }
     }
 
-    fn angles(&self, pos: usize) -> Vec<(f32, f32)> {
+    /// `(sin, cos)` of every rotation angle at `pos`; compute once per token
+    /// and pass to [`Rope::rotate`] for every layer and head.
+    pub fn angles(&self, pos: usize) -> Vec<(f32, f32)> {
         match &self.ggml {
             Some(g) => {
                 let mut theta = pos as f32;
@@ -94,10 +96,10 @@ impl Rope {
         }
     }
 
-    /// Rotate every head in `x` (`heads × head_dim`) for position `pos`.
-    pub fn apply(&self, x: &mut [f32], pos: usize) {
+    /// Rotate every head in `x` (`heads × head_dim`) by precomputed
+    /// [`Rope::angles`].
+    pub fn rotate(&self, x: &mut [f32], sin_cos: &[(f32, f32)]) {
         let half = self.inv_freq.len();
-        let sin_cos = self.angles(pos);
         for head in x.chunks_exact_mut(self.head_dim) {
             for (i, &(s, c)) in sin_cos.iter().enumerate() {
                 let (a, b) = match self.layout {
