@@ -2,11 +2,12 @@
 //!
 //! `weft pull` fetches the default model (or imports a local one),
 //! `weft generate` completes a prompt, `weft chat` holds a conversation in
-//! the terminal. Argument parsing and printing live here; everything else is
-//! in the library crates.
+//! the terminal, `weft serve` serves the HTTP API. Argument parsing and
+//! printing live here; everything else is in the library crates.
 
 mod bench;
 mod run;
+mod serve;
 mod store;
 
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ enum Command {
     Generate(run::GenerateArgs),
     /// Chat with the model in the terminal.
     Chat(run::ChatArgs),
+    /// Serve the OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
     /// Measure prefill and decode throughput of the engine.
     Bench(bench::BenchArgs),
 }
@@ -63,6 +66,7 @@ fn main() -> Result<()> {
         }
         Command::Generate(args) => run::generate(&store, args)?,
         Command::Chat(args) => run::chat(&store, args)?,
+        Command::Serve(args) => serve::serve(&store, args)?,
         Command::Bench(args) => bench::bench(&store, args)?,
     }
     Ok(())

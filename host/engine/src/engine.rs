@@ -21,7 +21,7 @@ use weft_types::{SamplingParams, StopReason};
 
 use crate::kv_cache::{BlockPool, KvStorage, chain_next, chain_root};
 use crate::model::{BatchToken, ForwardBatch, LlamaModel};
-use crate::sampling::{argmax, logprob_of, sample};
+use crate::sampling::{adjust_logits, argmax, logprob_of, sample, top_logprobs};
 use crate::sequence::{PromptScore, RequestId, Sequence};
 use crate::tokenizer::Tokenizer;
 
@@ -65,8 +65,12 @@ pub struct GenerationRequest {
 pub struct Output {
     pub id: RequestId,
     pub tokens: Vec<u32>,
-    /// Log-probability of each token in `tokens`.
+    /// Log-probability of each token in `tokens` under the model's raw
+    /// distribution (before bias, penalties or temperature).
     pub logprobs: Vec<f32>,
+    /// For each token in `tokens`, the `top_logprobs` most likely tokens and
+    /// their log-probabilities; empty unless the request asked for them.
+    pub top_logprobs: Vec<Vec<(u32, f32)>>,
     /// Text completed by these tokens (valid UTF-8; stop strings removed).
     pub text: String,
     pub prompt_scores: Vec<PromptScore>,
@@ -77,7 +81,7 @@ pub struct Output {
 }
 
 /// A request the engine refuses.
-#[derive(Debug, Error, PartialEq)]
+#[derive(Clone, Debug, Error, PartialEq)]
 pub enum EngineError {
     #[error("the prompt is empty")]
     EmptyPrompt,
@@ -264,23 +268,29 @@ impl Engine {
                 }
                 let row = rows.next().expect("one logits row per flagged token");
                 if seq.score_prompt && pos + 1 < seq.prompt_len && pos >= seq.scored {
-                    out.prompt_scores.push(PromptScore { logprob: logprob_of(row, seq.tokens[pos + 1]), argmax: argmax(row) });
+                    let best = argmax(row);
+                    out.prompt_scores.push(PromptScore {
+                        logprob: logprob_of(row, seq.tokens[pos + 1]),
+                        argmax: best,
+                        argmax_logprob: logprob_of(row, best),
+                    });
                     seq.scored = pos + 1;
                 }
                 if pos == last {
-                    let token = if seq.params.ignore_eos {
-                        let mut masked = row.to_vec();
-                        for &t in self.tokenizer.eog_tokens() {
-                            if let Some(l) = masked.get_mut(t as usize) {
-                                *l = f32::NEG_INFINITY;
-                            }
-                        }
-                        sample(&masked, &seq.params, seq.generated() as u64)
+                    let index = seq.generated() as u64;
+                    let token = if seq.params.adjusts_logits() {
+                        let mut adjusted = row.to_vec();
+                        let eog = self.tokenizer.eog_tokens();
+                        adjust_logits(&mut adjusted, &seq.params, &seq.tokens, seq.prompt_len, eog);
+                        sample(&adjusted, &seq.params, index)
                     } else {
-                        sample(row, &seq.params, seq.generated() as u64)
+                        sample(row, &seq.params, index)
                     };
                     out.tokens.push(token);
                     out.logprobs.push(logprob_of(row, token));
+                    if seq.params.top_logprobs > 0 {
+                        out.top_logprobs.push(top_logprobs(row, seq.params.top_logprobs as usize));
+                    }
                 }
             }
             seq.computed += n;

@@ -1,5 +1,7 @@
-//! Native token sampling: greedy, temperature, top-k and top-p with seeded,
-//! position-keyed randomness.
+//! Native token sampling: logit adjustments (bias, presence / frequency /
+//! repetition penalties, EOS suppression), then greedy or temperature with
+//! top-k, min-p and top-p, with seeded, position-keyed randomness; and the
+//! log-probabilities reported to clients.
 //!
 //! The random draw for a sequence's `i`-th generated token is a pure
 //! function of `(seed, i)`, so a sequence replays identically after
@@ -38,6 +40,60 @@ pub fn logprob_of(logits: &[f32], token: u32) -> f32 {
     logits[token as usize] - weft_kernels_cpu::ops::log_sum_exp(logits)
 }
 
+/// `log softmax(logits)` of the `k` most likely tokens, most likely first
+/// (ties by lower id).
+pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    for (i, &v) in logits.iter().enumerate() {
+        if best.len() == k && best.last().is_none_or(|&(_, w)| v <= w) {
+            continue;
+        }
+        let at = best.partition_point(|&(_, w)| w >= v);
+        best.insert(at, (i as u32, v));
+        best.truncate(k);
+    }
+    let lse = weft_kernels_cpu::ops::log_sum_exp(logits);
+    best.into_iter().map(|(t, v)| (t, v - lse)).collect()
+}
+
+/// Apply a sequence's logit adjustments in place: EOS suppression
+/// (`ignore_eos`), `logit_bias`, the repetition penalty over prompt and
+/// output, then presence and frequency penalties over the output.
+/// `tokens` is the prompt followed by the generated tokens.
+pub fn adjust_logits(logits: &mut [f32], params: &SamplingParams, tokens: &[u32], prompt_len: usize, eog: &[u32]) {
+    if params.ignore_eos {
+        for &t in eog {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+    for &(t, bias) in &params.logit_bias {
+        if let Some(l) = logits.get_mut(t as usize) {
+            *l += bias;
+        }
+    }
+    if params.repetition_penalty != 1.0 {
+        let mut seen: Vec<u32> = tokens.to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        for t in seen {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = if *l > 0.0 { *l / params.repetition_penalty } else { *l * params.repetition_penalty };
+            }
+        }
+    }
+    if params.presence_penalty != 0.0 || params.frequency_penalty != 0.0 {
+        let mut generated: Vec<u32> = tokens[prompt_len.min(tokens.len())..].to_vec();
+        generated.sort_unstable();
+        for run in generated.chunk_by(|a, b| a == b) {
+            if let Some(l) = logits.get_mut(run[0] as usize) {
+                *l -= params.presence_penalty + params.frequency_penalty * run.len() as f32;
+            }
+        }
+    }
+}
+
 /// Choose the next token for a sequence from its logits.
 pub fn sample(logits: &[f32], params: &SamplingParams, index: u64) -> u32 {
     if params.is_greedy() {
@@ -55,6 +111,12 @@ pub fn sample(logits: &[f32], params: &SamplingParams, index: u64) -> u32 {
     for c in candidates.iter_mut() {
         c.1 = (c.1 - max).exp();
         total += c.1;
+    }
+    if params.min_p > 0.0 {
+        // After the shift above the top token's weight is exactly 1.
+        let keep = candidates.partition_point(|c| c.1 >= params.min_p as f64).max(1);
+        candidates.truncate(keep);
+        total = candidates.iter().map(|c| c.1).sum();
     }
     if params.top_p < 1.0 {
         let mut mass = 0.0;
@@ -108,6 +170,49 @@ mod tests {
         assert!((0..200).all(|i| sample(&logits, &p, i) == 0), "the top token alone holds > 50% of the mass");
         let k2 = SamplingParams { temperature: 1.0, top_k: 2, seed: 3, ..SamplingParams::default() };
         assert!((0..200).all(|i| sample(&logits, &k2, i) < 2));
+    }
+
+    #[test]
+    fn min_p_drops_tokens_far_below_the_top() {
+        // Probabilities 0.6, 0.3, 0.1: min_p 0.4 keeps only ids 0 and 1.
+        let logits = [0.6f32.ln(), 0.3f32.ln(), 0.1f32.ln()];
+        let params = SamplingParams { temperature: 1.0, min_p: 0.4, seed: 1, ..SamplingParams::default() };
+        let mut counts = [0usize; 3];
+        for i in 0..3000 {
+            counts[sample(&logits, &params, i) as usize] += 1;
+        }
+        assert_eq!(counts[2], 0);
+        assert!(counts[1] > 800, "id 1 keeps a third of the mass: {counts:?}");
+    }
+
+    #[test]
+    fn penalties_and_bias_move_the_logits_they_name() {
+        let params = SamplingParams {
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            repetition_penalty: 2.0,
+            logit_bias: vec![(3, -100.0)],
+            ignore_eos: true,
+            ..SamplingParams::default()
+        };
+        let mut logits = [1.0f32, -1.0, 2.0, 4.0, 0.5];
+        // Prompt [0], generated [1, 1, 2]; token 4 is end-of-generation.
+        adjust_logits(&mut logits, &params, &[0, 1, 1, 2], 1, &[4]);
+        assert_eq!(logits[0], 0.5, "prompt token: repetition penalty only");
+        assert_eq!(logits[1], -2.0 - 0.5 - 0.5, "generated twice: both penalties");
+        assert_eq!(logits[2], 1.0 - 0.5 - 0.25);
+        assert_eq!(logits[3], -96.0);
+        assert_eq!(logits[4], f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn top_logprobs_are_sorted_normalised_and_tie_stable() {
+        let logits = [0.0f32, 2.0, 2.0, -1.0, 1.0];
+        let top = top_logprobs(&logits, 3);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2, 4]);
+        let all: f32 = top_logprobs(&logits, 5).iter().map(|t| t.1.exp()).sum();
+        assert!((all - 1.0).abs() < 1e-6);
+        assert!((top[0].1 - logprob_of(&logits, 1)).abs() < 1e-7);
     }
 
     #[test]

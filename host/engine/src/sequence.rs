@@ -16,6 +16,8 @@ pub struct PromptScore {
     pub logprob: f32,
     /// The model's most likely token after `prompt[..=i]`.
     pub argmax: u32,
+    /// Its log-probability.
+    pub argmax_logprob: f32,
 }
 
 pub(crate) struct Sequence {

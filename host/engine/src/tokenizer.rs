@@ -180,6 +180,22 @@ impl Tokenizer {
         self.with_special.id_to_token(id)
     }
 
+    /// The bytes a single token stands for: byte-level BPE pieces mapped back
+    /// through GPT-2's byte alphabet, SentencePiece `<0xNN>` byte tokens and
+    /// `▁` spaces undone. A token may be part of a multi-byte character, so
+    /// these bytes need not be UTF-8 on their own (OpenAI's `bytes` field).
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let Some(piece) = self.token_text(id) else { return Vec::new() };
+        if let Some(hex) = piece.strip_prefix("<0x").and_then(|p| p.strip_suffix('>'))
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+            && hex.len() == 2
+        {
+            return vec![b];
+        }
+        let bytes: Option<Vec<u8>> = piece.chars().map(gpt2_byte).collect();
+        bytes.unwrap_or_else(|| piece.replace('\u{2581}', " ").into_bytes())
+    }
+
     /// Encode `text`. With `parse_special`, special-token markers in the
     /// text become their ids; without, they are ordinary text.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, TokenizerError> {
@@ -196,6 +212,19 @@ impl Tokenizer {
     pub fn stream(&self) -> StreamDecoder {
         StreamDecoder { ids: Vec::new(), prefix: 0, read: 0 }
     }
+}
+
+/// The byte that GPT-2's byte-level alphabet writes as `c`: printable
+/// Latin-1 bytes stand for themselves, the other 68 bytes are shifted to
+/// U+0100 onwards in byte order.
+fn gpt2_byte(c: char) -> Option<u8> {
+    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let code = c as u32;
+    if printable(code) {
+        return Some(code as u8);
+    }
+    let shifted = code.checked_sub(256)?;
+    (0u32..=255).filter(|&b| !printable(b)).nth(shifted as usize).map(|b| b as u8)
 }
 
 fn pre_tokenizer_for(pre: &str) -> Result<PreTokenizerWrapper, TokenizerError> {

@@ -18,6 +18,26 @@ pub struct SamplingParams {
     pub top_k: u32,
     /// Nucleus sampling mass in `(0, 1]`; `1.0` disables. Default `1.0`.
     pub top_p: f32,
+    /// Drop tokens whose probability is below `min_p` × the top token's, in
+    /// `[0, 1]`; `0.0` disables. Default `0.0`.
+    pub min_p: f32,
+    /// OpenAI's presence penalty, in `[-2, 2]`: subtracted once from the
+    /// logit of every token already generated. Default `0.0`.
+    pub presence_penalty: f32,
+    /// OpenAI's frequency penalty, in `[-2, 2]`: subtracted from a token's
+    /// logit once per time it was generated. Default `0.0`.
+    pub frequency_penalty: f32,
+    /// The CTRL / Hugging Face repetition penalty, in `(0, 10]`: logits of
+    /// tokens seen in the prompt or the output are divided by it when
+    /// positive and multiplied when negative. `1.0` disables. Default `1.0`.
+    pub repetition_penalty: f32,
+    /// Added to the logits of the given token ids before sampling, each value
+    /// in `[-100, 100]`, ids inside the vocabulary, at most 300 entries
+    /// (OpenAI's limits). Default empty.
+    pub logit_bias: Vec<(TokenId, f32)>,
+    /// Return the log-probabilities of this many most likely alternatives
+    /// with every generated token, at most 20. Default `0`.
+    pub top_logprobs: u32,
     /// Seed for this sequence's random draws. The draw for the `i`-th generated
     /// token depends only on `(seed, i)`, so a sequence replays identically
     /// after preemption or inside any batch.
@@ -39,6 +59,12 @@ impl Default for SamplingParams {
             temperature: 0.0,
             top_k: 0,
             top_p: 1.0,
+            min_p: 0.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
+            logit_bias: Vec::new(),
+            top_logprobs: 0,
             seed: 0,
             max_tokens: 256,
             stop: Vec::new(),
@@ -56,6 +82,16 @@ impl SamplingParams {
     /// Whether this sequence picks the argmax at every step.
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0 || self.top_k == 1
+    }
+
+    /// Whether the logits are changed before the choice (bias or a penalty),
+    /// which needs a private copy of the sequence's logits row.
+    pub fn adjusts_logits(&self) -> bool {
+        !self.logit_bias.is_empty()
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+            || self.repetition_penalty != 1.0
+            || self.ignore_eos
     }
 }
 

@@ -1,0 +1,89 @@
+//! `weft serve`: load a model and serve the OpenAI-compatible HTTP API
+//! until Ctrl-C or SIGTERM, then drain in-flight requests.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use weft_engine::EngineConfig;
+use weft_server::{Server, ServerConfig};
+
+use crate::ModelArgs;
+use crate::store::Store;
+
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on.
+    #[arg(long, env = "WEFT_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// HTTP port; 0 picks a free one (the bound address is printed).
+    #[arg(long, env = "WEFT_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// KV cache size in MiB (pages become resident only when used).
+    #[arg(long, env = "WEFT_KV_CACHE_MIB", default_value_t = 256)]
+    pub kv_cache_mib: usize,
+    /// Most sequences decoding at once.
+    #[arg(long, env = "WEFT_MAX_RUNNING", default_value_t = 64)]
+    pub max_running: usize,
+    /// Requests waiting beyond the running ones before new ones get 503.
+    #[arg(long, env = "WEFT_MAX_QUEUED", default_value_t = 256)]
+    pub max_queued: usize,
+}
+
+pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
+    if let Some(n) = args.model.threads {
+        weft_kernels_cpu::pool::set_threads(n);
+    }
+    let path = store.resolve(args.model.model.as_deref())?;
+    let mut loaded = weft_engine::LoadedModel::open(&path).with_context(|| format!("loading {}", path.display()))?;
+    // The API's model id is the store name (`smollm2-135m-instruct-q4_1`),
+    // which clients can type, rather than the file's free-text title.
+    if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+        loaded.name = stem.to_string();
+    }
+    let mut engine_config = EngineConfig::for_model(&loaded.model, args.kv_cache_mib << 20);
+    engine_config.max_running = args.max_running.max(1);
+    let config = ServerConfig { http_addr: SocketAddr::new(args.host, args.port), max_queued: args.max_queued, ..ServerConfig::default() };
+    let name = loaded.name.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("weft-http")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let server = Server::bind(loaded, engine_config, config).await.context("binding the HTTP listener")?;
+        let addr = server.local_addr()?;
+        println!("weft: serving {name} on http://{addr}");
+        println!("weft: try  curl http://{addr}/v1/chat/completions -H 'content-type: application/json' \\");
+        println!("             -d '{{\"model\": \"default\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'");
+        server.serve(shutdown_signal()).await.context("serving")?;
+        eprintln!("weft: stopped");
+        Ok(())
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    eprintln!("weft: shutting down; draining in-flight requests");
+}

@@ -1,0 +1,38 @@
+//! Server settings, each with its default, unit and reason.
+//!
+//! The `weft serve` command fills these from flags, environment variables
+//! and defaults; embedders and tests build them directly.
+
+use std::net::SocketAddr;
+
+/// How the server listens and how much work it admits.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where the HTTP API listens. Default `127.0.0.1:8080`; port 0 picks a
+    /// free port (the bound address is reported by [`crate::Server::local_addr`]).
+    pub http_addr: SocketAddr,
+    /// Largest request body accepted, in bytes. Default 4 MiB: a full 8k
+    /// context of text is ~40 KB, so this leaves room for long prompts while
+    /// a 10 MB body is refused (413) before it is read.
+    pub max_body_bytes: usize,
+    /// Requests waiting for a running slot beyond `max_running` before new
+    /// ones are refused with 503 and `retry-after`. Default 256.
+    pub max_queued: usize,
+    /// Most choices one request may ask for (`n` × prompts). Default 16.
+    pub max_choices: usize,
+    /// Tokenization and chat-template jobs running at once on blocking
+    /// workers; further jobs wait for a slot. Default 4.
+    pub tokenizer_workers: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 4 << 20,
+            max_queued: 256,
+            max_choices: 16,
+            tokenizer_workers: 4,
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The one error type of the serving layer and its one mapping to HTTP.
+//!
+//! Every failure a client can see is an [`ApiError`]. Its variant decides
+//! the status code, the stable machine-readable `type` and `code` strings,
+//! and the headers (`retry-after` when waiting helps, `x-should-retry:
+//! false` when it never will). Bodies have OpenAI's shape,
+//! `{"error": {"message", "type", "param", "code"}}`, so the official SDKs
+//! raise the right exception class. Message text is for people; `type` and
+//! `code` are the API.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use thiserror::Error;
+
+/// A request the server did not complete.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum ApiError {
+    /// A field is missing, malformed or out of range.
+    #[error("{message}")]
+    InvalidRequest { message: String, param: Option<String> },
+    /// The prompt and the requested output do not fit the context.
+    #[error("{0}")]
+    ContextLengthExceeded(String),
+    /// A parameter that Weft accepts in the schema but does not implement yet.
+    #[error("`{param}` is not supported yet: {why}")]
+    Unsupported { param: String, why: &'static str },
+    #[error("the model `{0}` does not exist; GET /v1/models lists the models this server has")]
+    ModelNotFound(String),
+    #[error("no route for {method} {path}")]
+    RouteNotFound { method: String, path: String },
+    #[error("{method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("the request body must be JSON: send `content-type: application/json` (got {got})")]
+    UnsupportedMediaType { got: String },
+    /// Admission is full: running and queued requests are at their limits.
+    #[error("the server is at capacity ({limit} requests running or queued); retry after {retry_after_s} s")]
+    Overloaded { limit: usize, retry_after_s: u32 },
+    /// The engine is not serving (starting, shutting down, or it failed).
+    #[error("the server is not ready: {0}")]
+    NotReady(String),
+    /// A bug: an invariant inside Weft broke. Never caused by input alone.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidRequest { message: message.into(), param: Some(param.into()) }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest { .. } | Self::ContextLengthExceeded(_) | Self::Unsupported { .. } => StatusCode::BAD_REQUEST,
+            Self::ModelNotFound(_) | Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Overloaded { .. } | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// OpenAI's error `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest { .. } | Self::ContextLengthExceeded(_) | Self::Unsupported { .. } => "invalid_request_error",
+            Self::ModelNotFound(_) | Self::RouteNotFound { .. } => "not_found_error",
+            Self::MethodNotAllowed { .. } | Self::PayloadTooLarge { .. } | Self::UnsupportedMediaType { .. } => {
+                "invalid_request_error"
+            }
+            Self::Overloaded { .. } | Self::NotReady(_) => "service_unavailable_error",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    /// A stable code naming the failure precisely.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest { .. } => "invalid_value",
+            Self::ContextLengthExceeded(_) => "context_length_exceeded",
+            Self::Unsupported { .. } => "unsupported_parameter",
+            Self::ModelNotFound(_) => "model_not_found",
+            Self::RouteNotFound { .. } => "unknown_route",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType { .. } => "unsupported_media_type",
+            Self::Overloaded { .. } => "server_overloaded",
+            Self::NotReady(_) => "not_ready",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            Self::InvalidRequest { param, .. } => param.as_deref(),
+            Self::Unsupported { param, .. } => Some(param),
+            Self::ContextLengthExceeded(_) => Some("messages"),
+            Self::ModelNotFound(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// Seconds after which the same request may succeed, if waiting helps.
+    fn retry_after(&self) -> Option<u32> {
+        match self {
+            Self::Overloaded { retry_after_s, .. } => Some(*retry_after_s),
+            Self::NotReady(_) => Some(1),
+            _ => None,
+        }
+    }
+
+    /// The JSON body, also sent as the last event of a failed stream.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                message: self.to_string(),
+                kind: self.kind(),
+                param: self.param().map(str::to_string),
+                code: self.code(),
+            },
+        }
+    }
+}
+
+/// `{"error": {...}}`.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorDetail {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: &'static str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), axum::Json(self.body())).into_response();
+        let headers = response.headers_mut();
+        match self.retry_after() {
+            Some(s) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(s));
+            }
+            // Only 408/409/429/5xx are retried by the OpenAI SDKs; say so
+            // explicitly for a 500 too, since a bug will not go away.
+            None => {
+                headers.insert("x-should-retry", HeaderValue::from_static("false"));
+            }
+        }
+        response
+    }
+}
+
+impl From<weft_engine::EngineError> for ApiError {
+    fn from(e: weft_engine::EngineError) -> Self {
+        use weft_engine::EngineError as E;
+        match e {
+            E::TooLong { .. } => Self::ContextLengthExceeded(e.to_string()),
+            E::EmptyPrompt => Self::invalid("prompt", e.to_string()),
+            E::TokenOutOfRange { .. } => Self::invalid("prompt", e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Weft's serving layer as a library: the OpenAI-compatible HTTP API over
+//! the engine.
+//!
+//! [`Server::bind`] takes a loaded model and a [`ServerConfig`], starts the
+//! engine thread ([`engine_task`]) and listens; [`Server::serve`] runs until
+//! the shutdown future resolves, then drains. The `weft serve` command is a
+//! thin shell over this, and tests and embedders use it directly.
+//!
+//! A request goes: [`extract`] (media type, size, JSON) → [`validate`]
+//! (`Valid*` values) → tokenization on a bounded blocking pool →
+//! [`engine_task`] admission → [`generate`] (collect or stream) → the
+//! [`openai`] response types. Every failure is an [`ApiError`], mapped to
+//! HTTP in one place ([`error`]).
+//!
+//! Not here yet: gRPC, the admin API, TLS and plugin selection arrive with
+//! their issues.
+
+pub mod config;
+pub mod engine_task;
+pub mod error;
+pub mod extract;
+pub mod generate;
+pub mod metrics;
+pub mod openai;
+mod routes;
+pub mod validate;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use weft_engine::chat_template::ChatTemplate;
+use weft_engine::tokenizer::Tokenizer;
+use weft_engine::{Engine, EngineConfig, LoadedModel};
+
+pub use config::ServerConfig;
+pub use engine_task::{EngineGauges, EngineHandle};
+pub use error::ApiError;
+
+/// Sent as `system_fingerprint`: the Weft version that produced a response.
+pub(crate) const SYSTEM_FINGERPRINT: &str = concat!("weft-", env!("CARGO_PKG_VERSION"));
+
+/// The model a server answers for.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// The model's name; `default` is accepted as an alias.
+    pub name: String,
+    pub created: u64,
+    pub context: usize,
+    pub vocab: usize,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) engine: EngineHandle,
+    pub(crate) model: Arc<ModelInfo>,
+    pub(crate) tokenizer: Arc<Tokenizer>,
+    pub(crate) template: Option<Arc<ChatTemplate>>,
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) metrics: Arc<metrics::Metrics>,
+    blocking: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("model", &self.model).finish()
+    }
+}
+
+impl AppState {
+    /// Run blocking work (tokenizing, templating) on the blocking pool,
+    /// at most `tokenizer_workers` jobs at once.
+    pub(crate) async fn blocking<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+        let _permit = self.blocking.acquire().await.map_err(|_| ApiError::NotReady("shutting down".into()))?;
+        tokio::task::spawn_blocking(job).await.map_err(|e| ApiError::Internal(format!("a tokenizer job failed: {e}")))
+    }
+
+    /// Resolve the `model` field of a request.
+    pub(crate) fn check_model(&self, requested: Option<&str>) -> Result<(), ApiError> {
+        match requested {
+            None | Some("default") => Ok(()),
+            Some(name) if name == self.model.name => Ok(()),
+            Some(other) => Err(ApiError::ModelNotFound(other.to_string())),
+        }
+    }
+
+    pub(crate) fn limits(&self) -> validate::ModelLimits {
+        validate::ModelLimits { vocab: self.model.vocab, context: self.model.context, max_choices: self.config.max_choices }
+    }
+}
+
+/// A bound, not yet serving, HTTP server.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Server {
+    /// Start the engine for `loaded` with `engine_config` and bind the HTTP
+    /// listener.
+    pub async fn bind(loaded: LoadedModel, engine_config: EngineConfig, config: ServerConfig) -> std::io::Result<Self> {
+        let engine = Engine::new(Arc::clone(&loaded.model), Arc::clone(&loaded.tokenizer), engine_config);
+        let model = ModelInfo {
+            name: loaded.name.clone(),
+            created: unix_now(),
+            context: loaded.model.config.context_length,
+            vocab: loaded.model.config.vocab_size,
+        };
+        let handle = EngineHandle::spawn(engine, config.max_queued)?;
+        let listener = TcpListener::bind(config.http_addr).await?;
+        let state = AppState {
+            metrics: Arc::new(metrics::Metrics::new(handle.clone())),
+            engine: handle,
+            model: Arc::new(model),
+            tokenizer: loaded.tokenizer,
+            template: loaded.template.map(Arc::new),
+            blocking: Arc::new(Semaphore::new(config.tokenizer_workers.max(1))),
+            config: Arc::new(config),
+        };
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The engine's live figures (tests assert KV blocks come back).
+    pub fn engine(&self) -> EngineHandle {
+        self.state.engine.clone()
+    }
+
+    /// Serve until `shutdown` resolves, then stop accepting and let
+    /// in-flight requests finish.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let app = routes::router(self.state);
+        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await
+    }
+}

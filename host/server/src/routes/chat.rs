@@ -1,0 +1,157 @@
+//! `POST /v1/chat/completions`: a conversation through the model's chat
+//! template, answered whole or as a stream of deltas.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use weft_engine::{GenerationRequest, Output};
+use weft_types::SamplingParams;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{self, JsonBody};
+use crate::generate::{self, ChoiceRequest, ChunkWriter, StreamContext, finish_reason, token_logprob};
+use crate::openai::{
+    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatDelta,
+    ChatLogprobs, SamplingFields, Usage,
+};
+use crate::validate::{self, MAX_TOP_LOGPROBS};
+
+pub async fn chat_completions(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+    let req: ChatCompletionRequest = extract::view(&body)?;
+    let sampling: SamplingFields = extract::view(&body)?;
+    drop(body);
+    state.check_model(sampling.model.as_deref())?;
+    let logprobs = req.logprobs.unwrap_or(false);
+    let top_logprobs = match (logprobs, req.top_logprobs) {
+        (_, None) => 0,
+        (true, Some(k)) => {
+            if !(0..=MAX_TOP_LOGPROBS).contains(&k) {
+                return Err(ApiError::invalid("top_logprobs", format!("`top_logprobs` must be in [0, {MAX_TOP_LOGPROBS}]; given {k}")));
+            }
+            k as u32
+        }
+        (false, Some(_)) => return Err(ApiError::invalid("top_logprobs", "`top_logprobs` needs `logprobs: true`")),
+    };
+    let max_tokens = match req.max_completion_tokens {
+        Some(v) => ("max_completion_tokens", Some(v)),
+        None => ("max_tokens", sampling.max_tokens),
+    };
+    let valid = validate::sampling(&sampling, max_tokens, top_logprobs, state.limits())?;
+    let messages = validate::chat_messages(&req.messages)?;
+    let template = state
+        .template
+        .clone()
+        .ok_or_else(|| ApiError::invalid("messages", "this model has no chat template; use /v1/completions with a prompt"))?;
+    let tokenizer = state.tokenizer.clone();
+    let prompt = state
+        .blocking(move || template.encode(&tokenizer, &messages, true))
+        .await?
+        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let max_tokens = validate::settle_max_tokens(valid.max_tokens, None, prompt.len(), state.model.context)?;
+
+    let choices = (0..valid.n)
+        .map(|index| ChoiceRequest {
+            index,
+            prompt_index: 0,
+            request: GenerationRequest {
+                prompt: prompt.clone(),
+                params: SamplingParams { seed: validate::choice_seed(valid.params.seed, index), max_tokens, ..valid.params.clone() },
+                tenant: String::new(),
+                score_prompt: false,
+            },
+        })
+        .collect();
+    let running = generate::start(&state, choices).await?;
+    let ctx = StreamContext {
+        id: generate::response_id("chatcmpl-"),
+        created: crate::unix_now(),
+        model: state.model.name.clone(),
+        tokenizer: state.tokenizer.clone(),
+    };
+    if valid.stream {
+        let writer = ChatChunks { ctx, n: valid.n, logprobs };
+        return Ok(generate::stream_choices(running, writer, valid.include_usage));
+    }
+    let done = generate::collect_all(running).await?;
+    let usage = generate::usage(done.iter().map(|(c, all)| (c.prompt_index, all)));
+    let choices = done
+        .into_iter()
+        .map(|(choice, all)| ChatChoice {
+            index: choice.index,
+            logprobs: logprobs.then(|| ChatLogprobs {
+                content: (0..all.tokens.len())
+                    .map(|i| {
+                        let top = all.top_logprobs.get(i).map_or(&[][..], Vec::as_slice);
+                        token_logprob(&ctx.tokenizer, all.tokens[i], all.logprobs[i], top)
+                    })
+                    .collect(),
+            }),
+            message: AssistantMessage { role: "assistant", content: all.text },
+            finish_reason: finish_reason(all.finish),
+        })
+        .collect();
+    let body = ChatCompletion {
+        id: ctx.id,
+        object: "chat.completion",
+        created: ctx.created,
+        model: ctx.model,
+        choices,
+        usage,
+        system_fingerprint: crate::SYSTEM_FINGERPRINT,
+    };
+    Ok(axum::Json(body).into_response())
+}
+
+struct ChatChunks {
+    ctx: StreamContext,
+    n: usize,
+    logprobs: bool,
+}
+
+impl ChatChunks {
+    fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<Usage>) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            id: self.ctx.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.ctx.created,
+            model: self.ctx.model.clone(),
+            choices,
+            usage,
+            system_fingerprint: crate::SYSTEM_FINGERPRINT,
+        }
+    }
+}
+
+impl ChunkWriter for ChatChunks {
+    fn start(&mut self, chunks: &mut Vec<axum::body::Bytes>) {
+        for index in 0..self.n {
+            let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()) };
+            let choice = ChatChunkChoice { index, delta, logprobs: None, finish_reason: None };
+            chunks.push(generate::sse_data(&self.chunk(vec![choice], None)));
+        }
+    }
+
+    fn output(&mut self, index: usize, out: &Output, chunks: &mut Vec<axum::body::Bytes>) {
+        let logprobs = (self.logprobs && !out.tokens.is_empty()).then(|| ChatLogprobs {
+            content: (0..out.tokens.len())
+                .map(|i| {
+                    let top = out.top_logprobs.get(i).map_or(&[][..], Vec::as_slice);
+                    token_logprob(&self.ctx.tokenizer, out.tokens[i], out.logprobs[i], top)
+                })
+                .collect(),
+        });
+        if !out.text.is_empty() || logprobs.is_some() {
+            let delta = ChatDelta { role: None, content: Some(out.text.clone()) };
+            let choice = ChatChunkChoice { index, delta, logprobs, finish_reason: None };
+            chunks.push(generate::sse_data(&self.chunk(vec![choice], None)));
+        }
+        if out.finished.is_some() {
+            let choice = ChatChunkChoice { index, delta: ChatDelta::default(), logprobs: None, finish_reason: finish_reason(out.finished) };
+            chunks.push(generate::sse_data(&self.chunk(vec![choice], None)));
+        }
+    }
+
+    fn usage(&self, usage: Usage) -> axum::body::Bytes {
+        generate::sse_data(&self.chunk(Vec::new(), Some(usage)))
+    }
+}

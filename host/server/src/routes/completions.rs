@@ -1,0 +1,195 @@
+//! `POST /v1/completions`: raw prompts (text or token ids, one or several),
+//! with `echo` and prompt log-probabilities for log-likelihood evaluation.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use weft_engine::tokenizer::Tokenizer;
+use weft_engine::{GenerationRequest, Output};
+use weft_types::SamplingParams;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{self, JsonBody};
+use crate::generate::{self, ChoiceRequest, ChunkWriter, Collected, StreamContext, finish_reason};
+use crate::openai::{Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, SamplingFields, Usage};
+use crate::validate::{self, MAX_TOP_LOGPROBS, ValidPrompt};
+
+/// OpenAI's default for completions.
+const DEFAULT_MAX_TOKENS: u32 = 16;
+
+pub async fn completions(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+    let req: CompletionRequest = extract::view(&body)?;
+    let sampling: SamplingFields = extract::view(&body)?;
+    drop(body);
+    state.check_model(sampling.model.as_deref())?;
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::Unsupported { param: "suffix".into(), why: "fill-in-the-middle needs a model trained for it" });
+    }
+    if req.best_of.is_some_and(|b| b != 1) {
+        return Err(ApiError::Unsupported { param: "best_of".into(), why: "use `n` and pick on the client" });
+    }
+    let logprobs = match req.logprobs {
+        None => None,
+        Some(k) if (0..=MAX_TOP_LOGPROBS).contains(&k) => Some(k as u32),
+        Some(k) => return Err(ApiError::invalid("logprobs", format!("`logprobs` must be in [0, {MAX_TOP_LOGPROBS}]; given {k}"))),
+    };
+    let echo = req.echo.unwrap_or(false);
+    let valid = validate::sampling(&sampling, ("max_tokens", sampling.max_tokens), logprobs.unwrap_or(0), state.limits())?;
+    if echo && valid.stream {
+        return Err(ApiError::Unsupported { param: "echo".into(), why: "`echo` is available without `stream`" });
+    }
+    let prompts = validate::prompts(&req.prompt, valid.n, state.limits())?;
+    let tokenizer = state.tokenizer.clone();
+    let prompts: Vec<Vec<u32>> = state.blocking(move || tokenize_prompts(&tokenizer, prompts)).await??;
+
+    let mut choices = Vec::new();
+    for (prompt_index, prompt) in prompts.iter().enumerate() {
+        if prompt.is_empty() {
+            return Err(ApiError::invalid("prompt", format!("prompt {prompt_index} is empty")));
+        }
+        let max_tokens = validate::settle_max_tokens(valid.max_tokens, Some(DEFAULT_MAX_TOKENS), prompt.len(), state.model.context)?;
+        for k in 0..valid.n {
+            let index = prompt_index * valid.n + k;
+            choices.push(ChoiceRequest {
+                index,
+                prompt_index,
+                request: GenerationRequest {
+                    prompt: prompt.clone(),
+                    params: SamplingParams { seed: validate::choice_seed(valid.params.seed, k), max_tokens, ..valid.params.clone() },
+                    tenant: String::new(),
+                    score_prompt: echo && logprobs.is_some(),
+                },
+            });
+        }
+    }
+    let running = generate::start(&state, choices).await?;
+    let ctx = StreamContext {
+        id: generate::response_id("cmpl-"),
+        created: crate::unix_now(),
+        model: state.model.name.clone(),
+        tokenizer: state.tokenizer.clone(),
+    };
+    if valid.stream {
+        let writer = CompletionChunks { ctx, logprobs: logprobs.is_some(), offsets: BTreeMap::new() };
+        return Ok(generate::stream_choices(running, writer, valid.include_usage));
+    }
+    let done = generate::collect_all(running).await?;
+    let usage = generate::usage(done.iter().map(|(c, all)| (c.prompt_index, all)));
+    let mut choices = Vec::with_capacity(done.len());
+    for (choice, all) in done {
+        let prompt = &prompts[choice.prompt_index];
+        let prefix = if echo { state.tokenizer.decode(prompt, false).map_err(|e| ApiError::Internal(e.to_string()))? } else { String::new() };
+        let logprobs = logprobs.map(|_| completion_logprobs(&ctx.tokenizer, echo.then_some(prompt.as_slice()), &all, 0));
+        choices.push(CompletionChoice {
+            index: choice.index,
+            text: prefix + &all.text,
+            logprobs,
+            finish_reason: finish_reason(all.finish),
+        });
+    }
+    let body = Completion {
+        id: ctx.id,
+        object: "text_completion",
+        created: ctx.created,
+        model: ctx.model,
+        choices,
+        usage: Some(usage),
+        system_fingerprint: crate::SYSTEM_FINGERPRINT,
+    };
+    Ok(axum::Json(body).into_response())
+}
+
+fn tokenize_prompts(tokenizer: &Tokenizer, prompts: Vec<ValidPrompt>) -> Result<Vec<Vec<u32>>, ApiError> {
+    prompts
+        .into_iter()
+        .map(|p| match p {
+            ValidPrompt::Tokens(ids) => Ok(ids),
+            ValidPrompt::Text(text) => {
+                let mut ids = Vec::new();
+                if tokenizer.adds_bos()
+                    && let Some(bos) = tokenizer.bos_token()
+                {
+                    ids.push(bos);
+                }
+                ids.extend(tokenizer.encode(&text, true).map_err(|e| ApiError::invalid("prompt", e.to_string()))?);
+                Ok(ids)
+            }
+        })
+        .collect()
+}
+
+/// Legacy logprobs for a choice: the echoed prompt's tokens first (the very
+/// first has no log-probability), then the generated ones. `offset` is the
+/// text offset the first token starts at.
+fn completion_logprobs(tokenizer: &Tokenizer, prompt: Option<&[u32]>, all: &Collected, mut offset: usize) -> CompletionLogprobs {
+    let mut lp = CompletionLogprobs::default();
+    let text_of = |t: u32| String::from_utf8_lossy(&tokenizer.token_bytes(t)).into_owned();
+    let mut push = |lp: &mut CompletionLogprobs, token: u32, logprob: Option<f32>, top: Option<BTreeMap<String, f32>>| {
+        let text = text_of(token);
+        lp.text_offset.push(offset);
+        offset += text.len();
+        lp.tokens.push(text);
+        lp.token_logprobs.push(logprob);
+        lp.top_logprobs.push(top);
+    };
+    if let Some(prompt) = prompt {
+        for (i, &token) in prompt.iter().enumerate() {
+            let score = i.checked_sub(1).and_then(|j| all.prompt_scores.get(j));
+            let top = score.map(|s| BTreeMap::from([(text_of(s.argmax), s.argmax_logprob)]));
+            push(&mut lp, token, score.map(|s| s.logprob), top);
+        }
+    }
+    for (i, &token) in all.tokens.iter().enumerate() {
+        let top = all.top_logprobs.get(i).map(|alts| alts.iter().map(|&(t, l)| (text_of(t), l)).collect());
+        push(&mut lp, token, all.logprobs.get(i).copied(), top);
+    }
+    lp
+}
+
+struct CompletionChunks {
+    ctx: StreamContext,
+    logprobs: bool,
+    /// Text offset reached by each choice so far.
+    offsets: BTreeMap<usize, usize>,
+}
+
+impl ChunkWriter for CompletionChunks {
+    fn output(&mut self, index: usize, out: &Output, chunks: &mut Vec<axum::body::Bytes>) {
+        let offset = self.offsets.entry(index).or_insert(0);
+        let logprobs = self.logprobs.then(|| {
+            let all = Collected {
+                tokens: out.tokens.clone(),
+                logprobs: out.logprobs.clone(),
+                top_logprobs: out.top_logprobs.clone(),
+                ..Collected::default()
+            };
+            completion_logprobs(&self.ctx.tokenizer, None, &all, *offset)
+        });
+        *offset += out.text.len();
+        let choice = CompletionChoice { index, text: out.text.clone(), logprobs, finish_reason: finish_reason(out.finished) };
+        let chunk = Completion {
+            id: self.ctx.id.clone(),
+            object: "text_completion",
+            created: self.ctx.created,
+            model: self.ctx.model.clone(),
+            choices: vec![choice],
+            usage: None,
+            system_fingerprint: crate::SYSTEM_FINGERPRINT,
+        };
+        chunks.push(generate::sse_data(&chunk));
+    }
+
+    fn usage(&self, usage: Usage) -> axum::body::Bytes {
+        generate::sse_data(&Completion {
+            id: self.ctx.id.clone(),
+            object: "text_completion",
+            created: self.ctx.created,
+            model: self.ctx.model.clone(),
+            choices: Vec::new(),
+            usage: Some(usage),
+            system_fingerprint: crate::SYSTEM_FINGERPRINT,
+        })
+    }
+}

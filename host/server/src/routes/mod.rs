@@ -1,0 +1,41 @@
+//! The HTTP routes and the fallbacks that keep every answer an OpenAI
+//! error body (unknown path 404, wrong method 405).
+
+mod chat;
+mod completions;
+mod models;
+mod ops;
+mod tokenize;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::Method;
+use axum::routing::{get, post};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{id}", get(models::get_one))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), ops::count_requests))
+        .with_state(state)
+}
+
+async fn not_found(method: Method, req: Request) -> ApiError {
+    ApiError::RouteNotFound { method: method.to_string(), path: req.uri().path().to_string() }
+}
+
+async fn method_not_allowed(method: Method, req: Request) -> ApiError {
+    ApiError::MethodNotAllowed { method: method.to_string(), path: req.uri().path().to_string() }
+}

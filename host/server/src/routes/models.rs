@@ -1,0 +1,22 @@
+//! `GET /v1/models` and `GET /v1/models/{id}`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::openai::{ModelCard, ModelList};
+
+fn card(state: &AppState, id: &str) -> ModelCard {
+    ModelCard { id: id.to_string(), object: "model", created: state.model.created, owned_by: "weft", max_model_len: state.model.context }
+}
+
+/// The served model under its name and under the alias `default`.
+pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
+    Json(ModelList { object: "list", data: vec![card(&state, &state.model.name), card(&state, "default")] })
+}
+
+pub async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ModelCard>, ApiError> {
+    state.check_model(Some(&id))?;
+    Ok(Json(card(&state, &id)))
+}

@@ -1,0 +1,86 @@
+//! `POST /tokenize` and `POST /detokenize`: the model's tokenizer over
+//! HTTP, with the chat template when given messages.
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{self, JsonBody};
+use crate::openai::ChatMessageIn;
+use crate::validate;
+
+/// Either `prompt` (raw text, special-token markers parsed) or `messages`
+/// (rendered through the chat template, contents as plain text).
+#[derive(Debug, Deserialize)]
+pub struct TokenizeRequest {
+    model: Option<String>,
+    prompt: Option<String>,
+    messages: Option<Vec<ChatMessageIn>>,
+    /// With `messages`: end with the assistant's turn opener. Default true.
+    add_generation_prompt: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TokenizeResponse {
+    tokens: Vec<u32>,
+    count: usize,
+    max_model_len: usize,
+}
+
+pub async fn tokenize(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<TokenizeResponse>, ApiError> {
+    let req: TokenizeRequest = extract::view(&body)?;
+    state.check_model(req.model.as_deref())?;
+    let tokenizer = state.tokenizer.clone();
+    let tokens = match (req.prompt, req.messages) {
+        (Some(prompt), None) => state
+            .blocking(move || tokenizer.encode(&prompt, true))
+            .await?
+            .map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
+        (None, Some(messages)) => {
+            let messages = validate::chat_messages(&messages)?;
+            let template = state.template.clone().ok_or_else(|| ApiError::invalid("messages", "this model has no chat template"))?;
+            let generation_prompt = req.add_generation_prompt.unwrap_or(true);
+            state
+                .blocking(move || template.encode(&tokenizer, &messages, generation_prompt))
+                .await?
+                .map_err(|e| ApiError::invalid("messages", e.to_string()))?
+        }
+        _ => return Err(ApiError::invalid("prompt", "give exactly one of `prompt` and `messages`")),
+    };
+    Ok(Json(TokenizeResponse { count: tokens.len(), tokens, max_model_len: state.model.context }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DetokenizeRequest {
+    model: Option<String>,
+    tokens: Vec<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DetokenizeResponse {
+    prompt: String,
+}
+
+pub async fn detokenize(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<DetokenizeResponse>, ApiError> {
+    let req: DetokenizeRequest = extract::view(&body)?;
+    state.check_model(req.model.as_deref())?;
+    let vocab = state.model.vocab;
+    let ids = req
+        .tokens
+        .iter()
+        .map(|&t| {
+            u32::try_from(t)
+                .ok()
+                .filter(|&t| (t as usize) < vocab)
+                .ok_or_else(|| ApiError::invalid("tokens", format!("token ids must be in [0, {vocab}); given {t}")))
+        })
+        .collect::<Result<Vec<u32>, _>>()?;
+    let tokenizer = state.tokenizer.clone();
+    let prompt = state.blocking(move || tokenizer.decode(&ids, false)).await?.map_err(|e| ApiError::invalid("tokens", e.to_string()))?;
+    Ok(Json(DetokenizeResponse { prompt }))
+}

@@ -1,0 +1,287 @@
+//! Validation: loose request bodies in, `Valid*` values out.
+//!
+//! Every bound is checked here, before anything proportional to a value is
+//! allocated, and every error names the field, the limit and what was given.
+//! Past this module the rest of the server handles only values that are in
+//! range; the engine receives nothing else.
+
+use weft_types::SamplingParams;
+
+use crate::error::ApiError;
+use crate::openai::{ChatMessageIn, MessageContent, Prompt, SamplingFields, Stop};
+
+/// OpenAI's limits, which clients are written against.
+pub const MAX_STOP_STRINGS: usize = 4;
+pub const MAX_STOP_BYTES: usize = 256;
+pub const MAX_TOP_LOGPROBS: i64 = 20;
+pub const MAX_LOGIT_BIAS: usize = 300;
+pub const MAX_MESSAGES: usize = 2048;
+
+/// What the sampling fields of a request mean once checked.
+#[derive(Clone, Debug)]
+pub struct ValidSampling {
+    /// Parameters for the first choice; `max_tokens` is settled against the
+    /// prompt later ([`settle_max_tokens`]) and each further choice gets its
+    /// own seed ([`choice_seed`]).
+    pub params: SamplingParams,
+    pub max_tokens: Option<u32>,
+    pub n: usize,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// What the request needs to know about the model to check a request.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelLimits {
+    pub vocab: usize,
+    pub context: usize,
+    pub max_choices: usize,
+}
+
+fn range_f(param: &str, value: Option<f64>, default: f64, lo: f64, hi: f64, lo_open: bool) -> Result<f32, ApiError> {
+    let Some(v) = value else { return Ok(default as f32) };
+    let above_lo = if lo_open { v > lo } else { v >= lo };
+    if !(v.is_finite() && above_lo && v <= hi) {
+        let open = if lo_open { "(" } else { "[" };
+        return Err(ApiError::invalid(param, format!("`{param}` must be in {open}{lo}, {hi}]; given {v}")));
+    }
+    Ok(v as f32)
+}
+
+fn range_i(param: &str, value: i64, lo: i64, hi: i64) -> Result<i64, ApiError> {
+    if value < lo || value > hi {
+        return Err(ApiError::invalid(param, format!("`{param}` must be in [{lo}, {hi}]; given {value}")));
+    }
+    Ok(value)
+}
+
+/// Check the sampling fields. `max_tokens` is the effective field
+/// (`max_completion_tokens` wins over `max_tokens` for chat);
+/// `top_logprobs` is the number of alternatives asked for, if any.
+pub fn sampling(
+    f: &SamplingFields,
+    max_tokens: (&str, Option<i64>),
+    top_logprobs: u32,
+    limits: ModelLimits,
+) -> Result<ValidSampling, ApiError> {
+    refuse_unsupported(f)?;
+    let n = range_i("n", f.n.unwrap_or(1), 1, limits.max_choices as i64)? as usize;
+    let max_tokens = match max_tokens.1 {
+        None => None,
+        Some(v) => Some(range_i(max_tokens.0, v, 1, limits.context as i64)? as u32),
+    };
+    let top_k = match f.top_k {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) => range_i("top_k", k, 1, limits.vocab as i64)? as u32,
+    };
+    let stop = match &f.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(v)) => v.clone(),
+    };
+    if stop.len() > MAX_STOP_STRINGS {
+        return Err(ApiError::invalid("stop", format!("at most {MAX_STOP_STRINGS} stop strings are allowed; given {}", stop.len())));
+    }
+    if let Some(s) = stop.iter().find(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::invalid(
+            "stop",
+            format!("each stop string must be 1 to {MAX_STOP_BYTES} bytes long; given one of {} bytes", s.len()),
+        ));
+    }
+    let logit_bias = match &f.logit_bias {
+        None => Vec::new(),
+        Some(map) => {
+            if map.len() > MAX_LOGIT_BIAS {
+                return Err(ApiError::invalid(
+                    "logit_bias",
+                    format!("`logit_bias` may name at most {MAX_LOGIT_BIAS} tokens; given {}", map.len()),
+                ));
+            }
+            let mut bias = Vec::with_capacity(map.len());
+            for (key, &value) in map {
+                let id: u32 = key
+                    .parse()
+                    .ok()
+                    .filter(|&id: &u32| (id as usize) < limits.vocab)
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "logit_bias",
+                            format!("`logit_bias` keys must be token ids below the vocabulary size {}; given {key:?}", limits.vocab),
+                        )
+                    })?;
+                if !(-100.0..=100.0).contains(&value) {
+                    return Err(ApiError::invalid(
+                        "logit_bias",
+                        format!("`logit_bias` values must be in [-100, 100]; given {value} for token {id}"),
+                    ));
+                }
+                bias.push((id, value as f32));
+            }
+            bias
+        }
+    };
+    let params = SamplingParams {
+        temperature: range_f("temperature", f.temperature, 1.0, 0.0, 2.0, false)?,
+        top_k,
+        top_p: range_f("top_p", f.top_p, 1.0, 0.0, 1.0, true)?,
+        min_p: range_f("min_p", f.min_p, 0.0, 0.0, 1.0, false)?,
+        presence_penalty: range_f("presence_penalty", f.presence_penalty, 0.0, -2.0, 2.0, false)?,
+        frequency_penalty: range_f("frequency_penalty", f.frequency_penalty, 0.0, -2.0, 2.0, false)?,
+        repetition_penalty: range_f("repetition_penalty", f.repetition_penalty, 1.0, 0.0, 10.0, true)?,
+        logit_bias,
+        top_logprobs,
+        seed: f.seed.map_or_else(rand::random, |s| s as u64),
+        max_tokens: 0,
+        stop,
+        ignore_eos: f.ignore_eos.unwrap_or(false),
+    };
+    let stream = f.stream.unwrap_or(false);
+    let include_usage = f.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+    if f.stream_options.is_some() && !stream {
+        return Err(ApiError::invalid("stream_options", "`stream_options` is only allowed with `stream: true`"));
+    }
+    Ok(ValidSampling { params, max_tokens, n, stream, include_usage })
+}
+
+fn refuse_unsupported(f: &SamplingFields) -> Result<(), ApiError> {
+    const WHY: &str = "guided generation and tool calling arrive with the guided-generation plugins";
+    let plain_text = f.response_format.as_ref().is_none_or(|v| v.get("type").and_then(|t| t.as_str()) == Some("text"));
+    if !plain_text {
+        return Err(ApiError::Unsupported { param: "response_format".into(), why: WHY });
+    }
+    if f.tools.as_ref().is_some_and(|t| !t.as_array().is_some_and(Vec::is_empty)) {
+        return Err(ApiError::Unsupported { param: "tools".into(), why: WHY });
+    }
+    if f.tool_choice.as_ref().is_some_and(|c| c.as_str() != Some("none")) {
+        return Err(ApiError::Unsupported { param: "tool_choice".into(), why: WHY });
+    }
+    if f.functions.is_some() || f.function_call.is_some() {
+        return Err(ApiError::Unsupported { param: "functions".into(), why: WHY });
+    }
+    Ok(())
+}
+
+/// The `max_tokens` a request runs with: as given, or all the context the
+/// prompt leaves (`default = None`) or `default` tokens, and never more than
+/// fits.
+pub fn settle_max_tokens(given: Option<u32>, default: Option<u32>, prompt_tokens: usize, context: usize) -> Result<u32, ApiError> {
+    let room = context.saturating_sub(prompt_tokens);
+    let too_long = |max_tokens: usize| {
+        ApiError::ContextLengthExceeded(format!(
+            "prompt tokens + max_tokens must be ≤ {context}, the model's context length; given {prompt_tokens} prompt tokens and {max_tokens} max_tokens"
+        ))
+    };
+    match given {
+        Some(m) if m as usize > room => Err(too_long(m as usize)),
+        Some(m) => Ok(m),
+        None if room == 0 => Err(too_long(1)),
+        None => Ok(default.map_or(room, |d| (d as usize).min(room)) as u32),
+    }
+}
+
+/// The seed of choice `index`: the request's seed for the first, and an
+/// independent stream for each further one.
+pub fn choice_seed(seed: u64, index: usize) -> u64 {
+    if index == 0 { seed } else { seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) }
+}
+
+/// A chat message as the template sees it.
+pub fn chat_messages(messages: &[ChatMessageIn]) -> Result<Vec<weft_engine::chat_template::ChatMessage>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid("messages", "`messages` must contain at least one message"));
+    }
+    if messages.len() > MAX_MESSAGES {
+        return Err(ApiError::invalid("messages", format!("at most {MAX_MESSAGES} messages are allowed; given {}", messages.len())));
+    }
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let param = format!("messages[{i}]");
+            let role = match m.role.as_str() {
+                "system" | "developer" => "system",
+                "user" => "user",
+                "assistant" => "assistant",
+                "tool" | "function" => {
+                    return Err(ApiError::Unsupported {
+                        param: format!("{param}.role"),
+                        why: "tool results need tool calling, which arrives with the guided-generation plugins",
+                    });
+                }
+                other => {
+                    return Err(ApiError::invalid(
+                        format!("{param}.role"),
+                        format!("unknown role {other:?}; use system, developer, user or assistant"),
+                    ));
+                }
+            };
+            if m.tool_calls.is_some() {
+                return Err(ApiError::Unsupported { param: format!("{param}.tool_calls"), why: "tool calling is not available yet" });
+            }
+            let content = match &m.content {
+                Some(MessageContent::Text(t)) => t.clone(),
+                Some(MessageContent::Parts(parts)) => {
+                    let mut text = String::new();
+                    for (j, part) in parts.iter().enumerate() {
+                        match (part.kind.as_str(), &part.text) {
+                            ("text", Some(t)) => text.push_str(t),
+                            ("text", None) => {
+                                return Err(ApiError::invalid(format!("{param}.content[{j}].text"), "a text part needs `text`"));
+                            }
+                            (kind, _) => {
+                                return Err(ApiError::Unsupported {
+                                    param: format!("{param}.content[{j}]"),
+                                    why: if kind == "image_url" || kind == "input_audio" {
+                                        "this model reads text only"
+                                    } else {
+                                        "only `text` content parts are understood"
+                                    },
+                                });
+                            }
+                        }
+                    }
+                    text
+                }
+                None if role == "assistant" => String::new(),
+                None => return Err(ApiError::invalid(format!("{param}.content"), format!("a {role} message needs `content`"))),
+            };
+            Ok(weft_engine::chat_template::ChatMessage::new(role, &content))
+        })
+        .collect()
+}
+
+/// A completions prompt, checked: either texts to tokenize or token ids.
+#[derive(Debug)]
+pub enum ValidPrompt {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+pub fn prompts(prompt: &Prompt, n: usize, limits: ModelLimits) -> Result<Vec<ValidPrompt>, ApiError> {
+    let tokens = |ids: &[i64]| -> Result<ValidPrompt, ApiError> {
+        ids.iter()
+            .map(|&t| {
+                u32::try_from(t).ok().filter(|&t| (t as usize) < limits.vocab).ok_or_else(|| {
+                    ApiError::invalid("prompt", format!("token ids must be in [0, {}); given {t}", limits.vocab))
+                })
+            })
+            .collect::<Result<Vec<u32>, _>>()
+            .map(ValidPrompt::Tokens)
+    };
+    let list = match prompt {
+        Prompt::Text(t) => vec![ValidPrompt::Text(t.clone())],
+        Prompt::Texts(ts) => ts.iter().cloned().map(ValidPrompt::Text).collect(),
+        Prompt::Tokens(ids) => vec![tokens(ids)?],
+        Prompt::TokenLists(lists) => lists.iter().map(|l| tokens(l)).collect::<Result<_, _>>()?,
+    };
+    if list.is_empty() {
+        return Err(ApiError::invalid("prompt", "`prompt` must not be an empty list"));
+    }
+    if list.len() * n > limits.max_choices {
+        return Err(ApiError::invalid(
+            "n",
+            format!("prompts × n must be ≤ {}; given {} prompts and n = {n}", limits.max_choices, list.len()),
+        ));
+    }
+    Ok(list)
+}
