@@ -1,5 +1,6 @@
 //! Shared helpers for the end-to-end tests: where the model and the
-//! fixtures are, and small drivers around the engine.
+//! fixtures are, small drivers around the engine, and a real server on
+//! loopback ([`TestServer`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -86,4 +87,116 @@ pub fn all_logits(model: &LlamaModel, tokens: &[u32]) -> Vec<f32> {
         block_tables: vec![&table],
     };
     model.forward(&batch, &mut kv)
+}
+
+/// A real `weft-server` on a free loopback port, serving the default model
+/// from its own runtime thread; stopped (drained) when dropped.
+pub struct TestServer {
+    pub base: String,
+    pub addr: std::net::SocketAddr,
+    pub engine: weft_server::EngineHandle,
+    agent: ureq::Agent,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A response as the tests look at it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The `data:` payloads of an SSE body, in order.
+    pub fn sse_data(&self) -> Vec<String> {
+        self.body.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_string).collect()
+    }
+}
+
+impl TestServer {
+    /// Start with the default engine sizing.
+    pub fn start() -> Self {
+        Self::start_with(|_| {}, weft_server::ServerConfig::default())
+    }
+
+    /// Start with the engine config adjusted by `tune` and `config` (whose
+    /// address is replaced by a free loopback port).
+    pub fn start_with(tune: impl FnOnce(&mut EngineConfig), mut config: weft_server::ServerConfig) -> Self {
+        config.http_addr = ([127, 0, 0, 1], 0).into();
+        let loaded = LoadedModel::open(&default_model_path()).expect("default model loads");
+        let mut engine_config = EngineConfig::for_model(&loaded.model, 64 << 20);
+        tune(&mut engine_config);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let server = weft_server::Server::bind(loaded, engine_config, config).await.expect("server binds");
+                ready_tx.send((server.local_addr().unwrap(), server.engine())).unwrap();
+                server.serve(async move { stopped.await.ok(); }).await.expect("server runs");
+            });
+        });
+        let (addr, engine) = ready_rx.recv().expect("server started");
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        Self { base: format!("http://{addr}"), addr, engine, agent, stop: Some(stop), thread: Some(thread) }
+    }
+
+    fn reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+        let mut resp = result.expect("the server answers");
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().read_to_string().expect("a readable body");
+        Reply { status, headers, body }
+    }
+
+    /// POST a JSON value.
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> Reply {
+        self.post_raw(path, "application/json", body.to_string().as_bytes())
+    }
+
+    /// POST raw bytes with a content type.
+    pub fn post_raw(&self, path: &str, content_type: &str, body: &[u8]) -> Reply {
+        Self::reply(self.agent.post(format!("{}{path}", self.base)).header("content-type", content_type).send(body))
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        Self::reply(self.agent.get(format!("{}{path}", self.base)).call())
+    }
+
+    /// Wait until `done` holds for the engine's gauges, up to `timeout`.
+    pub fn wait_for(&self, timeout: std::time::Duration, done: impl Fn(&weft_server::EngineGauges) -> bool) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if done(self.engine.gauges()) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        done(self.engine.gauges())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

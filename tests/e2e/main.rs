@@ -7,4 +7,5 @@ mod llamacpp_parity;
 mod perplexity;
 mod repo_rules;
 mod scheduling;
+mod server;
 mod text;
