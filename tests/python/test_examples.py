@@ -1,0 +1,19 @@
+"""The client examples under examples/clients/ run against a real server."""
+import pathlib
+import subprocess
+import sys
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples/clients"
+
+
+def test_openai_example_streams_an_answer(server):
+    out = subprocess.run([sys.executable, EXAMPLES / "openai_chat.py", server], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip()
+
+
+def test_curl_example_gets_a_completion_and_a_stream(server):
+    out = subprocess.run(["bash", EXAMPLES / "curl.sh", server], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert '"object":"chat.completion"' in out.stdout
+    assert out.stdout.rstrip().endswith("data: [DONE]")
