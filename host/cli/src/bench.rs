@@ -1,4 +1,5 @@
-//! `weft bench`: engine-level throughput on the loaded model.
+//! `weft bench`: engine-level throughput on the loaded model, or with
+//! `--url` the serving-level load generator ([`crate::loadgen`]).
 //!
 //! Prefill: one request of N prompt tokens, timed to its first output.
 //! Decode at batch B: B requests with short distinct prompts generate
@@ -37,6 +38,8 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub load: crate::loadgen::LoadArgs,
 }
 
 const TEXT: &str = include_str!("../../../tests/data/ppl-text.txt");
@@ -85,6 +88,9 @@ fn decode_tps(engine: &mut Engine, corpus: &[u32], batch: usize, n: u32, round: 
 }
 
 pub fn bench(store: &Store, args: BenchArgs) -> Result<()> {
+    if let Some(url) = &args.load.url {
+        return crate::loadgen::run(url, &args.load, args.json);
+    }
     let (loaded, mut engine) = crate::run::load(store, &args.model)?;
     let corpus = loaded.tokenizer.encode(TEXT, false)?;
     let threads = weft_kernels_cpu::pool::threads();

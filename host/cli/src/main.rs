@@ -6,6 +6,7 @@
 //! printing live here; everything else is in the library crates.
 
 mod bench;
+mod loadgen;
 mod run;
 mod serve;
 mod store;
@@ -37,7 +38,7 @@ enum Command {
     Chat(run::ChatArgs),
     /// Serve the OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
-    /// Measure prefill and decode throughput of the engine.
+    /// Measure the engine's prefill and decode throughput, or (with --url) load-test an OpenAI-compatible server.
     Bench(bench::BenchArgs),
 }
 
