@@ -30,10 +30,15 @@ fn engine_greedy(content: &str, max_tokens: u32) -> (Vec<u32>, usize) {
     (tokens_of(&run_to_completion(&mut engine), id), prompt.len())
 }
 
+/// Wait until the engine is idle with every KV block back in the pool and
+/// no admission place held.
 fn all_blocks_free(server: &TestServer) -> bool {
     server.wait_for(Duration::from_secs(10), |g| {
         use std::sync::atomic::Ordering::Relaxed;
-        g.running.load(Relaxed) == 0 && g.waiting.load(Relaxed) == 0 && g.free_blocks.load(Relaxed) == g.total_blocks.load(Relaxed)
+        g.running.load(Relaxed) == 0
+            && g.waiting.load(Relaxed) == 0
+            && g.free_blocks.load(Relaxed) == g.total_blocks.load(Relaxed)
+            && server.engine.admitted() == 0
     })
 }
 

@@ -84,9 +84,12 @@ impl Drop for Ticket {
 /// Dropping it cancels the request.
 #[derive(Debug)]
 pub struct Submission {
+    // Fields drop in order: the admission place is given back before the
+    // engine can see the receiver gone, so by the time the engine reports
+    // a request cancelled its place is free again.
+    _ticket: Ticket,
     pub id: RequestId,
     pub events: mpsc::UnboundedReceiver<Event>,
-    _ticket: Ticket,
 }
 
 impl EngineHandle {
@@ -134,7 +137,7 @@ impl EngineHandle {
         let not_running = || ApiError::NotReady("the engine thread has stopped".into());
         self.commands.send(Command::Submit { request, events: events_tx, accepted: accepted_tx }).map_err(|_| not_running())?;
         let id = accepted.await.map_err(|_| not_running())??;
-        Ok(Submission { id, events, _ticket: ticket })
+        Ok(Submission { _ticket: ticket, id, events })
     }
 }
 
