@@ -94,6 +94,8 @@ pub fn all_logits(model: &LlamaModel, tokens: &[u32]) -> Vec<f32> {
 pub struct TestServer {
     pub base: String,
     pub addr: std::net::SocketAddr,
+    /// The gRPC listener (always on for tests, on a free port).
+    pub grpc_addr: std::net::SocketAddr,
     pub engine: weft_server::EngineHandle,
     agent: ureq::Agent,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -133,6 +135,7 @@ impl TestServer {
     /// address is replaced by a free loopback port).
     pub fn start_with(tune: impl FnOnce(&mut EngineConfig), mut config: weft_server::ServerConfig) -> Self {
         config.http_addr = ([127, 0, 0, 1], 0).into();
+        config.grpc_addr = Some(([127, 0, 0, 1], 0).into());
         let loaded = LoadedModel::open(&default_model_path()).expect("default model loads");
         let mut engine_config = EngineConfig::for_model(&loaded.model, 64 << 20);
         tune(&mut engine_config);
@@ -142,13 +145,14 @@ impl TestServer {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             runtime.block_on(async move {
                 let server = weft_server::Server::bind(loaded, engine_config, config).await.expect("server binds");
-                ready_tx.send((server.local_addr().unwrap(), server.engine())).unwrap();
+                let grpc = server.grpc_local_addr().expect("gRPC is on");
+                ready_tx.send((server.local_addr().unwrap(), grpc, server.engine())).unwrap();
                 server.serve(async move { stopped.await.ok(); }).await.expect("server runs");
             });
         });
-        let (addr, engine) = ready_rx.recv().expect("server started");
+        let (addr, grpc_addr, engine) = ready_rx.recv().expect("server started");
         let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        Self { base: format!("http://{addr}"), addr, engine, agent, stop: Some(stop), thread: Some(thread) }
+        Self { base: format!("http://{addr}"), addr, grpc_addr, engine, agent, stop: Some(stop), thread: Some(thread) }
     }
 
     fn reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {

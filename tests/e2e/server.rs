@@ -32,7 +32,7 @@ fn engine_greedy(content: &str, max_tokens: u32) -> (Vec<u32>, usize) {
 
 /// Wait until the engine is idle with every KV block back in the pool and
 /// no admission place held.
-fn all_blocks_free(server: &TestServer) -> bool {
+pub fn all_blocks_free(server: &TestServer) -> bool {
     server.wait_for(Duration::from_secs(10), |g| {
         use std::sync::atomic::Ordering::Relaxed;
         g.running.load(Relaxed) == 0

@@ -14,30 +14,45 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def start_server(*extra_args):
-    binary = os.environ.get("WEFT_BIN", str(ROOT / "target/release/weft"))
-    proc = subprocess.Popen(
-        [binary, "serve", "--port", "0", *extra_args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    line = proc.stdout.readline()
-    match = re.search(r"on (http://\S+)", line)
-    if not match:
-        proc.kill()
-        raise RuntimeError(f"weft serve did not start: {line!r} {proc.stderr.read()}")
-    # Keep draining stdout so the server never blocks on a full pipe.
-    threading.Thread(target=proc.stdout.read, daemon=True).start()
-    return proc, match.group(1)
+class Server:
+    """A running `weft serve`: its HTTP base URL and gRPC target."""
+
+    def __init__(self, *extra_args):
+        binary = os.environ.get("WEFT_BIN", str(ROOT / "target/release/weft"))
+        self.proc = subprocess.Popen(
+            [binary, "serve", "--port", "0", "--grpc-port", "0", *extra_args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        http = self.proc.stdout.readline()
+        grpc = self.proc.stdout.readline()
+        http_match = re.search(r"on (http://\S+)", http)
+        grpc_match = re.search(r"on (\S+:\d+)", grpc)
+        if not (http_match and grpc_match):
+            self.proc.kill()
+            raise RuntimeError(f"weft serve did not start: {http!r} {grpc!r} {self.proc.stderr.read()}")
+        self.url = http_match.group(1)
+        self.grpc = grpc_match.group(1)
+        # Keep draining both pipes so the server never blocks on a full one.
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")
-def server():
-    proc, url = start_server()
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+def weft():
+    s = Server()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def server(weft):
+    return weft.url
 
 
 @pytest.fixture()

@@ -17,3 +17,9 @@ def test_curl_example_gets_a_completion_and_a_stream(server):
     assert out.returncode == 0, out.stderr
     assert '"object":"chat.completion"' in out.stdout
     assert out.stdout.rstrip().endswith("data: [DONE]")
+
+
+def test_grpc_example_streams_an_answer(weft):
+    out = subprocess.run([sys.executable, EXAMPLES / "grpc_chat.py", weft.grpc], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip()

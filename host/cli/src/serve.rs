@@ -1,5 +1,5 @@
-//! `weft serve`: load a model and serve the OpenAI-compatible HTTP API
-//! until Ctrl-C or SIGTERM, then drain in-flight requests.
+//! `weft serve`: load a model and serve the OpenAI-compatible HTTP API and
+//! the gRPC API until Ctrl-C or SIGTERM, then drain in-flight requests.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -21,6 +21,12 @@ pub struct ServeArgs {
     /// HTTP port; 0 picks a free one (the bound address is printed).
     #[arg(long, env = "WEFT_PORT", default_value_t = 8080)]
     pub port: u16,
+    /// gRPC port; 0 picks a free one.
+    #[arg(long, env = "WEFT_GRPC_PORT", default_value_t = 50051)]
+    pub grpc_port: u16,
+    /// Serve HTTP only.
+    #[arg(long, env = "WEFT_NO_GRPC")]
+    pub no_grpc: bool,
     /// KV cache size in MiB (pages become resident only when used).
     #[arg(long, env = "WEFT_KV_CACHE_MIB", default_value_t = 256)]
     pub kv_cache_mib: usize,
@@ -45,7 +51,12 @@ pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
     }
     let mut engine_config = EngineConfig::for_model(&loaded.model, args.kv_cache_mib << 20);
     engine_config.max_running = args.max_running.max(1);
-    let config = ServerConfig { http_addr: SocketAddr::new(args.host, args.port), max_queued: args.max_queued, ..ServerConfig::default() };
+    let config = ServerConfig {
+        http_addr: SocketAddr::new(args.host, args.port),
+        grpc_addr: (!args.no_grpc).then(|| SocketAddr::new(args.host, args.grpc_port)),
+        max_queued: args.max_queued,
+        ..ServerConfig::default()
+    };
     let name = loaded.name.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -57,6 +68,9 @@ pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
         let server = Server::bind(loaded, engine_config, config).await.context("binding the HTTP listener")?;
         let addr = server.local_addr()?;
         println!("weft: serving {name} on http://{addr}");
+        if let Some(grpc) = server.grpc_local_addr() {
+            println!("weft: gRPC (weft.v1.Generation, health, reflection) on {grpc}");
+        }
         println!("weft: try  curl http://{addr}/v1/chat/completions -H 'content-type: application/json' \\");
         println!("             -d '{{\"model\": \"default\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'");
         server.serve(shutdown_signal()).await.context("serving")?;

@@ -11,6 +11,9 @@ pub struct ServerConfig {
     /// Where the HTTP API listens. Default `127.0.0.1:8080`; port 0 picks a
     /// free port (the bound address is reported by [`crate::Server::local_addr`]).
     pub http_addr: SocketAddr,
+    /// Where the gRPC API listens; `None` turns it off. Default
+    /// `127.0.0.1:50051` (gRPC's customary port).
+    pub grpc_addr: Option<SocketAddr>,
     /// Largest request body accepted, in bytes. Default 4 MiB: a full 8k
     /// context of text is ~40 KB, so this leaves room for long prompts while
     /// a 10 MB body is refused (413) before it is read.
@@ -29,6 +32,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            grpc_addr: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
             max_body_bytes: 4 << 20,
             max_queued: 256,
             max_choices: 16,

@@ -6,26 +6,30 @@
 //! the shutdown future resolves, then drains. The `weft serve` command is a
 //! thin shell over this, and tests and embedders use it directly.
 //!
-//! A request goes: [`extract`] (media type, size, JSON) → [`validate`]
-//! (`Valid*` values) → tokenization on a bounded blocking pool →
-//! [`engine_task`] admission → [`generate`] (collect or stream) → the
-//! [`openai`] response types. Every failure is an [`ApiError`], mapped to
-//! HTTP in one place ([`error`]).
+//! An HTTP request goes: [`extract`] (media type, size, JSON) →
+//! [`validate`] (`Valid*` values) → [`prepare`] (tokenization on a bounded
+//! blocking pool, choices) → [`engine_task`] admission → [`generate`]
+//! (collect or stream) → the [`openai`] response types. A gRPC request
+//! ([`grpc`]) becomes the same validated values and takes the same path.
+//! Every failure is an [`ApiError`], mapped to HTTP in one place
+//! ([`error`]) and to gRPC status in one place ([`grpc::status`]).
 //!
-//! Not here yet: gRPC, the admin API, TLS and plugin selection arrive with
-//! their issues.
+//! Not here yet: the admin API, TLS and plugin selection arrive with their
+//! issues.
 
 pub mod config;
 pub mod engine_task;
 pub mod error;
 pub mod extract;
 pub mod generate;
+pub mod grpc;
 pub mod metrics;
 pub mod openai;
+pub mod prepare;
 mod routes;
 pub mod validate;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -97,6 +101,7 @@ impl AppState {
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
+    grpc_listener: Option<TcpListener>,
     state: AppState,
 }
 
@@ -118,6 +123,10 @@ impl Server {
         };
         let handle = EngineHandle::spawn(engine, config.max_queued)?;
         let listener = TcpListener::bind(config.http_addr).await?;
+        let grpc_listener = match config.grpc_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
         let state = AppState {
             metrics: Arc::new(metrics::Metrics::new(handle.clone())),
             engine: handle,
@@ -127,11 +136,17 @@ impl Server {
             blocking: Arc::new(Semaphore::new(config.tokenizer_workers.max(1))),
             config: Arc::new(config),
         };
-        Ok(Self { listener, state })
+        Ok(Self { listener, grpc_listener, state })
     }
 
+    /// Where the HTTP API listens.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where the gRPC API listens, if it is enabled.
+    pub fn grpc_local_addr(&self) -> Option<SocketAddr> {
+        self.grpc_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The engine's live figures (tests assert KV blocks come back).
@@ -139,10 +154,26 @@ impl Server {
         self.state.engine.clone()
     }
 
-    /// Serve until `shutdown` resolves, then stop accepting and let
-    /// in-flight requests finish.
+    /// Serve HTTP (and gRPC) until `shutdown` resolves, then stop
+    /// accepting and let in-flight requests finish.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let app = routes::router(self.state);
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        });
+        let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        };
+        let http = axum::serve(self.listener, routes::router(self.state.clone()))
+            .with_graceful_shutdown(until_stopped(stopped.clone()))
+            .into_future();
+        match self.grpc_listener {
+            Some(listener) => {
+                let grpc = grpc::serve(listener, self.state, until_stopped(stopped));
+                tokio::try_join!(http, grpc).map(|_| ())
+            }
+            None => http.await,
+        }
     }
 }

@@ -3,18 +3,17 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use weft_engine::{GenerationRequest, Output};
-use weft_types::SamplingParams;
+use weft_engine::Output;
 
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{self, JsonBody};
-use crate::generate::{self, ChoiceRequest, ChunkWriter, StreamContext, finish_reason, token_logprob};
+use crate::generate::{self, ChunkWriter, StreamContext, finish_reason, token_logprob};
 use crate::openai::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatDelta,
     ChatLogprobs, SamplingFields, Usage,
 };
-use crate::validate::{self, MAX_TOP_LOGPROBS};
+use crate::{prepare, validate};
 
 pub async fn chat_completions(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
     let req: ChatCompletionRequest = extract::view(&body)?;
@@ -24,12 +23,7 @@ pub async fn chat_completions(State(state): State<AppState>, JsonBody(body): Jso
     let logprobs = req.logprobs.unwrap_or(false);
     let top_logprobs = match (logprobs, req.top_logprobs) {
         (_, None) => 0,
-        (true, Some(k)) => {
-            if !(0..=MAX_TOP_LOGPROBS).contains(&k) {
-                return Err(ApiError::invalid("top_logprobs", format!("`top_logprobs` must be in [0, {MAX_TOP_LOGPROBS}]; given {k}")));
-            }
-            k as u32
-        }
+        (true, Some(k)) => prepare::top_logprobs("top_logprobs", k)?,
         (false, Some(_)) => return Err(ApiError::invalid("top_logprobs", "`top_logprobs` needs `logprobs: true`")),
     };
     let max_tokens = match req.max_completion_tokens {
@@ -38,29 +32,7 @@ pub async fn chat_completions(State(state): State<AppState>, JsonBody(body): Jso
     };
     let valid = validate::sampling(&sampling, max_tokens, top_logprobs, state.limits())?;
     let messages = validate::chat_messages(&req.messages)?;
-    let template = state
-        .template
-        .clone()
-        .ok_or_else(|| ApiError::invalid("messages", "this model has no chat template; use /v1/completions with a prompt"))?;
-    let tokenizer = state.tokenizer.clone();
-    let prompt = state
-        .blocking(move || template.encode(&tokenizer, &messages, true))
-        .await?
-        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-    let max_tokens = validate::settle_max_tokens(valid.max_tokens, None, prompt.len(), state.model.context)?;
-
-    let choices = (0..valid.n)
-        .map(|index| ChoiceRequest {
-            index,
-            prompt_index: 0,
-            request: GenerationRequest {
-                prompt: prompt.clone(),
-                params: SamplingParams { seed: validate::choice_seed(valid.params.seed, index), max_tokens, ..valid.params.clone() },
-                tenant: String::new(),
-                score_prompt: false,
-            },
-        })
-        .collect();
+    let choices = prepare::chat(&state, messages, &valid).await?;
     let running = generate::start(&state, choices).await?;
     let ctx = StreamContext {
         id: generate::response_id("chatcmpl-"),

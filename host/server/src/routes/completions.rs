@@ -6,18 +6,14 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use weft_engine::tokenizer::Tokenizer;
-use weft_engine::{GenerationRequest, Output};
-use weft_types::SamplingParams;
+use weft_engine::Output;
 
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{self, JsonBody};
-use crate::generate::{self, ChoiceRequest, ChunkWriter, Collected, StreamContext, finish_reason};
+use crate::generate::{self, ChunkWriter, Collected, StreamContext, finish_reason};
 use crate::openai::{Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, SamplingFields, Usage};
-use crate::validate::{self, MAX_TOP_LOGPROBS, ValidPrompt};
-
-/// OpenAI's default for completions.
-const DEFAULT_MAX_TOKENS: u32 = 16;
+use crate::{prepare, validate};
 
 pub async fn completions(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
     let req: CompletionRequest = extract::view(&body)?;
@@ -30,40 +26,14 @@ pub async fn completions(State(state): State<AppState>, JsonBody(body): JsonBody
     if req.best_of.is_some_and(|b| b != 1) {
         return Err(ApiError::Unsupported { param: "best_of".into(), why: "use `n` and pick on the client" });
     }
-    let logprobs = match req.logprobs {
-        None => None,
-        Some(k) if (0..=MAX_TOP_LOGPROBS).contains(&k) => Some(k as u32),
-        Some(k) => return Err(ApiError::invalid("logprobs", format!("`logprobs` must be in [0, {MAX_TOP_LOGPROBS}]; given {k}"))),
-    };
+    let logprobs = req.logprobs.map(|k| prepare::top_logprobs("logprobs", k)).transpose()?;
     let echo = req.echo.unwrap_or(false);
     let valid = validate::sampling(&sampling, ("max_tokens", sampling.max_tokens), logprobs.unwrap_or(0), state.limits())?;
     if echo && valid.stream {
         return Err(ApiError::Unsupported { param: "echo".into(), why: "`echo` is available without `stream`" });
     }
     let prompts = validate::prompts(&req.prompt, valid.n, state.limits())?;
-    let tokenizer = state.tokenizer.clone();
-    let prompts: Vec<Vec<u32>> = state.blocking(move || tokenize_prompts(&tokenizer, prompts)).await??;
-
-    let mut choices = Vec::new();
-    for (prompt_index, prompt) in prompts.iter().enumerate() {
-        if prompt.is_empty() {
-            return Err(ApiError::invalid("prompt", format!("prompt {prompt_index} is empty")));
-        }
-        let max_tokens = validate::settle_max_tokens(valid.max_tokens, Some(DEFAULT_MAX_TOKENS), prompt.len(), state.model.context)?;
-        for k in 0..valid.n {
-            let index = prompt_index * valid.n + k;
-            choices.push(ChoiceRequest {
-                index,
-                prompt_index,
-                request: GenerationRequest {
-                    prompt: prompt.clone(),
-                    params: SamplingParams { seed: validate::choice_seed(valid.params.seed, k), max_tokens, ..valid.params.clone() },
-                    tenant: String::new(),
-                    score_prompt: echo && logprobs.is_some(),
-                },
-            });
-        }
-    }
+    let (prompts, choices) = prepare::prompts(&state, prompts, &valid, echo && logprobs.is_some()).await?;
     let running = generate::start(&state, choices).await?;
     let ctx = StreamContext {
         id: generate::response_id("cmpl-"),
@@ -99,25 +69,6 @@ pub async fn completions(State(state): State<AppState>, JsonBody(body): JsonBody
         system_fingerprint: crate::SYSTEM_FINGERPRINT,
     };
     Ok(axum::Json(body).into_response())
-}
-
-fn tokenize_prompts(tokenizer: &Tokenizer, prompts: Vec<ValidPrompt>) -> Result<Vec<Vec<u32>>, ApiError> {
-    prompts
-        .into_iter()
-        .map(|p| match p {
-            ValidPrompt::Tokens(ids) => Ok(ids),
-            ValidPrompt::Text(text) => {
-                let mut ids = Vec::new();
-                if tokenizer.adds_bos()
-                    && let Some(bos) = tokenizer.bos_token()
-                {
-                    ids.push(bos);
-                }
-                ids.extend(tokenizer.encode(&text, true).map_err(|e| ApiError::invalid("prompt", e.to_string()))?);
-                Ok(ids)
-            }
-        })
-        .collect()
 }
 
 /// Legacy logprobs for a choice: the echoed prompt's tokens first (the very

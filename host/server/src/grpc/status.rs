@@ -1,0 +1,33 @@
+//! The one mapping from [`ApiError`] to gRPC status codes. The stable
+//! error `code` (the same string as in HTTP error bodies) travels in the
+//! `weft-error-code` metadata entry.
+
+use tonic::{Code, Status};
+
+use crate::error::ApiError;
+
+pub fn code(e: &ApiError) -> Code {
+    match e {
+        ApiError::InvalidRequest { .. } | ApiError::Unsupported { .. } | ApiError::UnsupportedMediaType { .. } => {
+            Code::InvalidArgument
+        }
+        ApiError::ContextLengthExceeded(_) => Code::OutOfRange,
+        ApiError::ModelNotFound(_) | ApiError::RouteNotFound { .. } => Code::NotFound,
+        ApiError::MethodNotAllowed { .. } => Code::Unimplemented,
+        ApiError::PayloadTooLarge { .. } => Code::ResourceExhausted,
+        // Waiting helps: clients retry UNAVAILABLE with back-off.
+        ApiError::Overloaded { .. } | ApiError::NotReady(_) => Code::Unavailable,
+        ApiError::Internal(_) => Code::Internal,
+    }
+}
+
+pub fn to_status(e: ApiError) -> Status {
+    let mut status = Status::new(code(&e), e.to_string());
+    if let Ok(v) = e.code().parse() {
+        status.metadata_mut().insert("weft-error-code", v);
+    }
+    if let Some(param) = e.param().and_then(|p| p.parse().ok()) {
+        status.metadata_mut().insert("weft-error-param", param);
+    }
+    status
+}

@@ -1,0 +1,121 @@
+"""The gRPC API from Python stubs generated from our .proto (grpcio-tools):
+unary, streaming, cancellation, status codes, health checking, reflection."""
+import pathlib
+import sys
+import time
+import urllib.request
+
+import grpc
+import pytest
+
+PROTO = pathlib.Path(__file__).resolve().parents[2] / "host/server/proto"
+
+
+@pytest.fixture(scope="session")
+def pb(tmp_path_factory):
+    from grpc_tools import protoc
+
+    out = tmp_path_factory.mktemp("stubs")
+    rc = protoc.main(["protoc", f"-I{PROTO}", f"--python_out={out}", f"--grpc_python_out={out}", str(PROTO / "weft/v1/generation.proto")])
+    assert rc == 0
+    sys.path.insert(0, str(out))
+    from weft.v1 import generation_pb2, generation_pb2_grpc
+
+    return generation_pb2, generation_pb2_grpc
+
+
+@pytest.fixture()
+def stub(weft, pb):
+    channel = grpc.insecure_channel(weft.grpc)
+    yield pb[1].GenerationStub(channel)
+    channel.close()
+
+
+def chat(pb, text, **sampling):
+    m = pb[0]
+    return m.GenerateRequest(
+        model="default",
+        chat=m.Messages(messages=[m.ChatMessage(role="user", content=text)]),
+        sampling=m.SamplingParameters(**sampling),
+    )
+
+
+def test_unary_generate_equals_the_http_answer(client, stub, pb):
+    r = stub.Generate(chat(pb, "Name three colours.", max_tokens=16, temperature=0))
+    http = client.chat.completions.create(model="default", messages=[{"role": "user", "content": "Name three colours."}], max_tokens=16, temperature=0)
+    assert r.choices[0].text == http.choices[0].message.content
+    assert r.usage.completion_tokens == http.usage.completion_tokens == len(r.choices[0].tokens)
+    assert r.usage.prompt_tokens == http.usage.prompt_tokens
+    assert r.choices[0].finish_reason in (pb[0].FINISH_REASON_STOP, pb[0].FINISH_REASON_LENGTH)
+
+
+def test_streamed_chunks_add_up_to_the_unary_answer(stub, pb):
+    whole = stub.Generate(chat(pb, "Say hello.", max_tokens=12, temperature=0))
+    chunks = list(stub.GenerateStream(chat(pb, "Say hello.", max_tokens=12, temperature=0)))
+    assert "".join(c.text for c in chunks) == whole.choices[0].text
+    assert [t for c in chunks for t in c.tokens] == list(whole.choices[0].tokens)
+    assert chunks[-1].HasField("usage") and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def running_and_free(server):
+    metrics = urllib.request.urlopen(f"{server}/metrics").read().decode()
+    values = {}
+    for line in metrics.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values["weft_engine_running_sequences"], values["weft_kv_blocks_free"], values["weft_kv_blocks"]
+
+
+def test_cancelling_a_stream_frees_its_kv_blocks(server, stub, pb):
+    call = stub.GenerateStream(chat(pb, "Write a long essay.", max_tokens=2000, ignore_eos=True))
+    for _, _ in zip(range(3), call):
+        pass
+    call.cancel()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        running, free, total = running_and_free(server)
+        if running == 0 and free == total:
+            break
+        time.sleep(0.05)
+    assert (running, free) == (0, total)
+
+
+def test_errors_map_to_grpc_status_codes(stub, pb):
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Generate(chat(pb, "hi", max_tokens=-1))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(e.value.trailing_metadata())["weft-error-code"] == "invalid_value"
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Generate(pb[0].GenerateRequest(model="gpt-4", prompt="hi"))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Generate(pb[0].GenerateRequest(model="default"))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_tokenize_and_list_models(stub, pb):
+    m = pb[0]
+    tokens = stub.Tokenize(m.TokenizeRequest(prompt="Hello, world!")).tokens
+    assert len(tokens) > 0
+    ids = [x.id for x in stub.ListModels(m.ListModelsRequest()).models]
+    assert "default" in ids
+
+
+def test_health_checking_reports_serving(weft):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(weft.grpc) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "weft.v1.Generation"):
+            assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_generation_service(weft):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(weft.grpc) as channel:
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        replies = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = [s.name for r in replies for s in r.list_services_response.service]
+    assert "weft.v1.Generation" in names
