@@ -5,6 +5,7 @@
 mod grpc;
 mod hf_reference;
 mod llamacpp_parity;
+mod openapi;
 mod perplexity;
 mod repo_rules;
 mod scheduling;

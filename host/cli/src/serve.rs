@@ -30,6 +30,9 @@ pub struct ServeArgs {
     /// KV cache size in MiB (pages become resident only when used).
     #[arg(long, env = "WEFT_KV_CACHE_MIB", default_value_t = 256)]
     pub kv_cache_mib: usize,
+    /// Most output tokens a request may ask for (default: the context length).
+    #[arg(long, env = "WEFT_MAX_OUTPUT_TOKENS")]
+    pub max_output_tokens: Option<usize>,
     /// Most sequences decoding at once.
     #[arg(long, env = "WEFT_MAX_RUNNING", default_value_t = 64)]
     pub max_running: usize,
@@ -55,6 +58,7 @@ pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
         http_addr: SocketAddr::new(args.host, args.port),
         grpc_addr: (!args.no_grpc).then(|| SocketAddr::new(args.host, args.grpc_port)),
         max_queued: args.max_queued,
+        max_output_tokens: args.max_output_tokens,
         ..ServerConfig::default()
     };
     let name = loaded.name.clone();

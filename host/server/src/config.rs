@@ -21,6 +21,11 @@ pub struct ServerConfig {
     /// Requests waiting for a running slot beyond `max_running` before new
     /// ones are refused with 503 and `retry-after`. Default 256.
     pub max_queued: usize,
+    /// Most output tokens one choice may ask for, and the `max_tokens` a chat
+    /// request runs with when it names none. Default `None`: the model's
+    /// context length. Operators lower it to bound the work one request can
+    /// ask for.
+    pub max_output_tokens: Option<usize>,
     /// Most choices one request may ask for (`n` × prompts). Default 16.
     pub max_choices: usize,
     /// Tokenization and chat-template jobs running at once on blocking
@@ -35,6 +40,7 @@ impl Default for ServerConfig {
             grpc_addr: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
             max_body_bytes: 4 << 20,
             max_queued: 256,
+            max_output_tokens: None,
             max_choices: 16,
             tokenizer_workers: 4,
         }

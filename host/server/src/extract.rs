@@ -5,10 +5,8 @@
 //! enforced again while reading (chunked bodies), so an oversized body costs
 //! at most the cap. serde_json's recursion limit (128) turns absurd nesting
 //! into a 400 rather than a stack overflow; invalid UTF-8 is a parse error.
-//! The body is parsed once into a JSON value; endpoints then read one or
-//! more typed views of it ([`view`]), so the fields shared by both OpenAI
-//! endpoints live in one struct without `serde(flatten)` (which loses the
-//! path of a bad field).
+//! The body is parsed once into a JSON value; endpoints then read typed
+//! views of it ([`view`], [`generation_view`]).
 
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
@@ -17,6 +15,7 @@ use serde_json::Value;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::openai::SamplingFields;
 
 /// A request body parsed as JSON, or the OpenAI error saying why not.
 #[derive(Debug)]
@@ -66,4 +65,13 @@ pub fn view<T: DeserializeOwned>(body: &Value) -> Result<T, ApiError> {
             ApiError::InvalidRequest { message: format!("`{path}`: {inner}"), param: Some(path) }
         }
     })
+}
+
+/// Read a generation request, whose type flattens the shared
+/// [`SamplingFields`]. serde's `flatten` loses the path of a bad field, so
+/// the shared fields are read on their own first and a bad one is reported
+/// by name.
+pub fn generation_view<T: DeserializeOwned>(body: &Value) -> Result<T, ApiError> {
+    view::<SamplingFields>(body)?;
+    view(body)
 }

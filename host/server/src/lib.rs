@@ -25,6 +25,7 @@ pub mod generate;
 pub mod grpc;
 pub mod metrics;
 pub mod openai;
+pub mod openapi;
 pub mod prepare;
 mod routes;
 pub mod validate;
@@ -93,7 +94,13 @@ impl AppState {
     }
 
     pub(crate) fn limits(&self) -> validate::ModelLimits {
-        validate::ModelLimits { vocab: self.model.vocab, context: self.model.context, max_choices: self.config.max_choices }
+        let context = self.model.context;
+        validate::ModelLimits {
+            vocab: self.model.vocab,
+            context,
+            max_output: self.config.max_output_tokens.map_or(context, |m| m.clamp(1, context)),
+            max_choices: self.config.max_choices,
+        }
     }
 }
 

@@ -8,90 +8,121 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
-/// Sampling fields shared by `/v1/chat/completions` and `/v1/completions`,
-/// read as a second view of the same body.
-#[derive(Debug, Default, Deserialize)]
+/// Sampling fields shared by `/v1/chat/completions` and `/v1/completions`
+/// (flattened into both request types; see [`crate::extract::generation_view`]).
+#[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct SamplingFields {
+    /// The served model's id, or `default`.
+    #[schema(example = "default")]
     pub model: Option<String>,
+    /// Choices to generate.
+    #[schema(minimum = 1, maximum = 16)]
     pub n: Option<i64>,
+    /// Output tokens per choice; prompt + this must fit the context.
+    #[schema(minimum = 1)]
     pub max_tokens: Option<i64>,
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
+    /// 0 or -1 disable.
+    #[schema(minimum = -1)]
     pub top_k: Option<i64>,
+    #[schema(minimum = 0, maximum = 1)]
     pub min_p: Option<f64>,
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f64>,
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f64>,
+    #[schema(exclusive_minimum = 0, maximum = 10)]
     pub repetition_penalty: Option<f64>,
+    /// Token id (as a string) to a bias in [-100, 100]; at most 300 entries.
     pub logit_bias: Option<std::collections::BTreeMap<String, f64>>,
     pub seed: Option<i64>,
+    /// At most 4 strings of 1 to 256 bytes.
     pub stop: Option<Stop>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    /// Exclude end-of-sequence tokens from sampling.
     pub ignore_eos: Option<bool>,
     pub user: Option<String>,
     /// Guided generation and tools arrive with their own issue; until then
     /// these are refused explicitly rather than ignored.
+    #[schema(value_type = Option<Object>)]
     pub response_format: Option<Value>,
+    #[schema(value_type = Option<Object>)]
     pub tools: Option<Value>,
+    #[schema(value_type = Option<Object>)]
     pub tool_choice: Option<Value>,
+    #[schema(value_type = Option<Object>)]
     pub functions: Option<Value>,
+    #[schema(value_type = Option<Object>)]
     pub function_call: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct StreamOptions {
     pub include_usage: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
     pub messages: Vec<ChatMessageIn>,
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<i64>,
     pub logprobs: Option<bool>,
+    #[schema(minimum = 0, maximum = 20)]
     pub top_logprobs: Option<i64>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatMessageIn {
     pub role: String,
     pub content: Option<MessageContent>,
     pub name: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub tool_calls: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum MessageContent {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
     pub text: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CompletionRequest {
     pub prompt: Prompt,
     pub echo: Option<bool>,
     /// Legacy completions: the number of alternatives per token (0–20).
+    #[schema(minimum = 0, maximum = 20)]
     pub logprobs: Option<i64>,
     pub suffix: Option<String>,
     pub best_of: Option<i64>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Prompt {
     Text(String),
@@ -102,7 +133,7 @@ pub enum Prompt {
 
 // ---- responses ----
 
-#[derive(Debug, Serialize, Clone, Copy, Default)]
+#[derive(Debug, Serialize, Clone, Copy, Default, ToSchema)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
@@ -110,12 +141,12 @@ pub struct Usage {
     pub prompt_tokens_details: PromptTokensDetails,
 }
 
-#[derive(Debug, Serialize, Clone, Copy, Default)]
+#[derive(Debug, Serialize, Clone, Copy, Default, ToSchema)]
 pub struct PromptTokensDetails {
     pub cached_tokens: usize,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ChatCompletion {
     pub id: String,
     pub object: &'static str,
@@ -126,7 +157,7 @@ pub struct ChatCompletion {
     pub system_fingerprint: &'static str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ChatChoice {
     pub index: usize,
     pub message: AssistantMessage,
@@ -134,18 +165,18 @@ pub struct ChatChoice {
     pub finish_reason: Option<&'static str>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AssistantMessage {
     pub role: &'static str,
     pub content: String,
 }
 
-#[derive(Debug, Serialize, Default, Clone)]
+#[derive(Debug, Serialize, Default, Clone, ToSchema)]
 pub struct ChatLogprobs {
     pub content: Vec<TokenLogprob>,
 }
 
-#[derive(Debug, Serialize, Clone)]
+#[derive(Debug, Serialize, Clone, ToSchema)]
 pub struct TokenLogprob {
     pub token: String,
     pub logprob: f32,
@@ -153,14 +184,14 @@ pub struct TokenLogprob {
     pub top_logprobs: Vec<TopLogprob>,
 }
 
-#[derive(Debug, Serialize, Clone)]
+#[derive(Debug, Serialize, Clone, ToSchema)]
 pub struct TopLogprob {
     pub token: String,
     pub logprob: f32,
     pub bytes: Vec<u8>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ChatCompletionChunk {
     pub id: String,
     pub object: &'static str,
@@ -172,7 +203,7 @@ pub struct ChatCompletionChunk {
     pub system_fingerprint: &'static str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ChatChunkChoice {
     pub index: usize,
     pub delta: ChatDelta,
@@ -180,7 +211,7 @@ pub struct ChatChunkChoice {
     pub finish_reason: Option<&'static str>,
 }
 
-#[derive(Debug, Serialize, Default)]
+#[derive(Debug, Serialize, Default, ToSchema)]
 pub struct ChatDelta {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
@@ -188,7 +219,7 @@ pub struct ChatDelta {
     pub content: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Completion {
     pub id: String,
     pub object: &'static str,
@@ -200,7 +231,7 @@ pub struct Completion {
     pub system_fingerprint: &'static str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CompletionChoice {
     pub index: usize,
     pub text: String,
@@ -209,7 +240,7 @@ pub struct CompletionChoice {
 }
 
 /// Legacy completions logprobs: parallel arrays, one entry per token.
-#[derive(Debug, Serialize, Default, Clone)]
+#[derive(Debug, Serialize, Default, Clone, ToSchema)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
     pub token_logprobs: Vec<Option<f32>>,
@@ -217,13 +248,13 @@ pub struct CompletionLogprobs {
     pub text_offset: Vec<usize>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ModelList {
     pub object: &'static str,
     pub data: Vec<ModelCard>,
 }
 
-#[derive(Debug, Serialize, Clone)]
+#[derive(Debug, Serialize, Clone, ToSchema)]
 pub struct ModelCard {
     pub id: String,
     pub object: &'static str,

@@ -52,7 +52,8 @@ pub async fn chat(state: &AppState, messages: Vec<ChatMessage>, valid: &ValidSam
         .blocking(move || template.encode(&tokenizer, &messages, true))
         .await?
         .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-    let max_tokens = validate::settle_max_tokens(valid.max_tokens, None, prompt.len(), state.model.context)?;
+    let limits = state.limits();
+    let max_tokens = validate::settle_max_tokens(valid.max_tokens, None, prompt.len(), limits.context, limits.max_output)?;
     Ok(fan_out(&prompt, 0, max_tokens, valid, false))
 }
 
@@ -67,13 +68,19 @@ pub async fn prompts(
 ) -> Result<(Vec<Vec<u32>>, Vec<ChoiceRequest>), ApiError> {
     let tokenizer = state.tokenizer.clone();
     let prompts: Vec<Vec<u32>> = state.blocking(move || tokenize_prompts(&tokenizer, prompts)).await??;
+    let limits = state.limits();
     let mut choices = Vec::new();
     for (prompt_index, prompt) in prompts.iter().enumerate() {
         if prompt.is_empty() {
             return Err(ApiError::invalid("prompt", format!("prompt {prompt_index} is empty")));
         }
-        let max_tokens =
-            validate::settle_max_tokens(valid.max_tokens, Some(DEFAULT_PROMPT_MAX_TOKENS), prompt.len(), state.model.context)?;
+        let max_tokens = validate::settle_max_tokens(
+            valid.max_tokens,
+            Some(DEFAULT_PROMPT_MAX_TOKENS),
+            prompt.len(),
+            limits.context,
+            limits.max_output,
+        )?;
         choices.extend(fan_out(prompt, prompt_index, max_tokens, valid, score_prompt));
     }
     Ok((prompts, choices))

@@ -35,6 +35,8 @@ pub struct ValidSampling {
 pub struct ModelLimits {
     pub vocab: usize,
     pub context: usize,
+    /// Most output tokens one choice may ask for (≤ `context`).
+    pub max_output: usize,
     pub max_choices: usize,
 }
 
@@ -68,7 +70,7 @@ pub fn sampling(
     let n = range_i("n", f.n.unwrap_or(1), 1, limits.max_choices as i64)? as usize;
     let max_tokens = match max_tokens.1 {
         None => None,
-        Some(v) => Some(range_i(max_tokens.0, v, 1, limits.context as i64)? as u32),
+        Some(v) => Some(range_i(max_tokens.0, v, 1, limits.max_output as i64)? as u32),
     };
     let top_k = match f.top_k {
         None | Some(-1) | Some(0) => 0,
@@ -162,9 +164,16 @@ fn refuse_unsupported(f: &SamplingFields) -> Result<(), ApiError> {
 }
 
 /// The `max_tokens` a request runs with: as given, or all the context the
-/// prompt leaves (`default = None`) or `default` tokens, and never more than
+/// prompt leaves (`default = None`) or `default` tokens, never more than
+/// `cap` (the server's output limit) unless given, and never more than
 /// fits.
-pub fn settle_max_tokens(given: Option<u32>, default: Option<u32>, prompt_tokens: usize, context: usize) -> Result<u32, ApiError> {
+pub fn settle_max_tokens(
+    given: Option<u32>,
+    default: Option<u32>,
+    prompt_tokens: usize,
+    context: usize,
+    cap: usize,
+) -> Result<u32, ApiError> {
     let room = context.saturating_sub(prompt_tokens);
     let too_long = |max_tokens: usize| {
         ApiError::ContextLengthExceeded(format!(
@@ -175,7 +184,7 @@ pub fn settle_max_tokens(given: Option<u32>, default: Option<u32>, prompt_tokens
         Some(m) if m as usize > room => Err(too_long(m as usize)),
         Some(m) => Ok(m),
         None if room == 0 => Err(too_long(1)),
-        None => Ok(default.map_or(room, |d| (d as usize).min(room)) as u32),
+        None => Ok(default.map_or(room, |d| d as usize).min(room).min(cap) as u32),
     }
 }
 

@@ -9,16 +9,30 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{self, JsonBody};
 use crate::generate::{self, ChunkWriter, StreamContext, finish_reason, token_logprob};
+use crate::error::ErrorBody;
 use crate::openai::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatDelta,
-    ChatLogprobs, SamplingFields, Usage,
+    ChatLogprobs, Usage,
 };
 use crate::{prepare, validate};
 
+/// Create a chat completion: the conversation through the model's chat
+/// template, answered whole or streamed.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "OpenAI", request_body = ChatCompletionRequest, responses(
+        (status = 200, description = "The answer: JSON, or with `stream: true` server-sent events of chunks ending in `data: [DONE]`", content(
+            (ChatCompletion = "application/json"),
+            (ChatCompletionChunk = "text/event-stream"),
+        )),
+        (status = 400, description = "A field is missing, malformed or out of range, or not supported yet", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 413, description = "Body over the size limit", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 503, description = "At capacity (with `retry-after`) or not ready", body = ErrorBody),
+))]
 pub async fn chat_completions(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
-    let req: ChatCompletionRequest = extract::view(&body)?;
-    let sampling: SamplingFields = extract::view(&body)?;
+    let req: ChatCompletionRequest = extract::generation_view(&body)?;
     drop(body);
+    let sampling = &req.sampling;
     state.check_model(sampling.model.as_deref())?;
     let logprobs = req.logprobs.unwrap_or(false);
     let top_logprobs = match (logprobs, req.top_logprobs) {
@@ -30,7 +44,7 @@ pub async fn chat_completions(State(state): State<AppState>, JsonBody(body): Jso
         Some(v) => ("max_completion_tokens", Some(v)),
         None => ("max_tokens", sampling.max_tokens),
     };
-    let valid = validate::sampling(&sampling, max_tokens, top_logprobs, state.limits())?;
+    let valid = validate::sampling(sampling, max_tokens, top_logprobs, state.limits())?;
     let messages = validate::chat_messages(&req.messages)?;
     let choices = prepare::chat(&state, messages, &valid).await?;
     let running = generate::start(&state, choices).await?;

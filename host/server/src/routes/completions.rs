@@ -12,13 +12,27 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{self, JsonBody};
 use crate::generate::{self, ChunkWriter, Collected, StreamContext, finish_reason};
-use crate::openai::{Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, SamplingFields, Usage};
+use crate::error::ErrorBody;
+use crate::openai::{Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage};
 use crate::{prepare, validate};
 
+/// Create a completion of raw prompts (text or token ids), with `echo`
+/// and prompt log-probabilities for log-likelihood evaluation.
+#[utoipa::path(post, path = "/v1/completions", tag = "OpenAI", request_body = CompletionRequest, responses(
+        (status = 200, description = "The completions: JSON, or with `stream: true` server-sent events of chunks ending in `data: [DONE]`", content(
+            (Completion = "application/json"),
+            (Completion = "text/event-stream"),
+        )),
+        (status = 400, description = "A field is missing, malformed or out of range, or not supported yet", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 413, description = "Body over the size limit", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 503, description = "At capacity (with `retry-after`) or not ready", body = ErrorBody),
+))]
 pub async fn completions(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
-    let req: CompletionRequest = extract::view(&body)?;
-    let sampling: SamplingFields = extract::view(&body)?;
+    let req: CompletionRequest = extract::generation_view(&body)?;
     drop(body);
+    let sampling = &req.sampling;
     state.check_model(sampling.model.as_deref())?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::Unsupported { param: "suffix".into(), why: "fill-in-the-middle needs a model trained for it" });
@@ -28,7 +42,7 @@ pub async fn completions(State(state): State<AppState>, JsonBody(body): JsonBody
     }
     let logprobs = req.logprobs.map(|k| prepare::top_logprobs("logprobs", k)).transpose()?;
     let echo = req.echo.unwrap_or(false);
-    let valid = validate::sampling(&sampling, ("max_tokens", sampling.max_tokens), logprobs.unwrap_or(0), state.limits())?;
+    let valid = validate::sampling(sampling, ("max_tokens", sampling.max_tokens), logprobs.unwrap_or(0), state.limits())?;
     if echo && valid.stream {
         return Err(ApiError::Unsupported { param: "echo".into(), why: "`echo` is available without `stream`" });
     }

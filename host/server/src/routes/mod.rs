@@ -1,11 +1,11 @@
 //! The HTTP routes and the fallbacks that keep every answer an OpenAI
 //! error body (unknown path 404, wrong method 405).
 
-mod chat;
-mod completions;
-mod models;
-mod ops;
-mod tokenize;
+pub(crate) mod chat;
+pub(crate) mod completions;
+pub(crate) mod models;
+pub(crate) mod ops;
+pub(crate) mod tokenize;
 
 use axum::Router;
 use axum::extract::Request;
@@ -26,6 +26,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(crate::openapi::serve))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), ops::count_requests))

@@ -13,11 +13,15 @@ use crate::AppState;
 use crate::error::ApiError;
 
 /// Live: the process answers.
+#[utoipa::path(get, path = "/health", tag = "Operations", responses((status = 200, description = "`{\"status\": \"ok\"}`")))]
 pub async fn health() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
 /// Ready: the model is loaded and the engine thread runs.
+#[utoipa::path(get, path = "/ready", tag = "Operations", responses(
+    (status = 200, description = "`{\"status\": \"ready\", \"model\": ...}`"),
+    (status = 503, description = "The engine is not running", body = crate::error::ErrorBody)))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     if state.engine.gauges().alive.load(Ordering::Acquire) {
         axum::Json(json!({"status": "ready", "model": state.model.name})).into_response()
@@ -26,6 +30,8 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Prometheus metrics in the OpenMetrics text format.
+#[utoipa::path(get, path = "/metrics", tag = "Operations", responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     match state.metrics.encode() {
         Ok(text) => {
@@ -40,6 +46,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Count every routed request by route and status.
 pub async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
     let response = next.run(req).await;

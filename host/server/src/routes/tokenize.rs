@@ -4,16 +4,17 @@
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{self, JsonBody};
 use crate::openai::ChatMessageIn;
 use crate::validate;
 
 /// Either `prompt` (raw text, special-token markers parsed) or `messages`
 /// (rendered through the chat template, contents as plain text).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct TokenizeRequest {
     model: Option<String>,
     prompt: Option<String>,
@@ -22,13 +23,16 @@ pub struct TokenizeRequest {
     add_generation_prompt: Option<bool>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TokenizeResponse {
     tokens: Vec<u32>,
     count: usize,
     max_model_len: usize,
 }
 
+/// Token ids of a prompt, or of a conversation through the chat template.
+#[utoipa::path(post, path = "/tokenize", tag = "Tokenizer", request_body = TokenizeRequest,
+    responses((status = 200, body = TokenizeResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn tokenize(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<TokenizeResponse>, ApiError> {
     let req: TokenizeRequest = extract::view(&body)?;
     state.check_model(req.model.as_deref())?;
@@ -52,17 +56,20 @@ pub async fn tokenize(State(state): State<AppState>, JsonBody(body): JsonBody) -
     Ok(Json(TokenizeResponse { count: tokens.len(), tokens, max_model_len: state.model.context }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct DetokenizeRequest {
     model: Option<String>,
     tokens: Vec<i64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DetokenizeResponse {
     prompt: String,
 }
 
+/// The text of token ids.
+#[utoipa::path(post, path = "/detokenize", tag = "Tokenizer", request_body = DetokenizeRequest,
+    responses((status = 200, body = DetokenizeResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn detokenize(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,

@@ -1,0 +1,48 @@
+//! The OpenAPI 3.1 document of the HTTP API, generated from the handlers'
+//! annotations and the wire types themselves, served at `/openapi.json`
+//! and committed as `docs/api/openapi.json` (a test fails when the two
+//! drift apart).
+
+use axum::Json;
+use utoipa::OpenApi;
+
+use crate::routes::{chat, completions, models, ops, tokenize};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Weft HTTP API",
+        description = "OpenAI-compatible generation, the tokenizer, and operations endpoints. \
+                       Every error has OpenAI's body shape; docs/api/errors.md lists the codes.",
+        license(name = "Apache-2.0"),
+    ),
+    paths(
+        chat::chat_completions,
+        completions::completions,
+        models::list,
+        models::get_one,
+        tokenize::tokenize,
+        tokenize::detokenize,
+        ops::health,
+        ops::ready,
+        ops::metrics,
+        serve,
+    ),
+    tags(
+        (name = "OpenAI", description = "The OpenAI API subset Weft implements"),
+        (name = "Tokenizer", description = "The model's tokenizer"),
+        (name = "Operations", description = "Health, readiness, metrics and this document"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as pretty-printed JSON (what is committed).
+pub fn document() -> String {
+    ApiDoc::openapi().to_pretty_json().expect("the document serializes")
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "Operations", responses((status = 200, description = "The OpenAPI 3.1 document")))]
+pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
