@@ -16,6 +16,9 @@ if ! python3 -m pip --version >/dev/null 2>&1; then
     exit 1
 fi
 
+# The builtin plugins are wasm32-wasip2 components built from source
+# (rust-toolchain.toml asks rustup for the target; this makes sure).
+rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
 cargo build --release -p weft
 ./target/release/weft pull
 cargo test --release --workspace

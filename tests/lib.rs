@@ -56,7 +56,7 @@ pub fn engine_with(num_blocks: usize, max_batch_tokens: usize) -> Engine {
 
 /// A request for `prompt` with `params`.
 pub fn request(prompt: &[u32], params: SamplingParams) -> GenerationRequest {
-    GenerationRequest { prompt: prompt.to_vec(), params, tenant: String::new(), score_prompt: false }
+    GenerationRequest::new(prompt.to_vec(), params)
 }
 
 /// Drive `engine` until idle; returns every output in order.
@@ -139,12 +139,15 @@ impl TestServer {
         let loaded = LoadedModel::open(&default_model_path()).expect("default model loads");
         let mut engine_config = EngineConfig::for_model(&loaded.model, 64 << 20);
         tune(&mut engine_config);
+        // The production path: tokens are chosen by the builtin sampler plugin.
+        let mut engine = Engine::new(Arc::clone(&loaded.model), Arc::clone(&loaded.tokenizer), engine_config);
+        engine.set_sampler(Box::new(builtin_sampler()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             runtime.block_on(async move {
-                let server = weft_server::Server::bind(loaded, engine_config, config).await.expect("server binds");
+                let server = weft_server::Server::bind(loaded, engine, config).await.expect("server binds");
                 let grpc = server.grpc_local_addr().expect("gRPC is on");
                 ready_tx.send((server.local_addr().unwrap(), grpc, server.engine())).unwrap();
                 server.serve(async move { stopped.await.ok(); }).await.expect("server runs");
@@ -203,4 +206,12 @@ impl Drop for TestServer {
             let _ = t.join();
         }
     }
+}
+
+/// The builtin sampler plugin (the component built from `plugins/sampler`),
+/// ready to give to an engine.
+pub fn builtin_sampler() -> weft_plugin_runtime::WasmSampler {
+    let runtime = weft_plugin_runtime::PluginRuntime::new(weft_plugin_runtime::Limits::default()).expect("the plugin runtime starts");
+    let component = runtime.load_sampler("builtin:sampler@0.1.0", weft_plugin_artifacts::SAMPLER).expect("the builtin sampler loads");
+    component.sampler(Vec::new()).expect("the builtin sampler starts")
 }

@@ -7,6 +7,7 @@ mod hf_reference;
 mod llamacpp_parity;
 mod openapi;
 mod perplexity;
+mod plugins;
 mod repo_rules;
 mod scheduling;
 mod server;

@@ -57,6 +57,32 @@ fn the_engine_depends_on_no_wasm_runtime_or_network_stack() {
     }
 }
 
+#[test]
+fn only_the_plugin_runtime_links_wasmtime() {
+    let meta = std::fs::read_to_string(repo_root().join("Cargo.toml")).unwrap();
+    let members: Vec<&str> = meta
+        .split("members = [")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .unwrap()
+        .split(',')
+        .map(|m| m.trim().trim_matches('"'))
+        .filter(|m| !m.is_empty())
+        .collect();
+    let mut linking = Vec::new();
+    for member in members {
+        let manifest = std::fs::read_to_string(repo_root().join(member).join("Cargo.toml")).unwrap();
+        let dependencies = manifest.split("[dependencies]").nth(1).unwrap_or("").split("\n[").next().unwrap_or("");
+        if dependencies.lines().any(|l| l.trim_start().starts_with("wasmtime")) {
+            linking.push(member);
+        }
+    }
+    assert_eq!(linking, ["host/plugin-runtime"], "crates with a direct wasmtime dependency");
+    // And the engine's closure stays free of it (checked above); so does the
+    // HTTP server's, until the admin API links the plugin registry.
+    assert!(!dependency_closure("weft-server").contains("wasmtime"));
+}
+
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for e in entries.flatten() {

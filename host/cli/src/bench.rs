@@ -54,7 +54,7 @@ fn request(prompt: Vec<u32>, max_tokens: u32, tenant: String) -> GenerationReque
         prompt,
         params: SamplingParams { ignore_eos: true, ..SamplingParams::greedy(max_tokens) },
         tenant,
-        score_prompt: false,
+        ..GenerationRequest::new(Vec::new(), SamplingParams::default())
     }
 }
 

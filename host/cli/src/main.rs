@@ -51,6 +51,17 @@ pub struct ModelArgs {
     /// Compute threads (default: all cores).
     #[arg(long, env = "WEFT_THREADS")]
     pub threads: Option<usize>,
+    /// Who chooses tokens: the builtin sampler plugin (WebAssembly, the
+    /// default) or the host's native sampler (the reference it matches).
+    #[arg(long, env = "WEFT_SAMPLER", value_enum, default_value_t = SamplerKind::Builtin)]
+    pub sampler: SamplerKind,
+}
+
+/// The samplers `--sampler` can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SamplerKind {
+    Builtin,
+    Native,
 }
 
 fn main() -> Result<()> {

@@ -1,6 +1,7 @@
 //! `weft generate` and `weft chat`: load a model, run the engine, print tokens.
 
 use std::io::{BufRead, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
@@ -9,7 +10,9 @@ use weft_engine::chat_template::ChatMessage;
 use weft_engine::{Engine, EngineConfig, GenerationRequest, LoadedModel};
 use weft_types::SamplingParams;
 
-use crate::ModelArgs;
+use weft_plugin_runtime::{Limits, PluginRuntime};
+
+use crate::{ModelArgs, SamplerKind};
 use crate::store::Store;
 
 /// Sampling options shared by `generate` and `chat`.
@@ -68,20 +71,38 @@ fn params(s: &SamplingArgs) -> Result<SamplingParams> {
 }
 
 pub fn load(store: &Store, args: &ModelArgs) -> Result<(LoadedModel, Engine)> {
+    let (_, loaded, config) = open(store, args, 256 << 20)?;
+    let engine = engine(&loaded, config, args.sampler)?;
+    Ok((loaded, engine))
+}
+
+/// Load the model `args` name (returning its path too), with engine
+/// defaults for `kv_cache_bytes`.
+pub fn open(store: &Store, args: &ModelArgs, kv_cache_bytes: usize) -> Result<(PathBuf, LoadedModel, EngineConfig)> {
     if let Some(n) = args.threads {
         weft_kernels_cpu::pool::set_threads(n);
     }
     let path = store.resolve(args.model.as_deref())?;
     let loaded = LoadedModel::open(&path).with_context(|| format!("loading {}", path.display()))?;
-    let config = EngineConfig::for_model(&loaded.model, 256 << 20);
-    let engine = Engine::new(Arc::clone(&loaded.model), Arc::clone(&loaded.tokenizer), config);
-    Ok((loaded, engine))
+    let config = EngineConfig::for_model(&loaded.model, kv_cache_bytes);
+    Ok((path, loaded, config))
+}
+
+/// An engine over `loaded` whose default sampler is `sampler`.
+pub fn engine(loaded: &LoadedModel, config: EngineConfig, sampler: SamplerKind) -> Result<Engine> {
+    let mut engine = Engine::new(Arc::clone(&loaded.model), Arc::clone(&loaded.tokenizer), config);
+    if sampler == SamplerKind::Builtin {
+        let runtime = PluginRuntime::new(Limits::default())?;
+        let component = runtime.load_sampler("builtin:sampler@0.1.0", weft_plugin_artifacts::SAMPLER)?;
+        engine.set_sampler(Box::new(component.sampler(Vec::new())?));
+    }
+    Ok(engine)
 }
 
 /// Run one request to completion, streaming its text to stdout.
 fn stream(engine: &mut Engine, prompt: Vec<u32>, params: SamplingParams) -> Result<String> {
     engine
-        .add_request(GenerationRequest { prompt, params, tenant: String::new(), score_prompt: false })
+        .add_request(GenerationRequest::new(prompt, params))
         .map_err(|e| anyhow!("{e}"))?;
     let mut text = String::new();
     let mut stdout = std::io::stdout().lock();

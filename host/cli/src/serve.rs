@@ -5,7 +5,6 @@ use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use weft_engine::EngineConfig;
 use weft_server::{Server, ServerConfig};
 
 use crate::ModelArgs;
@@ -42,18 +41,14 @@ pub struct ServeArgs {
 }
 
 pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
-    if let Some(n) = args.model.threads {
-        weft_kernels_cpu::pool::set_threads(n);
-    }
-    let path = store.resolve(args.model.model.as_deref())?;
-    let mut loaded = weft_engine::LoadedModel::open(&path).with_context(|| format!("loading {}", path.display()))?;
+    let (path, mut loaded, mut engine_config) = crate::run::open(store, &args.model, args.kv_cache_mib << 20)?;
     // The API's model id is the store name (`smollm2-135m-instruct-q4_1`),
     // which clients can type, rather than the file's free-text title.
     if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
         loaded.name = stem.to_string();
     }
-    let mut engine_config = EngineConfig::for_model(&loaded.model, args.kv_cache_mib << 20);
     engine_config.max_running = args.max_running.max(1);
+    let engine = crate::run::engine(&loaded, engine_config, args.model.sampler)?;
     let config = ServerConfig {
         http_addr: SocketAddr::new(args.host, args.port),
         grpc_addr: (!args.no_grpc).then(|| SocketAddr::new(args.host, args.grpc_port)),
@@ -69,7 +64,7 @@ pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let server = Server::bind(loaded, engine_config, config).await.context("binding the HTTP listener")?;
+        let server = Server::bind(loaded, engine, config).await.context("binding the listeners")?;
         let addr = server.local_addr()?;
         println!("weft: serving {name} on http://{addr}");
         if let Some(grpc) = server.grpc_local_addr() {

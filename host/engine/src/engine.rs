@@ -17,11 +17,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use thiserror::Error;
-use weft_types::{SamplingParams, StopReason};
+use weft_types::{SampleRow, Sampler, SamplerError, SamplingParams, StopReason};
 
 use crate::kv_cache::{BlockPool, KvStorage, chain_next, chain_root};
 use crate::model::{BatchToken, ForwardBatch, LlamaModel};
-use crate::sampling::{adjust_logits, argmax, logprob_of, sample, top_logprobs};
+use crate::sampling::{NativeSampler, argmax, logprob_of, top_logprobs};
 use crate::sequence::{PromptScore, RequestId, Sequence};
 use crate::tokenizer::Tokenizer;
 
@@ -58,6 +58,23 @@ pub struct GenerationRequest {
     pub tenant: String,
     /// Return a [`PromptScore`] for every prompt position.
     pub score_prompt: bool,
+    /// Which of the engine's samplers chooses this request's tokens
+    /// ([`DEFAULT_SAMPLER`] unless one was added with [`Engine::add_sampler`]).
+    pub sampler: SamplerId,
+}
+
+/// Names one of the engine's samplers.
+pub type SamplerId = usize;
+
+/// The sampler every engine starts with ([`NativeSampler`] unless replaced
+/// with [`Engine::set_sampler`]).
+pub const DEFAULT_SAMPLER: SamplerId = 0;
+
+impl GenerationRequest {
+    /// A request for `prompt` with `params`, default tenant and sampler.
+    pub fn new(prompt: Vec<u32>, params: SamplingParams) -> Self {
+        Self { prompt, params, tenant: String::new(), score_prompt: false, sampler: DEFAULT_SAMPLER }
+    }
 }
 
 /// What one step produced for one request.
@@ -75,6 +92,8 @@ pub struct Output {
     pub text: String,
     pub prompt_scores: Vec<PromptScore>,
     pub finished: Option<StopReason>,
+    /// Why the request failed, when `finished` is [`StopReason::Error`].
+    pub error: Option<SamplerError>,
     pub prompt_tokens: usize,
     /// Prompt tokens served from the prefix cache at admission.
     pub cached_tokens: usize,
@@ -89,6 +108,8 @@ pub enum EngineError {
     TokenOutOfRange { token: u32, position: usize, vocab: usize },
     #[error("prompt tokens + max_tokens must be ≤ {limit} ({what}); given {prompt} prompt tokens and {max_tokens} max_tokens")]
     TooLong { prompt: usize, max_tokens: u32, limit: usize, what: &'static str },
+    #[error("no sampler {0} in this engine")]
+    UnknownSampler(SamplerId),
 }
 
 /// Counters for tests, metrics and benchmarks.
@@ -100,6 +121,8 @@ pub struct EngineStats {
     pub prompt_tokens_cached: u64,
     pub preemptions: u64,
     pub steps: u64,
+    /// Sampler calls that failed (each failed the rows it was asked about).
+    pub sampler_failures: u64,
 }
 
 /// Continuous-batching inference over one model.
@@ -114,6 +137,7 @@ pub struct Engine {
     next_id: RequestId,
     stats: EngineStats,
     cached_at_admission: std::collections::HashMap<RequestId, usize>,
+    samplers: Vec<Box<dyn Sampler>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -137,7 +161,33 @@ impl Engine {
             next_id: 1,
             stats: EngineStats::default(),
             cached_at_admission: Default::default(),
+            samplers: vec![Box::new(NativeSampler)],
         }
+    }
+
+    /// Drop every request and forget the prefix cache, keeping the model,
+    /// the configuration and the samplers: the way back to a known state
+    /// after a step failed with a bug.
+    pub fn reset(&mut self) {
+        self.waiting.clear();
+        self.running.clear();
+        self.cached_at_admission.clear();
+        self.pool = BlockPool::new(self.config.num_blocks);
+    }
+
+    /// Replace the default sampler ([`NativeSampler`] to begin with).
+    pub fn set_sampler(&mut self, sampler: Box<dyn Sampler>) {
+        self.samplers[DEFAULT_SAMPLER] = sampler;
+    }
+
+    /// Add a sampler that requests can choose by the returned id.
+    pub fn add_sampler(&mut self, sampler: Box<dyn Sampler>) -> SamplerId {
+        self.samplers.push(sampler);
+        self.samplers.len() - 1
+    }
+
+    pub fn sampler_name(&self, id: SamplerId) -> Option<&str> {
+        self.samplers.get(id).map(|s| s.name())
     }
 
     pub fn model(&self) -> &Arc<LlamaModel> {
@@ -191,6 +241,9 @@ impl Engine {
                 return Err(EngineError::TooLong { prompt: req.prompt.len(), max_tokens: req.params.max_tokens, limit, what });
             }
         }
+        if req.sampler >= self.samplers.len() {
+            return Err(EngineError::UnknownSampler(req.sampler));
+        }
         let id = self.next_id;
         self.next_id += 1;
         self.waiting.push_back(Sequence {
@@ -203,6 +256,7 @@ impl Engine {
             root: chain_root(&req.tenant),
             params: req.params,
             score_prompt: req.score_prompt,
+            sampler: req.sampler,
             scored: 0,
             decoder: self.tokenizer.stream(),
             text: String::new(),
@@ -254,11 +308,13 @@ impl Engine {
         let logits = self.model.forward(&batch, &mut self.kv);
         drop(batch);
 
+        // Prompt scores, and which logits row each sampling sequence uses.
         let vocab = self.model.config.vocab_size;
         let mut rows = logits.chunks_exact(vocab);
         let mut flags = flags.into_iter();
         let mut outputs = Vec::with_capacity(plan.len());
-        for &(i, n) in &plan {
+        let mut sample_rows: Vec<(usize, &[f32])> = Vec::new();
+        for (slot, &(i, n)) in plan.iter().enumerate() {
             let seq = &mut self.running[i];
             let mut out = Output { id: seq.id, prompt_tokens: seq.prompt_len, ..Output::default() };
             let last = seq.tokens.len() - 1;
@@ -277,22 +333,62 @@ impl Engine {
                     seq.scored = pos + 1;
                 }
                 if pos == last {
-                    let index = seq.generated() as u64;
-                    let token = if seq.params.adjusts_logits() {
-                        let mut adjusted = row.to_vec();
-                        let eog = self.tokenizer.eog_tokens();
-                        adjust_logits(&mut adjusted, &seq.params, &seq.tokens, seq.prompt_len, eog);
-                        sample(&adjusted, &seq.params, index)
-                    } else {
-                        sample(row, &seq.params, index)
-                    };
-                    out.tokens.push(token);
-                    out.logprobs.push(logprob_of(row, token));
-                    if seq.params.top_logprobs > 0 {
-                        out.top_logprobs.push(top_logprobs(row, seq.params.top_logprobs as usize));
+                    sample_rows.push((slot, row));
+                }
+            }
+            outputs.push(out);
+        }
+
+        // One call per sampler for all of its rows in the batch; its answer
+        // is checked like user input, and a failure fails only the rows it
+        // was asked about.
+        let mut sampler_ids: Vec<SamplerId> = sample_rows.iter().map(|&(slot, _)| self.running[plan[slot].0].sampler).collect();
+        sampler_ids.sort_unstable();
+        sampler_ids.dedup();
+        for sampler_id in sampler_ids {
+            let mine: Vec<(usize, &[f32])> =
+                sample_rows.iter().copied().filter(|&(slot, _)| self.running[plan[slot].0].sampler == sampler_id).collect();
+            let rows: Vec<SampleRow<'_>> = mine
+                .iter()
+                .map(|&(slot, logits)| {
+                    let seq = &self.running[plan[slot].0];
+                    SampleRow { logits, params: &seq.params, tokens: &seq.tokens, prompt_len: seq.prompt_len }
+                })
+                .collect();
+            let sampler = &mut self.samplers[sampler_id];
+            let chosen = sampler
+                .sample(&rows, self.tokenizer.eog_tokens())
+                .and_then(|tokens| validate_choice(sampler.name(), &tokens, rows.len(), vocab));
+            drop(rows);
+            match chosen {
+                Ok(tokens) => {
+                    for (&(slot, row), token) in mine.iter().zip(tokens) {
+                        let params = &self.running[plan[slot].0].params;
+                        let out = &mut outputs[slot];
+                        out.tokens.push(token);
+                        out.logprobs.push(logprob_of(row, token));
+                        if params.top_logprobs > 0 {
+                            out.top_logprobs.push(top_logprobs(row, params.top_logprobs as usize));
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.stats.sampler_failures += 1;
+                    for &(slot, _) in &mine {
+                        let seq = &mut self.running[plan[slot].0];
+                        seq.finished = Some(StopReason::Error);
+                        outputs[slot].finished = seq.finished;
+                        outputs[slot].error = Some(e.clone());
                     }
                 }
             }
+        }
+        drop(sample_rows);
+        drop(logits);
+
+        for (slot, &(i, n)) in plan.iter().enumerate() {
+            let seq = &mut self.running[i];
+            let out = &mut outputs[slot];
             seq.computed += n;
             for b in seq.hashes.len()..seq.computed / self.config.block_size {
                 let bs = self.config.block_size;
@@ -302,12 +398,11 @@ impl Engine {
                 seq.hashes.push(h);
             }
             if let Some(&token) = out.tokens.first() {
-                Self::accept_token(&self.tokenizer, &self.model, seq, token, &mut out);
+                Self::accept_token(&self.tokenizer, &self.model, seq, token, out);
             }
             if let Some(cached) = self.cached_at_admission.get(&seq.id) {
                 out.cached_tokens = *cached;
             }
-            outputs.push(out);
         }
 
         // Retire finished sequences.
@@ -459,4 +554,16 @@ impl Engine {
         let last = self.running.len() - 1;
         self.preempt(last);
     }
+}
+
+/// Check a sampler's answer: one token per row, each in the vocabulary.
+fn validate_choice(sampler: &str, tokens: &[u32], rows: usize, vocab: usize) -> Result<Vec<u32>, SamplerError> {
+    let fault = |message: String| SamplerError::Fault { sampler: sampler.to_string(), message };
+    if tokens.len() != rows {
+        return Err(fault(format!("returned {} tokens for {rows} rows", tokens.len())));
+    }
+    if let Some(&t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(fault(format!("returned token {t}, outside the vocabulary of {vocab}")));
+    }
+    Ok(tokens.to_vec())
 }

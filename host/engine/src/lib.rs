@@ -21,6 +21,6 @@ pub mod sampling;
 mod sequence;
 pub mod tokenizer;
 
-pub use engine::{Engine, EngineConfig, EngineError, EngineStats, GenerationRequest, Output};
+pub use engine::{DEFAULT_SAMPLER, Engine, EngineConfig, EngineError, EngineStats, GenerationRequest, Output, SamplerId};
 pub use loader::{LoadError, LoadedModel};
 pub use sequence::{PromptScore, RequestId};

@@ -38,6 +38,7 @@ pub fn perplexity(engine: &mut Engine, tokens: &[u32], ctx: usize, max_chunks: O
             params: SamplingParams::greedy(1),
             tenant: format!("perplexity-{c}"),
             score_prompt: true,
+            ..GenerationRequest::new(Vec::new(), SamplingParams::greedy(1))
         };
         let id = engine.add_request(req).expect("chunk fits the context");
         let mut scores = Vec::new();

@@ -8,7 +8,33 @@
 //! preemption, alone or inside any batch. (The plugin issue moves sampling
 //! policy into Wasm; this stays as the reference implementation.)
 
-use weft_types::SamplingParams;
+use weft_types::{SampleRow, Sampler, SamplerError, SamplingParams, TokenId};
+
+/// The host's own sampler: the reference the builtin sampler plugin is
+/// checked against, and the engine's default until one is set.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NativeSampler;
+
+impl Sampler for NativeSampler {
+    fn name(&self) -> &str {
+        "native"
+    }
+
+    fn sample(&mut self, rows: &[SampleRow<'_>], eos: &[TokenId]) -> Result<Vec<TokenId>, SamplerError> {
+        Ok(rows
+            .iter()
+            .map(|r| {
+                if r.params.adjusts_logits() {
+                    let mut adjusted = r.logits.to_vec();
+                    adjust_logits(&mut adjusted, r.params, r.tokens, r.prompt_len, eos);
+                    sample(&adjusted, r.params, r.position())
+                } else {
+                    sample(r.logits, r.params, r.position())
+                }
+            })
+            .collect())
+    }
+}
 
 /// A SplitMix64 step: a fast, well-mixed 64-bit hash.
 fn splitmix64(mut z: u64) -> u64 {
@@ -40,9 +66,16 @@ pub fn logprob_of(logits: &[f32], token: u32) -> f32 {
     logits[token as usize] - weft_kernels_cpu::ops::log_sum_exp(logits)
 }
 
-/// `log softmax(logits)` of the `k` most likely tokens, most likely first
-/// (ties by lower id).
-pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+/// The `k` largest logits, largest first, ties by lower id: a linear scan
+/// for small `k`, a sort otherwise.
+pub fn largest(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let k = k.min(logits.len());
+    if k > 64 {
+        let mut all: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+        all.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.truncate(k);
+        return all;
+    }
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
     for (i, &v) in logits.iter().enumerate() {
         if best.len() == k && best.last().is_none_or(|&(_, w)| v <= w) {
@@ -52,8 +85,14 @@ pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
         best.insert(at, (i as u32, v));
         best.truncate(k);
     }
+    best
+}
+
+/// `log softmax(logits)` of the `k` most likely tokens, most likely first
+/// (ties by lower id).
+pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     let lse = weft_kernels_cpu::ops::log_sum_exp(logits);
-    best.into_iter().map(|(t, v)| (t, v - lse)).collect()
+    largest(logits, k).into_iter().map(|(t, v)| (t, v - lse)).collect()
 }
 
 /// Apply a sequence's logit adjustments in place: EOS suppression
@@ -94,52 +133,66 @@ pub fn adjust_logits(logits: &mut [f32], params: &SamplingParams, tokens: &[u32]
     }
 }
 
-/// Choose the next token for a sequence from its logits.
-pub fn sample(logits: &[f32], params: &SamplingParams, index: u64) -> u32 {
-    if params.is_greedy() {
-        return argmax(logits);
-    }
-    let inv_t = 1.0 / params.temperature as f64;
+/// The candidates a sampled (non-greedy) choice draws from: logits scaled
+/// by `1 / temperature`, sorted most likely first (ties by lower id), cut to
+/// `top_k` (0: no cut), then to tokens weighing at least `min_p` of the top
+/// one, then to the smallest prefix holding `top_p` of the mass. Each comes
+/// with its unnormalised weight `exp(scaled - top)`, so the top weighs 1.
+/// The sampler plugin's `nucleus` host call is this function.
+pub fn nucleus(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, min_p: f32) -> Vec<(u32, f64)> {
+    let inv_t = 1.0 / temperature as f64;
     let mut candidates: Vec<(u32, f64)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l as f64 * inv_t)).collect();
     // Highest first; ties by lower id, so the order is total and stable.
     candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    if params.top_k > 0 {
-        candidates.truncate(params.top_k as usize);
+    if top_k > 0 {
+        candidates.truncate(top_k as usize);
     }
-    let max = candidates[0].1;
-    let mut total = 0.0;
+    let Some(&(_, max)) = candidates.first() else { return candidates };
     for c in candidates.iter_mut() {
         c.1 = (c.1 - max).exp();
-        total += c.1;
     }
-    if params.min_p > 0.0 {
-        // After the shift above the top token's weight is exactly 1.
-        let keep = candidates.partition_point(|c| c.1 >= params.min_p as f64).max(1);
+    if min_p > 0.0 {
+        let keep = candidates.partition_point(|c| c.1 >= min_p as f64).max(1);
         candidates.truncate(keep);
-        total = candidates.iter().map(|c| c.1).sum();
     }
-    if params.top_p < 1.0 {
+    if top_p < 1.0 {
+        let total: f64 = candidates.iter().map(|c| c.1).sum();
         let mut mass = 0.0;
         let mut keep = candidates.len();
         for (i, c) in candidates.iter().enumerate() {
             mass += c.1 / total;
-            if mass >= params.top_p as f64 {
+            if mass >= top_p as f64 {
                 keep = i + 1;
                 break;
             }
         }
         candidates.truncate(keep);
-        total = candidates.iter().map(|c| c.1).sum();
     }
-    let target = uniform(params.seed, index) * total;
+    candidates
+}
+
+/// Draw from weighted candidates with a uniform `u` in `[0, 1)`: the first
+/// whose cumulative weight exceeds `u × total`, summing in list order.
+pub fn draw(candidates: &[(u32, f64)], u: f64) -> u32 {
+    let total: f64 = candidates.iter().map(|c| c.1).sum();
+    let target = u * total;
     let mut acc = 0.0;
-    for c in &candidates {
+    for c in candidates {
         acc += c.1;
         if target < acc {
             return c.0;
         }
     }
     candidates.last().map_or(0, |c| c.0)
+}
+
+/// Choose the next token for a sequence from its logits.
+pub fn sample(logits: &[f32], params: &SamplingParams, index: u64) -> u32 {
+    if params.is_greedy() {
+        return argmax(logits);
+    }
+    let candidates = nucleus(logits, params.temperature, params.top_k, params.top_p, params.min_p);
+    draw(&candidates, uniform(params.seed, index))
 }
 
 #[cfg(test)]

@@ -34,6 +34,8 @@ pub(crate) struct Sequence {
     pub params: SamplingParams,
     /// Score every prompt position (disables prefix reuse for this request).
     pub score_prompt: bool,
+    /// Which of the engine's samplers chooses its tokens.
+    pub sampler: crate::engine::SamplerId,
     pub scored: usize,
     pub decoder: StreamDecoder,
     /// Generated text so far (stop strings cut it).

@@ -13,8 +13,8 @@
 //! `max_running + max_queued` tickets new requests get 503.
 //!
 //! A panic inside a step is a bug; it fails the requests in flight with an
-//! internal error, and the engine is rebuilt empty so others keep being
-//! served.
+//! internal error, and the engine is reset (empty, samplers kept) so others
+//! keep being served.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -176,7 +176,7 @@ fn run(mut engine: Engine, inbox: std_mpsc::Receiver<Command>, gauges: &EngineGa
                     for (_, events) in clients.drain() {
                         let _ = events.send(Err(ApiError::Internal(format!("the engine step failed: {what}"))));
                     }
-                    engine = Engine::new(Arc::clone(engine.model()), Arc::clone(engine.tokenizer()), engine.config().clone());
+                    engine.reset();
                 }
             }
         }
@@ -209,11 +209,15 @@ fn deliver(
     outputs: Vec<Output>,
     gauges: &EngineGauges,
 ) {
-    for out in outputs {
+    for mut out in outputs {
         let id = out.id;
         let finished = out.finished.is_some();
         gauges.generated_tokens.fetch_add(out.tokens.len() as u64, Ordering::Relaxed);
-        let delivered = clients.get(&id).is_some_and(|events| events.send(Ok(out)).is_ok());
+        let event = match out.error.take() {
+            Some(e) => Err(ApiError::from(e)),
+            None => Ok(out),
+        };
+        let delivered = clients.get(&id).is_some_and(|events| events.send(event).is_ok());
         if finished {
             clients.remove(&id);
         } else if !delivered {

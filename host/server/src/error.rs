@@ -41,6 +41,11 @@ pub enum ApiError {
     /// The engine is not serving (starting, shutting down, or it failed).
     #[error("the server is not ready: {0}")]
     NotReady(String),
+    /// A plugin the request chose failed (trapped, overran its limits or
+    /// answered something invalid) or refused. Deterministic: retrying the
+    /// same request will not help.
+    #[error("{0}")]
+    PluginFailed(String),
     /// A bug: an invariant inside Weft broke. Never caused by input alone.
     #[error("internal error: {0}")]
     Internal(String),
@@ -59,7 +64,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Overloaded { .. } | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::PluginFailed(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -72,6 +77,7 @@ impl ApiError {
                 "invalid_request_error"
             }
             Self::Overloaded { .. } | Self::NotReady(_) => "service_unavailable_error",
+            Self::PluginFailed(_) => "plugin_error",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -89,6 +95,7 @@ impl ApiError {
             Self::UnsupportedMediaType { .. } => "unsupported_media_type",
             Self::Overloaded { .. } => "server_overloaded",
             Self::NotReady(_) => "not_ready",
+            Self::PluginFailed(_) => "plugin_failed",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -158,6 +165,12 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<weft_types::SamplerError> for ApiError {
+    fn from(e: weft_types::SamplerError) -> Self {
+        Self::PluginFailed(e.to_string())
+    }
+}
+
 impl From<weft_engine::EngineError> for ApiError {
     fn from(e: weft_engine::EngineError) -> Self {
         use weft_engine::EngineError as E;
@@ -165,6 +178,8 @@ impl From<weft_engine::EngineError> for ApiError {
             E::TooLong { .. } => Self::ContextLengthExceeded(e.to_string()),
             E::EmptyPrompt => Self::invalid("prompt", e.to_string()),
             E::TokenOutOfRange { .. } => Self::invalid("prompt", e.to_string()),
+            // The server only names samplers it registered.
+            E::UnknownSampler(_) => Self::Internal(e.to_string()),
         }
     }
 }

@@ -138,6 +138,7 @@ pub fn finish_reason(reason: Option<StopReason>) -> Option<&'static str> {
         StopReason::Stop => "stop",
         StopReason::Length => "length",
         StopReason::Cancelled => "cancelled",
+        StopReason::Error => "error",
     })
 }
 

@@ -39,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use weft_engine::chat_template::ChatTemplate;
 use weft_engine::tokenizer::Tokenizer;
-use weft_engine::{Engine, EngineConfig, LoadedModel};
+use weft_engine::{Engine, LoadedModel};
 
 pub use config::ServerConfig;
 pub use engine_task::{EngineGauges, EngineHandle};
@@ -118,10 +118,9 @@ pub(crate) fn unix_now() -> u64 {
 }
 
 impl Server {
-    /// Start the engine for `loaded` with `engine_config` and bind the HTTP
-    /// listener.
-    pub async fn bind(loaded: LoadedModel, engine_config: EngineConfig, config: ServerConfig) -> std::io::Result<Self> {
-        let engine = Engine::new(Arc::clone(&loaded.model), Arc::clone(&loaded.tokenizer), engine_config);
+    /// Serve `loaded` through `engine` (built over the same model, with its
+    /// samplers set) and bind the listeners.
+    pub async fn bind(loaded: LoadedModel, engine: Engine, config: ServerConfig) -> std::io::Result<Self> {
         let model = ModelInfo {
             name: loaded.name.clone(),
             created: unix_now(),

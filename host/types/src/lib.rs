@@ -5,6 +5,8 @@
 //! them has to depend on another to exchange a request or a decision. It holds
 //! data and traits only — no model code, no I/O.
 
+pub mod decide;
 pub mod sampling;
 
+pub use decide::{SampleRow, Sampler, SamplerError};
 pub use sampling::{SamplingParams, StopReason, TokenId};

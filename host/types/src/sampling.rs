@@ -105,4 +105,7 @@ pub enum StopReason {
     Length,
     /// The request was cancelled by its client.
     Cancelled,
+    /// A decision for the request failed (a plugin fault); the output
+    /// carries the error.
+    Error,
 }

@@ -95,7 +95,7 @@ fn messages_in(m: proto::Messages) -> Vec<ChatMessageIn> {
 
 fn finish_reason(reason: Option<StopReason>) -> i32 {
     (match reason {
-        None | Some(StopReason::Cancelled) => proto::FinishReason::Unspecified,
+        None | Some(StopReason::Cancelled) | Some(StopReason::Error) => proto::FinishReason::Unspecified,
         Some(StopReason::Stop) => proto::FinishReason::Stop,
         Some(StopReason::Length) => proto::FinishReason::Length,
     }) as i32

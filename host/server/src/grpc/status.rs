@@ -17,7 +17,7 @@ pub fn code(e: &ApiError) -> Code {
         ApiError::PayloadTooLarge { .. } => Code::ResourceExhausted,
         // Waiting helps: clients retry UNAVAILABLE with back-off.
         ApiError::Overloaded { .. } | ApiError::NotReady(_) => Code::Unavailable,
-        ApiError::Internal(_) => Code::Internal,
+        ApiError::PluginFailed(_) | ApiError::Internal(_) => Code::Internal,
     }
 }
 

@@ -1,0 +1,13 @@
+//! The host bindings generated from `wit/`: the only place they are
+//! generated; everything else imports them from here.
+
+wasmtime::component::bindgen!({
+    path: "../../wit",
+    world: "sampler-plugin",
+    // Host calls may trap: a guest that passes a row or token out of range
+    // loses its call, it does not get a wrong answer.
+    imports: { default: trappable },
+    with: {
+        "weft:plugin/sampling.batch": crate::batch::BatchHandle,
+    },
+});

@@ -1,0 +1,31 @@
+//! Weft's plugin runtime: WebAssembly components under wasmtime, each call
+//! inside a time and memory budget, behind the engine's decision traits.
+//!
+//! [`PluginRuntime`] owns the one `wasmtime::Engine` (pooling allocator,
+//! epoch interruption driven by a ticker thread) and the linker. A
+//! component is checked and compiled once ([`PluginRuntime::load_sampler`]:
+//! size cap, world, imports against the grants), then instantiated from its
+//! pre-linked template. [`WasmSampler`] implements `weft_types::Sampler`:
+//! one guest call per engine step for the whole batch, its logits kept in
+//! the host behind the `batch` resource ([`batch`]), its answer checked by
+//! the engine.
+//!
+//! A trap, a deadline overrun or an exhausted memory fails only the call
+//! (and so only the requests in it); the instance is discarded and rebuilt
+//! for the next call, never re-entered.
+//!
+//! Architecture invariant: this is the only crate that links wasmtime, and
+//! [`bindings`] is the only module that generates bindings from `wit/`.
+
+pub mod batch;
+pub mod bindings;
+mod error;
+pub mod limits;
+mod runtime;
+mod sampler;
+mod sandbox;
+
+pub use error::PluginError;
+pub use limits::Limits;
+pub use runtime::{EPOCH_TICK, PluginRuntime, SamplerComponent};
+pub use sampler::WasmSampler;

@@ -1,0 +1,37 @@
+//! What one plugin instance may use. Every limit has a default chosen for
+//! the per-step plugin kinds on the CPU engine, stated on its field.
+
+use std::time::Duration;
+
+/// Resource limits of a plugin.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Wall-clock budget of one call into the plugin. Default 100 ms: a
+    /// decode step of the default model takes 5–50 ms, so a call that runs
+    /// longer is broken, and the requests in it fail rather than stall
+    /// everyone. Enforced by epoch interruption, so an overrun is stopped
+    /// within this budget plus one epoch tick ([`crate::EPOCH_TICK`]).
+    pub call_deadline: Duration,
+    /// Linear memory of one instance. Default 64 MiB.
+    pub memory_bytes: usize,
+    /// Table elements of one instance. Default 20,000.
+    pub table_elements: usize,
+    /// Largest component accepted, in bytes. Default 32 MiB (a Python
+    /// component is ~20 MiB).
+    pub component_bytes: usize,
+    /// Entries a single `adjust`/`ban`/`penalize` host call may carry (host
+    /// allocation the guest controls). Default 4096.
+    pub host_list_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            call_deadline: Duration::from_millis(100),
+            memory_bytes: 64 << 20,
+            table_elements: 20_000,
+            component_bytes: 32 << 20,
+            host_list_entries: 4096,
+        }
+    }
+}

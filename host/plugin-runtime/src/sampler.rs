@@ -1,0 +1,137 @@
+//! [`WasmSampler`]: a sampler component behind the engine's `Sampler`
+//! trait. One guest call per step for the whole batch; a fault fails that
+//! call only, and the instance is rebuilt before the next one.
+
+use wasmtime::component::Resource;
+use wasmtime::{Store, Trap};
+use weft_types::{SampleRow, Sampler, SamplerError, TokenId};
+
+use crate::batch::{BatchHandle, StepView};
+use crate::bindings::SamplerPlugin;
+use crate::bindings::weft::plugin::types::{ConfigEntry, ConfigValue};
+use crate::error::PluginError;
+use crate::runtime::{EPOCH_TICK, SamplerComponent};
+use crate::sandbox::StoreState;
+
+/// A live sampler instance (rebuilt after any fault).
+pub struct WasmSampler {
+    component: SamplerComponent,
+    config: Vec<ConfigEntry>,
+    label: String,
+    live: Option<(Store<StoreState>, SamplerPlugin)>,
+    faults: u64,
+}
+
+impl std::fmt::Debug for WasmSampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmSampler").field("plugin", &self.label).field("faults", &self.faults).finish()
+    }
+}
+
+/// Describe a trap for people.
+fn describe(e: &wasmtime::Error, deadline_ms: u128) -> String {
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => format!("ran past its deadline of {deadline_ms} ms"),
+        Some(Trap::StackOverflow) => "overflowed its stack".into(),
+        Some(Trap::UnreachableCodeReached) => "trapped (it panicked or aborted, e.g. when out of memory)".into(),
+        Some(trap) => format!("trapped: {trap}"),
+        None => {
+            // Host errors (a limit, a bad argument to a host call) are the
+            // root cause; the wasm backtrace above it says nothing to people.
+            let root: String = e.root_cause().to_string().chars().take(500).collect();
+            if root.contains("growing memory") { format!("exceeded its memory limit: {root}") } else { root }
+        }
+    }
+}
+
+impl WasmSampler {
+    pub(crate) fn new(component: SamplerComponent, config: Vec<(String, ConfigValue)>) -> Result<Self, PluginError> {
+        let label = component.name().to_string();
+        let config = config.into_iter().map(|(key, value)| ConfigEntry { key, value }).collect();
+        let mut sampler = Self { component, config, label, live: None, faults: 0 };
+        sampler.instance()?;
+        Ok(sampler)
+    }
+
+    /// Calls that faulted so far.
+    pub fn faults(&self) -> u64 {
+        self.faults
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        let (_, _, _, limits) = self.component.parts();
+        (limits.call_deadline.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64).max(1)
+    }
+
+    fn instance(&mut self) -> Result<&mut (Store<StoreState>, SamplerPlugin), PluginError> {
+        if self.live.is_none() {
+            let ticks = self.deadline_ticks();
+            let (name, pre, engine, limits) = self.component.parts();
+            let deadline_ms = limits.call_deadline.as_millis();
+            let call = |phase: &'static str, e: wasmtime::Error| PluginError::Call {
+                plugin: name.to_string(),
+                phase,
+                reason: describe(&e, deadline_ms),
+            };
+            let mut store = Store::new(engine, StoreState::new(limits));
+            store.limiter(|s| &mut s.limits);
+            store.epoch_deadline_trap();
+            store.set_epoch_deadline(ticks);
+            let plugin = pre.instantiate(&mut store).map_err(|e| call("instantiate", e))?;
+            store.set_epoch_deadline(ticks);
+            match plugin.weft_plugin_sampler().call_init(&mut store, &self.config) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err(PluginError::Refused { plugin: name.to_string(), phase: "init", code: e.code, message: e.message });
+                }
+                Err(e) => return Err(call("init", e)),
+            }
+            self.live = Some((store, plugin));
+        }
+        Ok(self.live.as_mut().expect("set above"))
+    }
+
+    fn fault(&mut self, message: String) -> SamplerError {
+        self.faults += 1;
+        self.live = None;
+        SamplerError::Fault { sampler: self.label.clone(), message }
+    }
+}
+
+impl Sampler for WasmSampler {
+    fn name(&self) -> &str {
+        &self.label
+    }
+
+    fn sample(&mut self, rows: &[SampleRow<'_>], eos: &[TokenId]) -> Result<Vec<TokenId>, SamplerError> {
+        let ticks = self.deadline_ticks();
+        let deadline_ms = self.component.parts().3.call_deadline.as_millis();
+        let (store, plugin) = match self.instance() {
+            Ok(live) => live,
+            Err(e) => return Err(self.fault(e.to_string())),
+        };
+        // SAFETY: the view is taken out of the store right after the call,
+        // before `rows` can go away, whatever the call returned.
+        store.data_mut().step = Some(unsafe { StepView::new(rows, eos) });
+        let handle = match store.data_mut().table.push(BatchHandle) {
+            Ok(h) => h,
+            Err(e) => {
+                store.data_mut().step = None;
+                let message = format!("could not create the batch: {e}");
+                return Err(self.fault(message));
+            }
+        };
+        store.set_epoch_deadline(ticks);
+        let result = plugin.weft_plugin_sampler().call_choose(&mut *store, Resource::new_borrow(handle.rep()));
+        store.data_mut().step = None;
+        let _ = store.data_mut().table.delete(handle);
+        match result {
+            Ok(Ok(tokens)) => Ok(tokens),
+            Ok(Err(e)) => Err(SamplerError::Refused { sampler: self.label.clone(), code: e.code, message: e.message }),
+            Err(e) => {
+                let message = describe(&e, deadline_ms);
+                Err(self.fault(message))
+            }
+        }
+    }
+}

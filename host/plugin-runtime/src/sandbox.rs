@@ -1,0 +1,106 @@
+//! What a plugin's store holds, and the sandbox around it: resource table,
+//! memory limits, and a WASI that grants nothing.
+//!
+//! Language runtimes (Rust's std, CPython, SpiderMonkey) import a few WASI
+//! interfaces just to start: streams, environment, exit, clocks, random.
+//! Those are linked, but empty: no arguments or environment, stdio closed,
+//! clocks frozen at zero and randomness from a fixed seed — so nothing a
+//! plugin computes can depend on the machine, the time or chance (requests
+//! get their randomness from the host, seeded per request). Capability
+//! interfaces (filesystem, sockets, HTTP) are refused at load time unless
+//! granted; no grant exists yet, so they are always refused.
+
+use std::time::Duration;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{Deterministic, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::batch::StepView;
+use crate::limits::Limits;
+
+/// Import names a plugin may have besides Weft's own interfaces.
+const RUNTIME_SUPPORT: &[&str] = &[
+    "wasi:io/",
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-",
+    "wasi:clocks/",
+    "wasi:random/",
+];
+
+/// Whether a component may import `name` (an interface such as
+/// `wasi:io/streams@0.2.3`).
+pub fn import_allowed(name: &str) -> bool {
+    name.starts_with("weft:plugin/") || RUNTIME_SUPPORT.iter().any(|p| name.starts_with(p))
+}
+
+/// The data of one plugin store.
+pub struct StoreState {
+    pub table: ResourceTable,
+    wasi: WasiCtx,
+    pub limits: StoreLimits,
+    /// The batch of the call in progress, if any.
+    pub step: Option<StepView>,
+    pub host_list_entries: usize,
+}
+
+impl StoreState {
+    pub fn new(limits: &Limits) -> Self {
+        Self {
+            table: ResourceTable::new(),
+            wasi: locked_down_wasi(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_bytes)
+                .table_elements(limits.table_elements)
+                .trap_on_grow_failure(true)
+                .build(),
+            step: None,
+            host_list_entries: limits.host_list_entries,
+        }
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// A clock that always says zero.
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+fn locked_down_wasi() -> WasiCtx {
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .wall_clock(FrozenClock)
+        .monotonic_clock(FrozenClock)
+        .secure_random(Deterministic::new(vec![0x5e, 0xed]))
+        .insecure_random(Deterministic::new(vec![0x5e, 0xed]))
+        .insecure_random_seed(0)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    builder.build()
+}

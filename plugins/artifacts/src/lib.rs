@@ -1,0 +1,6 @@
+//! Weft's plugin components, built from source by this crate's build
+//! script: the builtin plugins' bytes (embedded in the `weft` binary) and
+//! the paths of the test fixtures. Nothing here runs a plugin; that is the
+//! plugin runtime's job.
+
+include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));

@@ -1,0 +1,194 @@
+//! Plugins under the real runtime: the builtin sampler component, built
+//! from source, chooses exactly the native sampler's tokens; and every kind
+//! of misbehaving sampler fails only the requests that chose it, inside its
+//! limits, while the rest of the batch goes on unharmed.
+
+use std::time::{Duration, Instant};
+
+use weft_engine::sampling::NativeSampler;
+use weft_plugin_runtime::bindings::weft::plugin::types::ConfigValue;
+use weft_plugin_runtime::{Limits, PluginError, PluginRuntime, WasmSampler};
+use weft_tests::{default_model, engine_with, request, run_to_completion, tokens_of};
+use weft_types::{SampleRow, Sampler, SamplingParams, StopReason};
+
+fn runtime() -> PluginRuntime {
+    PluginRuntime::new(Limits::default()).expect("the plugin runtime starts")
+}
+
+fn builtin_sampler(rt: &PluginRuntime) -> WasmSampler {
+    rt.load_sampler("builtin-sampler", weft_plugin_artifacts::SAMPLER).unwrap().sampler(Vec::new()).unwrap()
+}
+
+fn faulty(rt: &PluginRuntime, fault: &str) -> WasmSampler {
+    let bytes = std::fs::read(weft_plugin_artifacts::FAULTY_SAMPLER_PATH).unwrap();
+    let component = rt.load_sampler(&format!("faulty-{fault}"), &bytes).unwrap();
+    component.sampler(vec![("fault".into(), ConfigValue::Text(fault.into()))]).unwrap()
+}
+
+/// Deterministic pseudo-random logits.
+fn logits(seed: u64, vocab: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..vocab)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 12.0 - 6.0
+        })
+        .collect()
+}
+
+fn param_grid() -> Vec<SamplingParams> {
+    let base = SamplingParams::default();
+    vec![
+        SamplingParams { temperature: 0.0, ..base.clone() },
+        SamplingParams { temperature: 1.0, ..base.clone() },
+        SamplingParams { temperature: 0.7, top_k: 40, ..base.clone() },
+        SamplingParams { temperature: 1.3, top_p: 0.9, ..base.clone() },
+        SamplingParams { temperature: 0.9, min_p: 0.05, top_p: 0.95, ..base.clone() },
+        SamplingParams { temperature: 1.0, presence_penalty: 0.8, frequency_penalty: 0.4, ..base.clone() },
+        SamplingParams { temperature: 0.8, repetition_penalty: 1.3, ..base.clone() },
+        SamplingParams { temperature: 0.0, logit_bias: vec![(3, 100.0)], ..base.clone() },
+        SamplingParams { temperature: 1.0, ignore_eos: true, logit_bias: vec![(7, 5.0), (9, -100.0)], ..base.clone() },
+        SamplingParams { temperature: 0.0, top_k: 1, ignore_eos: true, ..base },
+    ]
+}
+
+#[test]
+fn builtin_sampler_plugin_chooses_exactly_the_native_tokens() {
+    let rt = runtime();
+    let mut plugin = builtin_sampler(&rt);
+    let mut native = NativeSampler;
+    let eos = [0u32, 2];
+    let grid = param_grid();
+    for vocab in [257usize, 49_152] {
+        for round in 0..if vocab > 1000 { 4 } else { 60 } {
+            let rows_logits: Vec<Vec<f32>> = (0..grid.len()).map(|i| logits((round * 100 + i) as u64, vocab)).collect();
+            let params: Vec<SamplingParams> =
+                grid.iter().enumerate().map(|(i, p)| SamplingParams { seed: (round * 31 + i) as u64, ..p.clone() }).collect();
+            let history: Vec<u32> = (0..40).map(|i| (i * 7 % vocab) as u32).collect();
+            let rows: Vec<SampleRow<'_>> = (0..grid.len())
+                .map(|i| SampleRow { logits: &rows_logits[i], params: &params[i], tokens: &history[..20 + i], prompt_len: 10 })
+                .collect();
+            let ours = plugin.sample(&rows, &eos).unwrap();
+            let reference = native.sample(&rows, &eos).unwrap();
+            assert_eq!(ours, reference, "vocab {vocab}, round {round}");
+        }
+    }
+    assert_eq!(plugin.faults(), 0);
+}
+
+#[test]
+fn engine_with_the_plugin_sampler_generates_the_native_tokens() {
+    let rt = runtime();
+    let tk = &default_model().tokenizer;
+    let prompts = ["The capital of France is", "Once upon a time", "def add(a, b):", "Water boils at"];
+    let params = |i: usize| SamplingParams { temperature: 0.8, top_p: 0.95, seed: i as u64, max_tokens: 16, ignore_eos: true, ..Default::default() };
+    let run = |plugin: bool| {
+        let mut engine = engine_with(256, 512);
+        if plugin {
+            engine.set_sampler(Box::new(builtin_sampler(&rt)));
+        }
+        let ids: Vec<u64> =
+            prompts.iter().enumerate().map(|(i, p)| engine.add_request(request(&tk.encode(p, false).unwrap(), params(i))).unwrap()).collect();
+        let outputs = run_to_completion(&mut engine);
+        assert_eq!(engine.stats().sampler_failures, 0);
+        ids.iter().map(|&id| tokens_of(&outputs, id)).collect::<Vec<_>>()
+    };
+    assert_eq!(run(true), run(false));
+}
+
+/// A request on a faulty sampler and one on the default sampler, in the
+/// same batch: the first fails with the fault, the second finishes with
+/// the tokens it gets alone, and every block comes back.
+fn assert_fault_is_isolated(fault: &str, expect: &str) {
+    let rt = runtime();
+    let tk = &default_model().tokenizer;
+    let prompt = tk.encode("The quick brown fox", false).unwrap();
+    let greedy = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(12) };
+    let alone = {
+        let mut engine = engine_with(128, 512);
+        let id = engine.add_request(request(&prompt, greedy.clone())).unwrap();
+        tokens_of(&run_to_completion(&mut engine), id)
+    };
+    let mut engine = engine_with(128, 512);
+    let bad = engine.add_sampler(Box::new(faulty(&rt, fault)));
+    let victim = engine.add_request(weft_engine::GenerationRequest { sampler: bad, ..request(&prompt, greedy.clone()) }).unwrap();
+    let bystander = engine.add_request(request(&prompt, greedy)).unwrap();
+    let start = Instant::now();
+    let outputs = run_to_completion(&mut engine);
+    let failed: Vec<_> = outputs.iter().filter(|o| o.id == victim && o.finished.is_some()).collect();
+    assert_eq!(failed.len(), 1, "{fault}: the victim finishes once");
+    assert_eq!(failed[0].finished, Some(StopReason::Error), "{fault}");
+    let message = failed[0].error.as_ref().map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains(expect), "{fault}: {message:?} should say {expect:?}");
+    assert_eq!(tokens_of(&outputs, bystander), alone, "{fault}: the other request is untouched");
+    assert_eq!(engine.free_blocks(), engine.config().num_blocks, "{fault}: every block returns");
+    assert_eq!(engine.stats().sampler_failures, 1, "{fault}");
+    // Stopped within the deadline plus slack for a loaded 2-core machine.
+    let budget = Limits::default().call_deadline + Duration::from_secs(2);
+    assert!(start.elapsed() < budget, "{fault}: took {:?}", start.elapsed());
+}
+
+#[test]
+fn a_trapping_sampler_fails_only_its_request() {
+    assert_fault_is_isolated("trap", "trapped");
+}
+
+#[test]
+fn a_looping_sampler_is_stopped_at_its_deadline() {
+    assert_fault_is_isolated("loop", "deadline");
+}
+
+#[test]
+fn a_memory_bomb_is_capped_and_fails_only_its_request() {
+    assert_fault_is_isolated("memory", "memory limit");
+}
+
+#[test]
+fn a_stack_overflow_fails_only_its_request() {
+    assert_fault_is_isolated("stack", "stack");
+}
+
+#[test]
+fn an_out_of_range_token_is_rejected() {
+    assert_fault_is_isolated("bad-token", "outside the vocabulary");
+}
+
+#[test]
+fn a_wrong_number_of_tokens_is_rejected() {
+    assert_fault_is_isolated("wrong-count", "tokens for 1 rows");
+}
+
+#[test]
+fn a_refusing_sampler_fails_only_its_request() {
+    assert_fault_is_isolated("refuse", "refuses on purpose");
+}
+
+#[test]
+fn a_faulted_instance_is_rebuilt_for_the_next_call() {
+    let rt = runtime();
+    let mut sampler = faulty(&rt, "trap");
+    let row_logits = logits(1, 64);
+    let params = SamplingParams::default();
+    let rows = [SampleRow { logits: &row_logits, params: &params, tokens: &[1, 2], prompt_len: 2 }];
+    for n in 1..=3 {
+        assert!(sampler.sample(&rows, &[]).is_err());
+        assert_eq!(sampler.faults(), n, "each call runs on a fresh instance and traps again");
+    }
+}
+
+#[test]
+fn bad_components_are_refused_at_load() {
+    let rt = runtime();
+    let random: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    assert!(matches!(rt.load_sampler("random", &random), Err(PluginError::Compile { .. })));
+    let small = PluginRuntime::new(Limits { component_bytes: 1024, ..Limits::default() }).unwrap();
+    assert!(matches!(small.load_sampler("big", weft_plugin_artifacts::SAMPLER), Err(PluginError::TooLarge { .. })));
+    let e = rt
+        .load_sampler("faulty", &std::fs::read(weft_plugin_artifacts::FAULTY_SAMPLER_PATH).unwrap())
+        .unwrap()
+        .sampler(vec![("fault".into(), ConfigValue::Text("no-such-fault".into()))])
+        .unwrap_err();
+    assert!(matches!(e, PluginError::Refused { phase: "init", .. }), "{e}");
+}
