@@ -184,6 +184,24 @@ impl TestServer {
         Self::reply(self.agent.get(format!("{}{path}", self.base)).call())
     }
 
+    /// GET with extra headers.
+    pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = self.agent.get(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::reply(req.call())
+    }
+
+    /// POST without a body, with extra headers.
+    pub fn post_empty_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = self.agent.post(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::reply(req.send_empty())
+    }
+
     /// Wait until `done` holds for the engine's gauges, up to `timeout`.
     pub fn wait_for(&self, timeout: std::time::Duration, done: impl Fn(&weft_server::EngineGauges) -> bool) -> bool {
         let start = std::time::Instant::now();

@@ -353,3 +353,30 @@ fn a_full_queue_answers_503_with_retry_after() {
     let third = server.post("/v1/chat/completions", &chat("hi", json!({"max_tokens": 2})));
     assert_eq!(third.status, 200, "capacity comes back: {}", third.body);
 }
+
+#[test]
+fn the_admin_api_requires_its_token_and_drains_the_server() {
+    let off = TestServer::start();
+    let r = off.get("/admin/v1/model");
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (403, Some("forbidden")), "no token configured: off");
+    drop(off);
+
+    let config = ServerConfig { admin_token: Some("s3cret-token".into()), ..ServerConfig::default() };
+    let server = TestServer::start_with(|_| {}, config);
+    let r = server.get("/admin/v1/model");
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (401, Some("invalid_api_key")));
+    let r = server.get_with("/admin/v1/model", &[("authorization", "Bearer s3cret-tokeX")]);
+    assert_eq!(r.status, 401, "a wrong token");
+    let auth = [("authorization", "Bearer s3cret-token")];
+    let r = server.get_with("/admin/v1/model", &auth);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["id"], default_model().name);
+    assert_eq!(r.json()["draining"], false);
+
+    let r = server.post_empty_with("/admin/v1/drain", &auth);
+    assert_eq!((r.status, r.json()["draining"].as_bool()), (200, Some(true)));
+    let refused = server.post("/v1/chat/completions", &chat("hi", json!({"max_tokens": 2})));
+    assert_eq!((refused.status, refused.json()["error"]["code"].as_str()), (503, Some("not_ready")));
+    assert_eq!(server.get("/ready").status, 503, "a draining server is not ready");
+    assert_eq!(server.get("/health").status, 200, "but it is alive");
+}

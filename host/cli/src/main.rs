@@ -5,6 +5,7 @@
 //! the terminal, `weft serve` serves the HTTP API. Argument parsing and
 //! printing live here; everything else is in the library crates.
 
+mod admin;
 mod bench;
 mod loadgen;
 mod run;
@@ -36,8 +37,10 @@ enum Command {
     Generate(run::GenerateArgs),
     /// Chat with the model in the terminal.
     Chat(run::ChatArgs),
-    /// Serve the OpenAI-compatible HTTP API.
+    /// Serve the OpenAI-compatible HTTP API and the gRPC API.
     Serve(serve::ServeArgs),
+    /// Talk to a running server's admin API.
+    Admin(admin::AdminArgs),
     /// Measure the engine's prefill and decode throughput, or (with --url) load-test an OpenAI-compatible server.
     Bench(bench::BenchArgs),
 }
@@ -79,6 +82,7 @@ fn main() -> Result<()> {
         Command::Generate(args) => run::generate(&store, args)?,
         Command::Chat(args) => run::chat(&store, args)?,
         Command::Serve(args) => serve::serve(&store, args)?,
+        Command::Admin(args) => admin::run(args)?,
         Command::Bench(args) => bench::bench(&store, args)?,
     }
     Ok(())

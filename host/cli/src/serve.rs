@@ -1,10 +1,14 @@
 //! `weft serve`: load a model and serve the OpenAI-compatible HTTP API and
 //! the gRPC API until Ctrl-C or SIGTERM, then drain in-flight requests.
+//! Settings come from flags, then `WEFT_*` variables, then a TOML config
+//! file (`--config`), then the defaults stated on each flag.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use serde::Deserialize;
 use weft_server::{Server, ServerConfig};
 
 use crate::ModelArgs;
@@ -14,46 +18,97 @@ use crate::store::Store;
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Address to listen on.
-    #[arg(long, env = "WEFT_HOST", default_value = "127.0.0.1")]
-    pub host: IpAddr,
-    /// HTTP port; 0 picks a free one (the bound address is printed).
-    #[arg(long, env = "WEFT_PORT", default_value_t = 8080)]
-    pub port: u16,
-    /// gRPC port; 0 picks a free one.
-    #[arg(long, env = "WEFT_GRPC_PORT", default_value_t = 50051)]
-    pub grpc_port: u16,
+    /// A TOML file with any of the settings below (kebab-case keys, plus
+    /// `model` and `threads`); flags and WEFT_* variables win over it.
+    #[arg(long, env = "WEFT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long, env = "WEFT_HOST")]
+    pub host: Option<IpAddr>,
+    /// HTTP port; 0 picks a free one (the bound address is printed) [default: 8080].
+    #[arg(long, env = "WEFT_PORT")]
+    pub port: Option<u16>,
+    /// gRPC port; 0 picks a free one [default: 50051].
+    #[arg(long, env = "WEFT_GRPC_PORT")]
+    pub grpc_port: Option<u16>,
     /// Serve HTTP only.
     #[arg(long, env = "WEFT_NO_GRPC")]
     pub no_grpc: bool,
-    /// KV cache size in MiB (pages become resident only when used).
-    #[arg(long, env = "WEFT_KV_CACHE_MIB", default_value_t = 256)]
-    pub kv_cache_mib: usize,
-    /// Most output tokens a request may ask for (default: the context length).
+    /// KV cache size in MiB; pages become resident only when used [default: 256].
+    #[arg(long, env = "WEFT_KV_CACHE_MIB")]
+    pub kv_cache_mib: Option<usize>,
+    /// Most output tokens a request may ask for [default: the context length].
     #[arg(long, env = "WEFT_MAX_OUTPUT_TOKENS")]
     pub max_output_tokens: Option<usize>,
-    /// Most sequences decoding at once.
-    #[arg(long, env = "WEFT_MAX_RUNNING", default_value_t = 64)]
-    pub max_running: usize,
-    /// Requests waiting beyond the running ones before new ones get 503.
-    #[arg(long, env = "WEFT_MAX_QUEUED", default_value_t = 256)]
-    pub max_queued: usize,
+    /// Most sequences decoding at once [default: 64].
+    #[arg(long, env = "WEFT_MAX_RUNNING")]
+    pub max_running: Option<usize>,
+    /// Requests waiting beyond the running ones before new ones get 503 [default: 256].
+    #[arg(long, env = "WEFT_MAX_QUEUED")]
+    pub max_queued: Option<usize>,
+    /// Bearer token of the admin API (`/admin/v1`); without one the admin
+    /// API refuses everyone.
+    #[arg(long, env = "WEFT_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+/// The config file: every key optional, unknown keys refused (a typo
+/// should not silently fall back to a default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ServeFile {
+    model: Option<String>,
+    threads: Option<usize>,
+    host: Option<IpAddr>,
+    port: Option<u16>,
+    grpc_port: Option<u16>,
+    no_grpc: Option<bool>,
+    kv_cache_mib: Option<usize>,
+    max_output_tokens: Option<usize>,
+    max_running: Option<usize>,
+    max_queued: Option<usize>,
+    admin_token: Option<String>,
+}
+
+impl ServeArgs {
+    /// Fill what flags and environment left unset from the config file.
+    fn merge_file(mut self) -> Result<Self> {
+        let Some(path) = &self.config else { return Ok(self) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading the config file {}", path.display()))?;
+        let file: ServeFile = toml::from_str(&text).with_context(|| format!("in the config file {}", path.display()))?;
+        self.model.model = self.model.model.or(file.model);
+        self.model.threads = self.model.threads.or(file.threads);
+        self.host = self.host.or(file.host);
+        self.port = self.port.or(file.port);
+        self.grpc_port = self.grpc_port.or(file.grpc_port);
+        self.no_grpc = self.no_grpc || file.no_grpc.unwrap_or(false);
+        self.kv_cache_mib = self.kv_cache_mib.or(file.kv_cache_mib);
+        self.max_output_tokens = self.max_output_tokens.or(file.max_output_tokens);
+        self.max_running = self.max_running.or(file.max_running);
+        self.max_queued = self.max_queued.or(file.max_queued);
+        self.admin_token = self.admin_token.or(file.admin_token);
+        Ok(self)
+    }
 }
 
 pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
-    let (path, mut loaded, mut engine_config) = crate::run::open(store, &args.model, args.kv_cache_mib << 20)?;
+    let args = args.merge_file()?;
+    let host = args.host.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let kv_cache_mib = args.kv_cache_mib.unwrap_or(256);
+    let (path, mut loaded, mut engine_config) = crate::run::open(store, &args.model, kv_cache_mib << 20)?;
     // The API's model id is the store name (`smollm2-135m-instruct-q4_1`),
     // which clients can type, rather than the file's free-text title.
     if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
         loaded.name = stem.to_string();
     }
-    engine_config.max_running = args.max_running.max(1);
+    engine_config.max_running = args.max_running.unwrap_or(64).max(1);
     let engine = crate::run::engine(&loaded, engine_config, args.model.sampler)?;
     let config = ServerConfig {
-        http_addr: SocketAddr::new(args.host, args.port),
-        grpc_addr: (!args.no_grpc).then(|| SocketAddr::new(args.host, args.grpc_port)),
-        max_queued: args.max_queued,
+        http_addr: SocketAddr::new(host, args.port.unwrap_or(8080)),
+        grpc_addr: (!args.no_grpc).then(|| SocketAddr::new(host, args.grpc_port.unwrap_or(50051))),
+        max_queued: args.max_queued.unwrap_or(256),
         max_output_tokens: args.max_output_tokens,
+        admin_token: args.admin_token.clone(),
         ..ServerConfig::default()
     };
     let name = loaded.name.clone();

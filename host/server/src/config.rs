@@ -26,6 +26,9 @@ pub struct ServerConfig {
     /// context length. Operators lower it to bound the work one request can
     /// ask for.
     pub max_output_tokens: Option<usize>,
+    /// The bearer token the admin API (`/admin/v1/...`) requires. Default
+    /// `None`: the admin API answers 403 to everyone until one is set.
+    pub admin_token: Option<String>,
     /// Most choices one request may ask for (`n` × prompts). Default 16.
     pub max_choices: usize,
     /// Tokenization and chat-template jobs running at once on blocking
@@ -41,6 +44,7 @@ impl Default for ServerConfig {
             max_body_bytes: 4 << 20,
             max_queued: 256,
             max_output_tokens: None,
+            admin_token: None,
             max_choices: 16,
             tokenizer_workers: 4,
         }

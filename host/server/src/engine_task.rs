@@ -60,6 +60,7 @@ pub struct EngineHandle {
     gauges: Arc<EngineGauges>,
     admitted: Arc<AtomicUsize>,
     admission_limit: usize,
+    draining: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -102,7 +103,7 @@ impl EngineHandle {
         let thread_gauges = Arc::clone(&gauges);
         gauges.alive.store(true, Ordering::Release);
         std::thread::Builder::new().name("weft-engine".into()).spawn(move || run(engine, inbox, &thread_gauges))?;
-        Ok(Self { commands, gauges, admitted: Arc::new(AtomicUsize::new(0)), admission_limit })
+        Ok(Self { commands, gauges, admitted: Arc::new(AtomicUsize::new(0)), admission_limit, draining: Arc::default() })
     }
 
     pub fn gauges(&self) -> &EngineGauges {
@@ -114,9 +115,21 @@ impl EngineHandle {
         self.admitted.load(Ordering::Acquire)
     }
 
+    /// Stop admitting requests; those in flight go on to their end.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     /// Take `count` places in admission at once (one per choice of a
     /// request), or none.
     pub fn admit(&self, count: usize) -> Result<Vec<Ticket>, ApiError> {
+        if self.is_draining() {
+            return Err(ApiError::NotReady("the server is draining and admits no new requests".into()));
+        }
         let mut current = self.admitted.load(Ordering::Acquire);
         loop {
             if current + count > self.admission_limit {

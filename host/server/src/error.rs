@@ -25,6 +25,12 @@ pub enum ApiError {
     /// A parameter that Weft accepts in the schema but does not implement yet.
     #[error("`{param}` is not supported yet: {why}")]
     Unsupported { param: String, why: &'static str },
+    /// No or wrong credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Valid credentials (or none needed) without the right to this.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the model `{0}` does not exist; GET /v1/models lists the models this server has")]
     ModelNotFound(String),
     #[error("no route for {method} {path}")]
@@ -59,6 +65,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidRequest { .. } | Self::ContextLengthExceeded(_) | Self::Unsupported { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::ModelNotFound(_) | Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -72,6 +80,8 @@ impl ApiError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::InvalidRequest { .. } | Self::ContextLengthExceeded(_) | Self::Unsupported { .. } => "invalid_request_error",
+            Self::Unauthenticated(_) => "authentication_error",
+            Self::Forbidden(_) => "permission_error",
             Self::ModelNotFound(_) | Self::RouteNotFound { .. } => "not_found_error",
             Self::MethodNotAllowed { .. } | Self::PayloadTooLarge { .. } | Self::UnsupportedMediaType { .. } => {
                 "invalid_request_error"
@@ -88,6 +98,8 @@ impl ApiError {
             Self::InvalidRequest { .. } => "invalid_value",
             Self::ContextLengthExceeded(_) => "context_length_exceeded",
             Self::Unsupported { .. } => "unsupported_parameter",
+            Self::Unauthenticated(_) => "invalid_api_key",
+            Self::Forbidden(_) => "forbidden",
             Self::ModelNotFound(_) => "model_not_found",
             Self::RouteNotFound { .. } => "unknown_route",
             Self::MethodNotAllowed { .. } => "method_not_allowed",

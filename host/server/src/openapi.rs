@@ -6,7 +6,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::routes::{chat, completions, models, ops, tokenize};
+use crate::routes::{admin, chat, completions, models, ops, tokenize};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,14 +27,29 @@ use crate::routes::{chat, completions, models, ops, tokenize};
         ops::ready,
         ops::metrics,
         serve,
+        admin::model,
+        admin::drain,
     ),
+    modifiers(&AdminToken),
     tags(
         (name = "OpenAI", description = "The OpenAI API subset Weft implements"),
         (name = "Tokenizer", description = "The model's tokenizer"),
         (name = "Operations", description = "Health, readiness, metrics and this document"),
+        (name = "Admin", description = "Operator endpoints, behind the admin bearer token"),
     )
 )]
 pub struct ApiDoc;
+
+/// Declares the admin API's bearer-token scheme.
+struct AdminToken;
+
+impl utoipa::Modify for AdminToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let scheme = SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build());
+        openapi.components.get_or_insert_with(Default::default).add_security_scheme("admin_token", scheme);
+    }
+}
 
 /// The document as pretty-printed JSON (what is committed).
 pub fn document() -> String {

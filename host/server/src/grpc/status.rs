@@ -12,6 +12,8 @@ pub fn code(e: &ApiError) -> Code {
             Code::InvalidArgument
         }
         ApiError::ContextLengthExceeded(_) => Code::OutOfRange,
+        ApiError::Unauthenticated(_) => Code::Unauthenticated,
+        ApiError::Forbidden(_) => Code::PermissionDenied,
         ApiError::ModelNotFound(_) | ApiError::RouteNotFound { .. } => Code::NotFound,
         ApiError::MethodNotAllowed { .. } => Code::Unimplemented,
         ApiError::PayloadTooLarge { .. } => Code::ResourceExhausted,

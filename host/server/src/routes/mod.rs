@@ -1,6 +1,7 @@
 //! The HTTP routes and the fallbacks that keep every answer an OpenAI
 //! error body (unknown path 404, wrong method 405).
 
+pub(crate) mod admin;
 pub(crate) mod chat;
 pub(crate) mod completions;
 pub(crate) mod models;
@@ -16,7 +17,12 @@ use crate::AppState;
 use crate::error::ApiError;
 
 pub fn router(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/admin/v1/model", get(admin::model))
+        .route("/admin/v1/drain", post(admin::drain))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), admin::require_admin));
     Router::new()
+        .merge(admin)
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/models", get(models::list))

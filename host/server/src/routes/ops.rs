@@ -21,9 +21,11 @@ pub async fn health() -> impl IntoResponse {
 /// Ready: the model is loaded and the engine thread runs.
 #[utoipa::path(get, path = "/ready", tag = "Operations", responses(
     (status = 200, description = "`{\"status\": \"ready\", \"model\": ...}`"),
-    (status = 503, description = "The engine is not running", body = crate::error::ErrorBody)))]
+    (status = 503, description = "The engine is not running, or the server is draining", body = crate::error::ErrorBody)))]
 pub async fn ready(State(state): State<AppState>) -> Response {
-    if state.engine.gauges().alive.load(Ordering::Acquire) {
+    if state.engine.is_draining() {
+        ApiError::NotReady("the server is draining".into()).into_response()
+    } else if state.engine.gauges().alive.load(Ordering::Acquire) {
         axum::Json(json!({"status": "ready", "model": state.model.name})).into_response()
     } else {
         ApiError::NotReady("the engine thread is not running".into()).into_response()
