@@ -177,7 +177,16 @@ impl TestServer {
 
     /// POST raw bytes with a content type.
     pub fn post_raw(&self, path: &str, content_type: &str, body: &[u8]) -> Reply {
-        Self::reply(self.agent.post(format!("{}{path}", self.base)).header("content-type", content_type).send(body))
+        self.post_with(path, &[("content-type", content_type)], body)
+    }
+
+    /// POST raw bytes with extra headers.
+    pub fn post_with(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        let mut req = self.agent.post(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::reply(req.send(body))
     }
 
     pub fn get(&self, path: &str) -> Reply {
@@ -195,11 +204,7 @@ impl TestServer {
 
     /// POST without a body, with extra headers.
     pub fn post_empty_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut req = self.agent.post(format!("{}{path}", self.base));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        Self::reply(req.send_empty())
+        self.post_with(path, headers, &[])
     }
 
     /// Wait until `done` holds for the engine's gauges, up to `timeout`.

@@ -4,6 +4,7 @@
 
 mod grpc;
 mod hf_reference;
+mod hot_reload;
 mod llamacpp_parity;
 mod openapi;
 mod perplexity;

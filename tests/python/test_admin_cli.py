@@ -26,3 +26,23 @@ def test_admin_cli_reads_the_model_and_drains():
         assert out.returncode == 0 and json.loads(out.stdout)["draining"] is True
     finally:
         server.stop()
+
+
+def test_admin_cli_deploys_a_sampler_that_requests_can_choose():
+    # The builtin sampler component, as the build left it.
+    component = sorted(ROOT.glob("target/release/build/weft-plugin-artifacts-*/out/guests/wasm32-wasip2/plugin/weft_plugin_sampler.wasm"))[-1]
+    server = Server("--admin-token", "t0ken")
+    try:
+        out = admin(server, "t0ken", "deploy", "mine", "1.0.0", str(component))
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["active_version"] == "1.0.0"
+        from openai import OpenAI
+
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        args = dict(model="default", prompt="The capital of France is", max_tokens=6, temperature=0)
+        mine = client.completions.create(**args, extra_body={"weft": {"sampler": "mine"}})
+        assert mine.choices[0].text == client.completions.create(**args).choices[0].text
+        listed = json.loads(admin(server, "t0ken", "plugins").stdout)
+        assert {p["name"] for p in listed} == {"default", "native", "mine"}
+    finally:
+        server.stop()

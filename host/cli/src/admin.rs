@@ -21,6 +21,20 @@ pub enum AdminCommand {
     Model,
     /// Stop admitting requests and let those in flight finish.
     Drain,
+    /// The deployed sampler plugins.
+    Plugins,
+    /// Deploy a sampler component as NAME@VERSION; it takes new requests at once.
+    Deploy {
+        name: String,
+        version: String,
+        /// The component (.wasm).
+        file: std::path::PathBuf,
+        /// Configuration handed to the plugin, as KEY=VALUE (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+    },
+    /// Make the previous version of NAME take new requests again.
+    Rollback { name: String },
 }
 
 pub fn run(args: AdminArgs) -> Result<()> {
@@ -29,7 +43,23 @@ pub fn run(args: AdminArgs) -> Result<()> {
     let auth = format!("Bearer {}", args.token);
     let response = match args.command {
         AdminCommand::Model => agent.get(format!("{base}/admin/v1/model")).header("authorization", &auth).call(),
+        AdminCommand::Plugins => agent.get(format!("{base}/admin/v1/plugins")).header("authorization", &auth).call(),
         AdminCommand::Drain => agent.post(format!("{base}/admin/v1/drain")).header("authorization", &auth).send_empty(),
+        AdminCommand::Rollback { name } => {
+            agent.post(format!("{base}/admin/v1/plugins/{name}/rollback")).header("authorization", &auth).send_empty()
+        }
+        AdminCommand::Deploy { name, version, file, config } => {
+            let component = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let mut req = agent
+                .post(format!("{base}/admin/v1/plugins/{name}/{version}"))
+                .header("authorization", &auth)
+                .header("content-type", "application/wasm");
+            for pair in &config {
+                let (key, value) = pair.split_once('=').with_context(|| format!("--config {pair:?} is not KEY=VALUE"))?;
+                req = req.query(key, value);
+            }
+            req.send(&component[..])
+        }
     };
     let mut response = response.with_context(|| format!("reaching {base}"))?;
     let status = response.status();

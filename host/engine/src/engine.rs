@@ -137,7 +137,10 @@ pub struct Engine {
     next_id: RequestId,
     stats: EngineStats,
     cached_at_admission: std::collections::HashMap<RequestId, usize>,
-    samplers: Vec<Box<dyn Sampler>>,
+    /// By id; `None` once a retired sampler's last sequence has ended.
+    samplers: Vec<Option<Box<dyn Sampler>>>,
+    /// Samplers that take no new requests and are dropped when unused.
+    retired: Vec<SamplerId>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -161,7 +164,8 @@ impl Engine {
             next_id: 1,
             stats: EngineStats::default(),
             cached_at_admission: Default::default(),
-            samplers: vec![Box::new(NativeSampler)],
+            samplers: vec![Some(Box::new(NativeSampler))],
+            retired: Vec::new(),
         }
     }
 
@@ -177,17 +181,40 @@ impl Engine {
 
     /// Replace the default sampler ([`NativeSampler`] to begin with).
     pub fn set_sampler(&mut self, sampler: Box<dyn Sampler>) {
-        self.samplers[DEFAULT_SAMPLER] = sampler;
+        self.samplers[DEFAULT_SAMPLER] = Some(sampler);
     }
 
     /// Add a sampler that requests can choose by the returned id.
     pub fn add_sampler(&mut self, sampler: Box<dyn Sampler>) -> SamplerId {
-        self.samplers.push(sampler);
+        self.samplers.push(Some(sampler));
         self.samplers.len() - 1
     }
 
+    /// Take no new requests for sampler `id`; it is dropped once the last
+    /// sequence using it ends (in-flight requests finish on it).
+    pub fn retire_sampler(&mut self, id: SamplerId) {
+        if id != DEFAULT_SAMPLER && !self.retired.contains(&id) {
+            self.retired.push(id);
+        }
+        self.drop_unused_samplers();
+    }
+
+    /// Whether sampler `id` exists (not yet dropped).
+    pub fn has_sampler(&self, id: SamplerId) -> bool {
+        self.samplers.get(id).is_some_and(Option::is_some)
+    }
+
     pub fn sampler_name(&self, id: SamplerId) -> Option<&str> {
-        self.samplers.get(id).map(|s| s.name())
+        self.samplers.get(id).and_then(|s| s.as_ref()).map(|s| s.name())
+    }
+
+    fn drop_unused_samplers(&mut self) {
+        let in_use = |id: SamplerId, e: &Self| e.running.iter().chain(&e.waiting).any(|s| s.sampler == id);
+        let unused: Vec<SamplerId> = self.retired.iter().copied().filter(|&id| !in_use(id, self)).collect();
+        for id in unused {
+            self.samplers[id] = None;
+            self.retired.retain(|&r| r != id);
+        }
     }
 
     pub fn model(&self) -> &Arc<LlamaModel> {
@@ -241,7 +268,7 @@ impl Engine {
                 return Err(EngineError::TooLong { prompt: req.prompt.len(), max_tokens: req.params.max_tokens, limit, what });
             }
         }
-        if req.sampler >= self.samplers.len() {
+        if !self.has_sampler(req.sampler) || self.retired.contains(&req.sampler) {
             return Err(EngineError::UnknownSampler(req.sampler));
         }
         let id = self.next_id;
@@ -268,18 +295,23 @@ impl Engine {
 
     /// Stop a request now and free its blocks. Returns whether it existed.
     pub fn cancel(&mut self, id: RequestId) -> bool {
-        if let Some(i) = self.running.iter().position(|s| s.id == id) {
+        let found = if let Some(i) = self.running.iter().position(|s| s.id == id) {
             let mut seq = self.running.remove(i);
             seq.release_blocks(&mut self.pool);
-            self.cached_at_admission.remove(&id);
-            return true;
-        }
-        if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
+            true
+        } else if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
             self.waiting.remove(i);
+            true
+        } else {
+            false
+        };
+        if found {
             self.cached_at_admission.remove(&id);
-            return true;
+            if !self.retired.is_empty() {
+                self.drop_unused_samplers();
+            }
         }
-        false
+        found
     }
 
     /// Run one forward pass for the running batch and return what each
@@ -355,10 +387,12 @@ impl Engine {
                     SampleRow { logits, params: &seq.params, tokens: &seq.tokens, prompt_len: seq.prompt_len }
                 })
                 .collect();
-            let sampler = &mut self.samplers[sampler_id];
-            let chosen = sampler
-                .sample(&rows, self.tokenizer.eog_tokens())
-                .and_then(|tokens| validate_choice(sampler.name(), &tokens, rows.len(), vocab));
+            let chosen = match self.samplers[sampler_id].as_mut() {
+                Some(sampler) => sampler
+                    .sample(&rows, self.tokenizer.eog_tokens())
+                    .and_then(|tokens| validate_choice(sampler.name(), &tokens, rows.len(), vocab)),
+                None => Err(SamplerError::Fault { sampler: format!("#{sampler_id}"), message: "the sampler was dropped".into() }),
+            };
             drop(rows);
             match chosen {
                 Ok(tokens) => {
@@ -415,6 +449,9 @@ impl Engine {
             } else {
                 k += 1;
             }
+        }
+        if !self.retired.is_empty() {
+            self.drop_unused_samplers();
         }
         outputs.retain(|o| o.finished.is_some() || !o.tokens.is_empty() || !o.prompt_scores.is_empty());
         outputs

@@ -23,7 +23,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 
 use tokio::sync::{mpsc, oneshot};
-use weft_engine::{Engine, EngineError, GenerationRequest, Output, RequestId};
+use weft_engine::{Engine, EngineError, GenerationRequest, Output, RequestId, SamplerId};
+use weft_types::Sampler;
 
 use crate::error::ApiError;
 
@@ -33,6 +34,8 @@ pub type Event = Result<Output, ApiError>;
 
 enum Command {
     Submit { request: GenerationRequest, events: mpsc::UnboundedSender<Event>, accepted: oneshot::Sender<Result<RequestId, EngineError>> },
+    AddSampler { sampler: Box<dyn Sampler>, added: oneshot::Sender<SamplerId> },
+    RetireSampler(SamplerId),
 }
 
 /// Live figures the engine thread publishes after every step, for
@@ -143,6 +146,20 @@ impl EngineHandle {
         Ok((0..count).map(|_| Ticket { admitted: Arc::clone(&self.admitted) }).collect())
     }
 
+    /// Give the engine a sampler; requests name it by the returned id.
+    pub async fn add_sampler(&self, sampler: Box<dyn Sampler>) -> Result<SamplerId, ApiError> {
+        let (added_tx, added) = oneshot::channel();
+        let not_running = || ApiError::NotReady("the engine thread has stopped".into());
+        self.commands.send(Command::AddSampler { sampler, added: added_tx }).map_err(|_| not_running())?;
+        added.await.map_err(|_| not_running())
+    }
+
+    /// Take no new requests for sampler `id`; the engine drops it when its
+    /// last request ends.
+    pub fn retire_sampler(&self, id: SamplerId) {
+        let _ = self.commands.send(Command::RetireSampler(id));
+    }
+
     /// Hand a validated request to the engine.
     pub async fn submit(&self, request: GenerationRequest, ticket: Ticket) -> Result<Submission, ApiError> {
         let (events_tx, events) = mpsc::unbounded_channel();
@@ -213,6 +230,10 @@ fn accept(engine: &mut Engine, clients: &mut HashMap<RequestId, mpsc::UnboundedS
                 clients.remove(&id);
             }
         }
+        Command::AddSampler { sampler, added } => {
+            let _ = added.send(engine.add_sampler(sampler));
+        }
+        Command::RetireSampler(id) => engine.retire_sampler(id),
     }
 }
 

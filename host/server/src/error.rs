@@ -31,6 +31,14 @@ pub enum ApiError {
     /// Valid credentials (or none needed) without the right to this.
     #[error("{0}")]
     Forbidden(String),
+    #[error("no plugin named `{name}` is deployed (deployed: {known})")]
+    UnknownPlugin { name: String, known: String },
+    /// A deploy whose component failed its checks, compile, link or init.
+    #[error("{0}")]
+    PluginRejected(String),
+    /// The request conflicts with the current state (a version that exists).
+    #[error("{0}")]
+    Conflict(String),
     #[error("the model `{0}` does not exist; GET /v1/models lists the models this server has")]
     ModelNotFound(String),
     #[error("no route for {method} {path}")]
@@ -64,7 +72,12 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidRequest { .. } | Self::ContextLengthExceeded(_) | Self::Unsupported { .. } => StatusCode::BAD_REQUEST,
+            Self::InvalidRequest { .. }
+            | Self::ContextLengthExceeded(_)
+            | Self::Unsupported { .. }
+            | Self::UnknownPlugin { .. }
+            | Self::PluginRejected(_) => StatusCode::BAD_REQUEST,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::ModelNotFound(_) | Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
@@ -79,7 +92,12 @@ impl ApiError {
     /// OpenAI's error `type`.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::InvalidRequest { .. } | Self::ContextLengthExceeded(_) | Self::Unsupported { .. } => "invalid_request_error",
+            Self::InvalidRequest { .. }
+            | Self::ContextLengthExceeded(_)
+            | Self::Unsupported { .. }
+            | Self::UnknownPlugin { .. }
+            | Self::PluginRejected(_)
+            | Self::Conflict(_) => "invalid_request_error",
             Self::Unauthenticated(_) => "authentication_error",
             Self::Forbidden(_) => "permission_error",
             Self::ModelNotFound(_) | Self::RouteNotFound { .. } => "not_found_error",
@@ -98,6 +116,9 @@ impl ApiError {
             Self::InvalidRequest { .. } => "invalid_value",
             Self::ContextLengthExceeded(_) => "context_length_exceeded",
             Self::Unsupported { .. } => "unsupported_parameter",
+            Self::UnknownPlugin { .. } => "unknown_plugin",
+            Self::PluginRejected(_) => "plugin_rejected",
+            Self::Conflict(_) => "conflict",
             Self::Unauthenticated(_) => "invalid_api_key",
             Self::Forbidden(_) => "forbidden",
             Self::ModelNotFound(_) => "model_not_found",
@@ -118,6 +139,7 @@ impl ApiError {
             Self::Unsupported { param, .. } => Some(param),
             Self::ContextLengthExceeded(_) => Some("messages"),
             Self::ModelNotFound(_) => Some("model"),
+            Self::UnknownPlugin { .. } => Some("weft.sampler"),
             _ => None,
         }
     }

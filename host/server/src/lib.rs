@@ -26,6 +26,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod openai;
 pub mod openapi;
+pub mod plugins;
 pub mod prepare;
 mod routes;
 pub mod validate;
@@ -67,6 +68,8 @@ pub struct AppState {
     pub(crate) template: Option<Arc<ChatTemplate>>,
     pub(crate) config: Arc<ServerConfig>,
     pub(crate) metrics: Arc<metrics::Metrics>,
+    pub(crate) plugins: Arc<plugins::SamplerRegistry>,
+    pub(crate) runtime: Arc<weft_plugin_runtime::PluginRuntime>,
     blocking: Arc<Semaphore>,
 }
 
@@ -90,6 +93,15 @@ impl AppState {
             None | Some("default") => Ok(()),
             Some(name) if name == self.model.name => Ok(()),
             Some(other) => Err(ApiError::ModelNotFound(other.to_string())),
+        }
+    }
+
+    /// The engine sampler a request names (body field first, then the
+    /// `x-weft-sampler` header), or the default.
+    pub(crate) fn select_sampler(&self, field: Option<&str>, header: Option<&str>) -> Result<weft_engine::SamplerId, ApiError> {
+        match field.or(header) {
+            None => Ok(weft_engine::DEFAULT_SAMPLER),
+            Some(name) => self.plugins.resolve(name),
         }
     }
 
@@ -120,7 +132,15 @@ pub(crate) fn unix_now() -> u64 {
 impl Server {
     /// Serve `loaded` through `engine` (built over the same model, with its
     /// samplers set) and bind the listeners.
-    pub async fn bind(loaded: LoadedModel, engine: Engine, config: ServerConfig) -> std::io::Result<Self> {
+    pub async fn bind(loaded: LoadedModel, mut engine: Engine, config: ServerConfig) -> std::io::Result<Self> {
+        // Requests may name `default` (the engine's default sampler) or
+        // `native` (the host's reference sampler); deploys add more.
+        let native = engine.add_sampler(Box::new(weft_engine::sampling::NativeSampler));
+        let plugins = plugins::SamplerRegistry::default();
+        let first = semver::Version::new(0, 1, 0);
+        plugins.activate("default", first.clone(), weft_engine::DEFAULT_SAMPLER).map_err(std::io::Error::other)?;
+        plugins.activate("native", first, native).map_err(std::io::Error::other)?;
+        let runtime = weft_plugin_runtime::PluginRuntime::new(weft_plugin_runtime::Limits::default()).map_err(std::io::Error::other)?;
         let model = ModelInfo {
             name: loaded.name.clone(),
             created: unix_now(),
@@ -139,6 +159,8 @@ impl Server {
             model: Arc::new(model),
             tokenizer: loaded.tokenizer,
             template: loaded.template.map(Arc::new),
+            plugins: Arc::new(plugins),
+            runtime: Arc::new(runtime),
             blocking: Arc::new(Semaphore::new(config.tokenizer_workers.max(1))),
             config: Arc::new(config),
         };

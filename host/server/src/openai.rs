@@ -58,8 +58,19 @@ pub struct SamplingFields {
     pub tool_choice: Option<Value>,
     #[schema(value_type = Option<Object>)]
     pub functions: Option<Value>,
+    /// Weft's extensions.
+    pub weft: Option<WeftExtension>,
     #[schema(value_type = Option<Object>)]
     pub function_call: Option<Value>,
+}
+
+/// Weft's request extensions (the `weft` field).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct WeftExtension {
+    /// The deployed sampler to choose tokens with (`default`, `native`, or a
+    /// plugin deployed through the admin API). Also settable with the
+    /// `x-weft-sampler` header; the field wins.
+    pub sampler: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

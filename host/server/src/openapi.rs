@@ -29,6 +29,9 @@ use crate::routes::{admin, chat, completions, models, ops, tokenize};
         serve,
         admin::model,
         admin::drain,
+        admin::deploy,
+        admin::list,
+        admin::rollback,
     ),
     modifiers(&AdminToken),
     tags(

@@ -35,7 +35,7 @@ fn fan_out(prompt: &[u32], prompt_index: usize, max_tokens: u32, valid: &ValidSa
                 params: SamplingParams { seed: validate::choice_seed(valid.params.seed, k), max_tokens, ..valid.params.clone() },
                 tenant: String::new(),
                 score_prompt,
-                sampler: weft_engine::DEFAULT_SAMPLER,
+                sampler: valid.sampler,
             },
         })
         .collect()

@@ -28,6 +28,9 @@ pub struct ValidSampling {
     pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
+    /// The engine sampler the request's choices use (resolved from the
+    /// plugin name by the caller; the default sampler otherwise).
+    pub sampler: weft_engine::SamplerId,
 }
 
 /// What the request needs to know about the model to check a request.
@@ -142,7 +145,7 @@ pub fn sampling(
     if f.stream_options.is_some() && !stream {
         return Err(ApiError::invalid("stream_options", "`stream_options` is only allowed with `stream: true`"));
     }
-    Ok(ValidSampling { params, max_tokens, n, stream, include_usage })
+    Ok(ValidSampling { params, max_tokens, n, stream, include_usage, sampler: weft_engine::DEFAULT_SAMPLER })
 }
 
 fn refuse_unsupported(f: &SamplingFields) -> Result<(), ApiError> {

@@ -29,7 +29,7 @@ impl GenerationService {
 
     /// Validate, prepare and admit a request; returns its running choices
     /// and whether logprobs were asked for.
-    async fn start(&self, req: proto::GenerateRequest) -> Result<(Vec<RunningChoice>, bool), ApiError> {
+    async fn start(&self, req: proto::GenerateRequest, sampler: Option<String>) -> Result<(Vec<RunningChoice>, bool), ApiError> {
         let state = &self.state;
         let model = (!req.model.is_empty()).then_some(req.model.as_str());
         state.check_model(model)?;
@@ -51,7 +51,8 @@ impl GenerationService {
             ..SamplingFields::default()
         };
         let top = s.top_logprobs.map(|k| prepare::top_logprobs("top_logprobs", k)).transpose()?;
-        let valid = validate::sampling(&fields, ("max_tokens", fields.max_tokens), top.unwrap_or(0), state.limits())?;
+        let mut valid = validate::sampling(&fields, ("max_tokens", fields.max_tokens), top.unwrap_or(0), state.limits())?;
+        valid.sampler = state.select_sampler(None, sampler.as_deref())?;
         let choices = match req.input {
             Some(Input::Prompt(text)) => prepare::prompts(state, vec![ValidPrompt::Text(text)], &valid, false).await?.1,
             Some(Input::Tokens(t)) => {
@@ -83,6 +84,11 @@ impl GenerationService {
             })
             .collect()
     }
+}
+
+/// The sampler a call names in its `x-weft-sampler` metadata.
+fn sampler_metadata<T>(request: &Request<T>) -> Option<String> {
+    request.metadata().get("x-weft-sampler").and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
 /// Proto messages as the HTTP body's messages, for the shared validation.
@@ -136,7 +142,8 @@ impl StreamState {
 #[tonic::async_trait]
 impl Generation for GenerationService {
     async fn generate(&self, request: Request<proto::GenerateRequest>) -> Result<Response<proto::GenerateResponse>, Status> {
-        let (running, logprobs) = self.start(request.into_inner()).await.map_err(to_status)?;
+        let sampler = sampler_metadata(&request);
+        let (running, logprobs) = self.start(request.into_inner(), sampler).await.map_err(to_status)?;
         let done = generate::collect_all(running).await.map_err(to_status)?;
         let usage = generate::usage(done.iter().map(|(c, all)| (c.prompt_index, all)));
         let choices = done
@@ -164,7 +171,8 @@ impl Generation for GenerationService {
     type GenerateStreamStream = ChunkStream;
 
     async fn generate_stream(&self, request: Request<proto::GenerateRequest>) -> Result<Response<ChunkStream>, Status> {
-        let (running, logprobs) = self.start(request.into_inner()).await.map_err(to_status)?;
+        let sampler = sampler_metadata(&request);
+        let (running, logprobs) = self.start(request.into_inner(), sampler).await.map_err(to_status)?;
         let state = StreamState {
             merged: generate::merge(running).boxed(),
             service: GenerationService::new(self.state.clone()),

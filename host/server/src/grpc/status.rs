@@ -8,9 +8,12 @@ use crate::error::ApiError;
 
 pub fn code(e: &ApiError) -> Code {
     match e {
-        ApiError::InvalidRequest { .. } | ApiError::Unsupported { .. } | ApiError::UnsupportedMediaType { .. } => {
-            Code::InvalidArgument
-        }
+        ApiError::InvalidRequest { .. }
+        | ApiError::Unsupported { .. }
+        | ApiError::UnsupportedMediaType { .. }
+        | ApiError::UnknownPlugin { .. }
+        | ApiError::PluginRejected(_) => Code::InvalidArgument,
+        ApiError::Conflict(_) => Code::AlreadyExists,
         ApiError::ContextLengthExceeded(_) => Code::OutOfRange,
         ApiError::Unauthenticated(_) => Code::Unauthenticated,
         ApiError::Forbidden(_) => Code::PermissionDenied,

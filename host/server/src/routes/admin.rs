@@ -1,20 +1,26 @@
 //! The admin API under `/admin/v1`: always authenticated with the
 //! configured bearer token (compared in constant time), even on loopback.
-//! Model information and draining today; plugin deployment joins it with
-//! the plugin registry.
+//! Model information, draining, and sampler plugins: deploy a version (it
+//! takes new requests at once), list, roll back.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::extract::{Request, State};
-use axum::http::header;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use weft_plugin_runtime::bindings::weft::plugin::types::ConfigValue;
+
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
+use crate::plugins::PluginInfo;
 
 /// Equal without an early exit, so response times do not reveal how much
 /// of a guessed token was right.
@@ -73,4 +79,72 @@ pub async fn model(State(state): State<AppState>) -> Json<ModelStatus> {
 pub async fn drain(state: State<AppState>) -> Json<ModelStatus> {
     state.engine.drain();
     model(state).await
+}
+
+/// Names a deploy may use: 1–64 of `a-z 0-9 - _ .`, not a builtin name.
+fn check_name(name: &str) -> Result<(), ApiError> {
+    let ok = (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    if !ok {
+        return Err(ApiError::invalid("name", format!("a plugin name is 1 to 64 of a-z, 0-9, `-`, `_`, `.`; given {name:?}")));
+    }
+    if name == "default" || name == "native" {
+        return Err(ApiError::invalid("name", format!("`{name}` names a builtin sampler")));
+    }
+    Ok(())
+}
+
+/// Deploy a sampler component (the request body: the `.wasm` bytes) as
+/// `name` at semver `version`; query parameters become its configuration
+/// (text values). Compiled and started off the request path; on success
+/// the version takes every new request naming `name`, while requests in
+/// flight finish on the version they started with.
+#[utoipa::path(post, path = "/admin/v1/plugins/{name}/{version}", tag = "Admin", security(("admin_token" = [])),
+    params(("name" = String, Path), ("version" = String, Path, description = "semver")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The component (`.wasm`) bytes"),
+    responses(
+        (status = 201, body = PluginInfo),
+        (status = 400, description = "Bad name or version, or the component was rejected", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, description = "That version is already deployed", body = ErrorBody)))]
+pub async fn deploy(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+    Query(config): Query<BTreeMap<String, String>>,
+    component: Bytes,
+) -> Result<(StatusCode, Json<PluginInfo>), ApiError> {
+    check_name(&name)?;
+    let version = semver::Version::parse(&version)
+        .map_err(|e| ApiError::invalid("version", format!("a plugin version is semver (1.2.3); given {version:?}: {e}")))?;
+    if state.plugins.has(&name, &version)? {
+        return Err(ApiError::Conflict(format!("{name}@{version} is already deployed; deploy a new version")));
+    }
+    let runtime = Arc::clone(&state.runtime);
+    let label = format!("{name}@{version}");
+    let config: Vec<(String, ConfigValue)> = config.into_iter().map(|(k, v)| (k, ConfigValue::Text(v))).collect();
+    let sampler = state
+        .blocking(move || runtime.load_sampler(&label, &component).and_then(|c| c.sampler(config)))
+        .await?
+        .map_err(|e| ApiError::PluginRejected(e.to_string()))?;
+    let id = state.engine.add_sampler(Box::new(sampler)).await?;
+    for retired in state.plugins.activate(&name, version, id)? {
+        state.engine.retire_sampler(retired);
+    }
+    let info = state.plugins.list()?.into_iter().find(|p| p.name == name).ok_or_else(|| ApiError::Internal("deployed plugin vanished".into()))?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// Every deployed sampler name with its active and loaded versions.
+#[utoipa::path(get, path = "/admin/v1/plugins", tag = "Admin", security(("admin_token" = [])),
+    responses((status = 200, body = Vec<PluginInfo>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<PluginInfo>>, ApiError> {
+    Ok(Json(state.plugins.list()?))
+}
+
+/// Make the version before the active one take new requests again.
+#[utoipa::path(post, path = "/admin/v1/plugins/{name}/rollback", tag = "Admin", security(("admin_token" = [])),
+    params(("name" = String, Path)),
+    responses((status = 200, body = PluginInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn rollback(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<PluginInfo>, ApiError> {
+    Ok(Json(state.plugins.rollback(&name)?))
 }

@@ -2,6 +2,7 @@
 //! template, answered whole or as a stream of deltas.
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use weft_engine::Output;
 
@@ -12,7 +13,7 @@ use crate::generate::{self, ChunkWriter, StreamContext, finish_reason, token_log
 use crate::error::ErrorBody;
 use crate::openai::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatDelta,
-    ChatLogprobs, Usage,
+    ChatLogprobs, SamplingFields, Usage,
 };
 use crate::{prepare, validate};
 
@@ -29,7 +30,7 @@ use crate::{prepare, validate};
         (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 503, description = "At capacity (with `retry-after`) or not ready", body = ErrorBody),
 ))]
-pub async fn chat_completions(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
     let req: ChatCompletionRequest = extract::generation_view(&body)?;
     drop(body);
     let sampling = &req.sampling;
@@ -44,7 +45,8 @@ pub async fn chat_completions(State(state): State<AppState>, JsonBody(body): Jso
         Some(v) => ("max_completion_tokens", Some(v)),
         None => ("max_tokens", sampling.max_tokens),
     };
-    let valid = validate::sampling(sampling, max_tokens, top_logprobs, state.limits())?;
+    let mut valid = validate::sampling(sampling, max_tokens, top_logprobs, state.limits())?;
+    valid.sampler = select_sampler(&state, sampling, &headers)?;
     let messages = validate::chat_messages(&req.messages)?;
     let choices = prepare::chat(&state, messages, &valid).await?;
     let running = generate::start(&state, choices).await?;
@@ -140,4 +142,11 @@ impl ChunkWriter for ChatChunks {
     fn usage(&self, usage: Usage) -> axum::body::Bytes {
         generate::sse_data(&self.chunk(Vec::new(), Some(usage)))
     }
+}
+
+/// The sampler a request names in `weft.sampler` or `x-weft-sampler`.
+pub(crate) fn select_sampler(state: &AppState, sampling: &SamplingFields, headers: &HeaderMap) -> Result<weft_engine::SamplerId, ApiError> {
+    let field = sampling.weft.as_ref().and_then(|w| w.sampler.as_deref());
+    let header = headers.get("x-weft-sampler").and_then(|v| v.to_str().ok());
+    state.select_sampler(field, header)
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use weft_engine::tokenizer::Tokenizer;
 use weft_engine::Output;
@@ -29,7 +30,7 @@ use crate::{prepare, validate};
         (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 503, description = "At capacity (with `retry-after`) or not ready", body = ErrorBody),
 ))]
-pub async fn completions(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+pub async fn completions(State(state): State<AppState>, headers: HeaderMap, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
     let req: CompletionRequest = extract::generation_view(&body)?;
     drop(body);
     let sampling = &req.sampling;
@@ -42,10 +43,11 @@ pub async fn completions(State(state): State<AppState>, JsonBody(body): JsonBody
     }
     let logprobs = req.logprobs.map(|k| prepare::top_logprobs("logprobs", k)).transpose()?;
     let echo = req.echo.unwrap_or(false);
-    let valid = validate::sampling(sampling, ("max_tokens", sampling.max_tokens), logprobs.unwrap_or(0), state.limits())?;
+    let mut valid = validate::sampling(sampling, ("max_tokens", sampling.max_tokens), logprobs.unwrap_or(0), state.limits())?;
     if echo && valid.stream {
         return Err(ApiError::Unsupported { param: "echo".into(), why: "`echo` is available without `stream`" });
     }
+    valid.sampler = super::chat::select_sampler(&state, sampling, &headers)?;
     let prompts = validate::prompts(&req.prompt, valid.n, state.limits())?;
     let (prompts, choices) = prepare::prompts(&state, prompts, &valid, echo && logprobs.is_some()).await?;
     let running = generate::start(&state, choices).await?;

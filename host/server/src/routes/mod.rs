@@ -20,6 +20,12 @@ pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/admin/v1/model", get(admin::model))
         .route("/admin/v1/drain", post(admin::drain))
+        .route("/admin/v1/plugins", get(admin::list))
+        .route("/admin/v1/plugins/{name}/rollback", post(admin::rollback))
+        .route(
+            "/admin/v1/plugins/{name}/{version}",
+            post(admin::deploy).layer(axum::extract::DefaultBodyLimit::max(state.runtime.limits().component_bytes)),
+        )
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), admin::require_admin));
     Router::new()
         .merge(admin)

@@ -1,0 +1,132 @@
+//! Sampler plugins deployed into a running server through the admin API:
+//! a new version takes new requests at once, requests in flight finish on
+//! the version they started with, a broken version fails only the requests
+//! that chose it, and rollback is one call.
+
+use std::io::BufRead;
+
+use serde_json::{Value, json};
+use weft_server::ServerConfig;
+use weft_tests::{Reply, TestServer};
+
+const AUTH: (&str, &str) = ("authorization", "Bearer admin-secret");
+
+fn server() -> TestServer {
+    TestServer::start_with(|_| {}, ServerConfig { admin_token: Some("admin-secret".into()), ..ServerConfig::default() })
+}
+
+fn faulty_component() -> Vec<u8> {
+    std::fs::read(weft_plugin_artifacts::FAULTY_SAMPLER_PATH).unwrap()
+}
+
+fn deploy(server: &TestServer, name: &str, version: &str, fault: &str) -> Reply {
+    server.post_with(
+        &format!("/admin/v1/plugins/{name}/{version}?fault={fault}"),
+        &[AUTH, ("content-type", "application/wasm")],
+        &faulty_component(),
+    )
+}
+
+fn complete(server: &TestServer, sampler: Option<&str>) -> Reply {
+    let mut body = json!({"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0});
+    if let Some(s) = sampler {
+        body["weft"] = json!({"sampler": s});
+    }
+    server.post("/v1/completions", &body)
+}
+
+fn text(r: &Reply) -> String {
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["choices"][0]["text"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn deployed_versions_take_new_requests_and_roll_back() {
+    let server = server();
+    let greedy = text(&complete(&server, None));
+    assert_eq!(text(&complete(&server, Some("native"))), greedy, "the native sampler agrees with the builtin plugin");
+
+    // v1 is a well-behaved greedy sampler.
+    let r = deploy(&server, "custom", "1.0.0", "none");
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["active_version"], "1.0.0");
+    assert_eq!(text(&complete(&server, Some("custom"))), greedy);
+
+    // v2 traps: requests that choose it fail with a plugin error that SDKs
+    // must not retry; everyone else is served.
+    assert_eq!(deploy(&server, "custom", "2.0.0", "trap").status, 201);
+    let failed = complete(&server, Some("custom"));
+    assert_eq!(failed.status, 500, "{}", failed.body);
+    assert_eq!(failed.json()["error"]["code"], "plugin_failed");
+    assert_eq!(failed.header("x-should-retry"), Some("false"));
+    assert_eq!(text(&complete(&server, None)), greedy, "other requests are untouched");
+
+    // Rollback is one call.
+    let r = server.post_empty_with("/admin/v1/plugins/custom/rollback", &[AUTH]);
+    assert_eq!((r.status, r.json()["active_version"].as_str()), (200, Some("1.0.0")));
+    assert_eq!(text(&complete(&server, Some("custom"))), greedy);
+
+    let list = server.get_with("/admin/v1/plugins", &[AUTH]).json();
+    let custom = list.as_array().unwrap().iter().find(|p| p["name"] == "custom").unwrap();
+    assert_eq!(custom["versions"], json!(["1.0.0", "2.0.0"]));
+}
+
+#[test]
+fn a_request_in_flight_finishes_on_the_version_it_started_with() {
+    let server = server();
+    assert_eq!(deploy(&server, "swap", "1.0.0", "none").status, 201);
+    // A long stream on v1 ...
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 60, "ignore_eos": true, "stream": true, "weft": {"sampler": "swap"}}).to_string();
+    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+    use std::io::Write;
+    write!(s, "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut reader = std::io::BufReader::new(s);
+    let mut line = String::new();
+    while !line.starts_with("data: ") {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    // ... while v2, which traps, takes over the name.
+    assert_eq!(deploy(&server, "swap", "2.0.0", "trap").status, 201);
+    assert_eq!(complete(&server, Some("swap")).status, 500, "new requests get v2");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    let tokens: usize = rest
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(|c| c.get("error").is_none())
+        .count();
+    assert!(!rest.contains("\"error\""), "the stream on v1 never fails: {rest}");
+    assert!(rest.contains("data: [DONE]") && tokens > 10, "it runs to its end: {rest}");
+}
+
+#[test]
+fn bad_deploys_and_unknown_plugins_get_clear_errors() {
+    let server = server();
+    let code = |r: &Reply| r.json()["error"]["code"].as_str().unwrap_or("").to_string();
+    let r = server.post_with("/admin/v1/plugins/junk/1.0.0", &[AUTH], b"not a component");
+    assert_eq!((r.status, code(&r).as_str()), (400, "plugin_rejected"), "{}", r.body);
+    let r = server.post_with("/admin/v1/plugins/x/not-semver", &[AUTH], &faulty_component());
+    assert_eq!((r.status, code(&r).as_str()), (400, "invalid_value"));
+    let r = server.post_with("/admin/v1/plugins/native/1.0.0", &[AUTH], &faulty_component());
+    assert_eq!((r.status, code(&r).as_str()), (400, "invalid_value"), "builtin names are reserved");
+    let r = deploy(&server, "x", "1.0.0", "no-such-fault");
+    assert_eq!((r.status, code(&r).as_str()), (400, "plugin_rejected"), "init refused: {}", r.body);
+    assert_eq!(deploy(&server, "x", "1.0.0", "none").status, 201);
+    let r = deploy(&server, "x", "1.0.0", "none");
+    assert_eq!((r.status, code(&r).as_str()), (409, "conflict"));
+    let r = server.post_with("/admin/v1/plugins/x/2.0.0", &[], &faulty_component());
+    assert_eq!(r.status, 401, "deploys need the admin token");
+    let r = complete(&server, Some("nobody"));
+    assert_eq!((r.status, code(&r).as_str()), (400, "unknown_plugin"));
+    assert_eq!(r.json()["error"]["param"], "weft.sampler");
+    // The header works as well as the field.
+    let r = server.post_with(
+        "/v1/completions",
+        &[("content-type", "application/json"), ("x-weft-sampler", "nobody")],
+        json!({"prompt": "hi", "max_tokens": 2}).to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 400);
+}
