@@ -1,5 +1,6 @@
 //! `weft bench`: engine-level throughput on the loaded model, or with
-//! `--url` the serving-level load generator ([`crate::loadgen`]).
+//! `--url` the serving-level load generator ([`crate::loadgen`]), or with
+//! `--plugins` the sampler plugin's cost ([`crate::plugin_bench`]).
 //!
 //! Prefill: one request of N prompt tokens, timed to its first output.
 //! Decode at batch B: B requests with short distinct prompts generate
@@ -38,6 +39,9 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Measure the sampler plugin against the native sampler instead.
+    #[arg(long)]
+    pub plugins: bool,
     #[command(flatten)]
     pub load: crate::loadgen::LoadArgs,
 }
@@ -90,6 +94,9 @@ fn decode_tps(engine: &mut Engine, corpus: &[u32], batch: usize, n: u32, round: 
 pub fn bench(store: &Store, args: BenchArgs) -> Result<()> {
     if let Some(url) = &args.load.url {
         return crate::loadgen::run(url, &args.load, args.json);
+    }
+    if args.plugins {
+        return crate::plugin_bench::run(&args.batch, args.json);
     }
     let (loaded, mut engine) = crate::run::load(store, &args.model)?;
     let corpus = loaded.tokenizer.encode(TEXT, false)?;

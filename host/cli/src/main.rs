@@ -8,6 +8,7 @@
 mod admin;
 mod bench;
 mod loadgen;
+mod plugin_bench;
 mod run;
 mod serve;
 mod store;

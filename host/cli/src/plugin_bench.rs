@@ -1,0 +1,89 @@
+//! `weft bench --plugins`: what the sampler plugin costs, measured against
+//! the native sampler on the same synthetic batches.
+//!
+//! It times one `sample` call for a batch of B rows of the default model's
+//! vocabulary size (greedy, and temperature sampling with top-p), the
+//! plugin's extra cost per call (plugin − native), and how long
+//! instantiating a fresh instance takes. Medians of many calls.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use serde_json::json;
+use weft_engine::sampling::NativeSampler;
+use weft_plugin_runtime::{Limits, PluginRuntime};
+use weft_types::{SampleRow, Sampler, SamplingParams};
+
+const VOCAB: usize = 49_152;
+const CALLS: usize = 400;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn logits(seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..VOCAB)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 12.0 - 6.0
+        })
+        .collect()
+}
+
+/// Median microseconds of one call of `sampler` on `rows`.
+fn time_calls(sampler: &mut dyn Sampler, rows: &[SampleRow<'_>]) -> Result<f64> {
+    let mut times = Vec::with_capacity(CALLS);
+    for _ in 0..CALLS {
+        let start = Instant::now();
+        sampler.sample(rows, &[0, 2]).map_err(|e| anyhow::anyhow!("{e}"))?;
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(median(times))
+}
+
+pub fn run(batches: &[usize], as_json: bool) -> Result<()> {
+    let runtime = PluginRuntime::new(Limits::default())?;
+    let component = runtime.load_sampler("builtin:sampler@0.1.0", weft_plugin_artifacts::SAMPLER)?;
+    let mut plugin = component.sampler(Vec::new())?;
+    let mut native = NativeSampler;
+    let history: Vec<u32> = (0..64).collect();
+    let mut rows_out = Vec::new();
+    for (label, params) in [
+        ("greedy", SamplingParams::greedy(16)),
+        ("top-p", SamplingParams { temperature: 0.8, top_p: 0.95, ..SamplingParams::default() }),
+    ] {
+        for &b in batches {
+            let all: Vec<Vec<f32>> = (0..b as u64).map(logits).collect();
+            let rows: Vec<SampleRow<'_>> =
+                all.iter().map(|l| SampleRow { logits: l, params: &params, tokens: &history, prompt_len: 32 }).collect();
+            let ours = time_calls(&mut plugin, &rows)?;
+            let reference = time_calls(&mut native, &rows)?;
+            rows_out.push((format!("{label} batch {b}"), ours, reference));
+        }
+    }
+    let mut instantiate = Vec::new();
+    for _ in 0..50 {
+        let start = Instant::now();
+        drop(component.sampler(Vec::new())?);
+        instantiate.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    let instantiate = median(instantiate);
+    if as_json {
+        let calls: Vec<_> = rows_out
+            .iter()
+            .map(|(k, p, n)| json!({"case": k, "plugin_us": p, "native_us": n, "overhead_us": p - n}))
+            .collect();
+        println!("{}", json!({"calls": calls, "instantiate_us": instantiate}));
+    } else {
+        println!("{:<20} {:>12} {:>12} {:>12}", "sample call", "plugin µs", "native µs", "overhead µs");
+        for (k, p, n) in rows_out {
+            println!("{k:<20} {p:>12.1} {n:>12.1} {:>12.1}", p - n);
+        }
+        println!("instantiate + init: {instantiate:.1} µs (median of 50)");
+    }
+    Ok(())
+}
