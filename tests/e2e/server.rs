@@ -380,3 +380,31 @@ fn the_admin_api_requires_its_token_and_drains_the_server() {
     assert_eq!(server.get("/ready").status, 503, "a draining server is not ready");
     assert_eq!(server.get("/health").status, 200, "but it is alive");
 }
+
+#[test]
+fn a_request_deadline_cancels_the_generation_and_says_so() {
+    let server = TestServer::start();
+    let long = json!({"max_tokens": 2000, "ignore_eos": true, "weft": {"deadline_ms": 300}});
+    let started = std::time::Instant::now();
+    let r = server.post("/v1/chat/completions", &chat("Write a very long story.", long.clone()));
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "deadline_exceeded");
+    assert_eq!(r.header("x-should-retry"), Some("false"));
+    assert!(started.elapsed() < Duration::from_secs(5), "answered at the deadline, not at the end: {:?}", started.elapsed());
+    assert!(all_blocks_free(&server), "the generation was cancelled");
+
+    let mut streamed = long;
+    streamed["stream"] = json!(true);
+    let r = server.post("/v1/chat/completions", &chat("Write a very long story.", streamed));
+    let data = r.sse_data();
+    assert!(data.last().is_some_and(|d| d.contains("deadline_exceeded")), "the stream ends with the error: {data:?}");
+    assert!(!data.iter().any(|d| d == "[DONE]"));
+    assert!(all_blocks_free(&server));
+
+    let r = server.post_with(
+        "/v1/completions",
+        &[("content-type", "application/json"), ("x-weft-deadline-ms", "soon")],
+        json!({"prompt": "hi"}).to_string().as_bytes(),
+    );
+    assert_eq!((r.status, r.json()["error"]["param"].as_str()), (400, Some("x-weft-deadline-ms")));
+}

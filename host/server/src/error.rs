@@ -60,6 +60,9 @@ pub enum ApiError {
     /// same request will not help.
     #[error("{0}")]
     PluginFailed(String),
+    /// The request's own deadline (`weft.deadline_ms`) passed first.
+    #[error("the request's deadline of {0} ms passed before it finished")]
+    DeadlineExceeded(u64),
     /// A bug: an invariant inside Weft broke. Never caused by input alone.
     #[error("internal error: {0}")]
     Internal(String),
@@ -86,6 +89,7 @@ impl ApiError {
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Overloaded { .. } | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::PluginFailed(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -106,6 +110,7 @@ impl ApiError {
             }
             Self::Overloaded { .. } | Self::NotReady(_) => "service_unavailable_error",
             Self::PluginFailed(_) => "plugin_error",
+            Self::DeadlineExceeded(_) => "timeout_error",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -129,6 +134,7 @@ impl ApiError {
             Self::Overloaded { .. } => "server_overloaded",
             Self::NotReady(_) => "not_ready",
             Self::PluginFailed(_) => "plugin_failed",
+            Self::DeadlineExceeded(_) => "deadline_exceeded",
             Self::Internal(_) => "internal_error",
         }
     }

@@ -99,9 +99,28 @@ pub async fn collect(mut choice: RunningChoice) -> Result<(RunningChoice, Collec
     }
 }
 
-/// Collect every choice concurrently, in `index` order.
-pub async fn collect_all(choices: Vec<RunningChoice>) -> Result<Vec<(RunningChoice, Collected)>, ApiError> {
-    let mut done = futures_util::future::try_join_all(choices.into_iter().map(collect)).await?;
+/// When a request must be finished, if it set a deadline.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    pub at: tokio::time::Instant,
+    pub ms: u64,
+}
+
+impl Deadline {
+    /// `ms` milliseconds after `arrived`.
+    pub fn after(arrived: tokio::time::Instant, ms: u64) -> Self {
+        Self { at: arrived + std::time::Duration::from_millis(ms), ms }
+    }
+}
+
+/// Collect every choice concurrently, in `index` order. Past the deadline
+/// the choices are dropped, which cancels them in the engine.
+pub async fn collect_all(choices: Vec<RunningChoice>, deadline: Option<Deadline>) -> Result<Vec<(RunningChoice, Collected)>, ApiError> {
+    let all = futures_util::future::try_join_all(choices.into_iter().map(collect));
+    let mut done = match deadline {
+        Some(d) => tokio::time::timeout_at(d.at, all).await.map_err(|_| ApiError::DeadlineExceeded(d.ms))??,
+        None => all.await?,
+    };
     done.sort_by_key(|(c, _)| c.index);
     Ok(done)
 }
@@ -239,7 +258,7 @@ struct StreamState<W> {
 /// Stream all choices as SSE: the writer's chunks, then the usage chunk if
 /// asked for, then `data: [DONE]`. An engine failure ends the stream with
 /// an `{"error": ...}` event instead, never a silent cut.
-pub fn stream_choices(choices: Vec<RunningChoice>, writer: impl ChunkWriter, include_usage: bool) -> Response {
+pub fn stream_choices(choices: Vec<RunningChoice>, writer: impl ChunkWriter, include_usage: bool, deadline: Option<Deadline>) -> Response {
     let mut state = StreamState {
         merged: merge(choices).boxed(),
         writer,
@@ -252,7 +271,7 @@ pub fn stream_choices(choices: Vec<RunningChoice>, writer: impl ChunkWriter, inc
     let mut first = Vec::new();
     state.writer.start(&mut first);
     state.pending.extend(first);
-    let events = stream::unfold(state, |mut s| async move {
+    let events = stream::unfold(state, move |mut s| async move {
         loop {
             if let Some(chunk) = s.pending.pop_front() {
                 return Some((chunk, s));
@@ -260,8 +279,19 @@ pub fn stream_choices(choices: Vec<RunningChoice>, writer: impl ChunkWriter, inc
             if s.done {
                 return None;
             }
-            let next = match tokio::time::timeout(HEARTBEAT, s.merged.next()).await {
+            if let Some(d) = deadline
+                && tokio::time::Instant::now() >= d.at
+            {
+                // Dropping the merged stream cancels the choices now.
+                s.merged = stream::empty().boxed();
+                s.pending.push_back(sse_data(&ApiError::DeadlineExceeded(d.ms).body()));
+                s.done = true;
+                continue;
+            }
+            let wait = deadline.map_or(HEARTBEAT, |d| HEARTBEAT.min(d.at.saturating_duration_since(tokio::time::Instant::now())));
+            let next = match tokio::time::timeout(wait, s.merged.next()).await {
                 Ok(next) => next,
+                Err(_) if deadline.is_some_and(|d| tokio::time::Instant::now() >= d.at) => continue,
                 Err(_) => return Some((Bytes::from_static(b": waiting\n\n"), s)),
             };
             match next {

@@ -71,6 +71,12 @@ pub struct WeftExtension {
     /// plugin deployed through the admin API). Also settable with the
     /// `x-weft-sampler` header; the field wins.
     pub sampler: Option<String>,
+    /// Give up (504 `deadline_exceeded`, the generation cancelled) if the
+    /// request has not finished this many milliseconds after it arrived,
+    /// 1 to 3,600,000. Also settable with the `x-weft-deadline-ms` header;
+    /// the field wins.
+    #[schema(minimum = 1, maximum = 3_600_000)]
+    pub deadline_ms: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -28,6 +28,8 @@ pub struct ValidSampling {
     pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
+    /// Milliseconds the request may take (`weft.deadline_ms`), if bounded.
+    pub deadline_ms: Option<u64>,
     /// The engine sampler the request's choices use (resolved from the
     /// plugin name by the caller; the default sampler otherwise).
     pub sampler: weft_engine::SamplerId,
@@ -145,7 +147,11 @@ pub fn sampling(
     if f.stream_options.is_some() && !stream {
         return Err(ApiError::invalid("stream_options", "`stream_options` is only allowed with `stream: true`"));
     }
-    Ok(ValidSampling { params, max_tokens, n, stream, include_usage, sampler: weft_engine::DEFAULT_SAMPLER })
+    let deadline_ms = match f.weft.as_ref().and_then(|w| w.deadline_ms) {
+        None => None,
+        Some(ms) => Some(range_i("weft.deadline_ms", ms, 1, 3_600_000)? as u64),
+    };
+    Ok(ValidSampling { params, max_tokens, n, stream, include_usage, deadline_ms, sampler: weft_engine::DEFAULT_SAMPLER })
 }
 
 fn refuse_unsupported(f: &SamplingFields) -> Result<(), ApiError> {

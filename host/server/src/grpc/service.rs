@@ -144,7 +144,9 @@ impl Generation for GenerationService {
     async fn generate(&self, request: Request<proto::GenerateRequest>) -> Result<Response<proto::GenerateResponse>, Status> {
         let sampler = sampler_metadata(&request);
         let (running, logprobs) = self.start(request.into_inner(), sampler).await.map_err(to_status)?;
-        let done = generate::collect_all(running).await.map_err(to_status)?;
+        // gRPC deadlines travel in `grpc-timeout`, which tonic enforces by
+        // dropping the call (and so cancelling the generation).
+        let done = generate::collect_all(running, None).await.map_err(to_status)?;
         let usage = generate::usage(done.iter().map(|(c, all)| (c.prompt_index, all)));
         let choices = done
             .into_iter()

@@ -23,6 +23,7 @@ pub fn code(e: &ApiError) -> Code {
         // Waiting helps: clients retry UNAVAILABLE with back-off.
         ApiError::Overloaded { .. } | ApiError::NotReady(_) => Code::Unavailable,
         ApiError::PluginFailed(_) | ApiError::Internal(_) => Code::Internal,
+        ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
     }
 }
 

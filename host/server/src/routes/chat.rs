@@ -31,6 +31,7 @@ use crate::{prepare, validate};
         (status = 503, description = "At capacity (with `retry-after`) or not ready", body = ErrorBody),
 ))]
 pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+    let arrived = tokio::time::Instant::now();
     let req: ChatCompletionRequest = extract::generation_view(&body)?;
     drop(body);
     let sampling = &req.sampling;
@@ -49,6 +50,7 @@ pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap,
     valid.sampler = select_sampler(&state, sampling, &headers)?;
     let messages = validate::chat_messages(&req.messages)?;
     let choices = prepare::chat(&state, messages, &valid).await?;
+    let deadline = deadline(&valid, &headers, arrived)?;
     let running = generate::start(&state, choices).await?;
     let ctx = StreamContext {
         id: generate::response_id("chatcmpl-"),
@@ -58,9 +60,9 @@ pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap,
     };
     if valid.stream {
         let writer = ChatChunks { ctx, n: valid.n, logprobs };
-        return Ok(generate::stream_choices(running, writer, valid.include_usage));
+        return Ok(generate::stream_choices(running, writer, valid.include_usage, deadline));
     }
-    let done = generate::collect_all(running).await?;
+    let done = generate::collect_all(running, deadline).await?;
     let usage = generate::usage(done.iter().map(|(c, all)| (c.prompt_index, all)));
     let choices = done
         .into_iter()
@@ -149,4 +151,17 @@ pub(crate) fn select_sampler(state: &AppState, sampling: &SamplingFields, header
     let field = sampling.weft.as_ref().and_then(|w| w.sampler.as_deref());
     let header = headers.get("x-weft-sampler").and_then(|v| v.to_str().ok());
     state.select_sampler(field, header)
+}
+
+/// The request's deadline: `weft.deadline_ms`, else the `x-weft-deadline-ms`
+/// header, counted from when the request arrived.
+pub(crate) fn deadline(valid: &validate::ValidSampling, headers: &HeaderMap, arrived: tokio::time::Instant) -> Result<Option<generate::Deadline>, ApiError> {
+    let header = match headers.get("x-weft-deadline-ms") {
+        None => None,
+        Some(v) => {
+            let ms = v.to_str().ok().and_then(|s| s.parse::<u64>().ok()).filter(|ms| (1..=3_600_000).contains(ms));
+            Some(ms.ok_or_else(|| ApiError::invalid("x-weft-deadline-ms", "`x-weft-deadline-ms` must be an integer in [1, 3600000]"))?)
+        }
+    };
+    Ok(valid.deadline_ms.or(header).map(|ms| generate::Deadline::after(arrived, ms)))
 }

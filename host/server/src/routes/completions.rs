@@ -31,6 +31,7 @@ use crate::{prepare, validate};
         (status = 503, description = "At capacity (with `retry-after`) or not ready", body = ErrorBody),
 ))]
 pub async fn completions(State(state): State<AppState>, headers: HeaderMap, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+    let arrived = tokio::time::Instant::now();
     let req: CompletionRequest = extract::generation_view(&body)?;
     drop(body);
     let sampling = &req.sampling;
@@ -50,6 +51,7 @@ pub async fn completions(State(state): State<AppState>, headers: HeaderMap, Json
     valid.sampler = super::chat::select_sampler(&state, sampling, &headers)?;
     let prompts = validate::prompts(&req.prompt, valid.n, state.limits())?;
     let (prompts, choices) = prepare::prompts(&state, prompts, &valid, echo && logprobs.is_some()).await?;
+    let deadline = super::chat::deadline(&valid, &headers, arrived)?;
     let running = generate::start(&state, choices).await?;
     let ctx = StreamContext {
         id: generate::response_id("cmpl-"),
@@ -59,9 +61,9 @@ pub async fn completions(State(state): State<AppState>, headers: HeaderMap, Json
     };
     if valid.stream {
         let writer = CompletionChunks { ctx, logprobs: logprobs.is_some(), offsets: BTreeMap::new() };
-        return Ok(generate::stream_choices(running, writer, valid.include_usage));
+        return Ok(generate::stream_choices(running, writer, valid.include_usage, deadline));
     }
-    let done = generate::collect_all(running).await?;
+    let done = generate::collect_all(running, deadline).await?;
     let usage = generate::usage(done.iter().map(|(c, all)| (c.prompt_index, all)));
     let mut choices = Vec::with_capacity(done.len());
     for (choice, all) in done {
