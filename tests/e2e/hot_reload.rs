@@ -69,6 +69,14 @@ fn deployed_versions_take_new_requests_and_roll_back() {
     let list = server.get_with("/admin/v1/plugins", &[AUTH]).json();
     let custom = list.as_array().unwrap().iter().find(|p| p["name"] == "custom").unwrap();
     assert_eq!(custom["versions"], json!(["1.0.0", "2.0.0"]));
+
+    // History stays linear: deploying after a rollback drops the version
+    // rolled back from, so the next rollback returns to 1.0.0, never to the
+    // broken 2.0.0.
+    assert_eq!(deploy(&server, "custom", "3.0.0", "none").status, 201);
+    let r = server.post_empty_with("/admin/v1/plugins/custom/rollback", &[AUTH]);
+    assert_eq!(r.json()["active_version"], "1.0.0");
+    assert_eq!(r.json()["versions"], json!(["1.0.0", "3.0.0"]));
 }
 
 #[test]

@@ -177,6 +177,7 @@ impl Engine {
         self.running.clear();
         self.cached_at_admission.clear();
         self.pool = BlockPool::new(self.config.num_blocks);
+        self.drop_unused_samplers();
     }
 
     /// Replace the default sampler ([`NativeSampler`] to begin with).
@@ -204,15 +205,13 @@ impl Engine {
         self.samplers.get(id).is_some_and(Option::is_some)
     }
 
-    pub fn sampler_name(&self, id: SamplerId) -> Option<&str> {
-        self.samplers.get(id).and_then(|s| s.as_ref()).map(|s| s.name())
-    }
-
     fn drop_unused_samplers(&mut self) {
         let in_use = |id: SamplerId, e: &Self| e.running.iter().chain(&e.waiting).any(|s| s.sampler == id);
         let unused: Vec<SamplerId> = self.retired.iter().copied().filter(|&id| !in_use(id, self)).collect();
         for id in unused {
-            self.samplers[id] = None;
+            if let Some(slot) = self.samplers.get_mut(id) {
+                *slot = None;
+            }
             self.retired.retain(|&r| r != id);
         }
     }

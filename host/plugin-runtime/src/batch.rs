@@ -42,7 +42,9 @@ impl StepView {
     /// dropped or mutated, on every path (including traps).
     pub unsafe fn new(rows: &[SampleRow<'_>], eos: &[u32]) -> Self {
         let vocab = rows.first().map_or(0, |r| r.logits.len());
-        Self { rows: rows.as_ptr().cast(), len: rows.len(), eos: eos.to_vec(), vocab, adjusted: vec![None; rows.len()] }
+        // Only ids the guest may hand back to `ban` without trapping.
+        let eos = eos.iter().copied().filter(|&t| (t as usize) < vocab).collect();
+        Self { rows: rows.as_ptr().cast(), len: rows.len(), eos, vocab, adjusted: vec![None; rows.len()] }
     }
 
     fn row(&self, row: u32) -> Result<&SampleRow<'static>> {
@@ -139,7 +141,9 @@ impl HostBatch for StoreState {
     }
 
     fn adjust(&mut self, _: Resource<BatchHandle>, row: u32, deltas: Vec<(u32, f32)>) -> Result<()> {
-        let limit = self.host_list_entries;
+        // Penalties name each distinct token of the sequence once, so the
+        // sequence's length bounds a legitimate list too.
+        let limit = self.host_list_entries.max(self.view()?.row(row)?.tokens.len());
         let view = self.view_mut()?;
         let tokens: Vec<u32> = deltas.iter().map(|d| d.0).collect();
         view.check_tokens(&tokens, limit)?;

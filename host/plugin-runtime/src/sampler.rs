@@ -2,6 +2,8 @@
 //! trait. One guest call per step for the whole batch; a fault fails that
 //! call only, and the instance is rebuilt before the next one.
 
+use std::panic::AssertUnwindSafe;
+
 use wasmtime::component::Resource;
 use wasmtime::{Store, Trap};
 use weft_types::{SampleRow, Sampler, SamplerError, TokenId};
@@ -122,16 +124,22 @@ impl Sampler for WasmSampler {
             }
         };
         store.set_epoch_deadline(ticks);
-        let result = plugin.weft_plugin_sampler().call_choose(&mut *store, Resource::new_borrow(handle.rep()));
+        // A host call that panicked would unwind through the guest call;
+        // catch it here so the view is still cleared and the instance it
+        // went through is discarded like any other fault.
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            plugin.weft_plugin_sampler().call_choose(&mut *store, Resource::new_borrow(handle.rep()))
+        }));
         store.data_mut().step = None;
         let _ = store.data_mut().table.delete(handle);
         match result {
-            Ok(Ok(tokens)) => Ok(tokens),
-            Ok(Err(e)) => Err(SamplerError::Refused { sampler: self.label.clone(), code: e.code, message: e.message }),
-            Err(e) => {
+            Ok(Ok(Ok(tokens))) => Ok(tokens),
+            Ok(Ok(Err(e))) => Err(SamplerError::Refused { sampler: self.label.clone(), code: e.code, message: e.message }),
+            Ok(Err(e)) => {
                 let message = describe(&e, deadline_ms);
                 Err(self.fault(message))
             }
+            Err(_) => Err(self.fault("a host call panicked (a bug in Weft); the instance is discarded".into())),
         }
     }
 }

@@ -171,7 +171,18 @@ impl EngineHandle {
     }
 }
 
+/// Clears `alive` however the engine thread ends, a panic included, so
+/// `/ready` tells the truth.
+struct AliveGuard<'a>(&'a EngineGauges);
+
+impl Drop for AliveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::Release);
+    }
+}
+
 fn run(mut engine: Engine, inbox: std_mpsc::Receiver<Command>, gauges: &EngineGauges) {
+    let _alive = AliveGuard(gauges);
     let mut clients: HashMap<RequestId, mpsc::UnboundedSender<Event>> = HashMap::new();
     gauges.total_blocks.store(engine.config().num_blocks, Ordering::Relaxed);
     publish(&engine, gauges);
@@ -212,7 +223,6 @@ fn run(mut engine: Engine, inbox: std_mpsc::Receiver<Command>, gauges: &EngineGa
         }
         publish(&engine, gauges);
     }
-    gauges.alive.store(false, Ordering::Release);
 }
 
 fn accept(engine: &mut Engine, clients: &mut HashMap<RequestId, mpsc::UnboundedSender<Event>>, command: Command) {

@@ -218,8 +218,9 @@ impl From<weft_engine::EngineError> for ApiError {
             E::TooLong { .. } => Self::ContextLengthExceeded(e.to_string()),
             E::EmptyPrompt => Self::invalid("prompt", e.to_string()),
             E::TokenOutOfRange { .. } => Self::invalid("prompt", e.to_string()),
-            // The server only names samplers it registered.
-            E::UnknownSampler(_) => Self::Internal(e.to_string()),
+            // A sampler version retired between a request resolving its
+            // name and reaching the engine: the name now means another one.
+            E::UnknownSampler(_) => Self::NotReady(format!("{e}: the plugin version changed under the request; retry")),
         }
     }
 }

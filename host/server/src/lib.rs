@@ -14,8 +14,9 @@
 //! Every failure is an [`ApiError`], mapped to HTTP in one place
 //! ([`error`]) and to gRPC status in one place ([`grpc::status`]).
 //!
-//! Not here yet: the admin API, TLS and plugin selection arrive with their
-//! issues.
+//! The admin API ([`routes`]'s `/admin/v1`) deploys sampler plugins
+//! ([`plugins`]); requests choose them by name. Not here yet: TLS and
+//! authentication (the auth plugin).
 
 pub mod config;
 pub mod engine_task;

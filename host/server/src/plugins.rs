@@ -70,13 +70,23 @@ impl SamplerRegistry {
     }
 
     /// Make `version` of `name` (running as engine sampler `sampler`) the
-    /// active one. Returns the samplers to retire (beyond [`KEPT_VERSIONS`]).
+    /// active one. Versions newer than the active one (rolled back from)
+    /// are dropped first, so history stays linear and rollback always
+    /// returns to the version that was active before; beyond
+    /// [`KEPT_VERSIONS`] the oldest go too. Returns the samplers to retire,
+    /// or a conflict (and `sampler` should be retired) if the version is
+    /// already there.
     pub fn activate(&self, name: &str, version: semver::Version, sampler: SamplerId) -> Result<Retired, ApiError> {
         let mut entries = self.entries.write().map_err(|_| poisoned())?;
         let entry = entries.entry(name.to_string()).or_default();
+        if entry.versions.iter().any(|v| v.version == version) {
+            return Err(ApiError::Conflict(format!("{name}@{version} is already deployed; deploy a new version")));
+        }
+        let mut retired: Retired =
+            if entry.versions.is_empty() { Vec::new() } else { entry.versions.drain(entry.active + 1..).map(|v| v.sampler).collect() };
         entry.versions.push(Version { version, sampler });
         let excess = entry.versions.len().saturating_sub(KEPT_VERSIONS);
-        let retired = entry.versions.drain(..excess).map(|v| v.sampler).collect();
+        retired.extend(entry.versions.drain(..excess).map(|v| v.sampler));
         entry.active = entry.versions.len() - 1;
         Ok(retired)
     }

@@ -92,16 +92,21 @@ fn tokenize_prompts(tokenizer: &Tokenizer, prompts: Vec<ValidPrompt>) -> Result<
         .into_iter()
         .map(|p| match p {
             ValidPrompt::Tokens(ids) => Ok(ids),
-            ValidPrompt::Text(text) => {
-                let mut ids = Vec::new();
-                if tokenizer.adds_bos()
-                    && let Some(bos) = tokenizer.bos_token()
-                {
-                    ids.push(bos);
-                }
-                ids.extend(tokenizer.encode(&text, true).map_err(|e| ApiError::invalid("prompt", e.to_string()))?);
-                Ok(ids)
-            }
+            ValidPrompt::Text(text) => encode_prompt(tokenizer, &text),
         })
         .collect()
+}
+
+/// A raw text prompt as the model sees it: special-token markers parsed,
+/// and the BOS token first when the model wants one. `/tokenize` and the
+/// gRPC `Tokenize` use it too, so their counts equal `usage.prompt_tokens`.
+pub fn encode_prompt(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>, ApiError> {
+    let mut ids = Vec::new();
+    if tokenizer.adds_bos()
+        && let Some(bos) = tokenizer.bos_token()
+    {
+        ids.push(bos);
+    }
+    ids.extend(tokenizer.encode(text, true).map_err(|e| ApiError::invalid("prompt", e.to_string()))?);
+    Ok(ids)
 }

@@ -211,11 +211,9 @@ impl Generation for GenerationService {
         state.check_model((!req.model.is_empty()).then_some(req.model.as_str())).map_err(to_status)?;
         let tokenizer = state.tokenizer.clone();
         let tokens = match req.input {
-            Some(proto::tokenize_request::Input::Prompt(text)) => state
-                .blocking(move || tokenizer.encode(&text, true))
-                .await
-                .map_err(to_status)?
-                .map_err(|e| to_status(ApiError::invalid("prompt", e.to_string())))?,
+            Some(proto::tokenize_request::Input::Prompt(text)) => {
+                state.blocking(move || prepare::encode_prompt(&tokenizer, &text)).await.map_err(to_status)?.map_err(to_status)?
+            }
             Some(proto::tokenize_request::Input::Chat(m)) => {
                 let messages = validate::chat_messages(&messages_in(m)).map_err(to_status)?;
                 let template = state

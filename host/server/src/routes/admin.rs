@@ -127,8 +127,9 @@ pub async fn deploy(
         .await?
         .map_err(|e| ApiError::PluginRejected(e.to_string()))?;
     let id = state.engine.add_sampler(Box::new(sampler)).await?;
-    for retired in state.plugins.activate(&name, version, id)? {
-        state.engine.retire_sampler(retired);
+    let retired = state.plugins.activate(&name, version, id).inspect_err(|_| state.engine.retire_sampler(id))?;
+    for old in retired {
+        state.engine.retire_sampler(old);
     }
     let info = state.plugins.list()?.into_iter().find(|p| p.name == name).ok_or_else(|| ApiError::Internal("deployed plugin vanished".into()))?;
     Ok((StatusCode::CREATED, Json(info)))

@@ -38,10 +38,7 @@ pub async fn tokenize(State(state): State<AppState>, JsonBody(body): JsonBody) -
     state.check_model(req.model.as_deref())?;
     let tokenizer = state.tokenizer.clone();
     let tokens = match (req.prompt, req.messages) {
-        (Some(prompt), None) => state
-            .blocking(move || tokenizer.encode(&prompt, true))
-            .await?
-            .map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
+        (Some(prompt), None) => state.blocking(move || crate::prepare::encode_prompt(&tokenizer, &prompt)).await??,
         (None, Some(messages)) => {
             let messages = validate::chat_messages(&messages)?;
             let template = state.template.clone().ok_or_else(|| ApiError::invalid("messages", "this model has no chat template"))?;
