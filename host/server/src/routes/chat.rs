@@ -28,7 +28,9 @@ use crate::{prepare, validate};
         (status = 404, description = "Unknown model", body = ErrorBody),
         (status = 413, description = "Body over the size limit", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 500, description = "The sampler plugin the request chose failed (`plugin_failed`, not retryable)", body = ErrorBody),
         (status = 503, description = "At capacity (with `retry-after`) or not ready", body = ErrorBody),
+        (status = 504, description = "The request's own deadline passed (`deadline_exceeded`)", body = ErrorBody),
 ))]
 pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
     let arrived = tokio::time::Instant::now();
