@@ -34,7 +34,13 @@ fn tokenization_matches_llama_cpp_on_a_varied_corpus() {
     let cases: Cases<TokenizeCase> = fixture("tokenize.json");
     assert!(cases.cases.len() >= 40);
     for c in &cases.cases {
-        assert_eq!(tk.encode(&c.text, c.parse_special).unwrap(), c.tokens, "encoding {:?} (parse_special {})", c.text, c.parse_special);
+        assert_eq!(
+            tk.encode(&c.text, c.parse_special).unwrap(),
+            c.tokens,
+            "encoding {:?} (parse_special {})",
+            c.text,
+            c.parse_special
+        );
         assert_eq!(tk.decode(&c.tokens, false).unwrap(), c.detokenized, "decoding {:?}", c.tokens);
     }
 }
@@ -57,7 +63,12 @@ fn the_chat_template_renders_like_llama_cpp() {
         let rendered = template.render(&c.messages, c.add_generation_prompt).unwrap();
         assert_eq!(rendered, c.rendered, "{}", c.name);
         assert_eq!(m.tokenizer.encode(&rendered, true).unwrap(), c.tokens, "{}", c.name);
-        assert_eq!(template.encode(&m.tokenizer, &c.messages, c.add_generation_prompt).unwrap(), c.tokens, "{}", c.name);
+        assert_eq!(
+            template.encode(&m.tokenizer, &c.messages, c.add_generation_prompt).unwrap(),
+            c.tokens,
+            "{}",
+            c.name
+        );
     }
 }
 
@@ -70,28 +81,25 @@ struct GreedyCase {
     top_logprobs: Vec<Vec<(u32, f32)>>,
 }
 
-/// The best token among those `ignore_eos` allowed at a reference step and
-/// its lead over the runner-up, when the two recorded candidates say so.
-fn reference_margin(top: &[(u32, f32)], eog: &[u32]) -> Option<f32> {
-    match top {
-        [(a, la), (b, lb), ..] if !eog.contains(a) && !eog.contains(b) => Some(la - lb),
-        _ => None,
-    }
+#[test]
+fn end_of_generation_tokens_are_llama_cpp_s() {
+    // llama.cpp's load log for this GGUF: "EOG token = 0 '<|endoftext|>'",
+    // "= 2 '<|im_end|>'", "= 4 '<reponame>'" (a FIM token); `ignore_eos`
+    // bans exactly these, so the greedy references below depend on the set.
+    let mut eog = default_model().tokenizer.eog_tokens().to_vec();
+    eog.sort();
+    assert_eq!(eog, [0, 2, 4]);
 }
 
-/// How confident llama.cpp must be before a disagreement counts as ours.
-///
-/// This 135M Q4_1 model is chaotic under rounding: activations are
-/// re-quantised to 8 bits before every product, so a last-bit difference in
-/// any sum can move a quantisation step. llama.cpp disagrees with itself at
-/// the same scale: its flash-attention and plain-attention paths pick the
-/// same top token at only 95.56% ± 0.33% of the positions of
-/// `tests/data/ppl-text.txt` (llama-perplexity --kl-divergence, "Same top p"),
-/// and our own AVX-512 and portable kernels differ by 0.03 in mean
-/// |Δlogprob|. A choice llama.cpp made with a lead above this margin is one
-/// any faithful implementation must reproduce.
-const CONFIDENT: f32 = 0.6;
-
+/// Teacher forcing on llama.cpp's greedy continuations, then free-running
+/// greedy generation. We reproduce ggml's CPU arithmetic for this model
+/// operation by operation (activation quantisation, dot-product order, RoPE
+/// and flash-attention roundings and fused multiply-adds, SwiGLU's `expf`),
+/// so the logits are llama.cpp's bit for bit while its batch holds fewer
+/// than 64 query rows and its cache fewer than 512 cells (beyond those
+/// llama.cpp switches to tiled and split-KV attention, which round
+/// differently and which it does not use for one-token decode steps of
+/// short contexts): every choice must agree, not merely 99 %.
 #[test]
 fn greedy_decoding_agrees_with_llama_cpp() {
     let model = &default_model().model;
@@ -99,9 +107,8 @@ fn greedy_decoding_agrees_with_llama_cpp() {
     let cases: Cases<GreedyCase> = fixture("greedy.json");
     assert!(cases.cases.len() >= 10);
     let (mut agree, mut total) = (0usize, 0usize);
-    let mut long_prefixes = 0;
-    let mut report = Vec::new();
-    let mut confident_disagreements = Vec::new();
+    let mut disagreements = Vec::new();
+    let mut prefixes = Vec::new();
     for c in &cases.cases {
         // Teacher forcing: feed llama.cpp's continuation, compare our argmax
         // at every position with llama.cpp's choice.
@@ -119,12 +126,9 @@ fn greedy_decoding_agrees_with_llama_cpp() {
             total += 1;
             if ours == expected {
                 agree += 1;
-                continue;
-            }
-            let margin = reference_margin(&c.top_logprobs[i], &eog);
-            report.push(format!("{} step {i}: llama.cpp {expected}, ours {ours} (llama.cpp lead {margin:?})", c.name));
-            if margin.is_some_and(|m| m > CONFIDENT) {
-                confident_disagreements.push(report.last().unwrap().clone());
+            } else {
+                disagreements
+                    .push(format!("{} step {i}: llama.cpp {expected} {:?}, ours {ours}", c.name, c.top_logprobs[i]));
             }
         }
         // Free-running greedy generation through the engine.
@@ -134,23 +138,15 @@ fn greedy_decoding_agrees_with_llama_cpp() {
         let ours = tokens_of(&run_to_completion(&mut engine), id);
         assert_eq!(ours.len(), c.completion_tokens.len());
         let prefix = ours.iter().zip(&c.completion_tokens).take_while(|(a, b)| a == b).count();
-        if prefix >= 32 {
-            long_prefixes += 1;
+        prefixes.push(format!("{}: {prefix}/{}", c.name, c.completion_tokens.len()));
+        if prefix < c.completion_tokens.len() {
+            disagreements.push(format!("{}: greedy generation leaves llama.cpp's after {prefix} tokens", c.name));
         }
-        report.push(format!("{}: greedy prefix agreement {prefix}/{}", c.name, c.completion_tokens.len()));
     }
-    let rate = agree as f64 / total as f64;
     eprintln!(
-        "{}\nteacher-forced argmax agreement {agree}/{total} = {:.2}%; {long_prefixes}/{} prompts agree on ≥ 32 greedy tokens",
-        report.join("\n"),
-        rate * 100.0,
-        cases.cases.len()
+        "teacher-forced argmax agreement {agree}/{total} = {:.2}%; greedy prefixes {}",
+        agree as f64 * 100.0 / total as f64,
+        prefixes.join(", ")
     );
-    assert!(confident_disagreements.is_empty(), "disagreements where llama.cpp was confident: {confident_disagreements:#?}");
-    // Above llama.cpp's agreement with itself across attention paths (95.56%);
-    // we measure 97.14%.
-    assert!(rate >= 0.97, "argmax agreement {:.2}% < 97%", rate * 100.0);
-    // llama.cpp's own flash and plain attention paths share >= 32 greedy
-    // tokens on 1 of these 12 prompts; we share them with its default on 6.
-    assert!(long_prefixes >= 6, "{long_prefixes} prompts agree on the first 32 greedy tokens (6 expected)");
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
 }

@@ -41,7 +41,8 @@ fn lib(e: impl std::fmt::Display) -> TokenizerError {
 /// llama.cpp's pre-tokenizer regexes, by `tokenizer.ggml.pre` (the GPT-2
 /// one is built into the byte-level pre-tokenizer).
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// A model's tokenizer plus the token ids that end a generation.
 #[derive(Clone)]
@@ -88,7 +89,8 @@ impl Tokenizer {
             .iter()
             .map(|v| {
                 let s = v.as_str().ok_or_else(|| TokenizerError::Metadata("non-string merge".into()))?;
-                let (a, b) = s.split_once(' ').ok_or_else(|| TokenizerError::Metadata(format!("merge {s:?} has no space")))?;
+                let (a, b) =
+                    s.split_once(' ').ok_or_else(|| TokenizerError::Metadata(format!("merge {s:?} has no space")))?;
                 Ok((a.to_string(), b.to_string()))
             })
             .collect::<Result<_, TokenizerError>>()?;
@@ -97,7 +99,13 @@ impl Tokenizer {
         let pre_tokenizer = pre_tokenizer_for(pre)?;
 
         let build = |with_special: bool| -> Result<tokenizers::Tokenizer, TokenizerError> {
-            let bpe = BPE::builder().vocab_and_merges(vocab.iter().map(|(k, v)| (k.clone(), *v)).collect::<tokenizers::models::bpe::Vocab>(), merges.clone()).build().map_err(lib)?;
+            let bpe = BPE::builder()
+                .vocab_and_merges(
+                    vocab.iter().map(|(k, v)| (k.clone(), *v)).collect::<tokenizers::models::bpe::Vocab>(),
+                    merges.clone(),
+                )
+                .build()
+                .map_err(lib)?;
             let mut tk = tokenizers::Tokenizer::new(bpe);
             tk.with_pre_tokenizer(Some(pre_tokenizer.clone()));
             tk.with_decoder(Some(ByteLevelDecoder::default()));
@@ -120,6 +128,25 @@ impl Tokenizer {
         for name in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>"] {
             if let Some(&i) = vocab.get(name) {
                 if types.get(i as usize).is_some_and(|t| *t == 3) && !eog.contains(&i) {
+                    eog.push(i);
+                }
+            }
+        }
+        // A fill-in-the-middle "repository" or "padding" token starts another
+        // document: llama.cpp ends generations there too (for SmolLM2 that is
+        // `<reponame>`), so `ignore_eos` bans the same set in both.
+        for name in [
+            "<|fim_pad|>",
+            "<fim-pad>",
+            "<|fim_repo|>",
+            "<|repo_name|>",
+            "<fim-repo>",
+            "<REPO>",
+            "<reponame>",
+            "<|file_sep|>",
+        ] {
+            if let Some(&i) = vocab.get(name) {
+                if !eog.contains(&i) {
                     eog.push(i);
                 }
             }
@@ -185,7 +212,9 @@ impl Tokenizer {
     /// `▁` spaces undone. A token may be part of a multi-byte character, so
     /// these bytes need not be UTF-8 on their own (OpenAI's `bytes` field).
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {
-        let Some(piece) = self.token_text(id) else { return Vec::new() };
+        let Some(piece) = self.token_text(id) else {
+            return Vec::new();
+        };
         if let Some(hex) = piece.strip_prefix("<0x").and_then(|p| p.strip_suffix('>'))
             && let Ok(b) = u8::from_str_radix(hex, 16)
             && hex.len() == 2

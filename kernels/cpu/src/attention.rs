@@ -60,11 +60,9 @@ pub fn attend_llama_cpp<'a>(
     let _ = isa;
     let qh: Vec<f32> = q.iter().map(|&v| round16(v)).collect();
     let mut acc = vec![0f32; out.len()];
-    let mut k32 = vec![0f32; q.len()];
     let (mut m, mut s_sum) = (f32::NEG_INFINITY, 0f32);
     for p in 0..ctx {
-        k32.iter_mut().zip(key(p)).for_each(|(d, s)| *d = s.to_f32());
-        let s = crate::dot::dot_portable(&qh, &k32) * scale;
+        let s = score_dot(&qh, key(p)) * scale;
         let (ms, vs) = if s > m {
             let old = m;
             m = s;
@@ -78,12 +76,46 @@ pub fn attend_llama_cpp<'a>(
         for (a, v) in acc.iter_mut().zip(value(p)) {
             *a = round16(v.to_f32().mul_add(vs, *a));
         }
-        s_sum = s_sum * ms + vs;
+        s_sum = s_sum.mul_add(ms, vs);
     }
     let inv = if s_sum == 0.0 { 0.0 } else { 1.0 / s_sum };
     for (o, a) in out.iter_mut().zip(&acc) {
         *o = a * inv;
     }
+}
+
+/// Lanes of the score dot product's accumulators: ggml's f16 dot on an
+/// AVX-512 build (the build llama.cpp makes for the machines our parity
+/// references come from) keeps four 16-lane accumulators.
+const LANES: usize = 16;
+const ACCUMULATORS: usize = 4;
+const STEP: usize = LANES * ACCUMULATORS;
+
+/// `q · k` in ggml's order: every 64 values are spread over four 16-lane
+/// FMA accumulators, which are summed as `(a0 + a2) + (a1 + a3)` and then
+/// reduced 16 → 8 → 4 → 2 → 1 by adding upper halves to lower ones; a
+/// remainder shorter than 64 is added product by product in `f64`.
+fn score_dot(q: &[f32], k: &[f16]) -> f32 {
+    let n = q.len().min(k.len());
+    let whole = n - n % STEP;
+    let mut acc = [[0f32; LANES]; ACCUMULATORS];
+    for (qs, ks) in q[..whole].chunks_exact(STEP).zip(k[..whole].chunks_exact(STEP)) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, lane) in a.iter_mut().enumerate() {
+                *lane = qs[LANES * j + l].mul_add(ks[LANES * j + l].to_f32(), *lane);
+            }
+        }
+    }
+    let mut x: [f32; LANES] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            x[l] += x[l + width];
+        }
+    }
+    let tail: f64 = q[whole..n].iter().zip(&k[whole..n]).map(|(&a, b)| (a * b.to_f32()) as f64).sum();
+    (x[0] as f64 + tail) as f32
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -110,31 +142,36 @@ mod x86 {
         _mm256_cvtph_ps(_mm256_cvtps_ph::<0>(v))
     }
 
-    /// ggml's f16 dot: four 8-lane FMA accumulators, reduced as
-    /// `(a0 + a2) + (a1 + a3)`, then halves and two horizontal adds.
+    /// [`super::score_dot`] with each 16-lane accumulator held as two
+    /// 8-lane halves (the arithmetic is lane-wise, so the bits are the same).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn dot(q: &[f32], k: &[f16]) -> f32 {
         let n = q.len().min(k.len());
-        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
         let mut i = 0;
-        while i + 32 <= n {
+        while i + super::STEP <= n {
             for (j, a) in acc.iter_mut().enumerate() {
-                // SAFETY: `i + 8·j + 8 ≤ n` values are readable in both.
-                let (x, y) = unsafe { (_mm256_loadu_ps(q.as_ptr().add(i + 8 * j)), load8(k.as_ptr().add(i + 8 * j))) };
-                *a = _mm256_fmadd_ps(x, y, *a);
+                for (h, half) in a.iter_mut().enumerate() {
+                    let at = i + 16 * j + 8 * h;
+                    // SAFETY: `at + 8 ≤ n` values are readable in both.
+                    let (x, y) = unsafe { (_mm256_loadu_ps(q.as_ptr().add(at)), load8(k.as_ptr().add(at))) };
+                    *half = _mm256_fmadd_ps(x, y, *half);
+                }
             }
-            i += 32;
+            i += super::STEP;
         }
+        let x = |h: usize| _mm256_add_ps(_mm256_add_ps(acc[0][h], acc[2][h]), _mm256_add_ps(acc[1][h], acc[3][h]));
+        let x8 = _mm256_add_ps(x(0), x(1));
+        let x4 = _mm_add_ps(_mm256_castps256_ps128(x8), _mm256_extractf128_ps(x8, 1));
+        let x2 = _mm_add_ps(x4, _mm_movehl_ps(x4, x4));
+        let x1 = _mm_add_ss(x2, _mm_movehdup_ps(x2));
         let mut tail = 0f64;
         while i < n {
             tail += (q[i] * k[i].to_f32()) as f64;
             i += 1;
         }
-        let a = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
-        let t0 = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-        let t1 = _mm_hadd_ps(t0, t0);
-        (_mm_cvtss_f32(_mm_hadd_ps(t1, t1)) as f64 + tail) as f32
+        (_mm_cvtss_f32(x1) as f64 + tail) as f32
     }
 
     /// # Safety
@@ -180,7 +217,7 @@ mod x86 {
                 let x = unsafe { load8(v.as_ptr().add(8 * l)) };
                 *a = round16(_mm256_fmadd_ps(x, vsv, *a));
             }
-            s_sum = s_sum * ms + vs;
+            s_sum = s_sum.mul_add(ms, vs);
         }
         let inv = _mm256_set1_ps(if s_sum == 0.0 { 0.0 } else { 1.0 / s_sum });
         for (l, a) in acc.iter().enumerate().take(lanes) {

@@ -74,10 +74,9 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 /// Dot products of `R` stored weight rows with `T` tokens' quantised
 /// activations (`out[r][t]`), unpacking each weight block once.
 ///
-/// The AVX2 and AVX-512 VNNI paths are bit-identical to each other (the
-/// same exact integer partial sums, scaled and accumulated in the same
-/// order) and for every `R` and `T`; the portable path sums the same
-/// products in another order and agrees to float rounding.
+/// All paths are bit-identical to each other (the same exact integer
+/// partial sums, scaled and accumulated in the same order) and for every
+/// `R` and `T`.
 #[inline]
 pub fn dot_rows<const R: usize, const T: usize>(
     isa: Isa,
@@ -109,30 +108,46 @@ pub fn dot_row(isa: Isa, ty: WeightType, row: &[u8], act: &[BlockQ8]) -> f32 {
     dot_rows::<1, 1>(isa, ty, [row], [act])[0][0]
 }
 
+/// The vector kernels' arithmetic in plain Rust: per block, eight exact
+/// integer lane sums of four products each, scaled by `d_w·d_a` and fused
+/// into eight `f32` lane accumulators; then ggml's horizontal sum of the
+/// lanes, then the offsets.
 fn dot_row_portable(ty: WeightType, row: &[u8], act: &[BlockQ8]) -> f32 {
     let bb = ty.block_bytes();
-    let mut acc = 0f32;
+    let mut acc = [0f32; 8];
+    let mut offsets = 0f32;
     for (block, a) in row.chunks_exact(bb).zip(act) {
         let d = f16_at(block, 0);
-        let (isum, offset) = match ty {
-            WeightType::Q4_1 => (nibble_dot(&block[4..20], &a.q), f16_at(block, 2) * a.sum),
-            WeightType::Q4_0 => (nibble_dot(&block[2..18], &a.q) - 8 * a.q.iter().map(|&v| v as i32).sum::<i32>(), 0.0),
-            _ => (block[2..34].iter().zip(&a.q).map(|(&w, &q)| w as i8 as i32 * q as i32).sum(), 0.0),
+        let weights: [i32; 32] = match ty {
+            WeightType::Q4_1 => {
+                offsets += f16_at(block, 2) * a.sum;
+                nibbles(&block[4..20], 0)
+            }
+            WeightType::Q4_0 => nibbles(&block[2..18], 8),
+            _ => std::array::from_fn(|k| block[2 + k] as i8 as i32),
         };
-        acc += d * a.d * isum as f32 + offset;
+        let scale = d * a.d;
+        for (j, lane) in acc.iter_mut().enumerate() {
+            let sum: i32 = (4 * j..4 * j + 4).map(|k| weights[k] * a.q[k] as i32).sum();
+            *lane = scale.mul_add(sum as f32, *lane);
+        }
     }
-    acc
+    hsum8(acc) + offsets
 }
 
-/// `Σ nibble[i] · q[i]` where nibbles 0..16 are the low halves of `packed`
-/// and 16..32 the high halves (ggml's Q4 layout).
+/// The 32 weights of a Q4 block minus `bias`: the low nibbles of `packed`
+/// first, then the high ones (ggml's layout).
 #[inline]
-fn nibble_dot(packed: &[u8], q: &[i8; 32]) -> i32 {
-    let mut s = 0i32;
-    for j in 0..16 {
-        s += (packed[j] & 0x0F) as i32 * q[j] as i32 + (packed[j] >> 4) as i32 * q[j + 16] as i32;
-    }
-    s
+fn nibbles(packed: &[u8], bias: i32) -> [i32; 32] {
+    std::array::from_fn(|k| if k < 16 { (packed[k] & 0x0F) as i32 - bias } else { (packed[k - 16] >> 4) as i32 - bias })
+}
+
+/// ggml's `hsum_float_8`: upper four lanes onto the lower four, then
+/// `(l0 + l2) + (l1 + l3)`.
+#[inline]
+fn hsum8(x: [f32; 8]) -> f32 {
+    let h: [f32; 4] = std::array::from_fn(|i| x[i + 4] + x[i]);
+    (h[0] + h[2]) + (h[1] + h[3])
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -175,7 +190,9 @@ mod x86 {
             let d = amax / 127.0;
             let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
             let q: [__m256i; 4] = std::array::from_fn(|k| {
-                _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(v[k], id)))
+                _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+                    v[k], id,
+                )))
             });
             let sum = q.iter().fold(_mm256_setzero_si256(), |acc, qk| _mm256_add_epi32(acc, *qk));
             let s4 = _mm_add_epi32(_mm256_extracti128_si256(sum, 1), _mm256_castsi256_si128(sum));
@@ -239,7 +256,10 @@ mod x86 {
                         let p = unsafe { rows[r].as_ptr().add(i * bb) };
                         let (d, m) = unsafe { f16x2(p) };
                         let packed = unsafe { _mm_loadu_si128(p.add(qs) as *const __m128i) };
-                        let w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), mask), _mm_and_si128(packed, mask));
+                        let w = _mm256_set_m128i(
+                            _mm_and_si128(_mm_srli_epi16(packed, 4), mask),
+                            _mm_and_si128(packed, mask),
+                        );
                         for t in 0..T {
                             let a = &acts[t][i];
                             let q = unsafe { _mm256_load_si256(a.q.as_ptr() as *const __m256i) };
@@ -265,10 +285,9 @@ mod x86 {
         };
     }
 
-    row_q4!(row_q4_avx2, "avx2,fma,f16c", |u: __m256i, s: __m256i| _mm256_madd_epi16(
-        _mm256_maddubs_epi16(u, s),
-        _mm256_set1_epi16(1)
-    ));
+    row_q4!(row_q4_avx2, "avx2,fma,f16c", |u: __m256i, s: __m256i| {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+    });
     row_q4!(row_q4_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", |u: __m256i, s: __m256i| _mm256_dpbusd_epi32(
         _mm256_setzero_si256(),
         u,
@@ -296,7 +315,8 @@ mod x86 {
                 for t in 0..T {
                     let a = &acts[t][i];
                     let y = unsafe { _mm256_load_si256(a.q.as_ptr() as *const __m256i) };
-                    let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, x)), _mm256_set1_epi16(1));
+                    let sums =
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, x)), _mm256_set1_epi16(1));
                     acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sums), acc[r][t]);
                 }
             }

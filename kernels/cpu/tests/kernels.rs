@@ -21,7 +21,8 @@ fn fixture(name: &str, ext: &str) -> Vec<u8> {
 fn every_block_type_dequantises_like_the_gguf_reference() {
     for ty in WeightType::ALL.into_iter().filter(|t| *t != WeightType::F32) {
         let blocks = fixture(ty.name(), "blocks");
-        let expected: Vec<f32> = fixture(ty.name(), "f32").chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let expected: Vec<f32> =
+            fixture(ty.name(), "f32").chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
         assert_eq!(blocks.len() / ty.block_bytes() * ty.block_len(), expected.len(), "{}: fixture sizes", ty.name());
         let mut got = vec![f32::NAN; expected.len()];
         dequantize(ty, &blocks, &mut got);
@@ -143,9 +144,8 @@ fn integer_kernels_agree_across_instruction_sets_tiles_and_a_float64_reference()
                 assert!(((r[t] as f64) - exact).abs() <= 1e-5 * scale, "{ty:?} {isa:?} token {t}: {} vs {exact}", r[t]);
             }
         }
-        // The vector paths are bit-identical to each other.
-        let vector: Vec<_> = results.iter().filter(|(i, _)| *i != Isa::Portable).collect();
-        for pair in vector.windows(2) {
+        // Every path, the portable one included, is bit-identical.
+        for pair in results.windows(2) {
             assert_eq!(pair[0].1, pair[1].1, "{ty:?}: {:?} vs {:?}", pair[0].0, pair[1].0);
         }
     }
@@ -167,13 +167,28 @@ fn attention_matches_an_exact_softmax_to_f16_precision_on_every_path() {
     let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
     let total: f64 = weights.iter().sum();
-    let exact: Vec<f64> = (0..hd).map(|j| (0..ctx).map(|p| weights[p] * values[p * hd + j].to_f64()).sum::<f64>() / total).collect();
+    let exact: Vec<f64> =
+        (0..hd).map(|j| (0..ctx).map(|p| weights[p] * values[p * hd + j].to_f64()).sum::<f64>() / total).collect();
+    let mut first: Option<Vec<f32>> = None;
     for isa in Isa::available() {
         let mut out = vec![f32::NAN; hd];
-        attend_llama_cpp(isa, &q, ctx, scale, |p| &keys[p * hd..(p + 1) * hd], |p| &values[p * hd..(p + 1) * hd], &mut out);
+        attend_llama_cpp(
+            isa,
+            &q,
+            ctx,
+            scale,
+            |p| &keys[p * hd..(p + 1) * hd],
+            |p| &values[p * hd..(p + 1) * hd],
+            &mut out,
+        );
         let err: f64 = out.iter().zip(&exact).map(|(o, e)| (*o as f64 - e).powi(2)).sum::<f64>().sqrt();
         let norm: f64 = exact.iter().map(|e| e * e).sum::<f64>().sqrt();
         assert!(err / norm < 2e-3, "{isa:?}: relative error {}", err / norm);
+        // Same arithmetic in the same order on every instruction set.
+        match &first {
+            Some(f) => assert_eq!(&out, f, "{isa:?} differs from the portable path"),
+            None => first = Some(out),
+        }
     }
     // The exact path on f32 inputs (the q used by the reference is rounded).
     let qr: Vec<f32> = q.iter().map(|v| round(*v)).collect();

@@ -1,5 +1,7 @@
 //! Rotary position encoding (RoPE) with the common scaling variants.
 
+use weft_kernels_cpu::ops::rotate_pairs;
+
 use super::config::{ModelConfig, Numerics, RopeLayout, RopeScaling};
 
 /// Precomputed inverse frequencies for one model.
@@ -99,17 +101,9 @@ impl Rope {
     /// Rotate every head in `x` (`heads × head_dim`) by precomputed
     /// [`Rope::angles`].
     pub fn rotate(&self, x: &mut [f32], sin_cos: &[(f32, f32)]) {
-        let half = self.inv_freq.len();
+        let interleaved = self.layout == RopeLayout::Interleaved;
         for head in x.chunks_exact_mut(self.head_dim) {
-            for (i, &(s, c)) in sin_cos.iter().enumerate() {
-                let (a, b) = match self.layout {
-                    RopeLayout::Interleaved => (2 * i, 2 * i + 1),
-                    RopeLayout::Halves => (i, i + half),
-                };
-                let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * c - x1 * s;
-                head[b] = x0 * s + x1 * c;
-            }
+            rotate_pairs(head, sin_cos, interleaved);
         }
     }
 }
