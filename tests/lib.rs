@@ -131,9 +131,18 @@ impl TestServer {
         Self::start_with(|_| {}, weft_server::ServerConfig::default())
     }
 
+    /// Start with the builtin guide plugin enabled (guided generation).
+    pub fn start_guided() -> Self {
+        Self::launch(|_| {}, weft_server::ServerConfig::default(), true)
+    }
+
     /// Start with the engine config adjusted by `tune` and `config` (whose
     /// address is replaced by a free loopback port).
-    pub fn start_with(tune: impl FnOnce(&mut EngineConfig), mut config: weft_server::ServerConfig) -> Self {
+    pub fn start_with(tune: impl FnOnce(&mut EngineConfig), config: weft_server::ServerConfig) -> Self {
+        Self::launch(tune, config, false)
+    }
+
+    fn launch(tune: impl FnOnce(&mut EngineConfig), mut config: weft_server::ServerConfig, guided: bool) -> Self {
         config.http_addr = ([127, 0, 0, 1], 0).into();
         config.grpc_addr = Some(([127, 0, 0, 1], 0).into());
         let loaded = LoadedModel::open(&default_model_path()).expect("default model loads");
@@ -147,7 +156,10 @@ impl TestServer {
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             runtime.block_on(async move {
-                let server = weft_server::Server::bind(loaded, engine, config).await.expect("server binds");
+                let mut server = weft_server::Server::bind(loaded, engine, config).await.expect("server binds");
+                if guided {
+                    server.enable_guide(weft_plugin_artifacts::GUIDE_NAME, weft_plugin_artifacts::GUIDE);
+                }
                 let grpc = server.grpc_local_addr().expect("gRPC is on");
                 ready_tx.send((server.local_addr().unwrap(), grpc, server.engine())).unwrap();
                 server.serve(async move { stopped.await.ok(); }).await.expect("server runs");

@@ -10,14 +10,17 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// (package, constant name, builtin?) for every guest crate.
-const GUESTS: &[(&str, &str, bool)] =
-    &[("weft-plugin-sampler", "SAMPLER", true), ("weft-test-faulty-sampler", "FAULTY_SAMPLER", false)];
+const GUESTS: &[(&str, &str, bool)] = &[
+    ("weft-plugin-sampler", "SAMPLER", true),
+    ("weft-plugin-guide", "GUIDE", true),
+    ("weft-test-faulty-sampler", "FAULTY_SAMPLER", false),
+];
 
 fn main() -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let target_dir = out.join("guests");
-    for dir in ["wit", "plugins/sampler", "tests/plugins"] {
+    for dir in ["wit", "plugins/sampler", "plugins/guide", "tests/plugins"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

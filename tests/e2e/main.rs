@@ -3,6 +3,7 @@
 //! committed reference fixtures under `tests/data/`.
 
 mod grpc;
+mod guided;
 mod hf_reference;
 mod hot_reload;
 mod llamacpp_parity;

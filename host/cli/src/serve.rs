@@ -119,7 +119,8 @@ pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let server = Server::bind(loaded, engine, config).await.context("binding the listeners")?;
+        let mut server = Server::bind(loaded, engine, config).await.context("binding the listeners")?;
+        server.enable_guide(weft_plugin_artifacts::GUIDE_NAME, weft_plugin_artifacts::GUIDE);
         let addr = server.local_addr()?;
         println!("weft: serving {name} on http://{addr}");
         if let Some(grpc) = server.grpc_local_addr() {

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use thiserror::Error;
-use weft_types::{SampleRow, Sampler, SamplerError, SamplingParams, StopReason};
+use weft_types::{DecisionError, Guide, GuideError, GuideStep, SampleRow, Sampler, SamplerError, SamplingParams, StopReason};
 
 use crate::kv_cache::{BlockPool, KvStorage, chain_next, chain_root};
 use crate::model::{BatchToken, ForwardBatch, LlamaModel};
@@ -49,7 +49,7 @@ impl EngineConfig {
 }
 
 /// A request as the engine accepts it: already tokenized and validated.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct GenerationRequest {
     pub prompt: Vec<u32>,
     pub params: SamplingParams,
@@ -61,6 +61,8 @@ pub struct GenerationRequest {
     /// Which of the engine's samplers chooses this request's tokens
     /// ([`DEFAULT_SAMPLER`] unless one was added with [`Engine::add_sampler`]).
     pub sampler: SamplerId,
+    /// Constrains which tokens may come next (guided generation).
+    pub guide: Option<Box<dyn Guide>>,
 }
 
 /// Names one of the engine's samplers.
@@ -73,7 +75,7 @@ pub const DEFAULT_SAMPLER: SamplerId = 0;
 impl GenerationRequest {
     /// A request for `prompt` with `params`, default tenant and sampler.
     pub fn new(prompt: Vec<u32>, params: SamplingParams) -> Self {
-        Self { prompt, params, tenant: String::new(), score_prompt: false, sampler: DEFAULT_SAMPLER }
+        Self { prompt, params, tenant: String::new(), score_prompt: false, sampler: DEFAULT_SAMPLER, guide: None }
     }
 }
 
@@ -93,7 +95,7 @@ pub struct Output {
     pub prompt_scores: Vec<PromptScore>,
     pub finished: Option<StopReason>,
     /// Why the request failed, when `finished` is [`StopReason::Error`].
-    pub error: Option<SamplerError>,
+    pub error: Option<DecisionError>,
     pub prompt_tokens: usize,
     /// Prompt tokens served from the prefix cache at admission.
     pub cached_tokens: usize,
@@ -123,6 +125,8 @@ pub struct EngineStats {
     pub steps: u64,
     /// Sampler calls that failed (each failed the rows it was asked about).
     pub sampler_failures: u64,
+    /// Guide calls that failed (each failed its own sequence).
+    pub guide_failures: u64,
 }
 
 /// Continuous-batching inference over one model.
@@ -283,6 +287,7 @@ impl Engine {
             params: req.params,
             score_prompt: req.score_prompt,
             sampler: req.sampler,
+            guide: req.guide,
             scored: 0,
             decoder: self.tokenizer.stream(),
             text: String::new(),
@@ -322,22 +327,23 @@ impl Engine {
         }
         self.stats.steps += 1;
 
-        let mut batch = ForwardBatch::default();
+        // The guides of sequences that choose a token this step compute
+        // their masks on another thread while the forward pass runs.
+        let mut guides: Vec<(usize, Box<dyn Guide>)> = Vec::new();
         for (slot, &(i, n)) in plan.iter().enumerate() {
-            let seq = &self.running[i];
-            batch.block_tables.push(&seq.blocks);
-            let last = seq.tokens.len() - 1;
-            for pos in seq.computed..seq.computed + n {
-                let scores = seq.score_prompt && pos + 1 < seq.prompt_len && pos >= seq.scored;
-                batch.tokens.push(BatchToken { token: seq.tokens[pos], pos, seq: slot, logits: pos == last || scores });
-                if pos < seq.prompt_len {
-                    self.stats.prompt_tokens_computed += 1;
+            let seq = &mut self.running[i];
+            if seq.computed + n == seq.tokens.len() {
+                if let Some(g) = seq.guide.take() {
+                    guides.push((slot, g));
                 }
             }
         }
-        let flags: Vec<(usize, bool)> = batch.tokens.iter().map(|t| (t.pos, t.logits)).collect();
-        let logits = self.model.forward(&batch, &mut self.kv);
-        drop(batch);
+        let (flags, logits, guided) = self.forward_with_guides(&plan, guides);
+        let mut guide_steps: Vec<Option<Result<GuideStep, GuideError>>> = (0..plan.len()).map(|_| None).collect();
+        for (slot, guide, step) in guided {
+            self.running[plan[slot].0].guide = Some(guide);
+            guide_steps[slot] = Some(step);
+        }
 
         // Prompt scores, and which logits row each sampling sequence uses.
         let vocab = self.model.config.vocab_size;
@@ -370,6 +376,56 @@ impl Engine {
             outputs.push(out);
         }
 
+        // Apply each guide's answer: a mask rules tokens out before the
+        // sampler sees the row; a forced token or the end skips the sampler.
+        let mut masked: Vec<(usize, Vec<f32>)> = Vec::new();
+        let mut unsampled: Vec<usize> = Vec::new();
+        for &(slot, row) in &sample_rows {
+            let Some(step) = guide_steps[slot].take() else { continue };
+            let seq = &mut self.running[plan[slot].0];
+            match step.and_then(|step| checked_step(step, vocab)) {
+                Ok(GuideStep::Mask(words)) => {
+                    let mut row = row.to_vec();
+                    for (t, logit) in row.iter_mut().enumerate() {
+                        if words[t / 32] >> (t % 32) & 1 == 0 {
+                            *logit = f32::NEG_INFINITY;
+                        }
+                    }
+                    masked.push((slot, row));
+                }
+                Ok(GuideStep::Force(tokens)) => {
+                    let out = &mut outputs[slot];
+                    out.tokens.push(tokens[0]);
+                    out.logprobs.push(logprob_of(row, tokens[0]));
+                    if seq.params.top_logprobs > 0 {
+                        out.top_logprobs.push(top_logprobs(row, seq.params.top_logprobs as usize));
+                    }
+                    unsampled.push(slot);
+                }
+                Ok(GuideStep::Stop) => {
+                    seq.finished = Some(StopReason::Stop);
+                    outputs[slot].text = seq.flush();
+                    outputs[slot].finished = seq.finished;
+                    unsampled.push(slot);
+                }
+                Err(e) => {
+                    self.stats.guide_failures += 1;
+                    seq.finished = Some(StopReason::Error);
+                    outputs[slot].finished = seq.finished;
+                    outputs[slot].error = Some(e.into());
+                    unsampled.push(slot);
+                }
+            }
+        }
+        sample_rows.retain(|(slot, _)| !unsampled.contains(slot));
+        // Log-probabilities are reported from the model's own distribution.
+        let raw_rows = sample_rows.clone();
+        for (slot, row) in sample_rows.iter_mut() {
+            if let Some((_, m)) = masked.iter().find(|(s, _)| s == slot) {
+                *row = m;
+            }
+        }
+
         // One call per sampler for all of its rows in the batch; its answer
         // is checked like user input, and a failure fails only the rows it
         // was asked about.
@@ -395,7 +451,8 @@ impl Engine {
             drop(rows);
             match chosen {
                 Ok(tokens) => {
-                    for (&(slot, row), token) in mine.iter().zip(tokens) {
+                    for (&(slot, _), token) in mine.iter().zip(tokens) {
+                        let row = raw_rows.iter().find(|(s, _)| *s == slot).expect("every sampled row has its raw logits").1;
                         let params = &self.running[plan[slot].0].params;
                         let out = &mut outputs[slot];
                         out.tokens.push(token);
@@ -411,7 +468,7 @@ impl Engine {
                         let seq = &mut self.running[plan[slot].0];
                         seq.finished = Some(StopReason::Error);
                         outputs[slot].finished = seq.finished;
-                        outputs[slot].error = Some(e.clone());
+                        outputs[slot].error = Some(e.clone().into());
                     }
                 }
             }
@@ -431,6 +488,14 @@ impl Engine {
                 seq.hashes.push(h);
             }
             if let Some(&token) = out.tokens.first() {
+                if let Some(Err(e)) = seq.guide.as_mut().map(|g| g.commit(token)) {
+                    self.stats.guide_failures += 1;
+                    seq.finished = Some(StopReason::Error);
+                    out.finished = seq.finished;
+                    out.error = Some(e.into());
+                    out.tokens.clear();
+                    continue;
+                }
                 Self::accept_token(&self.tokenizer, &self.model, seq, token, out);
             }
             if let Some(cached) = self.cached_at_admission.get(&seq.id) {
@@ -454,6 +519,52 @@ impl Engine {
         }
         outputs.retain(|o| o.finished.is_some() || !o.tokens.is_empty() || !o.prompt_scores.is_empty());
         outputs
+    }
+
+    /// The forward pass for `plan`, with `guides` asked for their next step
+    /// on a second thread meanwhile. Returns `(position, has logits)` of
+    /// every token in the batch, the logits, and each guide with its answer
+    /// (a guide that panicked answers with a fault).
+    #[allow(clippy::type_complexity)]
+    fn forward_with_guides(
+        &mut self,
+        plan: &[(usize, usize)],
+        guides: Vec<(usize, Box<dyn Guide>)>,
+    ) -> (Vec<(usize, bool)>, Vec<f32>, Vec<(usize, Box<dyn Guide>, Result<GuideStep, GuideError>)>) {
+        let mut batch = ForwardBatch::default();
+        for (slot, &(i, n)) in plan.iter().enumerate() {
+            let seq = &self.running[i];
+            batch.block_tables.push(&seq.blocks);
+            let last = seq.tokens.len() - 1;
+            for pos in seq.computed..seq.computed + n {
+                let scores = seq.score_prompt && pos + 1 < seq.prompt_len && pos >= seq.scored;
+                batch.tokens.push(BatchToken { token: seq.tokens[pos], pos, seq: slot, logits: pos == last || scores });
+                if pos < seq.prompt_len {
+                    self.stats.prompt_tokens_computed += 1;
+                }
+            }
+        }
+        let flags = batch.tokens.iter().map(|t| (t.pos, t.logits)).collect();
+        let guides_empty = guides.is_empty();
+        let ask = move || {
+            guides
+                .into_iter()
+                .map(|(slot, mut guide)| {
+                    let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| guide.next())).unwrap_or_else(|_| {
+                        Err(GuideError::Fault { guide: format!("{guide:?}"), message: "the guide panicked".into() })
+                    });
+                    (slot, guide, step)
+                })
+                .collect::<Vec<_>>()
+        };
+        if guides_empty {
+            return (flags, self.model.forward(&batch, &mut self.kv), Vec::new());
+        }
+        std::thread::scope(|scope| {
+            let asking = scope.spawn(ask);
+            let logits = self.model.forward(&batch, &mut self.kv);
+            (flags, logits, asking.join().unwrap_or_default())
+        })
     }
 
     fn accept_token(tokenizer: &Tokenizer, model: &LlamaModel, seq: &mut Sequence, token: u32, out: &mut Output) {
@@ -602,4 +713,23 @@ fn validate_choice(sampler: &str, tokens: &[u32], rows: usize, vocab: usize) -> 
         return Err(fault(format!("returned token {t}, outside the vocabulary of {vocab}")));
     }
     Ok(tokens.to_vec())
+}
+
+/// Check a guide's answer like user input: a mask of the vocabulary's
+/// length that allows something, forced tokens that exist.
+fn checked_step(step: GuideStep, vocab: usize) -> Result<GuideStep, GuideError> {
+    let fault = |message: String| GuideError::Fault { guide: "guide".into(), message };
+    match &step {
+        GuideStep::Mask(words) if words.len() != vocab.div_ceil(32) => {
+            Err(fault(format!("returned a mask of {} words for a vocabulary of {vocab}", words.len())))
+        }
+        GuideStep::Mask(words) if (0..vocab).all(|t| words[t / 32] >> (t % 32) & 1 == 0) => {
+            Err(fault("returned a mask that allows no token".into()))
+        }
+        GuideStep::Force(tokens) if tokens.is_empty() => Err(fault("forced an empty list of tokens".into())),
+        GuideStep::Force(tokens) if tokens.iter().any(|&t| t as usize >= vocab) => {
+            Err(fault(format!("forced a token outside the vocabulary of {vocab}")))
+        }
+        _ => Ok(step),
+    }
 }

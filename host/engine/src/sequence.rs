@@ -36,6 +36,9 @@ pub(crate) struct Sequence {
     pub score_prompt: bool,
     /// Which of the engine's samplers chooses its tokens.
     pub sampler: crate::engine::SamplerId,
+    /// The constraint on its tokens, if any (taken out while a step's masks
+    /// are computed).
+    pub guide: Option<Box<dyn weft_types::Guide>>,
     pub scored: usize,
     pub decoder: StreamDecoder,
     /// Generated text so far (stop strings cut it).

@@ -225,6 +225,15 @@ impl Tokenizer {
         bytes.unwrap_or_else(|| piece.replace('\u{2581}', " ").into_bytes())
     }
 
+    /// Ids of the special (control) tokens, which text never encodes to
+    /// unless special-token parsing is asked for.
+    pub fn special_tokens(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> =
+            self.with_special.get_added_tokens_decoder().into_iter().filter(|(_, t)| t.special).map(|(id, _)| id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Encode `text`. With `parse_special`, special-token markers in the
     /// text become their ids; without, they are ordinary text.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, TokenizerError> {

@@ -11,3 +11,12 @@ wasmtime::component::bindgen!({
         "weft:plugin/sampling.batch": crate::batch::BatchHandle,
     },
 });
+
+/// The guide world (it imports nothing of Weft's; only what a language
+/// runtime needs from the empty WASI).
+pub mod guide {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "guide-plugin",
+    });
+}

@@ -8,7 +8,9 @@
 //! pre-linked template. [`WasmSampler`] implements `weft_types::Sampler`:
 //! one guest call per engine step for the whole batch, its logits kept in
 //! the host behind the `batch` resource ([`batch`]), its answer checked by
-//! the engine.
+//! the engine. [`WasmGuide`] is a guide component set up once for the
+//! model's vocabulary; each [`GuidedSequence`] implements `weft_types::Guide`
+//! for one constrained sequence.
 //!
 //! A trap, a deadline overrun or an exhausted memory fails only the call
 //! (and so only the requests in it); the instance is discarded and rebuilt
@@ -20,6 +22,7 @@
 pub mod batch;
 pub mod bindings;
 mod error;
+mod guide;
 pub mod limits;
 mod runtime;
 mod sampler;
@@ -27,5 +30,6 @@ mod sandbox;
 
 pub use error::PluginError;
 pub use limits::Limits;
-pub use runtime::{EPOCH_TICK, PluginRuntime, SamplerComponent};
+pub use guide::{GuidedSequence, WasmGuide};
+pub use runtime::{EPOCH_TICK, GuideComponent, PluginRuntime, SamplerComponent};
 pub use sampler::WasmSampler;

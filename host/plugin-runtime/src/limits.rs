@@ -12,6 +12,10 @@ pub struct Limits {
     /// everyone. Enforced by epoch interruption, so an overrun is stopped
     /// within this budget plus one epoch tick ([`crate::EPOCH_TICK`]).
     pub call_deadline: Duration,
+    /// Wall-clock budget of a setup call: a guide's `init` (building its
+    /// token trie) and each constraint's compilation. Default 2 s; a
+    /// compilation llguidance's own limits did not stop is ended here.
+    pub setup_deadline: Duration,
     /// Linear memory of one instance. Default 64 MiB.
     pub memory_bytes: usize,
     /// Table elements of one instance. Default 20,000.
@@ -28,6 +32,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             call_deadline: Duration::from_millis(100),
+            setup_deadline: Duration::from_secs(2),
             memory_bytes: 64 << 20,
             table_elements: 20_000,
             component_bytes: 32 << 20,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use crate::bindings::guide::GuidePluginPre;
 use crate::bindings::{SamplerPlugin, SamplerPluginPre};
 use crate::error::PluginError;
 use crate::limits::Limits;
@@ -80,6 +81,24 @@ impl PluginRuntime {
     /// Check and compile a sampler component (this is the slow part: do it
     /// at deploy, never on the request path).
     pub fn load_sampler(&self, name: &str, bytes: &[u8]) -> Result<SamplerComponent, PluginError> {
+        let component = self.compile(name, bytes)?;
+        let link = |e: wasmtime::Error| PluginError::Link { plugin: name.into(), world: "sampler-plugin", reason: format!("{e:#}") };
+        let pre = self.linker.instantiate_pre(&component).map_err(link)?;
+        let pre = SamplerPluginPre::new(pre).map_err(link)?;
+        Ok(SamplerComponent { name: name.into(), pre, engine: self.engine.clone(), limits: self.limits.clone() })
+    }
+
+    /// Check and compile a guide component (slow: at startup or deploy).
+    pub fn load_guide(&self, name: &str, bytes: &[u8]) -> Result<GuideComponent, PluginError> {
+        let component = self.compile(name, bytes)?;
+        let link = |e: wasmtime::Error| PluginError::Link { plugin: name.into(), world: "guide-plugin", reason: format!("{e:#}") };
+        let pre = self.linker.instantiate_pre(&component).map_err(link)?;
+        let pre = GuidePluginPre::new(pre).map_err(link)?;
+        Ok(GuideComponent { name: name.into(), pre, engine: self.engine.clone(), limits: self.limits.clone() })
+    }
+
+    /// The size cap, compilation and the import check every kind shares.
+    fn compile(&self, name: &str, bytes: &[u8]) -> Result<Component, PluginError> {
         let plugin = name.to_string();
         if bytes.len() > self.limits.component_bytes {
             return Err(PluginError::TooLarge { plugin, size: bytes.len(), limit: self.limits.component_bytes });
@@ -91,10 +110,22 @@ impl PluginRuntime {
                 return Err(PluginError::ForbiddenImport { plugin, import: import.to_string() });
             }
         }
-        let link = |e: wasmtime::Error| PluginError::Link { plugin: plugin.clone(), world: "sampler-plugin", reason: format!("{e:#}") };
-        let pre = self.linker.instantiate_pre(&component).map_err(link)?;
-        let pre = SamplerPluginPre::new(pre).map_err(link)?;
-        Ok(SamplerComponent { name: plugin, pre, engine: self.engine.clone(), limits: self.limits.clone() })
+        Ok(component)
+    }
+}
+
+/// A compiled, pre-linked guide: instantiate it with [`WasmGuide::new`].
+#[derive(Clone)]
+pub struct GuideComponent {
+    pub(crate) name: String,
+    pub(crate) pre: GuidePluginPre<StoreState>,
+    pub(crate) engine: Engine,
+    pub(crate) limits: Limits,
+}
+
+impl std::fmt::Debug for GuideComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuideComponent").field("name", &self.name).finish()
     }
 }
 

@@ -31,7 +31,7 @@ impl std::fmt::Debug for WasmSampler {
 }
 
 /// Describe a trap for people.
-fn describe(e: &wasmtime::Error, deadline_ms: u128) -> String {
+pub(crate) fn describe(e: &wasmtime::Error, deadline_ms: u128) -> String {
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => format!("ran past its deadline of {deadline_ms} ms"),
         Some(Trap::StackOverflow) => "overflowed its stack".into(),

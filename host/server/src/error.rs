@@ -205,8 +205,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<weft_types::SamplerError> for ApiError {
-    fn from(e: weft_types::SamplerError) -> Self {
+impl From<weft_types::DecisionError> for ApiError {
+    fn from(e: weft_types::DecisionError) -> Self {
         Self::PluginFailed(e.to_string())
     }
 }

@@ -24,6 +24,7 @@ pub mod error;
 pub mod extract;
 pub mod generate;
 pub mod grpc;
+pub mod guides;
 pub mod metrics;
 pub mod openai;
 pub mod openapi;
@@ -71,6 +72,8 @@ pub struct AppState {
     pub(crate) metrics: Arc<metrics::Metrics>,
     pub(crate) plugins: Arc<plugins::SamplerRegistry>,
     pub(crate) runtime: Arc<weft_plugin_runtime::PluginRuntime>,
+    /// The guide plugin for guided generation, if the server has one.
+    pub(crate) guide: Option<Arc<guides::GuidePlugin>>,
     blocking: Arc<Semaphore>,
 }
 
@@ -162,10 +165,19 @@ impl Server {
             template: loaded.template.map(Arc::new),
             plugins: Arc::new(plugins),
             runtime: Arc::new(runtime),
+            guide: None,
             blocking: Arc::new(Semaphore::new(config.tokenizer_workers.max(1))),
             config: Arc::new(config),
         };
         Ok(Self { listener, grpc_listener, state })
+    }
+
+    /// Serve guided generation (`response_format`, `weft.regex`,
+    /// `weft.lark`) with the guide component `bytes`, which loads in the
+    /// background; guided requests wait for it, others never do.
+    pub fn enable_guide(&mut self, name: &str, bytes: &'static [u8]) {
+        let plugin = guides::GuidePlugin::load(self.state.runtime.clone(), name.into(), bytes, self.state.tokenizer.clone());
+        self.state.guide = Some(plugin);
     }
 
     /// Where the HTTP API listens.

@@ -48,10 +48,13 @@ pub struct SamplingFields {
     /// Exclude end-of-sequence tokens from sampling.
     pub ignore_eos: Option<bool>,
     pub user: Option<String>,
-    /// Guided generation and tools arrive with their own issue; until then
-    /// these are refused explicitly rather than ignored.
+    /// `{"type": "text"}` (the default), `{"type": "json_object"}` (any JSON
+    /// object), or `{"type": "json_schema", "json_schema": {"name": ...,
+    /// "schema": {...}, "strict": ...}}` (JSON valid against the schema).
     #[schema(value_type = Option<Object>)]
     pub response_format: Option<Value>,
+    /// Tool calling arrives with the tool-parser plugins; until then tools
+    /// are refused explicitly rather than ignored.
     #[schema(value_type = Option<Object>)]
     pub tools: Option<Value>,
     #[schema(value_type = Option<Object>)]
@@ -77,6 +80,13 @@ pub struct WeftExtension {
     /// the field wins.
     #[schema(minimum = 1, maximum = 3_600_000)]
     pub deadline_ms: Option<i64>,
+    /// Constrain the output to match this regular expression (guided
+    /// generation; not together with `response_format` or `weft.lark`).
+    pub regex: Option<String>,
+    /// Constrain the output to this Lark-style context-free grammar
+    /// (llguidance's dialect; not together with `response_format` or
+    /// `weft.regex`).
+    pub lark: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -36,6 +36,7 @@ fn fan_out(prompt: &[u32], prompt_index: usize, max_tokens: u32, valid: &ValidSa
                 tenant: String::new(),
                 score_prompt,
                 sampler: valid.sampler,
+                guide: None,
             },
         })
         .collect()
@@ -55,7 +56,25 @@ pub async fn chat(state: &AppState, messages: Vec<ChatMessage>, valid: &ValidSam
         .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     let limits = state.limits();
     let max_tokens = validate::settle_max_tokens(valid.max_tokens, None, prompt.len(), limits.context, limits.max_output)?;
-    Ok(fan_out(&prompt, 0, max_tokens, valid, false))
+    let mut choices = fan_out(&prompt, 0, max_tokens, valid, false);
+    guide(state, valid, &mut choices).await?;
+    Ok(choices)
+}
+
+/// Give every choice its own compiled guide when the request constrains its
+/// output. Compiling runs on the blocking pool.
+async fn guide(state: &AppState, valid: &ValidSampling, choices: &mut [ChoiceRequest]) -> Result<(), ApiError> {
+    let Some(constraint) = valid.constraint.clone() else { return Ok(()) };
+    let plugin = state
+        .guide
+        .clone()
+        .ok_or_else(|| ApiError::Unsupported { param: constraint.param.into(), why: "this server runs without a guide plugin" })?;
+    let count = choices.len();
+    let guides = state.blocking(move || plugin.compile(&constraint, count)).await??;
+    for (choice, guide) in choices.iter_mut().zip(guides) {
+        choice.request.guide = Some(Box::new(guide));
+    }
+    Ok(())
 }
 
 /// Raw prompts' choices (prompt `i`, choice `k` has index `i × n + k`), and
@@ -84,6 +103,7 @@ pub async fn prompts(
         )?;
         choices.extend(fan_out(prompt, prompt_index, max_tokens, valid, score_prompt));
     }
+    guide(state, valid, &mut choices).await?;
     Ok((prompts, choices))
 }
 

@@ -5,9 +5,11 @@
 //! Past this module the rest of the server handles only values that are in
 //! range; the engine receives nothing else.
 
+use serde_json::Value;
 use weft_types::SamplingParams;
 
 use crate::error::ApiError;
+pub use crate::guides::Constraint;
 use crate::openai::{ChatMessageIn, MessageContent, Prompt, SamplingFields, Stop};
 
 /// OpenAI's limits, which clients are written against.
@@ -33,6 +35,8 @@ pub struct ValidSampling {
     /// The engine sampler the request's choices use (resolved from the
     /// plugin name by the caller; the default sampler otherwise).
     pub sampler: weft_engine::SamplerId,
+    /// The constraint every choice is guided by, if any.
+    pub constraint: Option<Constraint>,
 }
 
 /// What the request needs to know about the model to check a request.
@@ -151,15 +155,88 @@ pub fn sampling(
         None => None,
         Some(ms) => Some(range_i("weft.deadline_ms", ms, 1, 3_600_000)? as u64),
     };
-    Ok(ValidSampling { params, max_tokens, n, stream, include_usage, deadline_ms, sampler: weft_engine::DEFAULT_SAMPLER })
+    let constraint = constraint(f)?;
+    Ok(ValidSampling {
+        params,
+        max_tokens,
+        n,
+        stream,
+        include_usage,
+        deadline_ms,
+        sampler: weft_engine::DEFAULT_SAMPLER,
+        constraint,
+    })
+}
+
+/// The output constraint a request asks for: `response_format`, or Weft's
+/// `weft.regex` / `weft.lark`, at most one of them.
+fn constraint(f: &SamplingFields) -> Result<Option<Constraint>, ApiError> {
+    let mut found = Vec::new();
+    if let Some(format) = &f.response_format {
+        let kind = format.get("type").and_then(Value::as_str).ok_or_else(|| {
+            ApiError::invalid("response_format", "`response_format` must be an object with a string `type`")
+        })?;
+        match kind {
+            "text" => {}
+            "json_object" => found.push(Constraint { kind: "json-object", source: String::new(), param: "response_format" }),
+            "json_schema" => {
+                let spec = format.get("json_schema").and_then(Value::as_object).ok_or_else(|| {
+                    ApiError::invalid("response_format.json_schema", "`json_schema` must be an object with a `schema`")
+                })?;
+                if let Some(name) = spec.get("name") {
+                    let ok = name.as_str().is_some_and(|n| {
+                        (1..=64).contains(&n.len()) && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                    });
+                    if !ok {
+                        return Err(ApiError::invalid(
+                            "response_format.json_schema.name",
+                            "`name` must be 1 to 64 characters of a-z, A-Z, 0-9, _ and -",
+                        ));
+                    }
+                }
+                let schema = match spec.get("schema") {
+                    None => Value::Object(Default::default()),
+                    Some(s @ (Value::Object(_) | Value::Bool(_))) => s.clone(),
+                    Some(_) => {
+                        return Err(ApiError::invalid(
+                            "response_format.json_schema.schema",
+                            "`schema` must be a JSON Schema (an object or a boolean)",
+                        ));
+                    }
+                };
+                found.push(Constraint {
+                    kind: "json-schema",
+                    source: schema.to_string(),
+                    param: "response_format.json_schema.schema",
+                });
+            }
+            other => {
+                return Err(ApiError::invalid(
+                    "response_format.type",
+                    format!("`response_format.type` must be `text`, `json_object` or `json_schema`; given {other:?}"),
+                ));
+            }
+        }
+    }
+    if let Some(weft) = &f.weft {
+        if let Some(regex) = &weft.regex {
+            found.push(Constraint { kind: "regex", source: regex.clone(), param: "weft.regex" });
+        }
+        if let Some(lark) = &weft.lark {
+            found.push(Constraint { kind: "lark", source: lark.clone(), param: "weft.lark" });
+        }
+    }
+    match found.len() {
+        0 | 1 => Ok(found.pop()),
+        _ => Err(ApiError::invalid(
+            found[1].param,
+            "give at most one output constraint (`response_format`, `weft.regex` or `weft.lark`)",
+        )),
+    }
 }
 
 fn refuse_unsupported(f: &SamplingFields) -> Result<(), ApiError> {
-    const WHY: &str = "guided generation and tool calling arrive with the guided-generation plugins";
-    let plain_text = f.response_format.as_ref().is_none_or(|v| v.get("type").and_then(|t| t.as_str()) == Some("text"));
-    if !plain_text {
-        return Err(ApiError::Unsupported { param: "response_format".into(), why: WHY });
-    }
+    const WHY: &str = "tool calling arrives with the tool-parser plugins";
     if f.tools.as_ref().is_some_and(|t| !t.as_array().is_some_and(Vec::is_empty)) {
         return Err(ApiError::Unsupported { param: "tools".into(), why: WHY });
     }

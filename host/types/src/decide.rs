@@ -49,3 +49,47 @@ pub trait Sampler: Send {
     /// tokens (for `ignore_eos`).
     fn sample(&mut self, rows: &[SampleRow<'_>], eos: &[TokenId]) -> Result<Vec<TokenId>, SamplerError>;
 }
+
+/// What a guide allows a sequence to do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuideStep {
+    /// Bit `t % 32` of word `t / 32` allows token `t`.
+    Mask(Vec<u32>),
+    /// Append these tokens without sampling (at least one).
+    Force(Vec<TokenId>),
+    /// The constraint is satisfied and allows nothing more: end the sequence.
+    Stop,
+}
+
+/// A guide that could not answer. It fails its own sequence only.
+#[derive(Clone, Debug, Error, PartialEq)]
+pub enum GuideError {
+    /// The guide broke (a plugin trapped, overran its deadline or memory,
+    /// or answered something invalid).
+    #[error("guide {guide} failed: {message}")]
+    Fault { guide: String, message: String },
+    /// The guide refused (its own error, e.g. the constraint allows no
+    /// token, or rejected the committed one).
+    #[error("guide {guide} refused: {code}: {message}")]
+    Refused { guide: String, code: String, message: String },
+}
+
+/// One sequence's constraint (JSON schema, regex, grammar): asked for the
+/// next step's allowed tokens while the forward pass runs, told every token
+/// the sequence commits.
+pub trait Guide: Send + std::fmt::Debug {
+    /// The allowed next tokens, forced tokens, or the end.
+    fn next(&mut self) -> Result<GuideStep, GuideError>;
+
+    /// The token the sequence committed (sampled from the mask, or forced).
+    fn commit(&mut self, token: TokenId) -> Result<(), GuideError>;
+}
+
+/// Why a plugin decision failed a sequence.
+#[derive(Clone, Debug, Error, PartialEq)]
+pub enum DecisionError {
+    #[error(transparent)]
+    Sampler(#[from] SamplerError),
+    #[error(transparent)]
+    Guide(#[from] GuideError),
+}

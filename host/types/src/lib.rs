@@ -8,5 +8,5 @@
 pub mod decide;
 pub mod sampling;
 
-pub use decide::{SampleRow, Sampler, SamplerError};
+pub use decide::{DecisionError, Guide, GuideError, GuideStep, SampleRow, Sampler, SamplerError};
 pub use sampling::{SamplingParams, StopReason, TokenId};

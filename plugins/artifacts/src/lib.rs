@@ -4,3 +4,6 @@
 //! plugin runtime's job.
 
 include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
+
+/// The name the builtin guide plugin serves under.
+pub const GUIDE_NAME: &str = "builtin:guide@0.1.0";

@@ -1,0 +1,237 @@
+//! Guide components: [`WasmGuide`] is one instance, set up once for the
+//! model's vocabulary and shared by every sequence it constrains;
+//! [`GuidedSequence`] is one sequence's compiled constraint behind the
+//! engine's `Guide` trait.
+//!
+//! Calls into the instance are serialised by a mutex (a compile on a
+//! request thread, masks on the engine's guide thread). A fault (trap,
+//! deadline, memory) discards the instance: the sequences compiled on it
+//! fail their next call, and the next compile builds a fresh instance.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use wasmtime::Store;
+use wasmtime::component::ResourceAny;
+use weft_types::{Guide, GuideError, GuideStep, TokenId};
+
+use crate::bindings::guide::GuidePlugin;
+use crate::bindings::guide::exports::weft::plugin::guide::{Constraint, Step};
+use crate::error::PluginError;
+use crate::runtime::{EPOCH_TICK, GuideComponent};
+use crate::sampler::describe;
+use crate::sandbox::StoreState;
+
+/// A guide for one model's vocabulary: a live instance holding the
+/// sequences' states, and a second one that compiles each constraint first,
+/// so a constraint that traps or exhausts its limits discards only that
+/// checking instance, never the live sequences.
+#[derive(Clone)]
+pub struct WasmGuide {
+    shared: Arc<Mutex<Instance>>,
+    checker: Arc<Mutex<Instance>>,
+    name: String,
+}
+
+impl std::fmt::Debug for WasmGuide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmGuide").field("plugin", &self.name).finish()
+    }
+}
+
+struct Instance {
+    component: GuideComponent,
+    vocab: Vec<Vec<u8>>,
+    eos: Vec<TokenId>,
+    live: Option<(Store<StoreState>, GuidePlugin)>,
+    /// Bumped whenever the instance is discarded: sequences compiled on an
+    /// older one are gone with it.
+    generation: u64,
+}
+
+fn ticks(d: Duration) -> u64 {
+    (d.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64).max(1)
+}
+
+impl Instance {
+    fn call_error(&self, phase: &'static str, e: &wasmtime::Error, deadline: Duration) -> PluginError {
+        PluginError::Call { plugin: self.component.name.clone(), phase, reason: describe(e, deadline.as_millis()) }
+    }
+
+    /// The live instance, set up (instantiated and `init`ed) if need be.
+    fn live(&mut self) -> Result<&mut (Store<StoreState>, GuidePlugin), PluginError> {
+        if self.live.is_none() {
+            let limits = &self.component.limits;
+            let setup = limits.setup_deadline;
+            let mut store = Store::new(&self.component.engine, StoreState::new(limits));
+            store.limiter(|s| &mut s.limits);
+            store.epoch_deadline_trap();
+            store.set_epoch_deadline(ticks(setup));
+            let plugin = self.component.pre.instantiate(&mut store).map_err(|e| self.call_error("instantiate", &e, setup))?;
+            store.set_epoch_deadline(ticks(setup));
+            match plugin.weft_plugin_guide().call_init(&mut store, &[], &self.vocab, &self.eos) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err(PluginError::Refused {
+                        plugin: self.component.name.clone(),
+                        phase: "init",
+                        code: e.code,
+                        message: e.message,
+                    });
+                }
+                Err(e) => return Err(self.call_error("init", &e, setup)),
+            }
+            self.live = Some((store, plugin));
+        }
+        Ok(self.live.as_mut().expect("set above"))
+    }
+
+    fn discard(&mut self) {
+        self.live = None;
+        self.generation += 1;
+    }
+}
+
+impl WasmGuide {
+    /// Instantiate `component` for a vocabulary: `vocab[t]` is token `t`'s
+    /// bytes (special tokens as `0xFF` followed by their text, so no
+    /// constraint can match them as text), `eos` the end-of-generation ids.
+    pub fn new(component: GuideComponent, vocab: Vec<Vec<u8>>, eos: Vec<TokenId>) -> Result<Self, PluginError> {
+        let name = component.name.clone();
+        let mut checker = Instance { component: component.clone(), vocab: vocab.clone(), eos: eos.clone(), live: None, generation: 0 };
+        let mut instance = Instance { component, vocab, eos, live: None, generation: 0 };
+        instance.live()?;
+        checker.live()?;
+        Ok(Self { shared: Arc::new(Mutex::new(instance)), checker: Arc::new(Mutex::new(checker)), name })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Compile a constraint (`kind`: `json-schema`, `json-object`, `regex`,
+    /// `lark`) into a guide for one sequence. A constraint the plugin
+    /// rejects is [`PluginError::Refused`] with its reason; one that makes it
+    /// fault is [`PluginError::Call`] in phase `compile`.
+    pub fn sequence(&self, kind: &str, source: &str) -> Result<GuidedSequence, PluginError> {
+        let constraint = Constraint { kind: kind.into(), source: source.into() };
+        // The same compilation on the checking instance first: it is
+        // deterministic, so what passes there passes on the live one.
+        let (resource, _) = compile(&mut lock(&self.checker), &self.name, &constraint)?;
+        let mut checker = lock(&self.checker);
+        if let Some((store, _)) = checker.live.as_mut() {
+            let _ = resource.resource_drop(&mut *store);
+        }
+        drop(checker);
+        let (resource, generation) = compile(&mut lock(&self.shared), &self.name, &constraint)?;
+        Ok(GuidedSequence { shared: self.shared.clone(), name: self.name.clone(), resource: Some(resource), generation })
+    }
+}
+
+fn lock(instance: &Mutex<Instance>) -> MutexGuard<'_, Instance> {
+    // A panic while holding the lock leaves nothing half-updated that the
+    // next caller relies on: the instance is rebuilt on a fault.
+    instance.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Compile `constraint` on `instance`: the sequence resource and the
+/// instance generation it belongs to.
+fn compile(instance: &mut Instance, name: &str, constraint: &Constraint) -> Result<(ResourceAny, u64), PluginError> {
+    let setup = instance.component.limits.setup_deadline;
+    let generation = instance.generation;
+    let (store, plugin) = instance.live()?;
+    store.set_epoch_deadline(ticks(setup));
+    let compiled = plugin.weft_plugin_guide().sequence().call_constructor(&mut *store, constraint).and_then(|resource| {
+        store.set_epoch_deadline(ticks(setup));
+        let error = plugin.weft_plugin_guide().sequence().call_error(&mut *store, resource)?;
+        Ok((resource, error))
+    });
+    match compiled {
+        Ok((resource, None)) => Ok((resource, generation)),
+        Ok((resource, Some(e))) => {
+            let _ = resource.resource_drop(&mut *store);
+            Err(PluginError::Refused { plugin: name.into(), phase: "compile", code: e.code, message: e.message })
+        }
+        Err(e) => {
+            let error = instance.call_error("compile", &e, setup);
+            instance.discard();
+            Err(error)
+        }
+    }
+}
+
+/// One sequence's compiled constraint.
+pub struct GuidedSequence {
+    shared: Arc<Mutex<Instance>>,
+    name: String,
+    resource: Option<ResourceAny>,
+    generation: u64,
+}
+
+impl std::fmt::Debug for GuidedSequence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl GuidedSequence {
+    fn call<T>(
+        &mut self,
+        phase: &'static str,
+        f: impl FnOnce(&GuidePlugin, &mut Store<StoreState>, ResourceAny) -> wasmtime::Result<Result<T, crate::bindings::guide::weft::plugin::types::PluginError>>,
+    ) -> Result<T, GuideError> {
+        let mut instance = self.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let fault = |message: String| GuideError::Fault { guide: self.name.clone(), message };
+        let resource = self.resource.ok_or_else(|| fault("the sequence's guide is gone".into()))?;
+        if instance.generation != self.generation || instance.live.is_none() {
+            self.resource = None;
+            return Err(fault("the guide instance faulted earlier and was discarded with this sequence's state".into()));
+        }
+        let deadline = instance.component.limits.call_deadline;
+        let (store, plugin) = instance.live.as_mut().expect("checked above");
+        store.set_epoch_deadline(ticks(deadline));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(plugin, store, resource)));
+        match result {
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err(e))) => Err(GuideError::Refused { guide: self.name.clone(), code: e.code, message: e.message }),
+            Ok(Err(e)) => {
+                let message = format!("{phase}: {}", describe(&e, deadline.as_millis()));
+                instance.discard();
+                self.resource = None;
+                Err(fault(message))
+            }
+            Err(_) => {
+                instance.discard();
+                self.resource = None;
+                Err(fault(format!("{phase}: a host call panicked (a bug in Weft); the instance is discarded")))
+            }
+        }
+    }
+}
+
+impl Guide for GuidedSequence {
+    fn next(&mut self) -> Result<GuideStep, GuideError> {
+        let step = self.call("next", |plugin, store, resource| plugin.weft_plugin_guide().sequence().call_next(store, resource))?;
+        Ok(match step {
+            Step::Mask(words) => GuideStep::Mask(words),
+            Step::Force(tokens) => GuideStep::Force(tokens),
+            Step::Stop => GuideStep::Stop,
+        })
+    }
+
+    fn commit(&mut self, token: TokenId) -> Result<(), GuideError> {
+        self.call("commit", |plugin, store, resource| plugin.weft_plugin_guide().sequence().call_commit(store, resource, token))
+    }
+}
+
+impl Drop for GuidedSequence {
+    fn drop(&mut self) {
+        let Some(resource) = self.resource.take() else { return };
+        let mut instance = self.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if instance.generation == self.generation {
+            if let Some((store, _)) = instance.live.as_mut() {
+                let _ = resource.resource_drop(&mut *store);
+            }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Guided generation: the engine's guide contract (masks applied before
+//! sampling, forced tokens, stops, a broken guide failing only its own
+//! sequence) with small in-test guides, and the builtin guide plugin over
+//! HTTP (choices each with their own guide, every KV block returned).
+//!
+//! The in-test guides are real implementations of the `Guide` trait, not
+//! stand-ins for the plugin: they pin the engine's side of the contract,
+//! including faults (a mask of the wrong length) the builtin plugin never
+//! produces.
+
+use serde_json::{Value, json};
+use weft_engine::GenerationRequest;
+use weft_tests::{TestServer, default_model, engine_with, request, run_to_completion, tokens_of};
+use weft_types::{Guide, GuideError, GuideStep, SamplingParams, StopReason};
+
+use crate::server::all_blocks_free;
+
+/// Allows `allowed` only; stops after `stop_after` tokens; forces `force`
+/// at step `force_at`; answers a malformed mask at step `broken_at`.
+#[derive(Debug, Default)]
+struct Scripted {
+    allowed: Vec<u32>,
+    stop_after: Option<usize>,
+    force: Option<(usize, u32)>,
+    broken_at: Option<usize>,
+    committed: Vec<u32>,
+}
+
+impl Guide for Scripted {
+    fn next(&mut self) -> Result<GuideStep, GuideError> {
+        let step = self.committed.len();
+        if self.stop_after == Some(step) {
+            return Ok(GuideStep::Stop);
+        }
+        if let Some((at, token)) = self.force
+            && at == step
+        {
+            return Ok(GuideStep::Force(vec![token]));
+        }
+        let vocab = default_model().model.config.vocab_size;
+        if self.broken_at == Some(step) {
+            return Ok(GuideStep::Mask(vec![u32::MAX; 3]));
+        }
+        let mut words = vec![0u32; vocab.div_ceil(32)];
+        for &t in &self.allowed {
+            words[t as usize / 32] |= 1 << (t % 32);
+        }
+        Ok(GuideStep::Mask(words))
+    }
+
+    fn commit(&mut self, token: u32) -> Result<(), GuideError> {
+        self.committed.push(token);
+        Ok(())
+    }
+}
+
+fn guided(prompt: &[u32], params: SamplingParams, guide: Scripted) -> GenerationRequest {
+    GenerationRequest { guide: Some(Box::new(guide)), ..request(prompt, params) }
+}
+
+#[test]
+fn the_engine_samples_inside_the_mask_forces_and_stops() {
+    let tk = &default_model().tokenizer;
+    let prompt = tk.encode("The capital of France is", false).unwrap();
+    let allowed: Vec<u32> = tk.encode(" one two three four", false).unwrap();
+    let mut engine = engine_with(256, 512);
+    let sampled = SamplingParams { temperature: 1.0, seed: 7, ..SamplingParams::greedy(12) };
+    let masked = engine.add_request(guided(&prompt, sampled.clone(), Scripted { allowed: allowed.clone(), ..Default::default() })).unwrap();
+    let forced = engine
+        .add_request(guided(
+            &prompt,
+            SamplingParams::greedy(5),
+            Scripted { allowed: allowed.clone(), force: Some((2, 42)), stop_after: Some(4), ..Default::default() },
+        ))
+        .unwrap();
+    let broken = engine
+        .add_request(guided(&prompt, SamplingParams::greedy(8), Scripted { allowed: allowed.clone(), broken_at: Some(1), ..Default::default() }))
+        .unwrap();
+    let free = engine.add_request(request(&prompt, SamplingParams::greedy(6))).unwrap();
+    let outputs = run_to_completion(&mut engine);
+    let finish = |id| outputs.iter().filter(|o| o.id == id).find_map(|o| o.finished).unwrap();
+
+    let tokens = tokens_of(&outputs, masked);
+    assert_eq!(tokens.len(), 12);
+    assert!(tokens.iter().all(|t| allowed.contains(t)), "every sampled token is inside the mask: {tokens:?}");
+
+    let tokens = tokens_of(&outputs, forced);
+    assert_eq!(tokens.len(), 4, "the guide stopped the sequence after four tokens");
+    assert_eq!(tokens[2], 42, "the forced token is appended as is");
+    assert_eq!(finish(forced), StopReason::Stop);
+
+    assert_eq!(tokens_of(&outputs, broken).len(), 1, "the malformed mask fails the sequence at its second step");
+    assert_eq!(finish(broken), StopReason::Error);
+    let error = outputs.iter().find_map(|o| (o.id == broken).then_some(o.error.clone()).flatten()).unwrap();
+    assert!(error.to_string().contains("mask of 3 words"), "{error}");
+
+    assert_eq!(tokens_of(&outputs, free).len(), 6, "unguided neighbours are untouched");
+    assert_eq!(finish(free), StopReason::Length);
+    assert_eq!(engine.free_blocks(), 256, "every block is back in the pool");
+}
+
+fn chat(content: &str, extra: Value) -> Value {
+    let mut body = json!({"messages": [{"role": "user", "content": content}], "max_tokens": 64, "temperature": 0.7, "seed": 3});
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    body
+}
+
+#[test]
+fn every_choice_gets_its_own_guide_and_every_block_comes_back() {
+    let server = TestServer::start_guided();
+    let schema = json!({
+        "type": "object",
+        "properties": {"colour": {"enum": ["red", "green", "blue"]}, "count": {"type": "integer", "minimum": 1, "maximum": 9}},
+        "required": ["colour", "count"],
+        "additionalProperties": false
+    });
+    let format = json!({"type": "json_schema", "json_schema": {"name": "pick", "schema": schema}});
+    let r = server.post("/v1/chat/completions", &chat("Pick a colour and a count.", json!({"n": 3, "response_format": format})));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let body = r.json();
+    let choices = body["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    for c in choices {
+        assert_eq!(c["finish_reason"], "stop", "{c}");
+        let value: Value = serde_json::from_str(c["message"]["content"].as_str().unwrap()).unwrap();
+        assert!(["red", "green", "blue"].contains(&value["colour"].as_str().unwrap()), "{value}");
+        let count = value["count"].as_i64().unwrap();
+        assert!((1..=9).contains(&count), "{value}");
+        assert_eq!(value.as_object().unwrap().len(), 2, "{value}");
+    }
+
+    // A streamed regex-guided completion on /v1/completions.
+    let r = server.post(
+        "/v1/completions",
+        &json!({"prompt": "The year was", "max_tokens": 16, "stream": true, "weft": {"regex": " [12][0-9]{3}\\."}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let text: String = r
+        .sse_data()
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap()["choices"][0]["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(text.len(), 6, "{text:?}");
+    assert!(text.starts_with(' ') && text.ends_with('.') && text[1..5].chars().all(|c| c.is_ascii_digit()), "{text:?}");
+
+    // Refused constraints cost no blocks either.
+    let r = server.post("/v1/chat/completions", &chat("x", json!({"weft": {"regex": "foo**"}})));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["param"], "weft.regex");
+    assert!(all_blocks_free(&server));
+}
