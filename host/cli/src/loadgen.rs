@@ -45,6 +45,10 @@ pub struct LoadArgs {
     /// Seed of the prompt set.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// A JSON file holding a `response_format` object sent with every
+    /// request (measures guided generation).
+    #[arg(long)]
+    pub response_format: Option<std::path::PathBuf>,
 }
 
 const WORDS: &[&str] = &[
@@ -83,8 +87,8 @@ struct Sample {
     tokens: usize,
 }
 
-fn one_request(agent: &ureq::Agent, args: &LoadArgs, url: &str, prompt: &str) -> Result<Sample> {
-    let body = json!({
+fn one_request(agent: &ureq::Agent, args: &LoadArgs, format: Option<&Value>, url: &str, prompt: &str) -> Result<Sample> {
+    let mut body = json!({
         "model": args.api_model,
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": args.max_tokens,
@@ -93,6 +97,9 @@ fn one_request(agent: &ureq::Agent, args: &LoadArgs, url: &str, prompt: &str) ->
         "stream": true,
         "stream_options": {"include_usage": true},
     });
+    if let Some(format) = format {
+        body["response_format"] = format.clone();
+    }
     let sent = Instant::now();
     let resp = agent.post(format!("{url}/v1/chat/completions")).send_json(&body).with_context(|| format!("POST {url}"))?;
     if resp.status() != 200 {
@@ -138,6 +145,13 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
 pub fn run(url: &str, args: &LoadArgs, as_json: bool) -> Result<()> {
     let url = url.trim_end_matches('/');
     let todo = prompts(args.requests, args.prompt_tokens, args.seed);
+    let format: Option<Value> = match &args.response_format {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?)
+        }
+    };
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let next = AtomicUsize::new(0);
     let samples = Mutex::new(Vec::with_capacity(todo.len()));
@@ -147,7 +161,7 @@ pub fn run(url: &str, args: &LoadArgs, as_json: bool) -> Result<()> {
             .map(|_| {
                 scope.spawn(|| -> Result<()> {
                     while let Some(prompt) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        let sample = one_request(&agent, args, url, prompt)?;
+                        let sample = one_request(&agent, args, format.as_ref(), url, prompt)?;
                         samples.lock().expect("no worker panics holding the lock").push(sample);
                     }
                     Ok(())
