@@ -31,12 +31,17 @@ def stub(weft, pb):
     channel.close()
 
 
+CONSTRAINTS = ("json_object", "json_schema", "regex", "lark")
+
+
 def chat(pb, text, **sampling):
     m = pb[0]
+    constraint = {k: sampling.pop(k) for k in CONSTRAINTS if k in sampling}
     return m.GenerateRequest(
         model="default",
         chat=m.Messages(messages=[m.ChatMessage(role="user", content=text)]),
         sampling=m.SamplingParameters(**sampling),
+        **constraint,
     )
 
 
@@ -119,3 +124,18 @@ def test_reflection_lists_the_generation_service(weft):
         replies = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         names = [s.name for r in replies for s in r.list_services_response.service]
     assert "weft.v1.Generation" in names
+
+
+def test_guided_generation_over_grpc(stub, pb):
+    import json
+
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False}
+    r = stub.Generate(chat(pb, "Is water wet? Answer in JSON.", max_tokens=32, temperature=0, json_schema=json.dumps(schema)))
+    assert r.choices[0].finish_reason == pb[0].FINISH_REASON_STOP
+    assert isinstance(json.loads(r.choices[0].text)["ok"], bool)
+    r = stub.Generate(chat(pb, "Pick a number.", max_tokens=8, temperature=0, regex="[0-9]{2}"))
+    assert len(r.choices[0].text) == 2 and r.choices[0].text.isdigit()
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Generate(chat(pb, "hi", max_tokens=8, regex="foo**"))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "repetition" in e.value.details()

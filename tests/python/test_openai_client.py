@@ -81,7 +81,7 @@ def test_models_are_listed(client):
         (dict(max_tokens=-1), openai.BadRequestError, "invalid_value"),
         (dict(top_logprobs=21, logprobs=True), openai.BadRequestError, "invalid_value"),
         (dict(model="gpt-4"), openai.NotFoundError, "model_not_found"),
-        (dict(tools=[{"type": "function", "function": {"name": "f"}}]), openai.BadRequestError, "unsupported_parameter"),
+        (dict(functions=[{"name": "f"}]), openai.BadRequestError, "unsupported_parameter"),
         (dict(max_tokens=100_000), openai.BadRequestError, "invalid_value"),
     ],
 )

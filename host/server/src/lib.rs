@@ -31,6 +31,7 @@ pub mod openapi;
 pub mod plugins;
 pub mod prepare;
 mod routes;
+pub mod tools;
 pub mod validate;
 
 use std::future::{Future, IntoFuture};

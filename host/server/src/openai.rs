@@ -53,12 +53,16 @@ pub struct SamplingFields {
     /// "schema": {...}, "strict": ...}}` (JSON valid against the schema).
     #[schema(value_type = Option<Object>)]
     pub response_format: Option<Value>,
-    /// Tool calling arrives with the tool-parser plugins; until then tools
-    /// are refused explicitly rather than ignored.
-    #[schema(value_type = Option<Object>)]
+    /// Chat only: at most 128 `{"type": "function", "function": {"name",
+    /// "description", "parameters"}}` the model may call.
+    #[schema(value_type = Option<Vec<Object>>)]
     pub tools: Option<Value>,
+    /// Chat only: `none`, `auto` (the default with tools), `required`, or
+    /// `{"type": "function", "function": {"name": ...}}`.
     #[schema(value_type = Option<Object>)]
     pub tool_choice: Option<Value>,
+    /// Chat only: allow several calls in one answer (default true).
+    pub parallel_tool_calls: Option<bool>,
     #[schema(value_type = Option<Object>)]
     pub functions: Option<Value>,
     /// Weft's extensions.
@@ -118,8 +122,12 @@ pub struct ChatMessageIn {
     pub role: String,
     pub content: Option<MessageContent>,
     pub name: Option<String>,
-    #[schema(value_type = Option<Object>)]
+    /// An assistant message's earlier calls (`[{"id", "type": "function",
+    /// "function": {"name", "arguments"}}]`).
+    #[schema(value_type = Option<Vec<Object>>)]
     pub tool_calls: Option<Value>,
+    /// A `tool` message's answer to this call.
+    pub tool_call_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -195,7 +203,36 @@ pub struct ChatChoice {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    /// The text; `null` when the answer is only tool calls.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallOut>>,
+}
+
+/// One tool call of an answer.
+#[derive(Debug, Serialize, Clone, ToSchema)]
+pub struct ToolCallOut {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCallOut,
+}
+
+#[derive(Debug, Serialize, Clone, ToSchema)]
+pub struct FunctionCallOut {
+    pub name: String,
+    /// The arguments object as JSON text.
+    pub arguments: String,
+}
+
+/// A tool call in a stream: each call arrives whole, in one delta.
+#[derive(Debug, Serialize, Clone, ToSchema)]
+pub struct ToolCallDelta {
+    pub index: usize,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCallOut,
 }
 
 #[derive(Debug, Serialize, Default, Clone, ToSchema)]
@@ -244,6 +281,8 @@ pub struct ChatDelta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -51,7 +51,10 @@ pub struct ModelLimits {
 
 fn range_f(param: &str, value: Option<f64>, default: f64, lo: f64, hi: f64, lo_open: bool) -> Result<f32, ApiError> {
     let Some(v) = value else { return Ok(default as f32) };
-    let above_lo = if lo_open { v > lo } else { v >= lo };
+    // Checked as the f32 the engine will use: 5e-324 is above 0 as an f64
+    // but is 0 once narrowed.
+    let narrowed = v as f32 as f64;
+    let above_lo = if lo_open { narrowed > lo } else { narrowed >= lo };
     if !(v.is_finite() && above_lo && v <= hi) {
         let open = if lo_open { "(" } else { "[" };
         return Err(ApiError::invalid(param, format!("`{param}` must be in {open}{lo}, {hi}]; given {v}")));
@@ -236,13 +239,7 @@ fn constraint(f: &SamplingFields) -> Result<Option<Constraint>, ApiError> {
 }
 
 fn refuse_unsupported(f: &SamplingFields) -> Result<(), ApiError> {
-    const WHY: &str = "tool calling arrives with the tool-parser plugins";
-    if f.tools.as_ref().is_some_and(|t| !t.as_array().is_some_and(Vec::is_empty)) {
-        return Err(ApiError::Unsupported { param: "tools".into(), why: WHY });
-    }
-    if f.tool_choice.as_ref().is_some_and(|c| c.as_str() != Some("none")) {
-        return Err(ApiError::Unsupported { param: "tool_choice".into(), why: WHY });
-    }
+    const WHY: &str = "the legacy function-calling fields are not supported; use `tools` and `tool_choice`";
     if f.functions.is_some() || f.function_call.is_some() {
         return Err(ApiError::Unsupported { param: "functions".into(), why: WHY });
     }
@@ -297,22 +294,29 @@ pub fn chat_messages(messages: &[ChatMessageIn]) -> Result<Vec<weft_engine::chat
                 "system" | "developer" => "system",
                 "user" => "user",
                 "assistant" => "assistant",
-                "tool" | "function" => {
+                // A tool's answer reaches the model as a user turn, inside
+                // the tags the tool-call format uses (see `tools.rs`).
+                "tool" => "tool",
+                "function" => {
                     return Err(ApiError::Unsupported {
                         param: format!("{param}.role"),
-                        why: "tool results need tool calling, which arrives with the guided-generation plugins",
+                        why: "the legacy `function` role is not supported; use `tool`",
                     });
                 }
                 other => {
                     return Err(ApiError::invalid(
                         format!("{param}.role"),
-                        format!("unknown role {other:?}; use system, developer, user or assistant"),
+                        format!("unknown role {other:?}; use system, developer, user, assistant or tool"),
                     ));
                 }
             };
-            if m.tool_calls.is_some() {
-                return Err(ApiError::Unsupported { param: format!("{param}.tool_calls"), why: "tool calling is not available yet" });
-            }
+            let calls = match (&m.tool_calls, role) {
+                (None, _) => String::new(),
+                (Some(calls), "assistant") => crate::tools::render_history_calls(calls, &format!("{param}.tool_calls"))?,
+                (Some(_), _) => {
+                    return Err(ApiError::invalid(format!("{param}.tool_calls"), "only assistant messages carry `tool_calls`"));
+                }
+            };
             let content = match &m.content {
                 Some(MessageContent::Text(t)) => t.clone(),
                 Some(MessageContent::Parts(parts)) => {
@@ -340,7 +344,15 @@ pub fn chat_messages(messages: &[ChatMessageIn]) -> Result<Vec<weft_engine::chat
                 None if role == "assistant" => String::new(),
                 None => return Err(ApiError::invalid(format!("{param}.content"), format!("a {role} message needs `content`"))),
             };
-            Ok(weft_engine::chat_template::ChatMessage::new(role, &content))
+            if role == "tool" {
+                return Ok(weft_engine::chat_template::ChatMessage::new("user", &crate::tools::render_tool_result(&content)));
+            }
+            let text = match (content.is_empty(), calls.is_empty()) {
+                (_, true) => content,
+                (true, false) => calls,
+                (false, false) => format!("{content}\n{calls}"),
+            };
+            Ok(weft_engine::chat_template::ChatMessage::new(role, &text))
         })
         .collect()
 }

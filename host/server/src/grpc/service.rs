@@ -14,12 +14,26 @@ use super::status::to_status;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::generate::{self, RunningChoice, Tagged};
+use crate::guides::Constraint;
 use crate::openai::{ChatMessageIn, MessageContent, Prompt, SamplingFields, Stop};
 use crate::validate::{self, ValidPrompt};
 use crate::prepare;
 
 pub struct GenerationService {
     state: AppState,
+}
+
+/// A request's output constraint, named by its proto field for errors.
+fn constraint(c: proto::generate_request::Constraint) -> Option<Constraint> {
+    use proto::generate_request::Constraint as C;
+    let (kind, source, param) = match c {
+        C::JsonObject(false) => return None,
+        C::JsonObject(true) => ("json-object", String::new(), "json_object"),
+        C::JsonSchema(schema) => ("json-schema", schema, "json_schema"),
+        C::Regex(regex) => ("regex", regex, "regex"),
+        C::Lark(lark) => ("lark", lark, "lark"),
+    };
+    Some(Constraint { kind, source, param })
 }
 
 impl GenerationService {
@@ -53,6 +67,7 @@ impl GenerationService {
         let top = s.top_logprobs.map(|k| prepare::top_logprobs("top_logprobs", k)).transpose()?;
         let mut valid = validate::sampling(&fields, ("max_tokens", fields.max_tokens), top.unwrap_or(0), state.limits())?;
         valid.sampler = state.select_sampler(None, sampler.as_deref())?;
+        valid.constraint = req.constraint.and_then(constraint);
         let choices = match req.input {
             Some(Input::Prompt(text)) => prepare::prompts(state, vec![ValidPrompt::Text(text)], &valid, false).await?.1,
             Some(Input::Tokens(t)) => {
@@ -95,7 +110,7 @@ fn sampler_metadata<T>(request: &Request<T>) -> Option<String> {
 fn messages_in(m: proto::Messages) -> Vec<ChatMessageIn> {
     m.messages
         .into_iter()
-        .map(|m| ChatMessageIn { role: m.role, content: Some(MessageContent::Text(m.content)), name: None, tool_calls: None })
+        .map(|m| ChatMessageIn { role: m.role, content: Some(MessageContent::Text(m.content)), name: None, tool_calls: None, tool_call_id: None })
         .collect()
 }
 

@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use weft_engine::Output;
+use weft_types::StopReason;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -13,8 +14,9 @@ use crate::generate::{self, ChunkWriter, StreamContext, finish_reason, token_log
 use crate::error::ErrorBody;
 use crate::openai::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatDelta,
-    ChatLogprobs, SamplingFields, Usage,
+    ChatLogprobs, FunctionCallOut, SamplingFields, ToolCallDelta, ToolCallOut, Usage,
 };
+use crate::tools::{self, CallParser, Event, ToolCall, ValidTools};
 use crate::{prepare, validate};
 
 /// Create a chat completion: the conversation through the model's chat
@@ -50,7 +52,21 @@ pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap,
     };
     let mut valid = validate::sampling(sampling, max_tokens, top_logprobs, state.limits())?;
     valid.sampler = select_sampler(&state, sampling, &headers)?;
-    let messages = validate::chat_messages(&req.messages)?;
+    let tools = tools::validate(sampling.tools.as_ref(), sampling.tool_choice.as_ref(), sampling.parallel_tool_calls)?;
+    if let Some(call) = tools.as_ref().and_then(ValidTools::constraint) {
+        if let Some(other) = &valid.constraint {
+            return Err(ApiError::invalid(
+                other.param,
+                "`tool_choice` `required` or a named function already constrains the answer to a call; drop this constraint",
+            ));
+        }
+        valid.constraint = Some(call);
+    }
+    let tools = tools.filter(ValidTools::offered);
+    let mut messages = validate::chat_messages(&req.messages)?;
+    if let Some(tools) = &tools {
+        tools::declare(&mut messages, tools);
+    }
     let choices = prepare::chat(&state, messages, &valid).await?;
     let deadline = deadline(&valid, &headers, arrived)?;
     let running = generate::start(&state, choices).await?;
@@ -61,14 +77,17 @@ pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap,
         tokenizer: state.tokenizer.clone(),
     };
     if valid.stream {
-        let writer = ChatChunks { ctx, n: valid.n, logprobs };
+        let parsers = tools.as_ref().map(|t| (0..running.len()).map(|_| CallParser::new(&t.tools)).collect());
+        let writer = ChatChunks { ctx, n: valid.n, logprobs, parsers };
         return Ok(generate::stream_choices(running, writer, valid.include_usage, deadline));
     }
     let done = generate::collect_all(running, deadline).await?;
     let usage = generate::usage(done.iter().map(|(c, all)| (c.prompt_index, all)));
     let choices = done
         .into_iter()
-        .map(|(choice, all)| ChatChoice {
+        .map(|(choice, all)| {
+            let (message, called) = answer(&all.text, tools.as_ref());
+            ChatChoice {
             index: choice.index,
             logprobs: logprobs.then(|| ChatLogprobs {
                 content: (0..all.tokens.len())
@@ -78,9 +97,9 @@ pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap,
                     })
                     .collect(),
             }),
-            message: AssistantMessage { role: "assistant", content: all.text },
-            finish_reason: finish_reason(all.finish),
-        })
+            message,
+            finish_reason: finish(all.finish, called),
+        }})
         .collect();
     let body = ChatCompletion {
         id: ctx.id,
@@ -94,10 +113,42 @@ pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap,
     Ok(axum::Json(body).into_response())
 }
 
+/// The assistant message of a whole answer (its tool calls parsed out when
+/// tools were offered), and whether it called any.
+fn answer(text: &str, tools: Option<&ValidTools>) -> (AssistantMessage, bool) {
+    let Some(tools) = tools else {
+        return (AssistantMessage { role: "assistant", content: Some(text.to_string()), tool_calls: None }, false);
+    };
+    let mut parser = CallParser::new(&tools.tools);
+    let mut events = parser.push(text);
+    events.extend(parser.finish());
+    let (mut content, mut calls) = (String::new(), Vec::new());
+    for event in events {
+        match event {
+            Event::Content(t) => content.push_str(&t),
+            Event::Call(call) => calls.push(call_out(call)),
+        }
+    }
+    let called = !calls.is_empty();
+    let content = (!called || !content.is_empty()).then_some(content);
+    (AssistantMessage { role: "assistant", content, tool_calls: called.then_some(calls) }, called)
+}
+
+fn call_out(call: ToolCall) -> ToolCallOut {
+    ToolCallOut { id: tools::call_id(), kind: "function", function: FunctionCallOut { name: call.name, arguments: call.arguments } }
+}
+
+/// `tool_calls` when an answer that ended by itself made calls.
+fn finish(reason: Option<StopReason>, called: bool) -> Option<&'static str> {
+    if called && reason == Some(StopReason::Stop) { Some("tool_calls") } else { finish_reason(reason) }
+}
+
 struct ChatChunks {
     ctx: StreamContext,
     n: usize,
     logprobs: bool,
+    /// Per choice index, when tools were offered: the stream's tool-call parser.
+    parsers: Option<Vec<CallParser>>,
 }
 
 impl ChatChunks {
@@ -117,7 +168,7 @@ impl ChatChunks {
 impl ChunkWriter for ChatChunks {
     fn start(&mut self, chunks: &mut Vec<axum::body::Bytes>) {
         for index in 0..self.n {
-            let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()) };
+            let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()), tool_calls: None };
             let choice = ChatChunkChoice { index, delta, logprobs: None, finish_reason: None };
             chunks.push(generate::sse_data(&self.chunk(vec![choice], None)));
         }
@@ -132,13 +183,42 @@ impl ChunkWriter for ChatChunks {
                 })
                 .collect(),
         });
-        if !out.text.is_empty() || logprobs.is_some() {
-            let delta = ChatDelta { role: None, content: Some(out.text.clone()) };
-            let choice = ChatChunkChoice { index, delta, logprobs, finish_reason: None };
+        let mut deltas = Vec::new();
+        let mut called = false;
+        match self.parsers.as_mut().map(|p| &mut p[index]) {
+            None => {
+                if !out.text.is_empty() {
+                    deltas.push(ChatDelta { content: Some(out.text.clone()), ..ChatDelta::default() });
+                }
+            }
+            Some(parser) => {
+                let mut events = parser.push(&out.text);
+                if out.finished.is_some() {
+                    events.extend(parser.finish());
+                }
+                for event in events {
+                    deltas.push(match event {
+                        Event::Content(text) => ChatDelta { content: Some(text), ..ChatDelta::default() },
+                        Event::Call(call) => {
+                            let ToolCallOut { id, kind, function } = call_out(call);
+                            let index = parser.calls() - 1;
+                            ChatDelta { tool_calls: Some(vec![ToolCallDelta { index, id, kind, function }]), ..ChatDelta::default() }
+                        }
+                    });
+                }
+                called = parser.calls() > 0;
+            }
+        }
+        if deltas.is_empty() && logprobs.is_some() {
+            deltas.push(ChatDelta { content: Some(String::new()), ..ChatDelta::default() });
+        }
+        let mut logprobs = logprobs;
+        for delta in deltas {
+            let choice = ChatChunkChoice { index, delta, logprobs: logprobs.take(), finish_reason: None };
             chunks.push(generate::sse_data(&self.chunk(vec![choice], None)));
         }
         if out.finished.is_some() {
-            let choice = ChatChunkChoice { index, delta: ChatDelta::default(), logprobs: None, finish_reason: finish_reason(out.finished) };
+            let choice = ChatChunkChoice { index, delta: ChatDelta::default(), logprobs: None, finish_reason: finish(out.finished, called) };
             chunks.push(generate::sse_data(&self.chunk(vec![choice], None)));
         }
     }

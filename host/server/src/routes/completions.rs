@@ -47,6 +47,11 @@ pub async fn completions(State(state): State<AppState>, headers: HeaderMap, Json
     let logprobs = req.logprobs.map(|k| prepare::top_logprobs("logprobs", k)).transpose()?;
     let echo = req.echo.unwrap_or(false);
     let mut valid = validate::sampling(sampling, ("max_tokens", sampling.max_tokens), logprobs.unwrap_or(0), state.limits())?;
+    let tools_given = sampling.tools.as_ref().is_some_and(|t| !t.is_null() && !t.as_array().is_some_and(Vec::is_empty));
+    if tools_given || sampling.tool_choice.is_some() || sampling.parallel_tool_calls.is_some() {
+        let param = if tools_given { "tools" } else if sampling.tool_choice.is_some() { "tool_choice" } else { "parallel_tool_calls" };
+        return Err(ApiError::Unsupported { param: param.into(), why: "tool calling is for /v1/chat/completions" });
+    }
     if echo && valid.stream {
         return Err(ApiError::Unsupported { param: "echo".into(), why: "`echo` is available without `stream`" });
     }
