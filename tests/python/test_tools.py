@@ -47,8 +47,18 @@ def check_calls(calls):
         jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
 
 
-def test_required_always_gives_a_valid_call(client):
-    r = client.chat.completions.create(model="default", messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=96, temperature=0)
+@pytest.mark.parametrize("tool_format", ["hermes", "llama3_json", "mistral"])
+def test_required_always_gives_a_valid_call_in_every_format(client, tool_format):
+    r = client.chat.completions.create(
+        model="default",
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=96,
+        temperature=0,
+        extra_body={"weft": {"tool_format": tool_format}},
+    )
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls", choice
     assert choice.message.content is None
@@ -127,6 +137,7 @@ def test_a_tool_result_goes_back_to_the_model(client):
         (dict(tools=[{"type": "retrieval"}]), "tools[0].type"),
         (dict(tools=TOOLS, tool_choice="sometimes"), "tool_choice"),
         (dict(tools=TOOLS, tool_choice="required", response_format={"type": "json_object"}), "response_format"),
+        (dict(tools=TOOLS, extra_body={"weft": {"tool_format": "xml"}}), "weft.tool_format"),
     ],
 )
 def test_bad_tool_requests_are_a_400_naming_the_field(client, kwargs, param):

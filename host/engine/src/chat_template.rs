@@ -31,6 +31,7 @@ pub struct TemplateError(String);
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
     bos: String,
     eos: String,
 }
@@ -53,7 +54,12 @@ impl ChatTemplate {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
         });
         env.add_template_owned("chat", source.to_string()).map_err(|e| TemplateError(e.to_string()))?;
-        Ok(Self { env, bos: bos.into(), eos: eos.into() })
+        Ok(Self { env, source: source.into(), bos: bos.into(), eos: eos.into() })
+    }
+
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Render a conversation, ending with the assistant's turn opener when

@@ -73,6 +73,8 @@ pub struct AppState {
     pub(crate) metrics: Arc<metrics::Metrics>,
     pub(crate) plugins: Arc<plugins::SamplerRegistry>,
     pub(crate) runtime: Arc<weft_plugin_runtime::PluginRuntime>,
+    /// How the served model writes tool calls (from its chat template).
+    pub(crate) tool_format: tools::ToolFormat,
     /// The guide plugin for guided generation, if the server has one.
     pub(crate) guide: Option<Arc<guides::GuidePlugin>>,
     blocking: Arc<Semaphore>,
@@ -158,6 +160,7 @@ impl Server {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
         };
+        let tool_format = tools::ToolFormat::for_template(loaded.template.as_ref().map(|t| t.source()));
         let state = AppState {
             metrics: Arc::new(metrics::Metrics::new(handle.clone())),
             engine: handle,
@@ -167,6 +170,7 @@ impl Server {
             plugins: Arc::new(plugins),
             runtime: Arc::new(runtime),
             guide: None,
+            tool_format,
             blocking: Arc::new(Semaphore::new(config.tokenizer_workers.max(1))),
             config: Arc::new(config),
         };

@@ -91,6 +91,9 @@ pub struct WeftExtension {
     /// (llguidance's dialect; not together with `response_format` or
     /// `weft.regex`).
     pub lark: Option<String>,
+    /// How the model writes tool calls: `hermes`, `llama3_json` or
+    /// `mistral` (default: chosen from the model's chat template).
+    pub tool_format: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

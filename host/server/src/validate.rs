@@ -278,7 +278,11 @@ pub fn choice_seed(seed: u64, index: usize) -> u64 {
 }
 
 /// A chat message as the template sees it.
-pub fn chat_messages(messages: &[ChatMessageIn]) -> Result<Vec<weft_engine::chat_template::ChatMessage>, ApiError> {
+/// A conversation, checked; earlier tool calls are written in `format`.
+pub fn chat_messages(
+    messages: &[ChatMessageIn],
+    format: crate::tools::ToolFormat,
+) -> Result<Vec<weft_engine::chat_template::ChatMessage>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::invalid("messages", "`messages` must contain at least one message"));
     }
@@ -312,7 +316,7 @@ pub fn chat_messages(messages: &[ChatMessageIn]) -> Result<Vec<weft_engine::chat
             };
             let calls = match (&m.tool_calls, role) {
                 (None, _) => String::new(),
-                (Some(calls), "assistant") => crate::tools::render_history_calls(calls, &format!("{param}.tool_calls"))?,
+                (Some(calls), "assistant") => crate::tools::render_history_calls(calls, &format!("{param}.tool_calls"), format)?,
                 (Some(_), _) => {
                     return Err(ApiError::invalid(format!("{param}.tool_calls"), "only assistant messages carry `tool_calls`"));
                 }

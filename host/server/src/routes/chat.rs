@@ -52,7 +52,13 @@ pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap,
     };
     let mut valid = validate::sampling(sampling, max_tokens, top_logprobs, state.limits())?;
     valid.sampler = select_sampler(&state, sampling, &headers)?;
-    let tools = tools::validate(sampling.tools.as_ref(), sampling.tool_choice.as_ref(), sampling.parallel_tool_calls)?;
+    let format = match sampling.weft.as_ref().and_then(|w| w.tool_format.as_deref()) {
+        None => state.tool_format,
+        Some(name) => tools::ToolFormat::named(name).ok_or_else(|| {
+            ApiError::invalid("weft.tool_format", format!("`weft.tool_format` must be `hermes`, `llama3_json` or `mistral`; given {name:?}"))
+        })?,
+    };
+    let tools = tools::validate(sampling.tools.as_ref(), sampling.tool_choice.as_ref(), sampling.parallel_tool_calls, format)?;
     if let Some(call) = tools.as_ref().and_then(ValidTools::constraint) {
         if let Some(other) = &valid.constraint {
             return Err(ApiError::invalid(
@@ -63,7 +69,7 @@ pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap,
         valid.constraint = Some(call);
     }
     let tools = tools.filter(ValidTools::offered);
-    let mut messages = validate::chat_messages(&req.messages)?;
+    let mut messages = validate::chat_messages(&req.messages, format)?;
     if let Some(tools) = &tools {
         tools::declare(&mut messages, tools);
     }
@@ -77,7 +83,7 @@ pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap,
         tokenizer: state.tokenizer.clone(),
     };
     if valid.stream {
-        let parsers = tools.as_ref().map(|t| (0..running.len()).map(|_| CallParser::new(&t.tools)).collect());
+        let parsers = tools.as_ref().map(|t| (0..running.len()).map(|_| CallParser::new(t.format, &t.tools)).collect());
         let writer = ChatChunks { ctx, n: valid.n, logprobs, parsers };
         return Ok(generate::stream_choices(running, writer, valid.include_usage, deadline));
     }
@@ -119,7 +125,7 @@ fn answer(text: &str, tools: Option<&ValidTools>) -> (AssistantMessage, bool) {
     let Some(tools) = tools else {
         return (AssistantMessage { role: "assistant", content: Some(text.to_string()), tool_calls: None }, false);
     };
-    let mut parser = CallParser::new(&tools.tools);
+    let mut parser = CallParser::new(tools.format, &tools.tools);
     let mut events = parser.push(text);
     events.extend(parser.finish());
     let (mut content, mut calls) = (String::new(), Vec::new());
