@@ -133,16 +133,26 @@ impl TestServer {
 
     /// Start with the builtin guide plugin enabled (guided generation).
     pub fn start_guided() -> Self {
-        Self::launch(|_| {}, weft_server::ServerConfig::default(), true)
+        Self::launch(|_| {}, weft_server::ServerConfig::default(), Some((weft_plugin_artifacts::GUIDE_NAME, weft_plugin_artifacts::GUIDE)))
+    }
+
+    /// Start with the guide component at `path` (a test fixture) enabled.
+    pub fn start_with_guide(path: &str) -> Self {
+        let bytes: &'static [u8] = Box::leak(std::fs::read(path).expect("the fixture was built").into_boxed_slice());
+        Self::launch(|_| {}, weft_server::ServerConfig::default(), Some(("test:guide", bytes)))
     }
 
     /// Start with the engine config adjusted by `tune` and `config` (whose
     /// address is replaced by a free loopback port).
     pub fn start_with(tune: impl FnOnce(&mut EngineConfig), config: weft_server::ServerConfig) -> Self {
-        Self::launch(tune, config, false)
+        Self::launch(tune, config, None)
     }
 
-    fn launch(tune: impl FnOnce(&mut EngineConfig), mut config: weft_server::ServerConfig, guided: bool) -> Self {
+    fn launch(
+        tune: impl FnOnce(&mut EngineConfig),
+        mut config: weft_server::ServerConfig,
+        guide: Option<(&'static str, &'static [u8])>,
+    ) -> Self {
         config.http_addr = ([127, 0, 0, 1], 0).into();
         config.grpc_addr = Some(([127, 0, 0, 1], 0).into());
         let loaded = LoadedModel::open(&default_model_path()).expect("default model loads");
@@ -157,8 +167,8 @@ impl TestServer {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             runtime.block_on(async move {
                 let mut server = weft_server::Server::bind(loaded, engine, config).await.expect("server binds");
-                if guided {
-                    server.enable_guide(weft_plugin_artifacts::GUIDE_NAME, weft_plugin_artifacts::GUIDE);
+                if let Some((name, bytes)) = guide {
+                    server.enable_guide(name, bytes);
                 }
                 let grpc = server.grpc_local_addr().expect("gRPC is on");
                 ready_tx.send((server.local_addr().unwrap(), grpc, server.engine())).unwrap();

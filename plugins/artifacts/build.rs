@@ -14,6 +14,7 @@ const GUESTS: &[(&str, &str, bool)] = &[
     ("weft-plugin-sampler", "SAMPLER", true),
     ("weft-plugin-guide", "GUIDE", true),
     ("weft-test-faulty-sampler", "FAULTY_SAMPLER", false),
+    ("weft-test-faulty-guide", "FAULTY_GUIDE", false),
 ];
 
 fn main() -> Result<()> {

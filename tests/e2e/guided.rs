@@ -8,6 +8,9 @@
 //! including faults (a mask of the wrong length) the builtin plugin never
 //! produces.
 
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
 use serde_json::{Value, json};
 use weft_engine::GenerationRequest;
 use weft_tests::{TestServer, default_model, engine_with, request, run_to_completion, tokens_of};
@@ -148,5 +151,49 @@ fn every_choice_gets_its_own_guide_and_every_block_comes_back() {
     let r = server.post("/v1/chat/completions", &chat("x", json!({"weft": {"regex": "foo**"}})));
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["param"], "weft.regex");
+    assert!(all_blocks_free(&server));
+}
+
+#[test]
+fn a_guide_that_faults_fails_only_its_own_request() {
+    let server = TestServer::start_with_guide(weft_plugin_artifacts::FAULTY_GUIDE_PATH);
+    let guided = |source: &str, max_tokens: u32| chat("Count.", json!({"max_tokens": max_tokens, "weft": {"regex": source}}));
+    let digits_only = |r: &weft_tests::Reply| {
+        let body = r.json();
+        let text = body["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+        assert!(!text.is_empty() && text.chars().all(|c| c.is_ascii_digit()), "{text:?}");
+        body["choices"][0]["finish_reason"].as_str().unwrap().to_string()
+    };
+    let r = server.post("/v1/chat/completions", &guided("digits", 32));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(digits_only(&r), "stop", "the fixture stops after ten tokens");
+
+    std::thread::scope(|scope| {
+        // A long guided generation runs on the live instance while
+        // constraints that trap, loop and exhaust memory are compiled.
+        let long = scope.spawn(|| server.post("/v1/chat/completions", &guided("digits-forever", 300)));
+        if !server.wait_for(Duration::from_secs(10), |g| g.running.load(Relaxed) == 1) {
+            panic!("the long request does not run: {:?}", long.join().unwrap());
+        }
+        for fault in ["trap-on-compile", "loop-on-compile", "memory-on-compile"] {
+            let started = Instant::now();
+            let r = server.post("/v1/chat/completions", &guided(fault, 8));
+            assert_eq!(r.status, 400, "{fault}: {}", r.body);
+            assert_eq!(r.json()["error"]["param"], "weft.regex", "{fault}");
+            assert!(started.elapsed() < Duration::from_secs(5), "{fault} took {:?}", started.elapsed());
+        }
+        let r = long.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(digits_only(&r), "length", "the running sequence never noticed");
+    });
+
+    // A guide that traps mid-generation fails its request with a plugin
+    // error; the instance is rebuilt and the next request is served.
+    let r = server.post("/v1/chat/completions", &guided("trap-on-next", 16));
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "plugin_failed");
+    let r = server.post("/v1/chat/completions", &guided("digits", 32));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(digits_only(&r), "stop");
     assert!(all_blocks_free(&server));
 }
