@@ -138,3 +138,45 @@ fn bad_deploys_and_unknown_plugins_get_clear_errors() {
     );
     assert_eq!(r.status, 400);
 }
+
+#[test]
+fn deploys_and_rollbacks_survive_a_restart_with_a_state_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_state = || {
+        TestServer::start_with(
+            |_| {},
+            ServerConfig {
+                admin_token: Some("admin-secret".into()),
+                state_dir: Some(dir.path().to_path_buf()),
+                ..ServerConfig::default()
+            },
+        )
+    };
+    let greedy;
+    {
+        let server = with_state();
+        greedy = text(&complete(&server, None));
+        assert_eq!(deploy(&server, "kept", "1.0.0", "none").status, 201);
+        assert_eq!(deploy(&server, "kept", "2.0.0", "trap").status, 201);
+        let r = server.post_empty_with("/admin/v1/plugins/kept/rollback", &[AUTH]);
+        assert_eq!(r.json()["active_version"], "1.0.0");
+    }
+    // A new server over the same directory comes back with both versions
+    // loaded, 1.0.0 active and serving, and its configuration kept (2.0.0
+    // still traps when rolled forward to by a new deploy's history).
+    let server = with_state();
+    let list = server.get_with("/admin/v1/plugins", &[AUTH]).json();
+    let kept = list.as_array().unwrap().iter().find(|p| p["name"] == "kept").expect("the plugin is back").clone();
+    assert_eq!(kept["versions"], json!(["1.0.0", "2.0.0"]));
+    assert_eq!(kept["active_version"], "1.0.0");
+    assert_eq!(text(&complete(&server, Some("kept"))), greedy);
+    // A deploy after the restart is persisted the same way.
+    assert_eq!(deploy(&server, "kept", "3.0.0", "trap").status, 201);
+    drop(server);
+    let server = with_state();
+    let failed = complete(&server, Some("kept"));
+    assert_eq!(failed.status, 500, "3.0.0 came back with its `fault=trap` configuration: {}", failed.body);
+    let list = server.get_with("/admin/v1/plugins", &[AUTH]).json();
+    let kept = list.as_array().unwrap().iter().find(|p| p["name"] == "kept").unwrap().clone();
+    assert_eq!(kept["versions"], json!(["1.0.0", "3.0.0"]), "linear history is what was stored");
+}

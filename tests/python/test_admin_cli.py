@@ -46,3 +46,18 @@ def test_admin_cli_deploys_a_sampler_that_requests_can_choose():
         assert {p["name"] for p in listed} == {"default", "native", "mine"}
     finally:
         server.stop()
+
+
+def test_a_state_directory_keeps_deploys_across_restarts(tmp_path):
+    component = sorted(ROOT.glob("target/release/build/weft-plugin-artifacts-*/out/guests/wasm32-wasip2/plugin/weft_plugin_sampler.wasm"))[-1]
+    server = Server("--admin-token", "t0ken", "--state-dir", str(tmp_path))
+    try:
+        assert admin(server, "t0ken", "deploy", "kept", "1.0.0", str(component)).returncode == 0
+    finally:
+        server.stop()
+    server = Server("--admin-token", "t0ken", "--state-dir", str(tmp_path))
+    try:
+        listed = {p["name"]: p for p in json.loads(admin(server, "t0ken", "plugins").stdout)}
+        assert listed["kept"]["active_version"] == "1.0.0"
+    finally:
+        server.stop()

@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// API refuses everyone.
     #[arg(long, env = "WEFT_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Keep deployed plugins in this directory, so a restart comes back
+    /// with them [default: deploys last until the server stops].
+    #[arg(long, env = "WEFT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The config file: every key optional, unknown keys refused (a typo
@@ -68,6 +72,7 @@ struct ServeFile {
     max_running: Option<usize>,
     max_queued: Option<usize>,
     admin_token: Option<String>,
+    state_dir: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -87,6 +92,7 @@ impl ServeArgs {
         self.max_running = self.max_running.or(file.max_running);
         self.max_queued = self.max_queued.or(file.max_queued);
         self.admin_token = self.admin_token.or(file.admin_token);
+        self.state_dir = self.state_dir.or(file.state_dir);
         Ok(self)
     }
 }
@@ -109,6 +115,7 @@ pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
         max_queued: args.max_queued.unwrap_or(256),
         max_output_tokens: args.max_output_tokens,
         admin_token: args.admin_token.clone(),
+        state_dir: args.state_dir.clone(),
         ..ServerConfig::default()
     };
     let name = loaded.name.clone();

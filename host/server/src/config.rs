@@ -34,6 +34,10 @@ pub struct ServerConfig {
     /// Tokenization and chat-template jobs running at once on blocking
     /// workers; further jobs wait for a slot. Default 4.
     pub tokenizer_workers: usize,
+    /// Where deployed plugins are kept (a sled database), so a restarted
+    /// server comes back with the same plugins and active versions.
+    /// Default `None`: deploys last until the server stops.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +51,7 @@ impl Default for ServerConfig {
             admin_token: None,
             max_choices: 16,
             tokenizer_workers: 4,
+            state_dir: None,
         }
     }
 }

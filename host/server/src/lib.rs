@@ -28,6 +28,7 @@ pub mod guides;
 pub mod metrics;
 pub mod openai;
 pub mod openapi;
+pub mod plugin_store;
 pub mod plugins;
 pub mod prepare;
 mod routes;
@@ -77,6 +78,8 @@ pub struct AppState {
     pub(crate) tool_format: tools::ToolFormat,
     /// The guide plugin for guided generation, if the server has one.
     pub(crate) guide: Option<Arc<guides::GuidePlugin>>,
+    /// Where deploys are persisted, if the server has a state directory.
+    pub(crate) plugin_store: Option<Arc<plugin_store::PluginStore>>,
     blocking: Arc<Semaphore>,
 }
 
@@ -131,6 +134,36 @@ pub struct Server {
     state: AppState,
 }
 
+/// Load the stored deploys back: every kept version into the engine, in
+/// deploy order, then each name's active version. A version that no longer
+/// loads is reported and skipped.
+fn restore_plugins(
+    store: &plugin_store::PluginStore,
+    runtime: &weft_plugin_runtime::PluginRuntime,
+    engine: &mut Engine,
+    plugins: &plugins::SamplerRegistry,
+) {
+    use weft_plugin_runtime::bindings::weft::plugin::types::ConfigValue;
+    for (name, stored, components) in store.load() {
+        for (v, component) in stored.versions.iter().zip(components) {
+            let label = format!("{name}@{}", v.version);
+            let init: Vec<(String, ConfigValue)> = v.config.iter().map(|(k, v)| (k.clone(), ConfigValue::Text(v.clone()))).collect();
+            let restored = semver::Version::parse(&v.version).map_err(|e| e.to_string()).and_then(|version| {
+                let sampler = runtime.load_sampler(&label, &component).and_then(|c| c.sampler(init)).map_err(|e| e.to_string())?;
+                let id = engine.add_sampler(Box::new(sampler));
+                plugins.activate(&name, version, id, v.config.clone()).map_err(|e| e.to_string())
+            });
+            match restored {
+                Ok(retired) => retired.into_iter().for_each(|id| engine.retire_sampler(id)),
+                Err(e) => eprintln!("weft: the stored plugin {label} was not restored: {e}"),
+            }
+        }
+        if let Ok(active) = semver::Version::parse(&stored.active) {
+            let _ = plugins.set_active(&name, &active);
+        }
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -145,9 +178,17 @@ impl Server {
         let native = engine.add_sampler(Box::new(weft_engine::sampling::NativeSampler));
         let plugins = plugins::SamplerRegistry::default();
         let first = semver::Version::new(0, 1, 0);
-        plugins.activate("default", first.clone(), weft_engine::DEFAULT_SAMPLER).map_err(std::io::Error::other)?;
-        plugins.activate("native", first, native).map_err(std::io::Error::other)?;
+        plugins.activate("default", first.clone(), weft_engine::DEFAULT_SAMPLER, Default::default()).map_err(std::io::Error::other)?;
+        plugins.activate("native", first, native, Default::default()).map_err(std::io::Error::other)?;
         let runtime = weft_plugin_runtime::PluginRuntime::new(weft_plugin_runtime::Limits::default()).map_err(std::io::Error::other)?;
+        let plugin_store = match &config.state_dir {
+            None => None,
+            Some(dir) => {
+                let store = plugin_store::PluginStore::open(dir).map_err(std::io::Error::other)?;
+                restore_plugins(&store, &runtime, &mut engine, &plugins);
+                Some(Arc::new(store))
+            }
+        };
         let model = ModelInfo {
             name: loaded.name.clone(),
             created: unix_now(),
@@ -170,6 +211,7 @@ impl Server {
             plugins: Arc::new(plugins),
             runtime: Arc::new(runtime),
             guide: None,
+            plugin_store,
             tool_format,
             blocking: Arc::new(Semaphore::new(config.tokenizer_workers.max(1))),
             config: Arc::new(config),

@@ -26,6 +26,8 @@ pub const KEPT_VERSIONS: usize = 3;
 struct Version {
     version: semver::Version,
     sampler: SamplerId,
+    /// The configuration it was deployed with (kept for the plugin store).
+    config: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default)]
@@ -76,7 +78,13 @@ impl SamplerRegistry {
     /// [`KEPT_VERSIONS`] the oldest go too. Returns the samplers to retire,
     /// or a conflict (and `sampler` should be retired) if the version is
     /// already there.
-    pub fn activate(&self, name: &str, version: semver::Version, sampler: SamplerId) -> Result<Retired, ApiError> {
+    pub fn activate(
+        &self,
+        name: &str,
+        version: semver::Version,
+        sampler: SamplerId,
+        config: BTreeMap<String, String>,
+    ) -> Result<Retired, ApiError> {
         let mut entries = self.entries.write().map_err(|_| poisoned())?;
         let entry = entries.entry(name.to_string()).or_default();
         if entry.versions.iter().any(|v| v.version == version) {
@@ -84,7 +92,7 @@ impl SamplerRegistry {
         }
         let mut retired: Retired =
             if entry.versions.is_empty() { Vec::new() } else { entry.versions.drain(entry.active + 1..).map(|v| v.sampler).collect() };
-        entry.versions.push(Version { version, sampler });
+        entry.versions.push(Version { version, sampler, config });
         let excess = entry.versions.len().saturating_sub(KEPT_VERSIONS);
         retired.extend(entry.versions.drain(..excess).map(|v| v.sampler));
         entry.active = entry.versions.len() - 1;
@@ -106,6 +114,31 @@ impl SamplerRegistry {
         }
         entry.active -= 1;
         Ok(info(name, entry))
+    }
+
+    /// Make the loaded `version` of `name` the active one (restoring a
+    /// stored state).
+    pub fn set_active(&self, name: &str, version: &semver::Version) -> Result<(), ApiError> {
+        let mut entries = self.entries.write().map_err(|_| poisoned())?;
+        let entry = entries.get_mut(name).ok_or_else(|| ApiError::UnknownPlugin { name: name.into(), known: String::new() })?;
+        if let Some(i) = entry.versions.iter().position(|v| &v.version == version) {
+            entry.active = i;
+        }
+        Ok(())
+    }
+
+    /// `name`'s loaded versions as the plugin store keeps them.
+    pub fn stored(&self, name: &str) -> Result<crate::plugin_store::StoredName, ApiError> {
+        let entries = self.entries.read().map_err(|_| poisoned())?;
+        let entry = entries.get(name).ok_or_else(|| ApiError::UnknownPlugin { name: name.into(), known: String::new() })?;
+        Ok(crate::plugin_store::StoredName {
+            versions: entry
+                .versions
+                .iter()
+                .map(|v| crate::plugin_store::StoredVersion { version: v.version.to_string(), config: v.config.clone() })
+                .collect(),
+            active: entry.versions[entry.active].version.to_string(),
+        })
     }
 
     pub fn list(&self) -> Result<Vec<PluginInfo>, ApiError> {

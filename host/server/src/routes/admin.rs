@@ -121,15 +121,22 @@ pub async fn deploy(
     }
     let runtime = Arc::clone(&state.runtime);
     let label = format!("{name}@{version}");
-    let config: Vec<(String, ConfigValue)> = config.into_iter().map(|(k, v)| (k, ConfigValue::Text(v))).collect();
+    let init: Vec<(String, ConfigValue)> = config.iter().map(|(k, v)| (k.clone(), ConfigValue::Text(v.clone()))).collect();
+    let bytes = component.clone();
     let sampler = state
-        .blocking(move || runtime.load_sampler(&label, &component).and_then(|c| c.sampler(config)))
+        .blocking(move || runtime.load_sampler(&label, &bytes).and_then(|c| c.sampler(init)))
         .await?
         .map_err(|e| ApiError::PluginRejected(e.to_string()))?;
     let id = state.engine.add_sampler(Box::new(sampler)).await?;
-    let retired = state.plugins.activate(&name, version, id).inspect_err(|_| state.engine.retire_sampler(id))?;
+    let retired = state.plugins.activate(&name, version.clone(), id, config).inspect_err(|_| state.engine.retire_sampler(id))?;
     for old in retired {
         state.engine.retire_sampler(old);
+    }
+    if let Some(store) = &state.plugin_store {
+        let stored = state.plugins.stored(&name)?;
+        store
+            .save(&name, &stored, Some((&version.to_string(), &component)))
+            .map_err(|e| ApiError::Internal(format!("{name}@{version} is deployed but was not persisted: {e}")))?;
     }
     let info = state.plugins.list()?.into_iter().find(|p| p.name == name).ok_or_else(|| ApiError::Internal("deployed plugin vanished".into()))?;
     Ok((StatusCode::CREATED, Json(info)))
@@ -147,5 +154,11 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<PluginInfo>>
     params(("name" = String, Path)),
     responses((status = 200, body = PluginInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn rollback(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<PluginInfo>, ApiError> {
-    Ok(Json(state.plugins.rollback(&name)?))
+    let info = state.plugins.rollback(&name)?;
+    if let Some(store) = &state.plugin_store {
+        store
+            .save(&name, &state.plugins.stored(&name)?, None)
+            .map_err(|e| ApiError::Internal(format!("{name} is rolled back but the change was not persisted: {e}")))?;
+    }
+    Ok(Json(info))
 }
