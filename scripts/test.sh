@@ -16,6 +16,21 @@ if ! python3 -m pip --version >/dev/null 2>&1; then
     exit 1
 fi
 
+# curl (the client examples, HTTP/2 checks) and openssl (the TLS test's
+# certificate) come from the system; install them where apt can.
+missing=()
+for tool in curl openssl; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -q && apt-get install -y -q "${missing[@]}"
+    else
+        echo "missing ${missing[*]}: install them (e.g. apt-get install ${missing[*]})" >&2
+        exit 1
+    fi
+fi
+
 # The builtin plugins are wasm32-wasip2 components built from source
 # (rust-toolchain.toml asks rustup for the target; this makes sure).
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true

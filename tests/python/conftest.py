@@ -27,7 +27,7 @@ class Server:
         )
         http = self.proc.stdout.readline()
         grpc = self.proc.stdout.readline()
-        http_match = re.search(r"on (http://\S+)", http)
+        http_match = re.search(r"on (https?://\S+)", http)
         grpc_match = re.search(r"on (\S+:\d+)", grpc)
         if not (http_match and grpc_match):
             self.proc.kill()

@@ -54,6 +54,12 @@ pub struct ServeArgs {
     /// with them [default: deploys last until the server stops].
     #[arg(long, env = "WEFT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "WEFT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "WEFT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The config file: every key optional, unknown keys refused (a typo
@@ -73,6 +79,8 @@ struct ServeFile {
     max_queued: Option<usize>,
     admin_token: Option<String>,
     state_dir: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -93,6 +101,8 @@ impl ServeArgs {
         self.max_queued = self.max_queued.or(file.max_queued);
         self.admin_token = self.admin_token.or(file.admin_token);
         self.state_dir = self.state_dir.or(file.state_dir);
+        self.tls_cert = self.tls_cert.or(file.tls_cert);
+        self.tls_key = self.tls_key.or(file.tls_key);
         Ok(self)
     }
 }
@@ -116,9 +126,15 @@ pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
         max_output_tokens: args.max_output_tokens,
         admin_token: args.admin_token.clone(),
         state_dir: args.state_dir.clone(),
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(weft_server::TlsFiles { cert: cert.clone(), key: key.clone() }),
+            (None, None) => None,
+            _ => anyhow::bail!("TLS needs both a certificate (tls-cert) and a key (tls-key)"),
+        },
         ..ServerConfig::default()
     };
     let name = loaded.name.clone();
+    let tls = config.tls.is_some();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("weft-http")
@@ -129,11 +145,12 @@ pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
         let mut server = Server::bind(loaded, engine, config).await.context("binding the listeners")?;
         server.enable_guide(weft_plugin_artifacts::GUIDE_NAME, weft_plugin_artifacts::GUIDE);
         let addr = server.local_addr()?;
-        println!("weft: serving {name} on http://{addr}");
+        let scheme = if tls { "https" } else { "http" };
+        println!("weft: serving {name} on {scheme}://{addr}");
         if let Some(grpc) = server.grpc_local_addr() {
             println!("weft: gRPC (weft.v1.Generation, health, reflection) on {grpc}");
         }
-        println!("weft: try  curl http://{addr}/v1/chat/completions -H 'content-type: application/json' \\");
+        println!("weft: try  curl {scheme}://{addr}/v1/chat/completions -H 'content-type: application/json' \\");
         println!("             -d '{{\"model\": \"default\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'");
         server.serve(shutdown_signal()).await.context("serving")?;
         eprintln!("weft: stopped");

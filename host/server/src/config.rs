@@ -38,6 +38,16 @@ pub struct ServerConfig {
     /// server comes back with the same plugins and active versions.
     /// Default `None`: deploys last until the server stops.
     pub state_dir: Option<std::path::PathBuf>,
+    /// Serve HTTPS instead of HTTP with this certificate chain and private
+    /// key (PEM files). Default `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A certificate chain and its private key, PEM-encoded.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +62,7 @@ impl Default for ServerConfig {
             max_choices: 16,
             tokenizer_workers: 4,
             state_dir: None,
+            tls: None,
         }
     }
 }

@@ -32,6 +32,7 @@ pub mod plugin_store;
 pub mod plugins;
 pub mod prepare;
 mod routes;
+mod tls;
 pub mod tools;
 pub mod validate;
 
@@ -46,7 +47,7 @@ use weft_engine::chat_template::ChatTemplate;
 use weft_engine::tokenizer::Tokenizer;
 use weft_engine::{Engine, LoadedModel};
 
-pub use config::ServerConfig;
+pub use config::{ServerConfig, TlsFiles};
 pub use engine_task::{EngineGauges, EngineHandle};
 pub use error::ApiError;
 
@@ -127,10 +128,13 @@ impl AppState {
 }
 
 /// A bound, not yet serving, HTTP server.
-#[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
     grpc_listener: Option<TcpListener>,
+    /// Set when the HTTP API is served over TLS.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The PEM certificate chain and key, for gRPC over TLS.
+    tls_pem: Option<(Vec<u8>, Vec<u8>)>,
     state: AppState,
 }
 
@@ -161,6 +165,12 @@ fn restore_plugins(
         if let Ok(active) = semver::Version::parse(&stored.active) {
             let _ = plugins.set_active(&name, &active);
         }
+    }
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("http", &self.listener.local_addr().ok()).field("tls", &self.tls.is_some()).finish()
     }
 }
 
@@ -195,6 +205,7 @@ impl Server {
             context: loaded.model.config.context_length,
             vocab: loaded.model.config.vocab_size,
         };
+        let config_tls = config.tls.clone();
         let handle = EngineHandle::spawn(engine, config.max_queued)?;
         let listener = TcpListener::bind(config.http_addr).await?;
         let grpc_listener = match config.grpc_addr {
@@ -216,7 +227,12 @@ impl Server {
             blocking: Arc::new(Semaphore::new(config.tokenizer_workers.max(1))),
             config: Arc::new(config),
         };
-        Ok(Self { listener, grpc_listener, state })
+        let tls = config_tls.as_ref().map(tls::acceptor).transpose()?;
+        let tls_pem = match &config_tls {
+            Some(files) => Some((std::fs::read(&files.cert)?, std::fs::read(&files.key)?)),
+            None => None,
+        };
+        Ok(Self { listener, grpc_listener, tls, tls_pem, state })
     }
 
     /// Serve guided generation (`response_format`, `weft.regex`,
@@ -253,12 +269,14 @@ impl Server {
         let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stopped| *stopped).await;
         };
-        let http = axum::serve(self.listener, routes::router(self.state.clone()))
-            .with_graceful_shutdown(until_stopped(stopped.clone()))
-            .into_future();
+        let router = routes::router(self.state.clone());
+        let http: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match self.tls {
+            Some(acceptor) => Box::pin(tls::serve(self.listener, acceptor, router, until_stopped(stopped.clone()))),
+            None => Box::pin(axum::serve(self.listener, router).with_graceful_shutdown(until_stopped(stopped.clone())).into_future()),
+        };
         match self.grpc_listener {
             Some(listener) => {
-                let grpc = grpc::serve(listener, self.state, until_stopped(stopped));
+                let grpc = grpc::serve(listener, self.state, self.tls_pem, until_stopped(stopped));
                 tokio::try_join!(http, grpc).map(|_| ())
             }
             None => http.await,

@@ -26,7 +26,14 @@ pub mod proto {
 pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/weft_descriptor.bin"));
 
 /// Serve gRPC on `listener` until `shutdown` resolves.
-pub(crate) async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
+/// Serve the gRPC services on `listener` (over TLS with `tls`, a PEM
+/// certificate chain and key) until `shutdown` resolves.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    tls: Option<(Vec<u8>, Vec<u8>)>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
     let io = |e: &dyn std::fmt::Display| std::io::Error::other(format!("gRPC: {e}"));
     let generation = proto::generation_server::GenerationServer::new(service::GenerationService::new(state));
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -41,7 +48,12 @@ pub(crate) async fn serve(listener: TcpListener, state: AppState, shutdown: impl
         .register_encoded_file_descriptor_set(DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| io(&e))?;
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = tls {
+        let identity = tonic::transport::Identity::from_pem(cert, key);
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)).map_err(|e| io(&e))?;
+    }
+    builder
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
