@@ -23,3 +23,11 @@ def test_grpc_example_streams_an_answer(weft):
     out = subprocess.run([sys.executable, EXAMPLES / "grpc_chat.py", weft.grpc], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()
+
+
+def test_structured_output_example_prints_a_person_and_a_call(server):
+    out = subprocess.run([sys.executable, EXAMPLES / "structured_output.py", server], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    person, call = out.stdout.strip().splitlines()
+    assert "'name'" in person and "'age'" in person
+    assert call.startswith("get_weather {'city'")
