@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use weft_engine::sampling::NativeSampler;
+use weft_engine::sampling::{NativeSampler, synthetic_logits};
 use weft_plugin_runtime::bindings::weft::plugin::types::ConfigValue;
 use weft_plugin_runtime::{Limits, PluginError, PluginRuntime, WasmSampler};
 use weft_tests::{default_model, engine_with, request, run_to_completion, tokens_of};
@@ -25,18 +25,6 @@ fn faulty(rt: &PluginRuntime, fault: &str) -> WasmSampler {
     component.sampler(vec![("fault".into(), ConfigValue::Text(fault.into()))]).unwrap()
 }
 
-/// Deterministic pseudo-random logits.
-fn logits(seed: u64, vocab: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..vocab)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 12.0 - 6.0
-        })
-        .collect()
-}
 
 fn param_grid() -> Vec<SamplingParams> {
     let base = SamplingParams::default();
@@ -63,7 +51,7 @@ fn builtin_sampler_plugin_chooses_exactly_the_native_tokens() {
     let grid = param_grid();
     for vocab in [257usize, 49_152] {
         for round in 0..if vocab > 1000 { 4 } else { 60 } {
-            let rows_logits: Vec<Vec<f32>> = (0..grid.len()).map(|i| logits((round * 100 + i) as u64, vocab)).collect();
+            let rows_logits: Vec<Vec<f32>> = (0..grid.len()).map(|i| synthetic_logits((round * 100 + i) as u64, vocab)).collect();
             let params: Vec<SamplingParams> =
                 grid.iter().enumerate().map(|(i, p)| SamplingParams { seed: (round * 31 + i) as u64, ..p.clone() }).collect();
             let history: Vec<u32> = (0..40).map(|i| (i * 7 % vocab) as u32).collect();
@@ -169,7 +157,7 @@ fn a_refusing_sampler_fails_only_its_request() {
 fn a_faulted_instance_is_rebuilt_for_the_next_call() {
     let rt = runtime();
     let mut sampler = faulty(&rt, "trap");
-    let row_logits = logits(1, 64);
+    let row_logits = synthetic_logits(1, 64);
     let params = SamplingParams::default();
     let rows = [SampleRow { logits: &row_logits, params: &params, tokens: &[1, 2], prompt_len: 2 }];
     for n in 1..=3 {

@@ -23,15 +23,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn logits(seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..VOCAB)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 12.0 - 6.0
-        })
-        .collect()
+    weft_engine::sampling::synthetic_logits(seed, VOCAB)
 }
 
 /// Median microseconds of one call of `sampler` on `rows`.

@@ -280,3 +280,17 @@ mod tests {
         assert_ne!(uniform(42, 5), uniform(43, 5));
     }
 }
+
+/// Deterministic pseudo-random logits in [-6, 6) (xorshift from `seed`):
+/// the synthetic rows sampler benchmarks and tests run on.
+pub fn synthetic_logits(seed: u64, vocab: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..vocab)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 12.0 - 6.0
+        })
+        .collect()
+}
