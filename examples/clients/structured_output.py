@@ -13,7 +13,7 @@ client = OpenAI(base_url=f"{base}/v1", api_key="unused")
 
 person = {
     "type": "object",
-    "properties": {"name": {"type": "string", "maxLength": 40}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+    "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
     "required": ["name", "age"],
     "additionalProperties": False,
 }
@@ -23,14 +23,19 @@ r = client.chat.completions.create(
     response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": person}},
     max_tokens=64,
 )
-print(json.loads(r.choices[0].message.content))
+print(json.dumps(json.loads(r.choices[0].message.content)))
 
 weather = {
     "type": "function",
     "function": {
         "name": "get_weather",
         "description": "Current weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}}, "required": ["city"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 30}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
     },
 }
 r = client.chat.completions.create(
@@ -39,7 +44,7 @@ r = client.chat.completions.create(
     tools=[weather],
     tool_choice="required",
     parallel_tool_calls=False,
-    max_tokens=64,
+    max_tokens=96,
 )
 call = r.choices[0].message.tool_calls[0]
-print(call.function.name, json.loads(call.function.arguments))
+print(json.dumps({"name": call.function.name, "arguments": json.loads(call.function.arguments)}))
