@@ -21,7 +21,7 @@ r = client.chat.completions.create(
     model="default",
     messages=[{"role": "user", "content": "Invent a person."}],
     response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": person}},
-    max_tokens=64,
+    max_tokens=200,
 )
 print(json.dumps(json.loads(r.choices[0].message.content)))
 
@@ -44,7 +44,7 @@ r = client.chat.completions.create(
     tools=[weather],
     tool_choice="required",
     parallel_tool_calls=False,
-    max_tokens=96,
+    max_tokens=200,
 )
 call = r.choices[0].message.tool_calls[0]
 print(json.dumps({"name": call.function.name, "arguments": json.loads(call.function.arguments)}))

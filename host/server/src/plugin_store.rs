@@ -47,7 +47,10 @@ impl PluginStore {
             let what = format!("{what} in {}", dir.display());
             move |source| StoreError { what, source }
         };
-        let db = sled::open(dir.join("plugins.sled")).map_err(err("opening the database"))?;
+        // No background flusher: `save` flushes itself, and without the
+        // thread the file lock goes when the store is dropped, so a server
+        // restarted in the same process can reopen it at once.
+        let db = sled::Config::new().path(dir.join("plugins.sled")).flush_every_ms(None).open().map_err(err("opening the database"))?;
         Ok(Self { names: db.open_tree("names").map_err(err("opening"))?, components: db.open_tree("components").map_err(err("opening"))? })
     }
 
