@@ -160,13 +160,14 @@ impl TestServer {
         tune(&mut engine_config);
         // The production path: tokens are chosen by the builtin sampler plugin.
         let mut engine = Engine::new(Arc::clone(&loaded.model), Arc::clone(&loaded.tokenizer), engine_config);
-        engine.set_sampler(Box::new(builtin_sampler()));
+        let plugins = Arc::new(plugin_runtime());
+        engine.set_sampler(Box::new(builtin_sampler_in(&plugins)));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             runtime.block_on(async move {
-                let mut server = weft_server::Server::bind(loaded, engine, config).await.expect("server binds");
+                let mut server = weft_server::Server::bind(loaded, engine, plugins, config).await.expect("server binds");
                 if let Some((name, bytes)) = guide {
                     server.enable_guide(name, bytes);
                 }
@@ -256,7 +257,15 @@ impl Drop for TestServer {
 /// The builtin sampler plugin (the component built from `plugins/sampler`),
 /// ready to give to an engine.
 pub fn builtin_sampler() -> weft_plugin_runtime::WasmSampler {
-    let runtime = weft_plugin_runtime::PluginRuntime::new(weft_plugin_runtime::Limits::default()).expect("the plugin runtime starts");
+    builtin_sampler_in(&plugin_runtime())
+}
+
+/// A plugin runtime with the production limits and no compiled cache.
+pub fn plugin_runtime() -> weft_plugin_runtime::PluginRuntime {
+    weft_plugin_runtime::PluginRuntime::new(weft_plugin_runtime::Limits::default()).expect("the plugin runtime starts")
+}
+
+fn builtin_sampler_in(runtime: &weft_plugin_runtime::PluginRuntime) -> weft_plugin_runtime::WasmSampler {
     let component = runtime.load_sampler("builtin:sampler@0.1.0", weft_plugin_artifacts::SAMPLER).expect("the builtin sampler loads");
     component.sampler(Vec::new()).expect("the builtin sampler starts")
 }

@@ -2,9 +2,13 @@
 //! the native sampler on the same synthetic batches.
 //!
 //! It times one `sample` call for a batch of B rows of the default model's
-//! vocabulary size (greedy, and temperature sampling with top-p), the
+//! vocabulary size (greedy, temperature sampling with OpenAI's defaults,
+//! and with top-p over a flat row — the nucleus is most of the vocabulary,
+//! the worst case), the
 //! plugin's extra cost per call (plugin − native), and how long
-//! instantiating a fresh instance takes. Medians of many calls.
+//! instantiating a fresh instance takes. Medians of many calls. It also
+//! times loading each builtin component compiled from scratch and from the
+//! compiled-component cache (what a restart pays).
 
 use std::time::Instant;
 
@@ -46,6 +50,7 @@ pub fn run(batches: &[usize], as_json: bool) -> Result<()> {
     let mut rows_out = Vec::new();
     for (label, params) in [
         ("greedy", SamplingParams::greedy(16)),
+        ("temperature", SamplingParams { temperature: 1.0, ..SamplingParams::default() }),
         ("top-p", SamplingParams { temperature: 0.8, top_p: 0.95, ..SamplingParams::default() }),
     ] {
         for &b in batches {
@@ -64,18 +69,57 @@ pub fn run(batches: &[usize], as_json: bool) -> Result<()> {
         instantiate.push(start.elapsed().as_secs_f64() * 1e6);
     }
     let instantiate = median(instantiate);
+    let loads = load_times()?;
     if as_json {
         let calls: Vec<_> = rows_out
             .iter()
             .map(|(k, p, n)| json!({"case": k, "plugin_us": p, "native_us": n, "overhead_us": p - n}))
             .collect();
-        println!("{}", json!({"calls": calls, "instantiate_us": instantiate}));
+        let loads: Vec<_> = loads.iter().map(|(k, c, h)| json!({"component": k, "compile_ms": c, "cached_ms": h})).collect();
+        println!("{}", json!({"calls": calls, "instantiate_us": instantiate, "loads": loads}));
     } else {
-        println!("{:<20} {:>12} {:>12} {:>12}", "sample call", "plugin µs", "native µs", "overhead µs");
+        println!("{:<24} {:>12} {:>12} {:>12}", "sample call", "plugin µs", "native µs", "overhead µs");
         for (k, p, n) in rows_out {
-            println!("{k:<20} {p:>12.1} {n:>12.1} {:>12.1}", p - n);
+            println!("{k:<24} {p:>12.1} {n:>12.1} {:>12.1}", p - n);
         }
         println!("instantiate + init: {instantiate:.1} µs (median of 50)");
+        println!("{:<20} {:>12} {:>12}", "load component", "compile ms", "cached ms");
+        for (k, c, h) in loads {
+            println!("{k:<20} {c:>12.1} {h:>12.2}");
+        }
     }
     Ok(())
+}
+
+/// Milliseconds to load each builtin component compiled from scratch, and
+/// from the compiled cache by a fresh runtime (the restart path; median
+/// of 20).
+fn load_times() -> Result<Vec<(&'static str, f64, f64)>> {
+    let dir = tempfile::tempdir()?;
+    let ms = |start: Instant| start.elapsed().as_secs_f64() * 1e3;
+    let mut out = Vec::new();
+    for (label, bytes, guide) in
+        [("sampler", weft_plugin_artifacts::SAMPLER, false), ("guide", weft_plugin_artifacts::GUIDE, true)]
+    {
+        let load = |runtime: &PluginRuntime| -> Result<()> {
+            if guide {
+                runtime.load_guide(label, bytes).map(drop)?;
+            } else {
+                runtime.load_sampler(label, bytes).map(drop)?;
+            }
+            Ok(())
+        };
+        let start = Instant::now();
+        load(&PluginRuntime::new(Limits::default())?.with_cache(dir.path())?)?;
+        let compile = ms(start);
+        let mut cached = Vec::new();
+        for _ in 0..20 {
+            let runtime = PluginRuntime::new(Limits::default())?.with_cache(dir.path())?;
+            let start = Instant::now();
+            load(&runtime)?;
+            cached.push(ms(start));
+        }
+        out.push((label, compile, median(cached)));
+    }
+    Ok(out)
 }

@@ -72,8 +72,13 @@ fn params(s: &SamplingArgs) -> Result<SamplingParams> {
 
 pub fn load(store: &Store, args: &ModelArgs) -> Result<(LoadedModel, Engine)> {
     let (_, loaded, config) = open(store, args, 256 << 20)?;
-    let engine = engine(&loaded, config, args.sampler)?;
+    let engine = engine(&loaded, config, args.sampler, &plugin_runtime(store)?)?;
     Ok((loaded, engine))
+}
+
+/// The plugin runtime, keeping compiled components in the store's cache.
+pub fn plugin_runtime(store: &Store) -> Result<PluginRuntime> {
+    Ok(PluginRuntime::new(Limits::default())?.with_cache(&store.plugin_cache())?)
 }
 
 /// Load the model `args` name (returning its path too), with engine
@@ -88,11 +93,11 @@ pub fn open(store: &Store, args: &ModelArgs, kv_cache_bytes: usize) -> Result<(P
     Ok((path, loaded, config))
 }
 
-/// An engine over `loaded` whose default sampler is `sampler`.
-pub fn engine(loaded: &LoadedModel, config: EngineConfig, sampler: SamplerKind) -> Result<Engine> {
+/// An engine over `loaded` whose default sampler is `sampler` (loaded
+/// through `runtime` when it is the builtin plugin).
+pub fn engine(loaded: &LoadedModel, config: EngineConfig, sampler: SamplerKind, runtime: &PluginRuntime) -> Result<Engine> {
     let mut engine = Engine::new(Arc::clone(&loaded.model), Arc::clone(&loaded.tokenizer), config);
     if sampler == SamplerKind::Builtin {
-        let runtime = PluginRuntime::new(Limits::default())?;
         let component = runtime.load_sampler("builtin:sampler@0.1.0", weft_plugin_artifacts::SAMPLER)?;
         engine.set_sampler(Box::new(component.sampler(Vec::new())?));
     }

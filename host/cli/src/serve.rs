@@ -118,7 +118,8 @@ pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
         loaded.name = stem.to_string();
     }
     engine_config.max_running = args.max_running.unwrap_or(64).max(1);
-    let engine = crate::run::engine(&loaded, engine_config, args.model.sampler)?;
+    let plugins = std::sync::Arc::new(crate::run::plugin_runtime(store)?);
+    let engine = crate::run::engine(&loaded, engine_config, args.model.sampler, &plugins)?;
     let config = ServerConfig {
         http_addr: SocketAddr::new(host, args.port.unwrap_or(8080)),
         grpc_addr: (!args.no_grpc).then(|| SocketAddr::new(host, args.grpc_port.unwrap_or(50051))),
@@ -142,7 +143,7 @@ pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let mut server = Server::bind(loaded, engine, config).await.context("binding the listeners")?;
+        let mut server = Server::bind(loaded, engine, plugins, config).await.context("binding the listeners")?;
         server.enable_guide(weft_plugin_artifacts::GUIDE_NAME, weft_plugin_artifacts::GUIDE);
         let addr = server.local_addr()?;
         let scheme = if tls { "https" } else { "http" };

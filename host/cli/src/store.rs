@@ -2,7 +2,8 @@
 //!
 //! Layout under the store root (`$WEFT_HOME`, else the XDG cache directory's
 //! `weft/`): `models/NAME.gguf` for GGUF files, `models/NAME/` for Hugging
-//! Face directories, `downloads/` for fetched packages. Every file appears
+//! Face directories, `downloads/` for fetched packages, `plugin-cache/`
+//! for compiled plugin components. Every file appears
 //! under its final name only once complete and verified (written to a
 //! temporary name, synced, checked, then renamed), so an interrupted pull
 //! never leaves something that looks like a model.
@@ -45,6 +46,12 @@ impl Store {
             _ => dirs::cache_dir().context("no cache directory: set WEFT_HOME")?.join("weft"),
         };
         Ok(Self { root })
+    }
+
+    /// Where compiled plugin components are cached (see
+    /// `weft_plugin_runtime::CompiledCache`).
+    pub fn plugin_cache(&self) -> PathBuf {
+        self.root.join("plugin-cache")
     }
 
     fn models(&self) -> PathBuf {

@@ -139,41 +139,89 @@ pub fn adjust_logits(logits: &mut [f32], params: &SamplingParams, tokens: &[u32]
 }
 
 /// The candidates a sampled (non-greedy) choice draws from: logits scaled
-/// by `1 / temperature`, sorted most likely first (ties by lower id), cut to
-/// `top_k` (0: no cut), then to tokens weighing at least `min_p` of the top
-/// one, then to the smallest prefix holding `top_p` of the mass. Each comes
-/// with its unnormalised weight `exp(scaled - top)`, so the top weighs 1.
-/// The sampler plugin's `nucleus` host call is this function.
+/// by `1 / temperature`, cut to the `top_k` most likely (0: no cut), then
+/// to tokens weighing at least `min_p` of the top one, then to the
+/// smallest most-likely-first prefix holding `top_p` of the mass; returned
+/// most likely first (ties by lower id). Each comes with its unnormalised
+/// weight `exp(scaled - top)`, so the top weighs 1. The sampler plugin's
+/// `nucleus` host call is this function.
+///
+/// Only the kept candidates are sorted: the cuts themselves take linear
+/// time (top-k by selection, min-p by filter, top-p by binning weights).
 pub fn nucleus(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, min_p: f32) -> Vec<(u32, f64)> {
+    let mut kept = cut(logits, temperature, top_k, top_p, min_p);
+    if kept.len() > 1 {
+        kept.sort_unstable_by(most_likely_first);
+    }
+    kept
+}
+
+/// Highest weight first; ties by lower id, so the order is total.
+fn most_likely_first(a: &(u32, f64), b: &(u32, f64)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// The nucleus's members in no particular order.
+fn cut(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, min_p: f32) -> Vec<(u32, f64)> {
     let inv_t = 1.0 / temperature as f64;
-    let mut candidates: Vec<(u32, f64)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l as f64 * inv_t)).collect();
-    // Highest first; ties by lower id, so the order is total and stable.
-    candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    if top_k > 0 {
-        candidates.truncate(top_k as usize);
+    let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 * inv_t;
+    let weight = |l: f32| (l as f64 * inv_t - top).exp();
+    let mut kept: Vec<(u32, f64)> = if min_p > 0.0 {
+        logits.iter().enumerate().map(|(i, &l)| (i as u32, weight(l))).filter(|c| c.1 >= min_p as f64).collect()
+    } else {
+        logits.iter().enumerate().map(|(i, &l)| (i as u32, weight(l))).collect()
+    };
+    if top_k > 0 && kept.len() > top_k as usize {
+        kept.select_nth_unstable_by(top_k as usize - 1, most_likely_first);
+        kept.truncate(top_k as usize);
     }
-    let Some(&(_, max)) = candidates.first() else { return candidates };
-    for c in candidates.iter_mut() {
-        c.1 = (c.1 - max).exp();
+    if top_p < 1.0 && kept.len() > 1 {
+        let total: f64 = kept.iter().map(|c| c.1).sum();
+        keep_top_mass(&mut kept, |id| top - logits[id as usize] as f64 * inv_t, top_p as f64 * total);
     }
-    if min_p > 0.0 {
-        let keep = candidates.partition_point(|c| c.1 >= min_p as f64).max(1);
-        candidates.truncate(keep);
+    kept
+}
+
+/// Buckets of [`keep_top_mass`]: `1/64` nat wide over the first 64 nats
+/// below the top (weights under `e^-64` share the last one).
+const MASS_BUCKETS: usize = 64 * 64;
+
+/// Cut `kept` to the smallest most-likely-first prefix whose weight
+/// reaches `goal`, in linear time: weights are binned by how far below the
+/// top they are (`depth(id)`, in nats), the bin where the running mass
+/// reaches the goal is the only one sorted, and one pass keeps everything
+/// above its cut point. `kept` stays in its order.
+fn keep_top_mass(kept: &mut Vec<(u32, f64)>, depth: impl Fn(u32) -> f64, goal: f64) {
+    let bin = |id: u32| ((depth(id) * 64.0) as usize).min(MASS_BUCKETS - 1);
+    let mut mass = vec![0.0f64; MASS_BUCKETS];
+    for &(id, w) in kept.iter() {
+        mass[bin(id)] += w;
     }
-    if top_p < 1.0 {
-        let total: f64 = candidates.iter().map(|c| c.1).sum();
-        let mut mass = 0.0;
-        let mut keep = candidates.len();
-        for (i, c) in candidates.iter().enumerate() {
-            mass += c.1 / total;
-            if mass >= top_p as f64 {
-                keep = i + 1;
-                break;
-            }
+    let mut below = 0.0;
+    let mut edge = None;
+    for (b, &m) in mass.iter().enumerate() {
+        if below + m >= goal {
+            edge = Some(b);
+            break;
         }
-        candidates.truncate(keep);
+        below += m;
     }
-    candidates
+    // Rounding can leave the goal just out of reach: then everything stays.
+    let Some(edge) = edge else { return };
+    let mut boundary: Vec<(u32, f64)> = kept.iter().copied().filter(|&(id, _)| bin(id) == edge).collect();
+    boundary.sort_unstable_by(most_likely_first);
+    let Some(&(mut last)) = boundary.last() else { return };
+    for c in &boundary {
+        below += c.1;
+        if below >= goal {
+            last = *c;
+            break;
+        }
+    }
+    kept.retain(|c| {
+        let b = bin(c.0);
+        b < edge || (b == edge && most_likely_first(c, &last).is_le())
+    });
 }
 
 /// Draw from weighted candidates with a uniform `u` in `[0, 1)`: the first
@@ -191,13 +239,24 @@ pub fn draw(candidates: &[(u32, f64)], u: f64) -> u32 {
     candidates.last().map_or(0, |c| c.0)
 }
 
+/// Draw a token from the nucleus (the same cuts as [`nucleus`]) with a
+/// uniform `u`: the kept candidates in token-id order, the first whose
+/// cumulative weight exceeds `u × total`. No sort at all when nothing is
+/// cut (temperature sampling with the OpenAI defaults), a sort of the
+/// nucleus only otherwise. The sampler plugin's `sample` host call is
+/// this function.
+pub fn sample_nucleus(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, min_p: f32, u: f64) -> u32 {
+    let mut kept = cut(logits, temperature, top_k, top_p, min_p);
+    kept.sort_unstable_by_key(|c| c.0);
+    draw(&kept, u)
+}
+
 /// Choose the next token for a sequence from its logits.
 pub fn sample(logits: &[f32], params: &SamplingParams, index: u64) -> u32 {
     if params.is_greedy() {
         return argmax(logits);
     }
-    let candidates = nucleus(logits, params.temperature, params.top_k, params.top_p, params.min_p);
-    draw(&candidates, uniform(params.seed, index))
+    sample_nucleus(logits, params.temperature, params.top_k, params.top_p, params.min_p, uniform(params.seed, index))
 }
 
 #[cfg(test)]
@@ -228,6 +287,55 @@ mod tests {
         assert!((0..200).all(|i| sample(&logits, &p, i) == 0), "the top token alone holds > 50% of the mass");
         let k2 = SamplingParams { temperature: 1.0, top_k: 2, seed: 3, ..SamplingParams::default() };
         assert!((0..200).all(|i| sample(&logits, &k2, i) < 2));
+    }
+
+    /// The cuts done the obvious way: sort everything, then cut in order.
+    fn nucleus_by_full_sort(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, min_p: f32) -> Vec<u32> {
+        let inv_t = 1.0 / temperature as f64;
+        let mut all: Vec<(u32, f64)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l as f64 * inv_t)).collect();
+        all.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let top = all[0].1;
+        all.iter_mut().for_each(|c| c.1 = (c.1 - top).exp());
+        if top_k > 0 {
+            all.truncate(top_k as usize);
+        }
+        all.retain(|c| c.1 >= min_p as f64);
+        let total: f64 = all.iter().map(|c| c.1).sum();
+        if top_p < 1.0 {
+            let mut mass = 0.0;
+            let keep = all.iter().position(|c| {
+                mass += c.1;
+                mass >= top_p as f64 * total
+            });
+            all.truncate(keep.map_or(all.len(), |i| i + 1));
+        }
+        all.into_iter().map(|c| c.0).collect()
+    }
+
+    #[test]
+    fn the_partial_sorts_keep_exactly_the_full_sorts_nucleus() {
+        for seed in 0..6u64 {
+            // Flat rows (the whole vocabulary in the nucleus) and peaked ones.
+            let flat = synthetic_logits(seed, 5000);
+            let peaked: Vec<f32> = flat.iter().map(|l| l * 3.0).collect();
+            for logits in [&flat, &peaked] {
+                for (t, k, p, m) in [(1.0, 0, 1.0, 0.0), (0.7, 0, 0.9, 0.0), (1.3, 40, 0.95, 0.0), (1.0, 0, 0.5, 0.05), (1.0, 3000, 0.999, 0.0)] {
+                    let ours: Vec<u32> = nucleus(logits, t, k, p, m).into_iter().map(|c| c.0).collect();
+                    assert_eq!(ours, nucleus_by_full_sort(logits, t, k, p, m), "seed {seed}, t {t}, k {k}, p {p}, min-p {m}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_draw_sums_the_nucleus_in_token_order() {
+        let logits = synthetic_logits(9, 3000);
+        for i in 0..50 {
+            let u = uniform(5, i);
+            let mut by_id = nucleus(&logits, 0.8, 0, 0.9, 0.0);
+            by_id.sort_unstable_by_key(|c| c.0);
+            assert_eq!(sample_nucleus(&logits, 0.8, 0, 0.9, 0.0, u), draw(&by_id, u));
+        }
     }
 
     #[test]

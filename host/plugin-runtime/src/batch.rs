@@ -191,17 +191,20 @@ impl HostBatch for StoreState {
     }
 
     fn nucleus(&mut self, _: Resource<BatchHandle>, row: u32, temperature: f32, top_k: u32, top_p: f32, min_p: f32) -> Result<Vec<Candidate>> {
-        if !(temperature.is_finite() && temperature > 0.0) {
-            bail!("temperature must be finite and positive; given {temperature}");
-        }
-        if !(top_p > 0.0 && top_p <= 1.0 && (0.0..=1.0).contains(&min_p)) {
-            bail!("top-p must be in (0, 1] and min-p in [0, 1]; given {top_p} and {min_p}");
-        }
+        check_cuts(temperature, top_p, min_p)?;
         let logits = self.view()?.logits(row)?;
         Ok(weft_engine::sampling::nucleus(logits, temperature, top_k, top_p, min_p)
             .into_iter()
             .map(|(token, weight)| Candidate { token, logit: logits[token as usize], weight })
             .collect())
+    }
+
+    fn sample(&mut self, _: Resource<BatchHandle>, row: u32, temperature: f32, top_k: u32, top_p: f32, min_p: f32) -> Result<u32> {
+        check_cuts(temperature, top_p, min_p)?;
+        let r = self.view()?.row(row)?;
+        let u = weft_engine::sampling::uniform(r.params.seed, r.position());
+        let logits = self.view()?.logits(row)?;
+        Ok(weft_engine::sampling::sample_nucleus(logits, temperature, top_k, top_p, min_p, u))
     }
 
     fn logits(&mut self, _: Resource<BatchHandle>, row: u32) -> Result<Vec<f32>> {
@@ -212,4 +215,15 @@ impl HostBatch for StoreState {
         self.table.delete(handle)?;
         Ok(())
     }
+}
+
+/// The sampling cuts a guest passes, checked like user input.
+fn check_cuts(temperature: f32, top_p: f32, min_p: f32) -> Result<()> {
+    if !(temperature.is_finite() && temperature > 0.0) {
+        bail!("temperature must be finite and positive; given {temperature}");
+    }
+    if !(top_p > 0.0 && top_p <= 1.0 && (0.0..=1.0).contains(&min_p)) {
+        bail!("top-p must be in (0, 1] and min-p in [0, 1]; given {top_p} and {min_p}");
+    }
+    Ok(())
 }

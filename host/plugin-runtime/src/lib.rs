@@ -5,12 +5,14 @@
 //! epoch interruption driven by a ticker thread) and the linker. A
 //! component is checked and compiled once ([`PluginRuntime::load_sampler`]:
 //! size cap, world, imports against the grants), then instantiated from its
-//! pre-linked template. [`WasmSampler`] implements `weft_types::Sampler`:
-//! one guest call per engine step for the whole batch, its logits kept in
-//! the host behind the `batch` resource ([`batch`]), its answer checked by
-//! the engine. [`WasmGuide`] is a guide component set up once for the
-//! model's vocabulary; each [`GuidedSequence`] implements `weft_types::Guide`
-//! for one constrained sequence.
+//! pre-linked template; with [`PluginRuntime::with_cache`] the compiled
+//! code is kept on disk ([`CompiledCache`]) so a restart maps it back in.
+//! [`WasmSampler`] implements `weft_types::Sampler`: one guest call per
+//! engine step for the whole batch, its logits kept in the host behind the
+//! `batch` resource ([`batch`]), its answer checked by the engine.
+//! [`WasmGuide`] is a guide component set up once for the model's
+//! vocabulary; each [`GuidedSequence`] implements `weft_types::Guide` for
+//! one constrained sequence.
 //!
 //! A trap, a deadline overrun or an exhausted memory fails only the call
 //! (and so only the requests in it); the instance is discarded and rebuilt
@@ -21,6 +23,7 @@
 
 pub mod batch;
 pub mod bindings;
+mod cache;
 mod error;
 mod guide;
 pub mod limits;
@@ -28,6 +31,7 @@ mod runtime;
 mod sampler;
 mod sandbox;
 
+pub use cache::CompiledCache;
 pub use error::PluginError;
 pub use limits::Limits;
 pub use guide::{GuidedSequence, WasmGuide};

@@ -8,6 +8,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::bindings::guide::GuidePluginPre;
+use crate::cache::CompiledCache;
 use crate::bindings::{SamplerPlugin, SamplerPluginPre};
 use crate::error::PluginError;
 use crate::limits::Limits;
@@ -27,11 +28,12 @@ pub struct PluginRuntime {
     engine: Engine,
     linker: Arc<Linker<StoreState>>,
     limits: Limits,
+    cache: Option<CompiledCache>,
 }
 
 impl std::fmt::Debug for PluginRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginRuntime").field("limits", &self.limits).finish()
+        f.debug_struct("PluginRuntime").field("limits", &self.limits).field("cache", &self.cache).finish()
     }
 }
 
@@ -71,7 +73,14 @@ impl PluginRuntime {
                 }
             })
             .map_err(|e| setup("epoch ticker", e))?;
-        Ok(Self { engine, linker: Arc::new(linker), limits })
+        Ok(Self { engine, linker: Arc::new(linker), limits, cache: None })
+    }
+
+    /// Keep compiled components in `dir` ([`CompiledCache`]), so loading
+    /// the same bytes again (after a restart) skips compilation.
+    pub fn with_cache(mut self, dir: &std::path::Path) -> Result<Self, PluginError> {
+        self.cache = Some(CompiledCache::open(dir, &self.engine).map_err(|e| setup(&format!("the compiled-plugin cache {}", dir.display()), e))?);
+        Ok(self)
     }
 
     pub fn limits(&self) -> &Limits {
@@ -103,8 +112,11 @@ impl PluginRuntime {
         if bytes.len() > self.limits.component_bytes {
             return Err(PluginError::TooLarge { plugin, size: bytes.len(), limit: self.limits.component_bytes });
         }
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| PluginError::Compile { plugin: plugin.clone(), reason: format!("{e:#}") })?;
+        let compiled = match &self.cache {
+            Some(cache) => cache.get_or_compile(&self.engine, bytes),
+            None => Component::new(&self.engine, bytes),
+        };
+        let component = compiled.map_err(|e| PluginError::Compile { plugin: plugin.clone(), reason: format!("{e:#}") })?;
         for (import, _) in component.component_type().imports(&self.engine) {
             if !import_allowed(import) {
                 return Err(PluginError::ForbiddenImport { plugin, import: import.to_string() });

@@ -181,8 +181,14 @@ pub(crate) fn unix_now() -> u64 {
 
 impl Server {
     /// Serve `loaded` through `engine` (built over the same model, with its
-    /// samplers set) and bind the listeners.
-    pub async fn bind(loaded: LoadedModel, mut engine: Engine, config: ServerConfig) -> std::io::Result<Self> {
+    /// samplers set), loading plugins through `runtime`, and bind the
+    /// listeners.
+    pub async fn bind(
+        loaded: LoadedModel,
+        mut engine: Engine,
+        runtime: Arc<weft_plugin_runtime::PluginRuntime>,
+        config: ServerConfig,
+    ) -> std::io::Result<Self> {
         // Requests may name `default` (the engine's default sampler) or
         // `native` (the host's reference sampler); deploys add more.
         let native = engine.add_sampler(Box::new(weft_engine::sampling::NativeSampler));
@@ -190,7 +196,6 @@ impl Server {
         let first = semver::Version::new(0, 1, 0);
         plugins.activate("default", first.clone(), weft_engine::DEFAULT_SAMPLER, Default::default()).map_err(std::io::Error::other)?;
         plugins.activate("native", first, native, Default::default()).map_err(std::io::Error::other)?;
-        let runtime = weft_plugin_runtime::PluginRuntime::new(weft_plugin_runtime::Limits::default()).map_err(std::io::Error::other)?;
         let plugin_store = match &config.state_dir {
             None => None,
             Some(dir) => {
@@ -220,7 +225,7 @@ impl Server {
             tokenizer: loaded.tokenizer,
             template: loaded.template.map(Arc::new),
             plugins: Arc::new(plugins),
-            runtime: Arc::new(runtime),
+            runtime,
             guide: None,
             plugin_store,
             tool_format,

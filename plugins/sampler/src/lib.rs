@@ -3,8 +3,8 @@
 //! suppression, seeded and reproducible, for a whole batch per call.
 //!
 //! The policy lives here; the O(vocabulary) work (adjusting logits, the
-//! nucleus) is asked of the host through the `batch` resource, so a call
-//! moves a few short lists, never a full row.
+//! nucleus and the draw from it) is asked of the host through the `batch`
+//! resource, so a call moves a few short lists, never a full row.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -53,17 +53,7 @@ fn choose_row(batch: &Batch, row: u32) -> Result<u32, PluginError> {
     if p.temperature == 0.0 || p.top_k == 1 {
         return batch.top_k(row, 1).first().map(|c| c.token).ok_or_else(|| empty(row));
     }
-    let candidates = batch.nucleus(row, p.temperature, p.top_k, p.top_p, p.min_p);
-    let total: f64 = candidates.iter().map(|c| c.weight).sum();
-    let target = batch.uniform(row) * total;
-    let mut acc = 0.0;
-    for c in &candidates {
-        acc += c.weight;
-        if target < acc {
-            return Ok(c.token);
-        }
-    }
-    candidates.last().map(|c| c.token).ok_or_else(|| empty(row))
+    Ok(batch.sample(row, p.temperature, p.top_k, p.top_p, p.min_p))
 }
 
 fn empty(row: u32) -> PluginError {
