@@ -225,6 +225,15 @@ impl TestServer {
         Self::reply(req.call())
     }
 
+    /// DELETE with extra headers.
+    pub fn delete_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = self.agent.delete(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::reply(req.call())
+    }
+
     /// POST without a body, with extra headers.
     pub fn post_empty_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
         self.post_with(path, headers, &[])

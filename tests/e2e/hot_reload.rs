@@ -27,6 +27,14 @@ fn deploy(server: &TestServer, name: &str, version: &str, fault: &str) -> Reply 
     )
 }
 
+fn deploy_canary(server: &TestServer, name: &str, version: &str, fault: &str, share: &str) -> Reply {
+    server.post_with(
+        &format!("/admin/v1/plugins/{name}/{version}?fault={fault}&canary={share}"),
+        &[AUTH, ("content-type", "application/wasm")],
+        &faulty_component(),
+    )
+}
+
 fn complete(server: &TestServer, sampler: Option<&str>) -> Reply {
     let mut body = json!({"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0});
     if let Some(s) = sampler {
@@ -179,4 +187,95 @@ fn deploys_and_rollbacks_survive_a_restart_with_a_state_directory() {
     let list = server.get_with("/admin/v1/plugins", &[AUTH]).json();
     let kept = list.as_array().unwrap().iter().find(|p| p["name"] == "kept").unwrap().clone();
     assert_eq!(kept["versions"], json!(["1.0.0", "3.0.0"]), "linear history is what was stored");
+}
+
+fn server_with_breaker(faults: usize, cooldown_ms: u64) -> TestServer {
+    let breaker = weft_server::plugins::BreakerPolicy {
+        faults,
+        window: std::time::Duration::from_secs(60),
+        cooldown: std::time::Duration::from_millis(cooldown_ms),
+    };
+    TestServer::start_with(|_| {}, ServerConfig { admin_token: Some("admin-secret".into()), breaker, ..ServerConfig::default() })
+}
+
+fn info(server: &TestServer, name: &str) -> Value {
+    let r = server.get_with(&format!("/admin/v1/plugins/{name}"), &[AUTH]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+#[test]
+fn a_version_that_keeps_faulting_is_rolled_back_automatically() {
+    let server = server_with_breaker(3, 60_000);
+    let greedy = text(&complete(&server, None));
+    assert_eq!(deploy(&server, "auto", "1.0.0", "none").status, 201);
+    assert_eq!(deploy(&server, "auto", "2.0.0", "trap").status, 201);
+    for _ in 0..3 {
+        assert_eq!(complete(&server, Some("auto")).status, 500);
+    }
+    // The third fault tripped 2.0.0: the next request is served by 1.0.0.
+    assert_eq!(text(&complete(&server, Some("auto"))), greedy);
+    let auto = info(&server, "auto");
+    assert_eq!(auto["active_version"], "1.0.0");
+    assert!(auto["last_event"].as_str().unwrap().contains("auto@2.0.0 faulted 3 times"), "{auto}");
+    let health = auto["health"].as_array().unwrap();
+    assert_eq!((health[1]["version"].as_str(), health[1]["faults"].as_u64()), (Some("2.0.0"), Some(3)));
+    assert_eq!(health[1]["breaker"], "open");
+    assert_eq!((health[0]["requests"].as_u64(), health[0]["faults"].as_u64()), (Some(1), Some(0)));
+}
+
+#[test]
+fn a_breaker_with_nothing_to_fall_back_to_answers_503_until_a_trial_succeeds() {
+    let server = server_with_breaker(2, 300);
+    let greedy = text(&complete(&server, None));
+    assert_eq!(deploy(&server, "lonely", "1.0.0", "trap").status, 201);
+    for _ in 0..2 {
+        assert_eq!(complete(&server, Some("lonely")).status, 500);
+    }
+    let r = complete(&server, Some("lonely"));
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (503, Some("plugin_unavailable")), "{}", r.body);
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(text(&complete(&server, None)), greedy, "everyone else is served");
+    // After the cooldown one trial goes through; it faults, so the breaker
+    // opens again at once.
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(complete(&server, Some("lonely")).status, 500, "the trial request reaches the plugin");
+    assert_eq!(complete(&server, Some("lonely")).status, 503);
+    // A fixed version takes over immediately.
+    assert_eq!(deploy(&server, "lonely", "1.0.1", "none").status, 201);
+    assert_eq!(text(&complete(&server, Some("lonely"))), greedy);
+}
+
+#[test]
+fn a_canary_takes_its_share_and_is_promoted_withdrawn_or_removed() {
+    let server = server();
+    let greedy = text(&complete(&server, None));
+    assert_eq!(deploy(&server, "canary", "1.0.0", "none").status, 201);
+    let r = deploy_canary(&server, "canary", "2.0.0", "none", "0.25");
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!((r.json()["active_version"].as_str(), r.json()["canary"]["share"].as_f64()), (Some("1.0.0"), Some(0.25)));
+    for _ in 0..8 {
+        assert_eq!(text(&complete(&server, Some("canary"))), greedy);
+    }
+    let requests = |v: &Value| -> Vec<u64> { v["health"].as_array().unwrap().iter().map(|h| h["requests"].as_u64().unwrap()).collect() };
+    assert_eq!(requests(&info(&server, "canary")), vec![6, 2], "exactly a quarter went to the canary");
+    // Promoted, the canary takes everything.
+    let r = server.post_empty_with("/admin/v1/plugins/canary/promote", &[AUTH]);
+    assert_eq!((r.status, r.json()["active_version"].as_str()), (200, Some("2.0.0")));
+    assert!(r.json()["canary"].is_null());
+    // A new canary that traps is withdrawn by rollback, and bad shares are refused.
+    assert_eq!(deploy_canary(&server, "canary", "3.0.0", "trap", "0.5").status, 201);
+    let r = server.post_empty_with("/admin/v1/plugins/canary/rollback", &[AUTH]);
+    assert_eq!((r.json()["active_version"].as_str(), r.json()["canary"].is_null()), (Some("2.0.0"), true));
+    for share in ["0", "1", "x"] {
+        let r = deploy_canary(&server, "canary", "4.0.0", "none", share);
+        assert_eq!((r.status, r.json()["error"]["param"].as_str()), (400, Some("canary")), "{share}: {}", r.body);
+    }
+    let r = deploy_canary(&server, "fresh", "1.0.0", "none", "0.5");
+    assert_eq!(r.status, 400, "a canary needs an active version: {}", r.body);
+    // Removing a name unloads it; requests naming it are then a 400.
+    let r = server.delete_with("/admin/v1/plugins/canary", &[AUTH]);
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(complete(&server, Some("canary")).json()["error"]["code"], "unknown_plugin");
+    assert_eq!(server.get_with("/admin/v1/plugins/canary", &[AUTH]).status, 400);
 }

@@ -63,7 +63,7 @@ fn builtin_sampler_plugin_chooses_exactly_the_native_tokens() {
             assert_eq!(ours, reference, "vocab {vocab}, round {round}");
         }
     }
-    assert_eq!(plugin.faults(), 0);
+    assert_eq!(plugin.health().faults(), 0);
 }
 
 #[test]
@@ -166,7 +166,7 @@ fn a_faulted_instance_is_rebuilt_for_the_next_call() {
     let rows = [SampleRow { logits: &row_logits, params: &params, tokens: &[1, 2], prompt_len: 2 }];
     for n in 1..=3 {
         assert!(sampler.sample(&rows, &[]).is_err());
-        assert_eq!(sampler.faults(), n, "each call runs on a fresh instance and traps again");
+        assert_eq!(sampler.health().faults(), n, "each call runs on a fresh instance and traps again");
     }
 }
 

@@ -1,4 +1,5 @@
-"""`weft admin`, the admin API from the command line, against a real server."""
+"""`weft admin` and `weft plugin`, the admin API from the command line,
+against a real server."""
 import json
 import os
 import pathlib
@@ -12,6 +13,15 @@ BINARY = os.environ.get("WEFT_BIN", str(ROOT / "target/release/weft"))
 
 def admin(server, token, *command):
     return subprocess.run([BINARY, "admin", "--server", server.url, "--token", token, *command], capture_output=True, text=True, timeout=60)
+
+
+def plugin(server, *command):
+    return subprocess.run([BINARY, "plugin", "--server", server.url, "--token", "t0ken", *command], capture_output=True, text=True, timeout=60)
+
+
+def sampler_component():
+    """The builtin sampler component, as the build left it."""
+    return sorted(ROOT.glob("target/release/build/weft-plugin-artifacts-*/out/guests/wasm32-wasip2/plugin/weft_plugin_sampler.wasm"))[-1]
 
 
 def test_admin_cli_reads_the_model_and_drains():
@@ -28,12 +38,11 @@ def test_admin_cli_reads_the_model_and_drains():
         server.stop()
 
 
-def test_admin_cli_deploys_a_sampler_that_requests_can_choose():
-    # The builtin sampler component, as the build left it.
-    component = sorted(ROOT.glob("target/release/build/weft-plugin-artifacts-*/out/guests/wasm32-wasip2/plugin/weft_plugin_sampler.wasm"))[-1]
+def test_plugin_cli_deploys_a_sampler_that_requests_can_choose():
+    component = sampler_component()
     server = Server("--admin-token", "t0ken")
     try:
-        out = admin(server, "t0ken", "deploy", "mine", "1.0.0", str(component))
+        out = plugin(server, "deploy", "mine", "1.0.0", str(component))
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["active_version"] == "1.0.0"
         from openai import OpenAI
@@ -42,22 +51,37 @@ def test_admin_cli_deploys_a_sampler_that_requests_can_choose():
         args = dict(model="default", prompt="The capital of France is", max_tokens=6, temperature=0)
         mine = client.completions.create(**args, extra_body={"weft": {"sampler": "mine"}})
         assert mine.choices[0].text == client.completions.create(**args).choices[0].text
-        listed = json.loads(admin(server, "t0ken", "plugins").stdout)
+        listed = json.loads(plugin(server, "list").stdout)
         assert {p["name"] for p in listed} == {"default", "native", "mine"}
+
+        # A canary, its health, promotion and removal.
+        out = plugin(server, "deploy", "mine", "1.1.0", str(component), "--canary", "0.5")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["canary"] == {"version": "1.1.0", "share": 0.5}
+        for _ in range(4):
+            client.completions.create(**args, extra_body={"weft": {"sampler": "mine"}})
+        info = json.loads(plugin(server, "info", "mine").stdout)
+        assert [h["requests"] for h in info["health"]] == [3, 2], info
+        assert all(h["faults"] == 0 and h["breaker"] == "closed" for h in info["health"])
+        promoted = json.loads(plugin(server, "promote", "mine").stdout)
+        assert promoted["active_version"] == "1.1.0" and promoted["canary"] is None
+        assert plugin(server, "remove", "mine").returncode == 0
+        gone = plugin(server, "info", "mine")
+        assert gone.returncode != 0 and "unknown_plugin" in gone.stderr
     finally:
         server.stop()
 
 
 def test_a_state_directory_keeps_deploys_across_restarts(tmp_path):
-    component = sorted(ROOT.glob("target/release/build/weft-plugin-artifacts-*/out/guests/wasm32-wasip2/plugin/weft_plugin_sampler.wasm"))[-1]
+    component = sampler_component()
     server = Server("--admin-token", "t0ken", "--state-dir", str(tmp_path))
     try:
-        assert admin(server, "t0ken", "deploy", "kept", "1.0.0", str(component)).returncode == 0
+        assert plugin(server, "deploy", "kept", "1.0.0", str(component)).returncode == 0
     finally:
         server.stop()
     server = Server("--admin-token", "t0ken", "--state-dir", str(tmp_path))
     try:
-        listed = {p["name"]: p for p in json.loads(admin(server, "t0ken", "plugins").stdout)}
+        listed = {p["name"]: p for p in json.loads(plugin(server, "list").stdout)}
         assert listed["kept"]["active_version"] == "1.0.0"
     finally:
         server.stop()

@@ -2,7 +2,8 @@
 //!
 //! `weft pull` fetches the default model (or imports a local one),
 //! `weft generate` completes a prompt, `weft chat` holds a conversation in
-//! the terminal, `weft serve` serves the HTTP API. Argument parsing and
+//! the terminal, `weft serve` serves the HTTP API, `weft admin` and `weft
+//! plugin` talk to a running server. Argument parsing and
 //! printing live here; everything else is in the library crates.
 
 mod admin;
@@ -40,8 +41,10 @@ enum Command {
     Chat(run::ChatArgs),
     /// Serve the OpenAI-compatible HTTP API and the gRPC API.
     Serve(serve::ServeArgs),
-    /// Talk to a running server's admin API.
+    /// A running server's model status and draining, through its admin API.
     Admin(admin::AdminArgs),
+    /// Deploy, inspect, promote, roll back and remove a running server's plugins.
+    Plugin(admin::PluginArgs),
     /// Measure the engine's prefill and decode throughput, or (with --url) load-test an OpenAI-compatible server.
     Bench(bench::BenchArgs),
 }
@@ -83,7 +86,8 @@ fn main() -> Result<()> {
         Command::Generate(args) => run::generate(&store, args)?,
         Command::Chat(args) => run::chat(&store, args)?,
         Command::Serve(args) => serve::serve(&store, args)?,
-        Command::Admin(args) => admin::run(args)?,
+        Command::Admin(args) => admin::admin(args)?,
+        Command::Plugin(args) => admin::plugin(args)?,
         Command::Bench(args) => bench::bench(&store, args)?,
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! call only, and the instance is rebuilt before the next one.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
 use wasmtime::component::Resource;
 use wasmtime::{Store, Trap};
@@ -12,6 +13,7 @@ use crate::batch::{BatchHandle, StepView};
 use crate::bindings::SamplerPlugin;
 use crate::bindings::weft::plugin::types::{ConfigEntry, ConfigValue};
 use crate::error::PluginError;
+use crate::health::Health;
 use crate::runtime::{EPOCH_TICK, SamplerComponent};
 use crate::sandbox::StoreState;
 
@@ -21,12 +23,12 @@ pub struct WasmSampler {
     config: Vec<ConfigEntry>,
     label: String,
     live: Option<(Store<StoreState>, SamplerPlugin)>,
-    faults: u64,
+    health: Arc<Health>,
 }
 
 impl std::fmt::Debug for WasmSampler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WasmSampler").field("plugin", &self.label).field("faults", &self.faults).finish()
+        f.debug_struct("WasmSampler").field("plugin", &self.label).field("health", &self.health).finish()
     }
 }
 
@@ -50,14 +52,15 @@ impl WasmSampler {
     pub(crate) fn new(component: SamplerComponent, config: Vec<(String, ConfigValue)>) -> Result<Self, PluginError> {
         let label = component.name().to_string();
         let config = config.into_iter().map(|(key, value)| ConfigEntry { key, value }).collect();
-        let mut sampler = Self { component, config, label, live: None, faults: 0 };
+        let mut sampler = Self { component, config, label, live: None, health: Arc::default() };
         sampler.instance()?;
         Ok(sampler)
     }
 
-    /// Calls that faulted so far.
-    pub fn faults(&self) -> u64 {
-        self.faults
+    /// This instance's calls and faults, shared: the handle stays valid
+    /// after the sampler moves into the engine.
+    pub fn health(&self) -> Arc<Health> {
+        Arc::clone(&self.health)
     }
 
     fn deadline_ticks(&self) -> u64 {
@@ -94,7 +97,7 @@ impl WasmSampler {
     }
 
     fn fault(&mut self, message: String) -> SamplerError {
-        self.faults += 1;
+        self.health.record_fault();
         self.live = None;
         SamplerError::Fault { sampler: self.label.clone(), message }
     }
@@ -106,6 +109,7 @@ impl Sampler for WasmSampler {
     }
 
     fn sample(&mut self, rows: &[SampleRow<'_>], eos: &[TokenId]) -> Result<Vec<TokenId>, SamplerError> {
+        self.health.record_call();
         let ticks = self.deadline_ticks();
         let deadline_ms = self.component.parts().3.call_deadline.as_millis();
         let (store, plugin) = match self.instance() {
@@ -133,7 +137,10 @@ impl Sampler for WasmSampler {
         store.data_mut().step = None;
         let _ = store.data_mut().table.delete(handle);
         match result {
-            Ok(Ok(Ok(tokens))) => Ok(tokens),
+            Ok(Ok(Ok(tokens))) => match invalid_answer(&tokens, rows) {
+                None => Ok(tokens),
+                Some(why) => Err(self.fault(why)),
+            },
             Ok(Ok(Err(e))) => Err(SamplerError::Refused { sampler: self.label.clone(), code: e.code, message: e.message }),
             Ok(Err(e)) => {
                 let message = describe(&e, deadline_ms);
@@ -142,4 +149,15 @@ impl Sampler for WasmSampler {
             Err(_) => Err(self.fault("a host call panicked (a bug in Weft); the instance is discarded".into())),
         }
     }
+}
+
+/// Why a sampler's answer cannot be used, if it cannot: one token per row,
+/// each inside the vocabulary. (The engine checks again, for any sampler;
+/// here it also counts as this plugin's fault.)
+fn invalid_answer(tokens: &[TokenId], rows: &[SampleRow<'_>]) -> Option<String> {
+    if tokens.len() != rows.len() {
+        return Some(format!("returned {} tokens for {} rows", tokens.len(), rows.len()));
+    }
+    let (token, row) = tokens.iter().zip(rows).find(|(t, r)| **t as usize >= r.logits.len())?;
+    Some(format!("returned token {token}, outside the vocabulary of {}", row.logits.len()))
 }

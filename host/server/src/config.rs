@@ -41,6 +41,8 @@ pub struct ServerConfig {
     /// Serve HTTPS instead of HTTP with this certificate chain and private
     /// key (PEM files). Default `None`: plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// When a plugin version counts as broken (see [`crate::plugins`]).
+    pub breaker: crate::plugins::BreakerPolicy,
 }
 
 /// A certificate chain and its private key, PEM-encoded.
@@ -63,6 +65,7 @@ impl Default for ServerConfig {
             tokenizer_workers: 4,
             state_dir: None,
             tls: None,
+            breaker: crate::plugins::BreakerPolicy::default(),
         }
     }
 }

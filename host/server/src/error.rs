@@ -60,6 +60,10 @@ pub enum ApiError {
     /// same request will not help.
     #[error("{0}")]
     PluginFailed(String),
+    /// The plugin version the request chose faulted too often: its circuit
+    /// breaker is open until a new version is deployed or the cooldown ends.
+    #[error("the plugin {plugin} is failing and its circuit breaker is open; retry after {retry_after_s} s or deploy a fixed version")]
+    PluginUnavailable { plugin: String, retry_after_s: u32 },
     /// The request's own deadline (`weft.deadline_ms`) passed first.
     #[error("the request's deadline of {0} ms passed before it finished")]
     DeadlineExceeded(u64),
@@ -87,7 +91,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Overloaded { .. } | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded { .. } | Self::NotReady(_) | Self::PluginUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::PluginFailed(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -108,7 +112,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } | Self::PayloadTooLarge { .. } | Self::UnsupportedMediaType { .. } => {
                 "invalid_request_error"
             }
-            Self::Overloaded { .. } | Self::NotReady(_) => "service_unavailable_error",
+            Self::Overloaded { .. } | Self::NotReady(_) | Self::PluginUnavailable { .. } => "service_unavailable_error",
             Self::PluginFailed(_) => "plugin_error",
             Self::DeadlineExceeded(_) => "timeout_error",
             Self::Internal(_) => "internal_error",
@@ -134,6 +138,7 @@ impl ApiError {
             Self::Overloaded { .. } => "server_overloaded",
             Self::NotReady(_) => "not_ready",
             Self::PluginFailed(_) => "plugin_failed",
+            Self::PluginUnavailable { .. } => "plugin_unavailable",
             Self::DeadlineExceeded(_) => "deadline_exceeded",
             Self::Internal(_) => "internal_error",
         }
@@ -145,7 +150,7 @@ impl ApiError {
             Self::Unsupported { param, .. } => Some(param),
             Self::ContextLengthExceeded(_) => Some("messages"),
             Self::ModelNotFound(_) => Some("model"),
-            Self::UnknownPlugin { .. } => Some("weft.sampler"),
+            Self::UnknownPlugin { .. } | Self::PluginUnavailable { .. } => Some("weft.sampler"),
             _ => None,
         }
     }
@@ -153,7 +158,7 @@ impl ApiError {
     /// Seconds after which the same request may succeed, if waiting helps.
     fn retry_after(&self) -> Option<u32> {
         match self {
-            Self::Overloaded { retry_after_s, .. } => Some(*retry_after_s),
+            Self::Overloaded { retry_after_s, .. } | Self::PluginUnavailable { retry_after_s, .. } => Some(*retry_after_s),
             Self::NotReady(_) => Some(1),
             _ => None,
         }

@@ -110,10 +110,17 @@ impl AppState {
     /// The engine sampler a request names (body field first, then the
     /// `x-weft-sampler` header), or the default.
     pub(crate) fn select_sampler(&self, field: Option<&str>, header: Option<&str>) -> Result<weft_engine::SamplerId, ApiError> {
-        match field.or(header) {
-            None => Ok(weft_engine::DEFAULT_SAMPLER),
-            Some(name) => self.plugins.resolve(name),
+        let Some(name) = field.or(header) else { return Ok(weft_engine::DEFAULT_SAMPLER) };
+        let resolved = self.plugins.resolve(name)?;
+        if resolved.rolled_back {
+            eprintln!("weft: {}", self.plugins.get(name).ok().and_then(|i| i.last_event).unwrap_or_default());
+            if let Some(store) = &self.plugin_store
+                && let Err(e) = self.plugins.stored(name).and_then(|s| store.save(name, &s, None).map_err(|e| ApiError::Internal(e.to_string())))
+            {
+                eprintln!("weft: the automatic rollback of {name} was not persisted: {e}");
+            }
         }
+        Ok(resolved.sampler)
     }
 
     pub(crate) fn limits(&self) -> validate::ModelLimits {
@@ -154,8 +161,10 @@ fn restore_plugins(
             let init: Vec<(String, ConfigValue)> = v.config.iter().map(|(k, v)| (k.clone(), ConfigValue::Text(v.clone()))).collect();
             let restored = semver::Version::parse(&v.version).map_err(|e| e.to_string()).and_then(|version| {
                 let sampler = runtime.load_sampler(&label, &component).and_then(|c| c.sampler(init)).map_err(|e| e.to_string())?;
-                let id = engine.add_sampler(Box::new(sampler));
-                plugins.activate(&name, version, id, v.config.clone()).map_err(|e| e.to_string())
+                let health = Some(sampler.health());
+                let sampler = engine.add_sampler(Box::new(sampler));
+                let deployed = plugins::Deployed { version, sampler, config: v.config.clone(), health, canary: None };
+                plugins.activate(&name, deployed).map_err(|e| e.to_string())
             });
             match restored {
                 Ok(retired) => retired.into_iter().for_each(|id| engine.retire_sampler(id)),
@@ -163,7 +172,7 @@ fn restore_plugins(
             }
         }
         if let Ok(active) = semver::Version::parse(&stored.active) {
-            let _ = plugins.set_active(&name, &active);
+            let _ = plugins.set_active(&name, &active, stored.canary);
         }
     }
 }
@@ -192,10 +201,12 @@ impl Server {
         // Requests may name `default` (the engine's default sampler) or
         // `native` (the host's reference sampler); deploys add more.
         let native = engine.add_sampler(Box::new(weft_engine::sampling::NativeSampler));
-        let plugins = plugins::SamplerRegistry::default();
-        let first = semver::Version::new(0, 1, 0);
-        plugins.activate("default", first.clone(), weft_engine::DEFAULT_SAMPLER, Default::default()).map_err(std::io::Error::other)?;
-        plugins.activate("native", first, native, Default::default()).map_err(std::io::Error::other)?;
+        let plugins = plugins::SamplerRegistry::new(config.breaker.clone());
+        for (name, sampler) in [("default", weft_engine::DEFAULT_SAMPLER), ("native", native)] {
+            let builtin =
+                plugins::Deployed { version: semver::Version::new(0, 1, 0), sampler, config: Default::default(), health: None, canary: None };
+            plugins.activate(name, builtin).map_err(std::io::Error::other)?;
+        }
         let plugin_store = match &config.state_dir {
             None => None,
             Some(dir) => {

@@ -31,7 +31,10 @@ use crate::routes::{admin, chat, completions, models, ops, tokenize};
         admin::drain,
         admin::deploy,
         admin::list,
+        admin::info,
         admin::rollback,
+        admin::promote,
+        admin::remove,
     ),
     modifiers(&AdminToken),
     tags(

@@ -23,6 +23,9 @@ pub struct StoreError {
 pub struct StoredName {
     pub versions: Vec<StoredVersion>,
     pub active: String,
+    /// The share of the canary (the version after the active one), if any.
+    #[serde(default)]
+    pub canary: Option<f64>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -88,6 +91,22 @@ impl PluginStore {
         self.names.insert(name, record).map_err(err("saving"))?;
         for gone in old.iter().flat_map(|o| &o.versions).filter(|v| !stored.versions.iter().any(|s| s.version == v.version)) {
             self.components.remove(key(name, &gone.version)).map_err(err("dropping an old version of"))?;
+        }
+        self.names.flush().map_err(err("flushing"))?;
+        self.components.flush().map_err(err("flushing"))?;
+        Ok(())
+    }
+
+    /// Forget `name` and every component stored for it.
+    pub fn remove(&self, name: &str) -> Result<(), StoreError> {
+        let err = |what: &str| {
+            let what = format!("{what} {name}");
+            move |source| StoreError { what, source }
+        };
+        let old: Option<StoredName> =
+            self.names.remove(name).map_err(err("removing"))?.and_then(|v| serde_json::from_slice(&v).ok());
+        for v in old.iter().flat_map(|o| &o.versions) {
+            self.components.remove(key(name, &v.version)).map_err(err("dropping a version of"))?;
         }
         self.names.flush().map_err(err("flushing"))?;
         self.components.flush().map_err(err("flushing"))?;

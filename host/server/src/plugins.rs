@@ -1,20 +1,34 @@
 //! The server's samplers by name: the versions deployed under each name,
-//! the one taking new requests, and the engine sampler each version is.
+//! the one taking new requests (and a canary sharing them), the engine
+//! sampler each version is, and the circuit breaker over each version's
+//! faults.
 //!
 //! Deploying a version compiles and instantiates it off the request path,
-//! hands it to the engine, then makes it the name's active version in one
-//! step (a write lock held for a map update, never across an await). New
-//! requests resolve the name at admission and keep the engine sampler id
-//! they got, so requests in flight finish on the version they started with.
-//! The last few versions stay loaded for rollback; older ones are retired,
-//! and the engine drops them when their last request ends.
+//! hands it to the engine, then makes it the name's active version (or its
+//! canary) in one step (a write lock held for a map update, never across
+//! an await). New requests resolve the name at admission and keep the
+//! engine sampler id they got, so requests in flight finish on the version
+//! they started with. The last few versions stay loaded for rollback; older
+//! ones are retired, and the engine drops them when their last request
+//! ends.
+//!
+//! Faults: every plugin call and fault is counted by the instance
+//! ([`Health`]). A version with [`BreakerPolicy::faults`] faults within
+//! [`BreakerPolicy::window`] is rolled back automatically when an earlier
+//! version is loaded (a canary is withdrawn); otherwise its breaker opens
+//! and requests naming it get a fast 503 until a new version is deployed
+//! or, after [`BreakerPolicy::cooldown`], one trial request (half-open)
+//! succeeds.
 
 use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use utoipa::ToSchema;
 use weft_engine::SamplerId;
+use weft_plugin_runtime::Health;
 
 use crate::error::ApiError;
 
@@ -22,19 +36,116 @@ use crate::error::ApiError;
 /// return to). Default 3.
 pub const KEPT_VERSIONS: usize = 3;
 
+/// When a version counts as broken, and for how long.
+#[derive(Clone, Debug)]
+pub struct BreakerPolicy {
+    /// Faults that trip it. Default 5.
+    pub faults: usize,
+    /// Within this long. Default 60 s.
+    pub window: Duration,
+    /// How long an open breaker refuses before letting a trial request
+    /// through. Default 30 s.
+    pub cooldown: Duration,
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        Self { faults: 5, window: Duration::from_secs(60), cooldown: Duration::from_secs(30) }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Breaker {
+    /// Serving; faults since `since` count.
+    Closed { since: Instant },
+    /// Refusing until `until`.
+    Open { until: Instant },
+    /// Trial requests go through: a new fault reopens it, a call without
+    /// one closes it.
+    HalfOpen { faults_at: u64, calls_at: u64 },
+}
+
+impl Breaker {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Closed { .. } => "closed",
+            Self::Open { .. } => "open",
+            Self::HalfOpen { .. } => "half-open",
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Version {
     version: semver::Version,
     sampler: SamplerId,
     /// The configuration it was deployed with (kept for the plugin store).
     config: BTreeMap<String, String>,
+    /// The instance's call and fault counts; `None` for the host's builtins.
+    health: Option<Arc<Health>>,
+    breaker: Mutex<Breaker>,
+    /// Requests it was chosen for.
+    requests: AtomicU64,
+}
+
+impl Version {
+    /// Whether it may take a request now, moving its breaker along;
+    /// `Err(wait)` while the breaker is open.
+    fn admit(&self, policy: &BreakerPolicy, now: Instant) -> Result<(), Duration> {
+        let Some(health) = &self.health else { return Ok(()) };
+        let Ok(mut breaker) = self.breaker.lock() else { return Ok(()) };
+        match *breaker {
+            Breaker::Closed { since } => {
+                if health.faults_within(policy.window, since, now) >= policy.faults {
+                    *breaker = Breaker::Open { until: now + policy.cooldown };
+                    return Err(policy.cooldown);
+                }
+            }
+            Breaker::Open { until } if now < until => return Err(until - now),
+            Breaker::Open { .. } => *breaker = Breaker::HalfOpen { faults_at: health.faults(), calls_at: health.calls() },
+            Breaker::HalfOpen { faults_at, calls_at } => {
+                if health.faults() > faults_at {
+                    *breaker = Breaker::Open { until: now + policy.cooldown };
+                    return Err(policy.cooldown);
+                }
+                if health.calls() > calls_at {
+                    *breaker = Breaker::Closed { since: now };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn breaker_state(&self) -> &'static str {
+        self.breaker.lock().map_or("closed", |b| b.name())
+    }
+}
+
+/// A new version taking a share of a name's requests beside the active one.
+#[derive(Debug)]
+struct Canary {
+    share: f64,
+    /// Requests resolved while it runs: the `n`-th goes to the canary when
+    /// `⌊(n+1)·share⌋ > ⌊n·share⌋`, so it gets exactly its share.
+    resolved: AtomicU64,
+}
+
+impl Canary {
+    fn takes_next(&self) -> bool {
+        let n = self.resolved.fetch_add(1, Ordering::Relaxed) as f64;
+        ((n + 1.0) * self.share).floor() > (n * self.share).floor()
+    }
 }
 
 #[derive(Debug, Default)]
 struct Entry {
-    /// Oldest first; `active` indexes it.
+    /// Oldest first; `active` indexes it; with a canary, the canary is the
+    /// version right after the active one.
     versions: Vec<Version>,
     active: usize,
+    canary: Option<Canary>,
+    /// The last thing the server did to this name on its own.
+    last_event: Option<String>,
 }
 
 /// A deployed name as the admin API shows it.
@@ -45,57 +156,149 @@ pub struct PluginInfo {
     pub active_version: String,
     /// Loaded versions, oldest first.
     pub versions: Vec<String>,
+    /// The version sharing new requests with the active one, if any.
+    pub canary: Option<CanaryInfo>,
+    /// Per loaded version: requests, calls, faults and breaker state.
+    pub health: Vec<VersionHealth>,
+    /// The last automatic rollback, if any.
+    pub last_event: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CanaryInfo {
+    pub version: String,
+    /// Fraction of new requests it takes, in (0, 1).
+    pub share: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionHealth {
+    pub version: String,
+    pub requests: u64,
+    pub calls: u64,
+    pub faults: u64,
+    /// `closed` (serving), `open` (refusing) or `half-open` (on trial).
+    pub breaker: &'static str,
 }
 
 /// Names to engine samplers.
 #[derive(Debug, Default)]
 pub struct SamplerRegistry {
     entries: RwLock<BTreeMap<String, Entry>>,
+    policy: BreakerPolicy,
 }
 
 /// What a deploy displaced: samplers the engine should retire.
 pub type Retired = Vec<SamplerId>;
 
+/// The sampler a request gets, and whether resolving it changed the
+/// registry (an automatic rollback the plugin store should record).
+#[derive(Debug)]
+pub struct Resolution {
+    pub sampler: SamplerId,
+    pub rolled_back: bool,
+}
+
 fn poisoned() -> ApiError {
     ApiError::Internal("the plugin registry lock is poisoned".into())
 }
 
+fn unknown(name: &str, entries: &BTreeMap<String, Entry>) -> ApiError {
+    let known: Vec<&str> = entries.keys().map(String::as_str).collect();
+    ApiError::UnknownPlugin { name: name.to_string(), known: known.join(", ") }
+}
+
 impl SamplerRegistry {
-    /// Which engine sampler new requests naming `name` use.
-    pub fn resolve(&self, name: &str) -> Result<SamplerId, ApiError> {
-        let entries = self.entries.read().map_err(|_| poisoned())?;
-        let entry = entries.get(name).ok_or_else(|| {
-            let known: Vec<&str> = entries.keys().map(String::as_str).collect();
-            ApiError::UnknownPlugin { name: name.to_string(), known: known.join(", ") }
-        })?;
-        Ok(entry.versions[entry.active].sampler)
+    pub fn new(policy: BreakerPolicy) -> Self {
+        Self { entries: RwLock::default(), policy }
+    }
+
+    /// Which engine sampler a new request naming `name` uses: the canary
+    /// for its share, else the active version; a version whose breaker is
+    /// open falls back to the one before it (rolled back automatically),
+    /// or is a 503 when there is none.
+    pub fn resolve(&self, name: &str) -> Result<Resolution, ApiError> {
+        let now = Instant::now();
+        {
+            let entries = self.entries.read().map_err(|_| poisoned())?;
+            let entry = entries.get(name).ok_or_else(|| unknown(name, &entries))?;
+            let chosen = match &entry.canary {
+                Some(c) if c.takes_next() => entry.active + 1,
+                _ => entry.active,
+            };
+            let version = &entry.versions[chosen];
+            match version.admit(&self.policy, now) {
+                Ok(()) => {
+                    version.requests.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Resolution { sampler: version.sampler, rolled_back: false });
+                }
+                Err(wait) if chosen == 0 => return Err(unavailable(name, &version.version, wait)),
+                Err(_) => {}
+            }
+        }
+        // The chosen version is broken and an earlier one is loaded.
+        let mut entries = self.entries.write().map_err(|_| poisoned())?;
+        let entry = entries.get_mut(name).ok_or_else(|| ApiError::UnknownPlugin { name: name.into(), known: String::new() })?;
+        // Re-checked under the write lock: another request may have rolled
+        // back already, and a canary and the active version fail apart.
+        let mut broken = None;
+        if entry.canary.is_some() && entry.versions[entry.active + 1].admit(&self.policy, now).is_err() {
+            entry.canary = None;
+            broken = Some(entry.versions[entry.active + 1].version.clone());
+        } else if entry.active > 0 && entry.versions[entry.active].admit(&self.policy, now).is_err() {
+            entry.active -= 1;
+            broken = Some(entry.versions[entry.active + 1].version.clone());
+        }
+        let rolled_back = broken.is_some();
+        if let Some(broken) = broken {
+            entry.last_event = Some(format!(
+                "{name}@{broken} faulted {} times within {} s and was rolled back to {} automatically",
+                self.policy.faults,
+                self.policy.window.as_secs(),
+                entry.versions[entry.active].version
+            ));
+        }
+        let version = &entry.versions[entry.active];
+        version.admit(&self.policy, now).map_err(|wait| unavailable(name, &version.version, wait))?;
+        version.requests.fetch_add(1, Ordering::Relaxed);
+        Ok(Resolution { sampler: version.sampler, rolled_back })
     }
 
     /// Make `version` of `name` (running as engine sampler `sampler`) the
-    /// active one. Versions newer than the active one (rolled back from)
-    /// are dropped first, so history stays linear and rollback always
-    /// returns to the version that was active before; beyond
-    /// [`KEPT_VERSIONS`] the oldest go too. Returns the samplers to retire,
-    /// or a conflict (and `sampler` should be retired) if the version is
-    /// already there.
-    pub fn activate(
-        &self,
-        name: &str,
-        version: semver::Version,
-        sampler: SamplerId,
-        config: BTreeMap<String, String>,
-    ) -> Result<Retired, ApiError> {
+    /// active one, or with `canary` a share of new requests beside the
+    /// active one. Versions newer than the active one (rolled back from,
+    /// or an earlier canary) are dropped first, so history stays linear and
+    /// rollback always returns to the version that was active before;
+    /// beyond [`KEPT_VERSIONS`] the oldest go too. Returns the samplers to
+    /// retire, or an error (and `sampler` should be retired).
+    pub fn activate(&self, name: &str, deployed: Deployed) -> Result<Retired, ApiError> {
         let mut entries = self.entries.write().map_err(|_| poisoned())?;
         let entry = entries.entry(name.to_string()).or_default();
-        if entry.versions.iter().any(|v| v.version == version) {
-            return Err(ApiError::Conflict(format!("{name}@{version} is already deployed; deploy a new version")));
+        if entry.versions.iter().any(|v| v.version == deployed.version) {
+            return Err(ApiError::Conflict(format!("{name}@{} is already deployed; deploy a new version", deployed.version)));
+        }
+        if let Some(share) = deployed.canary {
+            if entry.versions.is_empty() {
+                return Err(ApiError::invalid("canary", format!("`{name}` has no active version for a canary to share requests with")));
+            }
+            if !(share > 0.0 && share < 1.0) {
+                return Err(ApiError::invalid("canary", format!("a canary share is in (0, 1); given {share}")));
+            }
         }
         let mut retired: Retired =
             if entry.versions.is_empty() { Vec::new() } else { entry.versions.drain(entry.active + 1..).map(|v| v.sampler).collect() };
-        entry.versions.push(Version { version, sampler, config });
+        entry.versions.push(Version {
+            version: deployed.version,
+            sampler: deployed.sampler,
+            config: deployed.config,
+            health: deployed.health,
+            breaker: Mutex::new(Breaker::Closed { since: Instant::now() }),
+            requests: AtomicU64::new(0),
+        });
         let excess = entry.versions.len().saturating_sub(KEPT_VERSIONS);
         retired.extend(entry.versions.drain(..excess).map(|v| v.sampler));
-        entry.active = entry.versions.len() - 1;
+        entry.canary = deployed.canary.map(|share| Canary { share, resolved: AtomicU64::new(0) });
+        entry.active = entry.versions.len() - if entry.canary.is_some() { 2 } else { 1 };
         Ok(retired)
     }
 
@@ -105,24 +308,55 @@ impl SamplerRegistry {
         Ok(entries.get(name).is_some_and(|e| e.versions.iter().any(|v| &v.version == version)))
     }
 
-    /// Make the version before the active one active again.
+    /// Withdraw the canary, or else make the version before the active one
+    /// active again.
     pub fn rollback(&self, name: &str) -> Result<PluginInfo, ApiError> {
+        self.change(name, |entry| {
+            if entry.canary.take().is_some() {
+                return Ok(());
+            }
+            if entry.active == 0 {
+                return Err(ApiError::invalid("name", format!("`{name}` has no earlier version loaded to roll back to")));
+            }
+            entry.active -= 1;
+            Ok(())
+        })
+    }
+
+    /// Make the canary the active version: it takes every new request.
+    pub fn promote(&self, name: &str) -> Result<PluginInfo, ApiError> {
+        self.change(name, |entry| {
+            entry.canary.take().ok_or_else(|| ApiError::invalid("name", format!("`{name}` has no canary to promote")))?;
+            entry.active += 1;
+            Ok(())
+        })
+    }
+
+    /// Unload every version of `name`: returns the samplers to retire
+    /// (requests in flight on them finish).
+    pub fn remove(&self, name: &str) -> Result<Retired, ApiError> {
+        let mut entries = self.entries.write().map_err(|_| poisoned())?;
+        let entry = entries.remove(name).ok_or_else(|| unknown(name, &entries))?;
+        Ok(entry.versions.into_iter().map(|v| v.sampler).collect())
+    }
+
+    fn change(&self, name: &str, edit: impl FnOnce(&mut Entry) -> Result<(), ApiError>) -> Result<PluginInfo, ApiError> {
         let mut entries = self.entries.write().map_err(|_| poisoned())?;
         let entry = entries.get_mut(name).ok_or_else(|| ApiError::UnknownPlugin { name: name.into(), known: String::new() })?;
-        if entry.active == 0 {
-            return Err(ApiError::invalid("name", format!("`{name}` has no earlier version loaded to roll back to")));
-        }
-        entry.active -= 1;
+        edit(entry)?;
         Ok(info(name, entry))
     }
 
-    /// Make the loaded `version` of `name` the active one (restoring a
-    /// stored state).
-    pub fn set_active(&self, name: &str, version: &semver::Version) -> Result<(), ApiError> {
+    /// Make the loaded `version` of `name` the active one, with a canary
+    /// share for the version after it (restoring a stored state).
+    pub fn set_active(&self, name: &str, version: &semver::Version, canary: Option<f64>) -> Result<(), ApiError> {
         let mut entries = self.entries.write().map_err(|_| poisoned())?;
         let entry = entries.get_mut(name).ok_or_else(|| ApiError::UnknownPlugin { name: name.into(), known: String::new() })?;
         if let Some(i) = entry.versions.iter().position(|v| &v.version == version) {
             entry.active = i;
+            entry.canary = canary
+                .filter(|s| *s > 0.0 && *s < 1.0 && i + 1 < entry.versions.len())
+                .map(|share| Canary { share, resolved: AtomicU64::new(0) });
         }
         Ok(())
     }
@@ -138,6 +372,7 @@ impl SamplerRegistry {
                 .map(|v| crate::plugin_store::StoredVersion { version: v.version.to_string(), config: v.config.clone() })
                 .collect(),
             active: entry.versions[entry.active].version.to_string(),
+            canary: entry.canary.as_ref().map(|c| c.share),
         })
     }
 
@@ -145,6 +380,27 @@ impl SamplerRegistry {
         let entries = self.entries.read().map_err(|_| poisoned())?;
         Ok(entries.iter().map(|(name, e)| info(name, e)).collect())
     }
+
+    /// One name's info.
+    pub fn get(&self, name: &str) -> Result<PluginInfo, ApiError> {
+        let entries = self.entries.read().map_err(|_| poisoned())?;
+        entries.get(name).map(|e| info(name, e)).ok_or_else(|| unknown(name, &entries))
+    }
+}
+
+/// A version to activate.
+#[derive(Debug)]
+pub struct Deployed {
+    pub version: semver::Version,
+    pub sampler: SamplerId,
+    pub config: BTreeMap<String, String>,
+    pub health: Option<Arc<Health>>,
+    /// Share of new requests, if it starts as a canary.
+    pub canary: Option<f64>,
+}
+
+fn unavailable(name: &str, version: &semver::Version, wait: Duration) -> ApiError {
+    ApiError::PluginUnavailable { plugin: format!("{name}@{version}"), retry_after_s: wait.as_secs().max(1) as u32 }
 }
 
 fn info(name: &str, e: &Entry) -> PluginInfo {
@@ -153,5 +409,18 @@ fn info(name: &str, e: &Entry) -> PluginInfo {
         kind: "sampler",
         active_version: e.versions[e.active].version.to_string(),
         versions: e.versions.iter().map(|v| v.version.to_string()).collect(),
+        canary: e.canary.as_ref().map(|c| CanaryInfo { version: e.versions[e.active + 1].version.to_string(), share: c.share }),
+        health: e
+            .versions
+            .iter()
+            .map(|v| VersionHealth {
+                version: v.version.to_string(),
+                requests: v.requests.load(Ordering::Relaxed),
+                calls: v.health.as_ref().map_or(0, |h| h.calls()),
+                faults: v.health.as_ref().map_or(0, |h| h.faults()),
+                breaker: v.breaker_state(),
+            })
+            .collect(),
+        last_event: e.last_event.clone(),
     }
 }

@@ -21,7 +21,7 @@ pub fn code(e: &ApiError) -> Code {
         ApiError::MethodNotAllowed { .. } => Code::Unimplemented,
         ApiError::PayloadTooLarge { .. } => Code::ResourceExhausted,
         // Waiting helps: clients retry UNAVAILABLE with back-off.
-        ApiError::Overloaded { .. } | ApiError::NotReady(_) => Code::Unavailable,
+        ApiError::Overloaded { .. } | ApiError::NotReady(_) | ApiError::PluginUnavailable { .. } => Code::Unavailable,
         ApiError::PluginFailed(_) | ApiError::Internal(_) => Code::Internal,
         ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
     }

@@ -1,7 +1,8 @@
 //! The admin API under `/admin/v1`: always authenticated with the
 //! configured bearer token (compared in constant time), even on loopback.
 //! Model information, draining, and sampler plugins: deploy a version (it
-//! takes new requests at once), list, roll back.
+//! takes new requests at once, or a share of them as a canary), list, show
+//! one, promote a canary, roll back, remove.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use weft_plugin_runtime::bindings::weft::plugin::types::ConfigValue;
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::plugins::PluginInfo;
+use crate::plugins::{Deployed, PluginInfo};
 
 /// Equal without an early exit, so response times do not reveal how much
 /// of a guessed token was right.
@@ -96,27 +97,48 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 
 /// Deploy a sampler component (the request body: the `.wasm` bytes) as
 /// `name` at semver `version`; query parameters become its configuration
-/// (text values). Compiled and started off the request path; on success
-/// the version takes every new request naming `name`, while requests in
-/// flight finish on the version they started with.
+/// (text values), except `canary`. Compiled and started off the request
+/// path; on success the version takes every new request naming `name` —
+/// or, with `canary=SHARE` (0 < SHARE < 1), that share of them beside the
+/// active version until promoted — while requests in flight finish on the
+/// version they started with.
 #[utoipa::path(post, path = "/admin/v1/plugins/{name}/{version}", tag = "Admin", security(("admin_token" = [])),
-    params(("name" = String, Path), ("version" = String, Path, description = "semver")),
+    params(("name" = String, Path), ("version" = String, Path, description = "semver"),
+        ("canary" = Option<f64>, Query, description = "Start as a canary taking this share of new requests")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The component (`.wasm`) bytes"),
     responses(
         (status = 201, body = PluginInfo),
-        (status = 400, description = "Bad name or version, or the component was rejected", body = ErrorBody),
+        (status = 400, description = "Bad name, version or canary share, or the component was rejected", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, description = "That version is already deployed", body = ErrorBody)))]
 pub async fn deploy(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
-    Query(config): Query<BTreeMap<String, String>>,
+    Query(mut config): Query<BTreeMap<String, String>>,
     component: Bytes,
 ) -> Result<(StatusCode, Json<PluginInfo>), ApiError> {
-    check_name(&name)?;
-    let version = semver::Version::parse(&version)
+    let canary = match config.remove("canary") {
+        None => None,
+        Some(share) => Some(share.parse::<f64>().map_err(|_| ApiError::invalid("canary", format!("a canary share is a number in (0, 1); given {share:?}")))?),
+    };
+    let info = deploy_version(&state, &name, &version, config, component, canary).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// Check, compile, start and activate one sampler version, then persist it:
+/// what every way of deploying does.
+pub(crate) async fn deploy_version(
+    state: &AppState,
+    name: &str,
+    version: &str,
+    config: BTreeMap<String, String>,
+    component: Bytes,
+    canary: Option<f64>,
+) -> Result<PluginInfo, ApiError> {
+    check_name(name)?;
+    let version = semver::Version::parse(version)
         .map_err(|e| ApiError::invalid("version", format!("a plugin version is semver (1.2.3); given {version:?}: {e}")))?;
-    if state.plugins.has(&name, &version)? {
+    if state.plugins.has(name, &version)? {
         return Err(ApiError::Conflict(format!("{name}@{version} is already deployed; deploy a new version")));
     }
     let runtime = Arc::clone(&state.runtime);
@@ -127,19 +149,20 @@ pub async fn deploy(
         .blocking(move || runtime.load_sampler(&label, &bytes).and_then(|c| c.sampler(init)))
         .await?
         .map_err(|e| ApiError::PluginRejected(e.to_string()))?;
+    let health = Some(sampler.health());
     let id = state.engine.add_sampler(Box::new(sampler)).await?;
-    let retired = state.plugins.activate(&name, version.clone(), id, config).inspect_err(|_| state.engine.retire_sampler(id))?;
+    let deployed = Deployed { version: version.clone(), sampler: id, config, health, canary };
+    let retired = state.plugins.activate(name, deployed).inspect_err(|_| state.engine.retire_sampler(id))?;
     for old in retired {
         state.engine.retire_sampler(old);
     }
     if let Some(store) = &state.plugin_store {
-        let stored = state.plugins.stored(&name)?;
+        let stored = state.plugins.stored(name)?;
         store
-            .save(&name, &stored, Some((&version.to_string(), &component)))
+            .save(name, &stored, Some((&version.to_string(), &component)))
             .map_err(|e| ApiError::Internal(format!("{name}@{version} is deployed but was not persisted: {e}")))?;
     }
-    let info = state.plugins.list()?.into_iter().find(|p| p.name == name).ok_or_else(|| ApiError::Internal("deployed plugin vanished".into()))?;
-    Ok((StatusCode::CREATED, Json(info)))
+    state.plugins.get(name)
 }
 
 /// Every deployed sampler name with its active and loaded versions.
@@ -149,16 +172,57 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<PluginInfo>>
     Ok(Json(state.plugins.list()?))
 }
 
-/// Make the version before the active one take new requests again.
+/// One deployed name: its versions, canary, per-version health and breaker
+/// state, and the last automatic rollback.
+#[utoipa::path(get, path = "/admin/v1/plugins/{name}", tag = "Admin", security(("admin_token" = [])),
+    params(("name" = String, Path)),
+    responses((status = 200, body = PluginInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn info(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<PluginInfo>, ApiError> {
+    Ok(Json(state.plugins.get(&name)?))
+}
+
+/// Withdraw the canary, or else make the version before the active one
+/// take new requests again.
 #[utoipa::path(post, path = "/admin/v1/plugins/{name}/rollback", tag = "Admin", security(("admin_token" = [])),
     params(("name" = String, Path)),
     responses((status = 200, body = PluginInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn rollback(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<PluginInfo>, ApiError> {
     let info = state.plugins.rollback(&name)?;
+    persist(&state, &name, "rolled back")?;
+    Ok(Json(info))
+}
+
+/// Make the canary take every new request.
+#[utoipa::path(post, path = "/admin/v1/plugins/{name}/promote", tag = "Admin", security(("admin_token" = [])),
+    params(("name" = String, Path)),
+    responses((status = 200, body = PluginInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn promote(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<PluginInfo>, ApiError> {
+    let info = state.plugins.promote(&name)?;
+    persist(&state, &name, "promoted")?;
+    Ok(Json(info))
+}
+
+/// Unload every version of a name; requests in flight on them finish, new
+/// ones naming it get 400 `unknown_plugin`.
+#[utoipa::path(delete, path = "/admin/v1/plugins/{name}", tag = "Admin", security(("admin_token" = [])),
+    params(("name" = String, Path)),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn remove(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    check_name(&name)?;
+    for sampler in state.plugins.remove(&name)? {
+        state.engine.retire_sampler(sampler);
+    }
+    if let Some(store) = &state.plugin_store {
+        store.remove(&name).map_err(|e| ApiError::Internal(format!("{name} is removed but the change was not persisted: {e}")))?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn persist(state: &AppState, name: &str, what: &str) -> Result<(), ApiError> {
     if let Some(store) = &state.plugin_store {
         store
-            .save(&name, &state.plugins.stored(&name)?, None)
-            .map_err(|e| ApiError::Internal(format!("{name} is rolled back but the change was not persisted: {e}")))?;
+            .save(name, &state.plugins.stored(name)?, None)
+            .map_err(|e| ApiError::Internal(format!("{name} is {what} but the change was not persisted: {e}")))?;
     }
-    Ok(Json(info))
+    Ok(())
 }

@@ -21,7 +21,9 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/model", get(admin::model))
         .route("/admin/v1/drain", post(admin::drain))
         .route("/admin/v1/plugins", get(admin::list))
+        .route("/admin/v1/plugins/{name}", get(admin::info).delete(admin::remove))
         .route("/admin/v1/plugins/{name}/rollback", post(admin::rollback))
+        .route("/admin/v1/plugins/{name}/promote", post(admin::promote))
         .route(
             "/admin/v1/plugins/{name}/{version}",
             post(admin::deploy).layer(axum::extract::DefaultBodyLimit::max(state.runtime.limits().component_bytes)),
