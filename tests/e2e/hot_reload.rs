@@ -279,3 +279,41 @@ fn a_canary_takes_its_share_and_is_promoted_withdrawn_or_removed() {
     assert_eq!(complete(&server, Some("canary")).json()["error"]["code"], "unknown_plugin");
     assert_eq!(server.get_with("/admin/v1/plugins/canary", &[AUTH]).status, 400);
 }
+
+/// A `multipart/form-data` deploy of `manifest` with the faulty sampler.
+fn deploy_manifest(server: &TestServer, manifest: &str) -> Reply {
+    let boundary = "weft-test-boundary-4c1f";
+    let mut body = format!("--{boundary}\r\ncontent-disposition: form-data; name=\"manifest\"\r\n\r\n{manifest}\r\n--{boundary}\r\ncontent-disposition: form-data; name=\"component\"\r\n\r\n").into_bytes();
+    body.extend(faulty_component());
+    body.extend(format!("\r\n--{boundary}--\r\n").bytes());
+    server.post_with("/admin/v1/plugins", &[AUTH, ("content-type", &format!("multipart/form-data; boundary={boundary}"))], &body)
+}
+
+#[test]
+fn a_manifest_deploy_carries_typed_config_and_tighter_limits() {
+    let server = server();
+    let greedy = text(&complete(&server, None));
+    let r = deploy_manifest(&server, "name = \"declared\"\nversion = \"1.0.0\"\nkind = \"sampler\"\n[config]\nfault = \"none\"\nunused = 3\n");
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(text(&complete(&server, Some("declared"))), greedy);
+    // Its own, tighter deadline is the one that stops it.
+    let r = deploy_manifest(&server, "name = \"declared\"\nversion = \"2.0.0\"\n[config]\nfault = \"loop\"\n[limits]\ncall-deadline-ms = 20\n");
+    assert_eq!(r.status, 201, "{}", r.body);
+    let failed = complete(&server, Some("declared"));
+    assert_eq!(failed.status, 500);
+    assert!(failed.json()["error"]["message"].as_str().unwrap().contains("deadline of 20 ms"), "{}", failed.body);
+    // Bad manifests are a 400 naming the field, and nothing changes.
+    for (manifest, param) in [
+        ("name = \"declared\"\nversion = \"3.0.0\"\n[limits]\nmemory-mib = 100000\n", "limits.memory-mib"),
+        ("name = \"declared\"\nversion = \"3.0.0\"\n[limits]\ncall-deadline-ms = 60000\n", "limits.call-deadline-ms"),
+        ("name = \"declared\"\nversion = \"3.0.0\"\nkind = \"router\"\n", "kind"),
+        ("name = \"declared\"\nversion = \"3.0.0\"\n[grants]\nfilesystem = true\n", "manifest"),
+        ("version = \"3.0.0\"\n", "manifest"),
+    ] {
+        let r = deploy_manifest(&server, manifest);
+        assert_eq!((r.status, r.json()["error"]["param"].as_str()), (400, Some(param)), "{manifest}: {}", r.body);
+    }
+    let r = server.post_with("/admin/v1/plugins", &[AUTH, ("content-type", "multipart/form-data; boundary=x")], b"--x\r\ncontent-disposition: form-data; name=\"manifest\"\r\n\r\nname = \"y\"\nversion = \"1.0.0\"\r\n--x--\r\n");
+    assert_eq!((r.status, r.json()["error"]["param"].as_str()), (400, Some("component")), "{}", r.body);
+    assert_eq!(info(&server, "declared")["versions"], json!(["1.0.0", "2.0.0"]));
+}

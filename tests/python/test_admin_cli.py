@@ -85,3 +85,21 @@ def test_a_state_directory_keeps_deploys_across_restarts(tmp_path):
         assert listed["kept"]["active_version"] == "1.0.0"
     finally:
         server.stop()
+
+
+def test_plugin_cli_deploys_from_a_manifest(tmp_path):
+    (tmp_path / "sampler.wasm").write_bytes(sampler_component().read_bytes())
+    manifest = tmp_path / "weft-plugin.toml"
+    manifest.write_text('name = "declared"\nversion = "2.1.0"\nkind = "sampler"\ncomponent = "sampler.wasm"\n'
+                        '[config]\nlevel = 3\n[limits]\nmemory-mib = 32\ncall-deadline-ms = 80\n')
+    server = Server("--admin-token", "t0ken")
+    try:
+        out = plugin(server, "deploy", "--manifest", str(manifest))
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["active_version"] == "2.1.0"
+        bad = tmp_path / "bad.toml"
+        bad.write_text('name = "declared"\nversion = "2.2.0"\ncomponent = "sampler.wasm"\n[limits]\nmemory-mib = 9999\n')
+        out = plugin(server, "deploy", "--manifest", str(bad))
+        assert out.returncode != 0 and "limits.memory-mib" in out.stderr
+    finally:
+        server.stop()

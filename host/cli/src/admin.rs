@@ -41,16 +41,24 @@ pub struct PluginArgs {
 
 #[derive(Subcommand, Clone, Debug)]
 pub enum PluginCommand {
-    /// Deploy a sampler component as NAME@VERSION; it takes new requests at
-    /// once (or, with --canary, that share of them).
+    /// Deploy a sampler component as NAME@VERSION, or as its manifest says
+    /// (--manifest); it takes new requests at once (or, with --canary, that
+    /// share of them).
     Deploy {
-        name: String,
-        version: String,
+        #[arg(required_unless_present = "manifest", conflicts_with = "manifest")]
+        name: Option<String>,
+        #[arg(required_unless_present = "manifest")]
+        version: Option<String>,
         /// The component (.wasm).
-        file: std::path::PathBuf,
-        /// Configuration handed to the plugin, as KEY=VALUE (repeatable).
-        #[arg(long = "config", value_name = "KEY=VALUE")]
+        #[arg(required_unless_present = "manifest")]
+        file: Option<std::path::PathBuf>,
+        /// Configuration handed to the plugin, as KEY=VALUE text (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE", conflicts_with = "manifest")]
         config: Vec<String>,
+        /// A TOML manifest (name, version, kind, component path relative to
+        /// it, typed config, limits, grants) instead of NAME VERSION FILE.
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<std::path::PathBuf>,
         /// Start as a canary taking this share of new requests (0 < SHARE < 1).
         #[arg(long, value_name = "SHARE")]
         canary: Option<f64>,
@@ -96,7 +104,20 @@ pub fn plugin(args: PluginArgs) -> Result<()> {
         PluginCommand::Promote { name } => agent.post(format!("{plugins}/{name}/promote")).header("authorization", &auth).send_empty(),
         PluginCommand::Rollback { name } => agent.post(format!("{plugins}/{name}/rollback")).header("authorization", &auth).send_empty(),
         PluginCommand::Remove { name } => agent.delete(format!("{plugins}/{name}")).header("authorization", &auth).call(),
-        PluginCommand::Deploy { name, version, file, config, canary } => {
+        PluginCommand::Deploy { manifest: Some(path), canary, .. } => {
+            let (text, component) = read_manifest(&path)?;
+            let boundary = format!("weft-{:016x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
+            let mut req = agent
+                .post(&plugins)
+                .header("authorization", &auth)
+                .header("content-type", format!("multipart/form-data; boundary={boundary}"));
+            if let Some(share) = canary {
+                req = req.query("canary", share.to_string());
+            }
+            req.send(&multipart(&boundary, &text, &component)[..])
+        }
+        PluginCommand::Deploy { name, version, file, config, canary, manifest: None } => {
+            let (Some(name), Some(version), Some(file)) = (name, version, file) else { bail!("deploy needs NAME VERSION FILE or --manifest") };
             let component = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let mut req = agent
                 .post(format!("{plugins}/{name}/{version}"))
@@ -116,6 +137,30 @@ pub fn plugin(args: PluginArgs) -> Result<()> {
         }
     };
     print_answer(base, response)
+}
+
+/// A manifest's text and the component it names (relative to it).
+fn read_manifest(path: &std::path::Path) -> Result<(String, Vec<u8>)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text).with_context(|| format!("{} is not TOML", path.display()))?;
+    let component = table
+        .get("component")
+        .and_then(|c| c.as_str())
+        .with_context(|| format!("{} names no `component` file", path.display()))?;
+    let file = path.parent().unwrap_or(std::path::Path::new(".")).join(component);
+    let bytes = std::fs::read(&file).with_context(|| format!("reading the component {}", file.display()))?;
+    Ok((text, bytes))
+}
+
+/// A `multipart/form-data` body with the `manifest` and `component` parts.
+fn multipart(boundary: &str, manifest: &str, component: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(component.len() + manifest.len() + 512);
+    body.extend(format!("--{boundary}\r\ncontent-disposition: form-data; name=\"manifest\"\r\ncontent-type: application/toml\r\n\r\n").bytes());
+    body.extend(manifest.bytes());
+    body.extend(format!("\r\n--{boundary}\r\ncontent-disposition: form-data; name=\"component\"; filename=\"plugin.wasm\"\r\ncontent-type: application/wasm\r\n\r\n").bytes());
+    body.extend(component);
+    body.extend(format!("\r\n--{boundary}--\r\n").bytes());
+    body
 }
 
 fn print_answer(base: &str, response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<()> {

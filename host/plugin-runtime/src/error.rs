@@ -6,6 +6,8 @@ use thiserror::Error;
 pub enum PluginError {
     #[error("plugin {plugin}: the component is {size} bytes, over the limit of {limit}")]
     TooLarge { plugin: String, size: usize, limit: usize },
+    #[error("plugin {plugin}: asks for {what} {asked}, over the server's {limit}")]
+    OverLimit { plugin: String, what: &'static str, asked: u64, limit: u64 },
     #[error("plugin {plugin}: compile failed: {reason}")]
     Compile { plugin: String, reason: String },
     #[error("plugin {plugin}: imports {import}, which it is not granted (a plugin gets Weft's interfaces and no ambient capability)")]

@@ -34,7 +34,7 @@ mod sandbox;
 
 pub use cache::CompiledCache;
 pub use error::PluginError;
-pub use limits::Limits;
+pub use limits::{Grants, Limits};
 pub use guide::{GuidedSequence, WasmGuide};
 pub use health::Health;
 pub use runtime::{EPOCH_TICK, GuideComponent, PluginRuntime, SamplerComponent};

@@ -1,5 +1,6 @@
-//! What one plugin instance may use. Every limit has a default chosen for
-//! the per-step plugin kinds on the CPU engine, stated on its field.
+//! What one plugin instance may use, and what it is granted beyond the
+//! sandbox. Every limit has a default chosen for the per-step plugin kinds
+//! on the CPU engine, stated on its field.
 
 use std::time::Duration;
 
@@ -26,6 +27,19 @@ pub struct Limits {
     /// Entries a single `adjust`/`ban`/`penalize` host call may carry (host
     /// allocation the guest controls). Default 4096.
     pub host_list_entries: usize,
+    /// Capabilities beyond the sandbox's defaults. Default: none.
+    pub grants: Grants,
+}
+
+/// Capabilities a plugin's manifest may ask for. Nothing else (filesystem,
+/// sockets, HTTP) can be granted: components importing those are refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// The host's real wall and monotonic clocks, instead of clocks frozen
+    /// at zero (a plugin that times itself or stamps its logs).
+    pub clock: bool,
+    /// The plugin's stderr goes to the server's stderr, instead of nowhere.
+    pub stderr: bool,
 }
 
 impl Default for Limits {
@@ -37,6 +51,7 @@ impl Default for Limits {
             table_elements: 20_000,
             component_bytes: 32 << 20,
             host_list_entries: 4096,
+            grants: Grants::default(),
         }
     }
 }

@@ -90,11 +90,25 @@ impl PluginRuntime {
     /// Check and compile a sampler component (this is the slow part: do it
     /// at deploy, never on the request path).
     pub fn load_sampler(&self, name: &str, bytes: &[u8]) -> Result<SamplerComponent, PluginError> {
+        self.load_sampler_with(name, bytes, self.limits.clone())
+    }
+
+    /// [`Self::load_sampler`] with its own `limits` (a manifest's, at most
+    /// the runtime's: the pool's instances are sized by those) and grants.
+    pub fn load_sampler_with(&self, name: &str, bytes: &[u8], limits: Limits) -> Result<SamplerComponent, PluginError> {
+        let over = |what, asked: u64, limit: u64| PluginError::OverLimit { plugin: name.into(), what, asked, limit };
+        if limits.memory_bytes > self.limits.memory_bytes {
+            return Err(over("memory bytes", limits.memory_bytes as u64, self.limits.memory_bytes as u64));
+        }
+        if limits.call_deadline > self.limits.call_deadline {
+            let ms = |d: Duration| d.as_millis() as u64;
+            return Err(over("a call deadline in ms of", ms(limits.call_deadline), ms(self.limits.call_deadline)));
+        }
         let component = self.compile(name, bytes)?;
         let link = |e: wasmtime::Error| PluginError::Link { plugin: name.into(), world: "sampler-plugin", reason: format!("{e:#}") };
         let pre = self.linker.instantiate_pre(&component).map_err(link)?;
         let pre = SamplerPluginPre::new(pre).map_err(link)?;
-        Ok(SamplerComponent { name: name.into(), pre, engine: self.engine.clone(), limits: self.limits.clone() })
+        Ok(SamplerComponent { name: name.into(), pre, engine: self.engine.clone(), limits })
     }
 
     /// Check and compile a guide component (slow: at startup or deploy).

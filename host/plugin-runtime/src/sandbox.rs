@@ -6,9 +6,9 @@
 //! Those are linked, but empty: no arguments or environment, stdio closed,
 //! clocks frozen at zero and randomness from a fixed seed — so nothing a
 //! plugin computes can depend on the machine, the time or chance (requests
-//! get their randomness from the host, seeded per request). Capability
-//! interfaces (filesystem, sockets, HTTP) are refused at load time unless
-//! granted; no grant exists yet, so they are always refused.
+//! get their randomness from the host, seeded per request). A manifest may
+//! grant the real clocks and stderr ([`Grants`]); capability interfaces
+//! (filesystem, sockets, HTTP) are always refused at load time.
 
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{Deterministic, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::batch::StepView;
-use crate::limits::Limits;
+use crate::limits::{Grants, Limits};
 
 /// Import names a plugin may have besides Weft's own interfaces.
 const RUNTIME_SUPPORT: &[&str] = &[
@@ -52,7 +52,7 @@ impl StoreState {
     pub fn new(limits: &Limits) -> Self {
         Self {
             table: ResourceTable::new(),
-            wasi: locked_down_wasi(),
+            wasi: locked_down_wasi(limits.grants),
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory_bytes)
                 .table_elements(limits.table_elements)
@@ -91,11 +91,15 @@ impl HostMonotonicClock for FrozenClock {
     }
 }
 
-fn locked_down_wasi() -> WasiCtx {
+fn locked_down_wasi(grants: Grants) -> WasiCtx {
     let mut builder = WasiCtxBuilder::new();
+    if !grants.clock {
+        builder.wall_clock(FrozenClock).monotonic_clock(FrozenClock);
+    }
+    if grants.stderr {
+        builder.inherit_stderr();
+    }
     builder
-        .wall_clock(FrozenClock)
-        .monotonic_clock(FrozenClock)
         .secure_random(Deterministic::new(vec![0x5e, 0xed]))
         .insecure_random(Deterministic::new(vec![0x5e, 0xed]))
         .insecure_random_seed(0)

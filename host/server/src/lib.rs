@@ -25,6 +25,7 @@ pub mod extract;
 pub mod generate;
 pub mod grpc;
 pub mod guides;
+pub mod manifest;
 pub mod metrics;
 pub mod openai;
 pub mod openapi;
@@ -154,17 +155,19 @@ fn restore_plugins(
     engine: &mut Engine,
     plugins: &plugins::SamplerRegistry,
 ) {
-    use weft_plugin_runtime::bindings::weft::plugin::types::ConfigValue;
     for (name, stored, components) in store.load() {
         for (v, component) in stored.versions.iter().zip(components) {
             let label = format!("{name}@{}", v.version);
-            let init: Vec<(String, ConfigValue)> = v.config.iter().map(|(k, v)| (k.clone(), ConfigValue::Text(v.clone()))).collect();
             let restored = semver::Version::parse(&v.version).map_err(|e| e.to_string()).and_then(|version| {
-                let sampler = runtime.load_sampler(&label, &component).and_then(|c| c.sampler(init)).map_err(|e| e.to_string())?;
+                let manifest = v.manifest(&name, version);
+                let limits = manifest.limits(runtime.limits()).map_err(|e| e.to_string())?;
+                let sampler = runtime
+                    .load_sampler_with(&label, &component, limits)
+                    .and_then(|c| c.sampler(manifest.init_config()))
+                    .map_err(|e| e.to_string())?;
                 let health = Some(sampler.health());
                 let sampler = engine.add_sampler(Box::new(sampler));
-                let deployed = plugins::Deployed { version, sampler, config: v.config.clone(), health, canary: None };
-                plugins.activate(&name, deployed).map_err(|e| e.to_string())
+                plugins.activate(&name, plugins::Deployed { manifest, sampler, health, canary: None }).map_err(|e| e.to_string())
             });
             match restored {
                 Ok(retired) => retired.into_iter().for_each(|id| engine.retire_sampler(id)),
@@ -203,8 +206,8 @@ impl Server {
         let native = engine.add_sampler(Box::new(weft_engine::sampling::NativeSampler));
         let plugins = plugins::SamplerRegistry::new(config.breaker.clone());
         for (name, sampler) in [("default", weft_engine::DEFAULT_SAMPLER), ("native", native)] {
-            let builtin =
-                plugins::Deployed { version: semver::Version::new(0, 1, 0), sampler, config: Default::default(), health: None, canary: None };
+            let manifest = manifest::Manifest::plain(name, semver::Version::new(0, 1, 0), Default::default());
+            let builtin = plugins::Deployed { manifest, sampler, health: None, canary: None };
             plugins.activate(name, builtin).map_err(std::io::Error::other)?;
         }
         let plugin_store = match &config.state_dir {

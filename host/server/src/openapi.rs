@@ -30,6 +30,7 @@ use crate::routes::{admin, chat, completions, models, ops, tokenize};
         admin::model,
         admin::drain,
         admin::deploy,
+        admin::deploy_manifest,
         admin::list,
         admin::info,
         admin::rollback,

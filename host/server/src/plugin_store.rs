@@ -1,5 +1,5 @@
 //! Deployed plugins on disk: every loaded sampler version's component bytes
-//! and configuration, and the version each name has active, in a sled
+//! and manifest, the version each name has active and its canary, in a sled
 //! database under the server's state directory. Deploys and rollbacks are
 //! written before they are answered; on startup the server loads them back
 //! into the engine in deploy order.
@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+use crate::manifest::{ConfigScalar, Manifest, ManifestGrants, ManifestLimits, PluginKind};
 
 /// A sled failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -28,10 +30,41 @@ pub struct StoredName {
     pub canary: Option<f64>,
 }
 
+/// A version's manifest less its name (stored under it). Records written
+/// before manifests had typed config read their text values as text, and
+/// no limits or grants.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct StoredVersion {
     pub version: String,
-    pub config: BTreeMap<String, String>,
+    pub config: BTreeMap<String, ConfigScalar>,
+    #[serde(default)]
+    pub limits: ManifestLimits,
+    #[serde(default)]
+    pub grants: ManifestGrants,
+}
+
+impl StoredVersion {
+    pub fn of(manifest: &Manifest) -> Self {
+        Self {
+            version: manifest.version.to_string(),
+            config: manifest.config.clone(),
+            limits: manifest.limits.clone(),
+            grants: manifest.grants.clone(),
+        }
+    }
+
+    /// The manifest it was deployed with.
+    pub fn manifest(&self, name: &str, version: semver::Version) -> Manifest {
+        Manifest {
+            name: name.to_string(),
+            version,
+            kind: PluginKind::Sampler,
+            component: None,
+            config: self.config.clone(),
+            limits: self.limits.clone(),
+            grants: self.grants.clone(),
+        }
+    }
 }
 
 #[derive(Debug)]

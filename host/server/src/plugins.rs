@@ -31,6 +31,7 @@ use weft_engine::SamplerId;
 use weft_plugin_runtime::Health;
 
 use crate::error::ApiError;
+use crate::manifest::Manifest;
 
 /// Versions kept loaded per name (the active one and those rollback can
 /// return to). Default 3.
@@ -79,8 +80,8 @@ impl Breaker {
 struct Version {
     version: semver::Version,
     sampler: SamplerId,
-    /// The configuration it was deployed with (kept for the plugin store).
-    config: BTreeMap<String, String>,
+    /// What it was deployed with (kept for the plugin store and `info`).
+    manifest: Manifest,
     /// The instance's call and fault counts; `None` for the host's builtins.
     health: Option<Arc<Health>>,
     breaker: Mutex<Breaker>,
@@ -274,8 +275,8 @@ impl SamplerRegistry {
     pub fn activate(&self, name: &str, deployed: Deployed) -> Result<Retired, ApiError> {
         let mut entries = self.entries.write().map_err(|_| poisoned())?;
         let entry = entries.entry(name.to_string()).or_default();
-        if entry.versions.iter().any(|v| v.version == deployed.version) {
-            return Err(ApiError::Conflict(format!("{name}@{} is already deployed; deploy a new version", deployed.version)));
+        if entry.versions.iter().any(|v| v.version == deployed.manifest.version) {
+            return Err(ApiError::Conflict(format!("{name}@{} is already deployed; deploy a new version", deployed.manifest.version)));
         }
         if let Some(share) = deployed.canary {
             if entry.versions.is_empty() {
@@ -288,9 +289,9 @@ impl SamplerRegistry {
         let mut retired: Retired =
             if entry.versions.is_empty() { Vec::new() } else { entry.versions.drain(entry.active + 1..).map(|v| v.sampler).collect() };
         entry.versions.push(Version {
-            version: deployed.version,
+            version: deployed.manifest.version.clone(),
             sampler: deployed.sampler,
-            config: deployed.config,
+            manifest: deployed.manifest,
             health: deployed.health,
             breaker: Mutex::new(Breaker::Closed { since: Instant::now() }),
             requests: AtomicU64::new(0),
@@ -366,11 +367,7 @@ impl SamplerRegistry {
         let entries = self.entries.read().map_err(|_| poisoned())?;
         let entry = entries.get(name).ok_or_else(|| ApiError::UnknownPlugin { name: name.into(), known: String::new() })?;
         Ok(crate::plugin_store::StoredName {
-            versions: entry
-                .versions
-                .iter()
-                .map(|v| crate::plugin_store::StoredVersion { version: v.version.to_string(), config: v.config.clone() })
-                .collect(),
+            versions: entry.versions.iter().map(|v| crate::plugin_store::StoredVersion::of(&v.manifest)).collect(),
             active: entry.versions[entry.active].version.to_string(),
             canary: entry.canary.as_ref().map(|c| c.share),
         })
@@ -391,9 +388,8 @@ impl SamplerRegistry {
 /// A version to activate.
 #[derive(Debug)]
 pub struct Deployed {
-    pub version: semver::Version,
+    pub manifest: Manifest,
     pub sampler: SamplerId,
-    pub config: BTreeMap<String, String>,
     pub health: Option<Arc<Health>>,
     /// Share of new requests, if it starts as a canary.
     pub canary: Option<f64>,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Multipart, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -17,10 +17,10 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use weft_plugin_runtime::bindings::weft::plugin::types::ConfigValue;
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
+use crate::manifest::Manifest;
 use crate::plugins::{Deployed, PluginInfo};
 
 /// Equal without an early exit, so response times do not reveal how much
@@ -117,52 +117,90 @@ pub async fn deploy(
     Query(mut config): Query<BTreeMap<String, String>>,
     component: Bytes,
 ) -> Result<(StatusCode, Json<PluginInfo>), ApiError> {
-    let canary = match config.remove("canary") {
-        None => None,
-        Some(share) => Some(share.parse::<f64>().map_err(|_| ApiError::invalid("canary", format!("a canary share is a number in (0, 1); given {share:?}")))?),
-    };
-    let info = deploy_version(&state, &name, &version, config, component, canary).await?;
+    let canary = canary_share(config.remove("canary").as_ref())?;
+    let version = semver::Version::parse(&version)
+        .map_err(|e| ApiError::invalid("version", format!("a plugin version is semver (1.2.3); given {version:?}: {e}")))?;
+    let info = deploy_version(&state, Manifest::plain(&name, version, config), component, canary).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
-/// Check, compile, start and activate one sampler version, then persist it:
+/// Deploy a plugin with its manifest: a `multipart/form-data` body with a
+/// `manifest` part (the TOML manifest: name, kind, version, typed config,
+/// limits, grants) and a `component` part (the `.wasm` bytes); `canary`
+/// as for the plain deploy.
+#[utoipa::path(post, path = "/admin/v1/plugins", tag = "Admin", security(("admin_token" = [])),
+    params(("canary" = Option<f64>, Query, description = "Start as a canary taking this share of new requests")),
+    request_body(content = Vec<u8>, content_type = "multipart/form-data", description = "Parts `manifest` (TOML) and `component` (.wasm)"),
+    responses(
+        (status = 201, body = PluginInfo),
+        (status = 400, description = "A bad manifest or canary share, or the component was rejected", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, description = "That version is already deployed", body = ErrorBody)))]
+pub async fn deploy_manifest(
+    State(state): State<AppState>,
+    Query(query): Query<BTreeMap<String, String>>,
+    mut form: Multipart,
+) -> Result<(StatusCode, Json<PluginInfo>), ApiError> {
+    let bad_form = |e: axum::extract::multipart::MultipartError| ApiError::invalid("body", format!("a bad multipart body: {e}"));
+    let (mut manifest, mut component) = (None, None);
+    while let Some(part) = form.next_field().await.map_err(bad_form)? {
+        match part.name() {
+            Some("manifest") => {
+                let text = part.text().await.map_err(bad_form)?;
+                manifest = Some(Manifest::from_toml(&text)?);
+            }
+            Some("component") => component = Some(part.bytes().await.map_err(bad_form)?),
+            other => return Err(ApiError::invalid("body", format!("unknown part {other:?}: send `manifest` and `component`"))),
+        }
+    }
+    let manifest = manifest.ok_or_else(|| ApiError::invalid("manifest", "the `manifest` part is missing"))?;
+    let component = component.ok_or_else(|| ApiError::invalid("component", "the `component` part is missing"))?;
+    let info = deploy_version(&state, manifest, component, canary_share(query.get("canary"))?).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+fn canary_share(given: Option<&String>) -> Result<Option<f64>, ApiError> {
+    given
+        .map(|share| share.parse::<f64>().map_err(|_| ApiError::invalid("canary", format!("a canary share is a number in (0, 1); given {share:?}"))))
+        .transpose()
+}
+
+/// Check, compile, start and activate one plugin version, then persist it:
 /// what every way of deploying does.
 pub(crate) async fn deploy_version(
     state: &AppState,
-    name: &str,
-    version: &str,
-    config: BTreeMap<String, String>,
+    manifest: Manifest,
     component: Bytes,
     canary: Option<f64>,
 ) -> Result<PluginInfo, ApiError> {
-    check_name(name)?;
-    let version = semver::Version::parse(version)
-        .map_err(|e| ApiError::invalid("version", format!("a plugin version is semver (1.2.3); given {version:?}: {e}")))?;
-    if state.plugins.has(name, &version)? {
+    let name = manifest.name.clone();
+    let version = manifest.version.clone();
+    check_name(&name)?;
+    let limits = manifest.limits(state.runtime.limits())?;
+    if state.plugins.has(&name, &version)? {
         return Err(ApiError::Conflict(format!("{name}@{version} is already deployed; deploy a new version")));
     }
     let runtime = Arc::clone(&state.runtime);
     let label = format!("{name}@{version}");
-    let init: Vec<(String, ConfigValue)> = config.iter().map(|(k, v)| (k.clone(), ConfigValue::Text(v.clone()))).collect();
+    let init = manifest.init_config();
     let bytes = component.clone();
     let sampler = state
-        .blocking(move || runtime.load_sampler(&label, &bytes).and_then(|c| c.sampler(init)))
+        .blocking(move || runtime.load_sampler_with(&label, &bytes, limits).and_then(|c| c.sampler(init)))
         .await?
         .map_err(|e| ApiError::PluginRejected(e.to_string()))?;
     let health = Some(sampler.health());
     let id = state.engine.add_sampler(Box::new(sampler)).await?;
-    let deployed = Deployed { version: version.clone(), sampler: id, config, health, canary };
-    let retired = state.plugins.activate(name, deployed).inspect_err(|_| state.engine.retire_sampler(id))?;
+    let retired = state.plugins.activate(&name, Deployed { manifest, sampler: id, health, canary }).inspect_err(|_| state.engine.retire_sampler(id))?;
     for old in retired {
         state.engine.retire_sampler(old);
     }
     if let Some(store) = &state.plugin_store {
-        let stored = state.plugins.stored(name)?;
+        let stored = state.plugins.stored(&name)?;
         store
-            .save(name, &stored, Some((&version.to_string(), &component)))
+            .save(&name, &stored, Some((&version.to_string(), &component)))
             .map_err(|e| ApiError::Internal(format!("{name}@{version} is deployed but was not persisted: {e}")))?;
     }
-    state.plugins.get(name)
+    state.plugins.get(&name)
 }
 
 /// Every deployed sampler name with its active and loaded versions.

@@ -20,7 +20,12 @@ pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/admin/v1/model", get(admin::model))
         .route("/admin/v1/drain", post(admin::drain))
-        .route("/admin/v1/plugins", get(admin::list))
+        .route(
+            "/admin/v1/plugins",
+            get(admin::list).post(admin::deploy_manifest).layer(axum::extract::DefaultBodyLimit::max(
+                state.runtime.limits().component_bytes + crate::manifest::MAX_MANIFEST_BYTES + 4096,
+            )),
+        )
         .route("/admin/v1/plugins/{name}", get(admin::info).delete(admin::remove))
         .route("/admin/v1/plugins/{name}/rollback", post(admin::rollback))
         .route("/admin/v1/plugins/{name}/promote", post(admin::promote))
