@@ -317,3 +317,52 @@ fn a_manifest_deploy_carries_typed_config_and_tighter_limits() {
     assert_eq!((r.status, r.json()["error"]["param"].as_str()), (400, Some("component")), "{}", r.body);
     assert_eq!(info(&server, "declared")["versions"], json!(["1.0.0", "2.0.0"]));
 }
+
+#[test]
+fn plugins_dropped_into_the_watched_folder_are_deployed_once_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let put = |name: &str, bytes: &[u8]| {
+        // Write-then-rename, as the folder expects.
+        let tmp = dir.path().join(format!("{name}.tmp"));
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, dir.path().join(name)).unwrap();
+    };
+    // One plugin is there before the server starts.
+    put("early.wasm", &faulty_component());
+    put("early.toml", b"name = \"early\"\nversion = \"1.0.0\"\ncomponent = \"early.wasm\"\n[config]\nfault = \"none\"\n");
+    let config = ServerConfig { admin_token: Some("admin-secret".into()), plugin_dir: Some(dir.path().to_path_buf()), ..ServerConfig::default() };
+    let server = TestServer::start_with(|_| {}, config);
+    let deployed = |name: &str| server.get_with(&format!("/admin/v1/plugins/{name}"), &[AUTH]).status == 200;
+    let wait_until = |what: &dyn Fn() -> bool| {
+        let start = std::time::Instant::now();
+        while !what() && start.elapsed() < std::time::Duration::from_secs(20) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        what()
+    };
+    assert!(wait_until(&|| deployed("early")), "the plugin present at startup is deployed");
+    let greedy = text(&complete(&server, None));
+    assert_eq!(text(&complete(&server, Some("early"))), greedy);
+
+    // Junk is ignored: a manifest that does not parse, one whose component
+    // is random bytes, and a half-written file under a temporary name.
+    put("junk.toml", b"name = \"junk\"\nversion = ");
+    put("noise.wasm", b"\0asm random bytes");
+    put("noise.toml", b"name = \"noise\"\nversion = \"1.0.0\"\ncomponent = \"noise.wasm\"\n");
+    std::fs::write(dir.path().join("late.toml.tmp"), b"name = \"late\"\nversion = \"1.0.0\"\ncomponent = \"late.wasm\"\n").unwrap();
+    put("late.wasm", &faulty_component());
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    assert!(!deployed("junk") && !deployed("noise") && !deployed("late"));
+    assert_eq!(text(&complete(&server, Some("early"))), greedy, "the server keeps serving");
+
+    // The rename completes the manifest, and it is deployed; so is a fixed
+    // component for the manifest that failed.
+    std::fs::rename(dir.path().join("late.toml.tmp"), dir.path().join("late.toml")).unwrap();
+    assert!(wait_until(&|| deployed("late")));
+    put("noise.wasm", &faulty_component());
+    assert!(wait_until(&|| deployed("noise")), "a failed manifest is retried once its component changes");
+    // A new version is a new manifest; the old one stays deployed.
+    put("early-2.toml", b"name = \"early\"\nversion = \"2.0.0\"\ncomponent = \"early.wasm\"\n[config]\nfault = \"trap\"\n");
+    assert!(wait_until(&|| info(&server, "early")["active_version"] == "2.0.0"));
+    assert_eq!(complete(&server, Some("early")).status, 500);
+}

@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// with them [default: deploys last until the server stops].
     #[arg(long, env = "WEFT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Deploy the plugins whose manifests (`*.toml`) appear in this folder,
+    /// watching it while serving.
+    #[arg(long, env = "WEFT_PLUGIN_DIR")]
+    pub plugin_dir: Option<PathBuf>,
     /// Serve HTTPS with this PEM certificate chain (with --tls-key).
     #[arg(long, env = "WEFT_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -79,6 +83,7 @@ struct ServeFile {
     max_queued: Option<usize>,
     admin_token: Option<String>,
     state_dir: Option<PathBuf>,
+    plugin_dir: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
 }
@@ -101,6 +106,7 @@ impl ServeArgs {
         self.max_queued = self.max_queued.or(file.max_queued);
         self.admin_token = self.admin_token.or(file.admin_token);
         self.state_dir = self.state_dir.or(file.state_dir);
+        self.plugin_dir = self.plugin_dir.or(file.plugin_dir);
         self.tls_cert = self.tls_cert.or(file.tls_cert);
         self.tls_key = self.tls_key.or(file.tls_key);
         Ok(self)
@@ -127,6 +133,7 @@ pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
         max_output_tokens: args.max_output_tokens,
         admin_token: args.admin_token.clone(),
         state_dir: args.state_dir.clone(),
+        plugin_dir: args.plugin_dir.clone(),
         tls: match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(weft_server::TlsFiles { cert: cert.clone(), key: key.clone() }),
             (None, None) => None,

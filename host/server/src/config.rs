@@ -41,6 +41,9 @@ pub struct ServerConfig {
     /// Serve HTTPS instead of HTTP with this certificate chain and private
     /// key (PEM files). Default `None`: plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// A folder of plugin manifests and components to deploy from, watched
+    /// while the server runs ([`crate::plugin_dir`]). Default `None`.
+    pub plugin_dir: Option<std::path::PathBuf>,
     /// When a plugin version counts as broken (see [`crate::plugins`]).
     pub breaker: crate::plugins::BreakerPolicy,
 }
@@ -65,6 +68,7 @@ impl Default for ServerConfig {
             tokenizer_workers: 4,
             state_dir: None,
             tls: None,
+            plugin_dir: None,
             breaker: crate::plugins::BreakerPolicy::default(),
         }
     }

@@ -14,8 +14,9 @@
 //! Every failure is an [`ApiError`], mapped to HTTP in one place
 //! ([`error`]) and to gRPC status in one place ([`grpc::status`]).
 //!
-//! The admin API ([`routes`]'s `/admin/v1`) deploys sampler plugins
-//! ([`plugins`]); requests choose them by name. Not here yet: TLS and
+//! The admin API ([`routes`]'s `/admin/v1`) and the watched plugin folder
+//! ([`plugin_dir`]) deploy sampler plugins ([`plugins`], described by a
+//! [`manifest`]); requests choose them by name. Not here yet: TLS and
 //! authentication (the auth plugin).
 
 pub mod config;
@@ -26,6 +27,7 @@ pub mod generate;
 pub mod grpc;
 pub mod guides;
 pub mod manifest;
+pub mod plugin_dir;
 pub mod metrics;
 pub mod openai;
 pub mod openapi;
@@ -288,6 +290,10 @@ impl Server {
         let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stopped| *stopped).await;
         };
+        if let Some(dir) = self.state.config.plugin_dir.clone() {
+            plugin_dir::watch(dir.clone(), self.state.clone())
+                .map_err(|e| std::io::Error::other(format!("watching the plugin folder {}: {e}", dir.display())))?;
+        }
         let router = routes::router(self.state.clone());
         let http: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match self.tls {
             Some(acceptor) => Box::pin(tls::serve(self.listener, acceptor, router, until_stopped(stopped.clone()))),
