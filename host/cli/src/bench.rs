@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// Measure the sampler plugin against the native sampler instead.
     #[arg(long)]
     pub plugins: bool,
+    /// With --plugins: measure this sampler component (granted a language
+    /// runtime's inert WASI imports) instead of the builtin one.
+    #[arg(long, value_name = "FILE", requires = "plugins")]
+    pub component: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub load: crate::loadgen::LoadArgs,
 }
@@ -96,7 +100,7 @@ pub fn bench(store: &Store, args: BenchArgs) -> Result<()> {
         return crate::loadgen::run(url, &args.load, args.json);
     }
     if args.plugins {
-        return crate::plugin_bench::run(&args.batch, args.json);
+        return crate::plugin_bench::run(&args.batch, args.json, args.component.as_deref());
     }
     let (loaded, mut engine) = crate::run::load(store, &args.model)?;
     let corpus = loaded.tokenizer.encode(TEXT, false)?;

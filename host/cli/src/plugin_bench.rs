@@ -2,7 +2,7 @@
 //! the native sampler on the same synthetic batches.
 //!
 //! It times one `sample` call for a batch of B rows of the default model's
-//! vocabulary size (greedy, temperature sampling with OpenAI's defaults,
+//! vocabulary size (the builtin sampler, or `--component FILE`: greedy, temperature sampling with OpenAI's defaults,
 //! and with top-p over a flat row — the nucleus is most of the vocabulary,
 //! the worst case), the
 //! plugin's extra cost per call (plugin − native), and how long
@@ -12,10 +12,10 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::json;
 use weft_engine::sampling::NativeSampler;
-use weft_plugin_runtime::{Limits, PluginRuntime};
+use weft_plugin_runtime::{Grants, Limits, PluginRuntime};
 use weft_types::{SampleRow, Sampler, SamplingParams};
 
 const VOCAB: usize = 49_152;
@@ -41,9 +41,16 @@ fn time_calls(sampler: &mut dyn Sampler, rows: &[SampleRow<'_>]) -> Result<f64> 
     Ok(median(times))
 }
 
-pub fn run(batches: &[usize], as_json: bool) -> Result<()> {
+pub fn run(batches: &[usize], as_json: bool, other: Option<&std::path::Path>) -> Result<()> {
     let runtime = PluginRuntime::new(Limits::default())?;
-    let component = runtime.load_sampler("builtin:sampler@0.1.0", weft_plugin_artifacts::SAMPLER)?;
+    let component = match other {
+        None => runtime.load_sampler("builtin:sampler@0.1.0", weft_plugin_artifacts::SAMPLER)?,
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let limits = Limits { grants: Grants { language_runtime: true, ..Grants::default() }, ..Limits::default() };
+            runtime.load_sampler_with(&path.display().to_string(), &bytes, limits)?
+        }
+    };
     let mut plugin = component.sampler(Vec::new())?;
     let mut native = NativeSampler;
     let history: Vec<u32> = (0..64).collect();

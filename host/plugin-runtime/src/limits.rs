@@ -31,7 +31,7 @@ pub struct Limits {
     pub grants: Grants,
 }
 
-/// Capabilities a plugin's manifest may ask for. Nothing else (filesystem,
+/// Capabilities a plugin's manifest may ask for. Nothing else (files,
 /// sockets, HTTP) can be granted: components importing those are refused.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Grants {
@@ -40,6 +40,10 @@ pub struct Grants {
     pub clock: bool,
     /// The plugin's stderr goes to the server's stderr, instead of nowhere.
     pub stderr: bool,
+    /// The WASI filesystem and sockets interfaces may be imported; they are
+    /// linked inert (no preopened directory, no reachable address). For
+    /// language runtimes that import them to start (componentize-py).
+    pub language_runtime: bool,
 }
 
 impl Default for Limits {

@@ -104,7 +104,7 @@ impl PluginRuntime {
             let ms = |d: Duration| d.as_millis() as u64;
             return Err(over("a call deadline in ms of", ms(limits.call_deadline), ms(self.limits.call_deadline)));
         }
-        let component = self.compile(name, bytes)?;
+        let component = self.compile(name, bytes, limits.grants)?;
         let link = |e: wasmtime::Error| PluginError::Link { plugin: name.into(), world: "sampler-plugin", reason: format!("{e:#}") };
         let pre = self.linker.instantiate_pre(&component).map_err(link)?;
         let pre = SamplerPluginPre::new(pre).map_err(link)?;
@@ -113,7 +113,7 @@ impl PluginRuntime {
 
     /// Check and compile a guide component (slow: at startup or deploy).
     pub fn load_guide(&self, name: &str, bytes: &[u8]) -> Result<GuideComponent, PluginError> {
-        let component = self.compile(name, bytes)?;
+        let component = self.compile(name, bytes, self.limits.grants)?;
         let link = |e: wasmtime::Error| PluginError::Link { plugin: name.into(), world: "guide-plugin", reason: format!("{e:#}") };
         let pre = self.linker.instantiate_pre(&component).map_err(link)?;
         let pre = GuidePluginPre::new(pre).map_err(link)?;
@@ -121,7 +121,7 @@ impl PluginRuntime {
     }
 
     /// The size cap, compilation and the import check every kind shares.
-    fn compile(&self, name: &str, bytes: &[u8]) -> Result<Component, PluginError> {
+    fn compile(&self, name: &str, bytes: &[u8], grants: crate::limits::Grants) -> Result<Component, PluginError> {
         let plugin = name.to_string();
         if bytes.len() > self.limits.component_bytes {
             return Err(PluginError::TooLarge { plugin, size: bytes.len(), limit: self.limits.component_bytes });
@@ -132,7 +132,7 @@ impl PluginRuntime {
         };
         let component = compiled.map_err(|e| PluginError::Compile { plugin: plugin.clone(), reason: format!("{e:#}") })?;
         for (import, _) in component.component_type().imports(&self.engine) {
-            if !import_allowed(import) {
+            if !import_allowed(import, grants) {
                 return Err(PluginError::ForbiddenImport { plugin, import: import.to_string() });
             }
         }

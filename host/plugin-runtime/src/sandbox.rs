@@ -7,8 +7,10 @@
 //! clocks frozen at zero and randomness from a fixed seed — so nothing a
 //! plugin computes can depend on the machine, the time or chance (requests
 //! get their randomness from the host, seeded per request). A manifest may
-//! grant the real clocks and stderr ([`Grants`]); capability interfaces
-//! (filesystem, sockets, HTTP) are always refused at load time.
+//! grant the real clocks and stderr ([`Grants`]), and a language runtime's
+//! filesystem and socket imports, linked inert (CPython imports them to
+//! start; there is no directory to open and no network to reach). Without
+//! that grant those imports are refused at load time; HTTP always is.
 
 use std::time::Duration;
 
@@ -32,10 +34,17 @@ const RUNTIME_SUPPORT: &[&str] = &[
     "wasi:random/",
 ];
 
-/// Whether a component may import `name` (an interface such as
-/// `wasi:io/streams@0.2.3`).
-pub fn import_allowed(name: &str) -> bool {
-    name.starts_with("weft:plugin/") || RUNTIME_SUPPORT.iter().any(|p| name.starts_with(p))
+/// Imports a language runtime has (CPython's wasi-libc) that the
+/// `language_runtime` grant links inert: no directory is preopened and no
+/// address may be reached, so nothing can be opened or connected.
+const INERT_FOR_RUNTIMES: &[&str] = &["wasi:filesystem/", "wasi:sockets/"];
+
+/// Whether a component granted `grants` may import `name` (an interface
+/// such as `wasi:io/streams@0.2.3`).
+pub fn import_allowed(name: &str, grants: Grants) -> bool {
+    name.starts_with("weft:plugin/")
+        || RUNTIME_SUPPORT.iter().any(|p| name.starts_with(p))
+        || (grants.language_runtime && INERT_FOR_RUNTIMES.iter().any(|p| name.starts_with(p)))
 }
 
 /// The data of one plugin store.

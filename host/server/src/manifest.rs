@@ -22,6 +22,7 @@
 //! [grants]
 //! clock = true    # real clocks instead of frozen ones
 //! stderr = true   # the plugin's stderr in the server's log
+//! language-runtime = true   # CPython's file/socket imports, linked inert
 //! ```
 
 use std::collections::BTreeMap;
@@ -134,6 +135,9 @@ pub struct ManifestGrants {
     pub clock: bool,
     #[serde(default)]
     pub stderr: bool,
+    /// A language runtime's filesystem and socket imports, linked inert.
+    #[serde(default)]
+    pub language_runtime: bool,
 }
 
 impl Manifest {
@@ -188,7 +192,8 @@ impl Manifest {
             }
             limits.memory_bytes = (mib as usize) << 20;
         }
-        limits.grants = Grants { clock: self.grants.clock, stderr: self.grants.stderr };
+        limits.grants =
+            Grants { clock: self.grants.clock, stderr: self.grants.stderr, language_runtime: self.grants.language_runtime };
         Ok(limits)
     }
 
@@ -239,7 +244,7 @@ mod tests {
         assert_eq!(m.config["mode"], ConfigScalar::Text("fast".into()));
         let limits = m.limits(&Limits::default()).unwrap();
         assert_eq!((limits.call_deadline, limits.memory_bytes), (Duration::from_millis(50), 16 << 20));
-        assert_eq!(limits.grants, Grants { clock: true, stderr: false });
+        assert_eq!(limits.grants, Grants { clock: true, ..Grants::default() });
     }
 
     #[test]
