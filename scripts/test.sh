@@ -16,10 +16,11 @@ if ! python3 -m pip --version >/dev/null 2>&1; then
     exit 1
 fi
 
-# curl (the client examples, HTTP/2 checks) and openssl (the TLS test's
-# certificate) come from the system; install them where apt can.
+# curl (the client examples, HTTP/2 checks), openssl (the TLS test's
+# certificate) and npm (componentize-js, for the JavaScript guest plugin)
+# come from the system; install them where apt can.
 missing=()
-for tool in curl openssl; do
+for tool in curl openssl npm; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -42,4 +43,8 @@ if [ ! -x target/pyenv/bin/python ]; then
     python3 -m venv target/pyenv
 fi
 target/pyenv/bin/python -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+# componentize-js builds the JavaScript guest plugin (tests/python/test_guest_plugins.py).
+if [ ! -x target/jsenv/node_modules/.bin/componentize-js ]; then
+    npm install --silent --no-audit --no-fund --prefix target/jsenv @bytecodealliance/componentize-js@0.23.0
+fi
 target/pyenv/bin/python -m pytest -q tests/python
