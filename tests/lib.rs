@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use weft_engine::kv_cache::KvStorage;
 use weft_engine::model::{BatchToken, ForwardBatch, LlamaModel};
 use weft_engine::{Engine, EngineConfig, GenerationRequest, LoadedModel, Output};
+use weft_plugin_runtime::bindings::weft::plugin::types::ConfigValue;
 use weft_types::SamplingParams;
 
 /// The repository root.
@@ -133,25 +134,31 @@ impl TestServer {
 
     /// Start with the builtin guide plugin enabled (guided generation).
     pub fn start_guided() -> Self {
-        Self::launch(|_| {}, weft_server::ServerConfig::default(), Some((weft_plugin_artifacts::GUIDE_NAME, weft_plugin_artifacts::GUIDE)))
+        Self::launch(|_| {}, weft_server::ServerConfig::default(), Some((weft_plugin_artifacts::GUIDE_NAME, weft_plugin_artifacts::GUIDE)), None)
+    }
+
+    /// Start with the builtin auth plugin configured by `config`.
+    pub fn start_with_auth(config: Vec<(String, ConfigValue)>) -> Self {
+        Self::launch(|_| {}, weft_server::ServerConfig::default(), None, Some(config))
     }
 
     /// Start with the guide component at `path` (a test fixture) enabled.
     pub fn start_with_guide(path: &str) -> Self {
         let bytes: &'static [u8] = Box::leak(std::fs::read(path).expect("the fixture was built").into_boxed_slice());
-        Self::launch(|_| {}, weft_server::ServerConfig::default(), Some(("test:guide", bytes)))
+        Self::launch(|_| {}, weft_server::ServerConfig::default(), Some(("test:guide", bytes)), None)
     }
 
     /// Start with the engine config adjusted by `tune` and `config` (whose
     /// address is replaced by a free loopback port).
     pub fn start_with(tune: impl FnOnce(&mut EngineConfig), config: weft_server::ServerConfig) -> Self {
-        Self::launch(tune, config, None)
+        Self::launch(tune, config, None, None)
     }
 
     fn launch(
         tune: impl FnOnce(&mut EngineConfig),
         mut config: weft_server::ServerConfig,
         guide: Option<(&'static str, &'static [u8])>,
+        auth: Option<Vec<(String, ConfigValue)>>,
     ) -> Self {
         config.http_addr = ([127, 0, 0, 1], 0).into();
         config.grpc_addr = Some(([127, 0, 0, 1], 0).into());
@@ -170,6 +177,9 @@ impl TestServer {
                 let mut server = weft_server::Server::bind(loaded, engine, plugins, config).await.expect("server binds");
                 if let Some((name, bytes)) = guide {
                     server.enable_guide(name, bytes);
+                }
+                if let Some(config) = auth {
+                    server.enable_auth(weft_plugin_artifacts::AUTH_NAME, weft_plugin_artifacts::AUTH, config).expect("the auth plugin starts");
                 }
                 let grpc = server.grpc_local_addr().expect("gRPC is on");
                 ready_tx.send((server.local_addr().unwrap(), grpc, server.engine())).unwrap();

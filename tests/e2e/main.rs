@@ -2,6 +2,7 @@
 //! cores). They use the real default model pulled by `weft pull` and the
 //! committed reference fixtures under `tests/data/`.
 
+mod auth;
 mod grpc;
 mod guided;
 mod hf_reference;

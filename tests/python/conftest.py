@@ -60,3 +60,22 @@ def client(server):
     from openai import OpenAI
 
     return OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+
+
+PROTO = ROOT / "host/server/proto"
+
+
+@pytest.fixture(scope="session")
+def pb(tmp_path_factory):
+    """The gRPC stubs (message module, service module), generated from our .proto."""
+    import sys
+
+    from grpc_tools import protoc
+
+    out = tmp_path_factory.mktemp("stubs")
+    rc = protoc.main(["protoc", f"-I{PROTO}", f"--python_out={out}", f"--grpc_python_out={out}", str(PROTO / "weft/v1/generation.proto")])
+    assert rc == 0
+    sys.path.insert(0, str(out))
+    from weft.v1 import generation_pb2, generation_pb2_grpc
+
+    return generation_pb2, generation_pb2_grpc

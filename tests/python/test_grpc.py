@@ -1,27 +1,10 @@
 """The gRPC API from Python stubs generated from our .proto (grpcio-tools):
 unary, streaming, cancellation, status codes, health checking, reflection."""
-import pathlib
-import sys
 import time
 import urllib.request
 
 import grpc
 import pytest
-
-PROTO = pathlib.Path(__file__).resolve().parents[2] / "host/server/proto"
-
-
-@pytest.fixture(scope="session")
-def pb(tmp_path_factory):
-    from grpc_tools import protoc
-
-    out = tmp_path_factory.mktemp("stubs")
-    rc = protoc.main(["protoc", f"-I{PROTO}", f"--python_out={out}", f"--grpc_python_out={out}", str(PROTO / "weft/v1/generation.proto")])
-    assert rc == 0
-    sys.path.insert(0, str(out))
-    from weft.v1 import generation_pb2, generation_pb2_grpc
-
-    return generation_pb2, generation_pb2_grpc
 
 
 @pytest.fixture()

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde::Deserialize;
+use weft_plugin_runtime::bindings::weft::plugin::types::ConfigValue;
 use weft_server::{Server, ServerConfig};
 
 use crate::ModelArgs;
@@ -58,6 +59,11 @@ pub struct ServeArgs {
     /// watching it while serving.
     #[arg(long, env = "WEFT_PLUGIN_DIR")]
     pub plugin_dir: Option<PathBuf>,
+    /// Authenticate API requests with the builtin auth plugin configured by
+    /// this TOML file (API key hashes per tenant, JWT keys; see
+    /// docs/api/http.md) [default: the API is open].
+    #[arg(long, env = "WEFT_AUTH")]
+    pub auth: Option<PathBuf>,
     /// Serve HTTPS with this PEM certificate chain (with --tls-key).
     #[arg(long, env = "WEFT_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -84,6 +90,7 @@ struct ServeFile {
     admin_token: Option<String>,
     state_dir: Option<PathBuf>,
     plugin_dir: Option<PathBuf>,
+    auth: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
 }
@@ -107,6 +114,7 @@ impl ServeArgs {
         self.admin_token = self.admin_token.or(file.admin_token);
         self.state_dir = self.state_dir.or(file.state_dir);
         self.plugin_dir = self.plugin_dir.or(file.plugin_dir);
+        self.auth = self.auth.or(file.auth);
         self.tls_cert = self.tls_cert.or(file.tls_cert);
         self.tls_key = self.tls_key.or(file.tls_key);
         Ok(self)
@@ -143,6 +151,7 @@ pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
     };
     let name = loaded.name.clone();
     let tls = config.tls.is_some();
+    let auth = args.auth.as_deref().map(auth_config).transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("weft-http")
@@ -152,6 +161,11 @@ pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
     runtime.block_on(async move {
         let mut server = Server::bind(loaded, engine, plugins, config).await.context("binding the listeners")?;
         server.enable_guide(weft_plugin_artifacts::GUIDE_NAME, weft_plugin_artifacts::GUIDE);
+        if let Some(config) = auth {
+            server
+                .enable_auth(weft_plugin_artifacts::AUTH_NAME, weft_plugin_artifacts::AUTH, config)
+                .context("starting the auth plugin (check the --auth file)")?;
+        }
         let addr = server.local_addr()?;
         let scheme = if tls { "https" } else { "http" };
         println!("weft: serving {name} on {scheme}://{addr}");
@@ -164,6 +178,35 @@ pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
         eprintln!("weft: stopped");
         Ok(())
     })
+}
+
+/// The auth plugin's configuration from a TOML file: nested tables flatten
+/// to dotted keys (`[key.acme] primary = "sha256:…"` is `key.acme.primary`).
+fn auth_config(path: &std::path::Path) -> Result<Vec<(String, ConfigValue)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the auth file {}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text).with_context(|| format!("in the auth file {}", path.display()))?;
+    let mut out = Vec::new();
+    flatten("", &table, &mut out).with_context(|| format!("in the auth file {}", path.display()))?;
+    Ok(out)
+}
+
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, ConfigValue)>) -> Result<()> {
+    for (key, value) in table {
+        let key = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        let value = match value {
+            toml::Value::Table(t) => {
+                flatten(&key, t, out)?;
+                continue;
+            }
+            toml::Value::String(s) => ConfigValue::Text(s.clone()),
+            toml::Value::Integer(i) => ConfigValue::Integer(*i),
+            toml::Value::Float(f) => ConfigValue::Number(*f),
+            toml::Value::Boolean(b) => ConfigValue::Boolean(*b),
+            _ => anyhow::bail!("`{key}` must be text, a number or a boolean"),
+        };
+        out.push((key, value));
+    }
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

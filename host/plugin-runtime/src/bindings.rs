@@ -20,3 +20,11 @@ pub mod guide {
         world: "guide-plugin",
     });
 }
+
+/// The auth world (one call per request; imports only the empty WASI).
+pub mod auth {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "auth-plugin",
+    });
+}

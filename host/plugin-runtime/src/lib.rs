@@ -12,7 +12,8 @@
 //! `batch` resource ([`batch`]), its answer checked by the engine.
 //! [`WasmGuide`] is a guide component set up once for the model's
 //! vocabulary; each [`GuidedSequence`] implements `weft_types::Guide` for
-//! one constrained sequence.
+//! one constrained sequence. [`WasmAuth`] asks an auth component who a
+//! request comes from.
 //!
 //! A trap, a deadline overrun or an exhausted memory fails only the call
 //! (and so only the requests in it); the instance is discarded and rebuilt
@@ -21,6 +22,7 @@
 //! Architecture invariant: this is the only crate that links wasmtime, and
 //! [`bindings`] is the only module that generates bindings from `wit/`.
 
+mod auth;
 pub mod batch;
 pub mod bindings;
 mod cache;
@@ -32,10 +34,11 @@ mod runtime;
 mod sampler;
 mod sandbox;
 
+pub use auth::{AuthDecision, MAX_PRINCIPAL_BYTES, Principal, WasmAuth};
 pub use cache::CompiledCache;
 pub use error::PluginError;
 pub use limits::{Grants, Limits};
 pub use guide::{GuidedSequence, WasmGuide};
 pub use health::Health;
-pub use runtime::{EPOCH_TICK, GuideComponent, PluginRuntime, SamplerComponent};
+pub use runtime::{AuthComponent, EPOCH_TICK, GuideComponent, PluginRuntime, SamplerComponent};
 pub use sampler::WasmSampler;

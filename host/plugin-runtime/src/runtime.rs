@@ -7,6 +7,7 @@ use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use crate::bindings::auth::AuthPluginPre;
 use crate::bindings::guide::GuidePluginPre;
 use crate::cache::CompiledCache;
 use crate::bindings::{SamplerPlugin, SamplerPluginPre};
@@ -120,6 +121,16 @@ impl PluginRuntime {
         Ok(GuideComponent { name: name.into(), pre, engine: self.engine.clone(), limits: self.limits.clone() })
     }
 
+    /// Check and compile an auth component, to run under `limits` (an auth
+    /// plugin that checks token expiry needs the `clock` grant).
+    pub fn load_auth(&self, name: &str, bytes: &[u8], limits: Limits) -> Result<AuthComponent, PluginError> {
+        let component = self.compile(name, bytes, limits.grants)?;
+        let link = |e: wasmtime::Error| PluginError::Link { plugin: name.into(), world: "auth-plugin", reason: format!("{e:#}") };
+        let pre = self.linker.instantiate_pre(&component).map_err(link)?;
+        let pre = AuthPluginPre::new(pre).map_err(link)?;
+        Ok(AuthComponent { name: name.into(), pre, engine: self.engine.clone(), limits })
+    }
+
     /// The size cap, compilation and the import check every kind shares.
     fn compile(&self, name: &str, bytes: &[u8], grants: crate::limits::Grants) -> Result<Component, PluginError> {
         let plugin = name.to_string();
@@ -137,6 +148,22 @@ impl PluginRuntime {
             }
         }
         Ok(component)
+    }
+}
+
+/// A compiled, pre-linked auth plugin: instantiate it with
+/// [`crate::WasmAuth::new`].
+#[derive(Clone)]
+pub struct AuthComponent {
+    pub(crate) name: String,
+    pub(crate) pre: AuthPluginPre<StoreState>,
+    pub(crate) engine: Engine,
+    pub(crate) limits: Limits,
+}
+
+impl std::fmt::Debug for AuthComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthComponent").field("name", &self.name).finish()
     }
 }
 

@@ -19,6 +19,7 @@
 //! [`manifest`]); requests choose them by name. Not here yet: TLS and
 //! authentication (the auth plugin).
 
+pub mod auth;
 pub mod config;
 pub mod engine_task;
 pub mod error;
@@ -84,6 +85,8 @@ pub struct AppState {
     pub(crate) guide: Option<Arc<guides::GuidePlugin>>,
     /// Where deploys are persisted, if the server has a state directory.
     pub(crate) plugin_store: Option<Arc<plugin_store::PluginStore>>,
+    /// Who may call the API; `None` leaves it open ([`auth`]).
+    pub(crate) auth: Option<Arc<weft_plugin_runtime::WasmAuth>>,
     blocking: Arc<Semaphore>,
 }
 
@@ -101,19 +104,26 @@ impl AppState {
         tokio::task::spawn_blocking(job).await.map_err(|e| ApiError::Internal(format!("a tokenizer job failed: {e}")))
     }
 
-    /// Resolve the `model` field of a request.
-    pub(crate) fn check_model(&self, requested: Option<&str>) -> Result<(), ApiError> {
+    /// Resolve the `model` field of a request, for `principal` if the
+    /// request was authenticated.
+    pub(crate) fn check_model(&self, requested: Option<&str>, principal: Option<&weft_plugin_runtime::Principal>) -> Result<(), ApiError> {
         match requested {
-            None | Some("default") => Ok(()),
-            Some(name) if name == self.model.name => Ok(()),
+            None | Some("default") => auth::check_model(principal, "default", &self.model.name),
+            Some(name) if name == self.model.name => auth::check_model(principal, name, &self.model.name),
             Some(other) => Err(ApiError::ModelNotFound(other.to_string())),
         }
     }
 
     /// The engine sampler a request names (body field first, then the
     /// `x-weft-sampler` header), or the default.
-    pub(crate) fn select_sampler(&self, field: Option<&str>, header: Option<&str>) -> Result<weft_engine::SamplerId, ApiError> {
+    pub(crate) fn select_sampler(
+        &self,
+        field: Option<&str>,
+        header: Option<&str>,
+        principal: Option<&weft_plugin_runtime::Principal>,
+    ) -> Result<weft_engine::SamplerId, ApiError> {
         let Some(name) = field.or(header) else { return Ok(weft_engine::DEFAULT_SAMPLER) };
+        auth::check_plugin(principal, name)?;
         let resolved = self.plugins.resolve(name)?;
         if resolved.rolled_back {
             eprintln!("weft: {}", self.plugins.get(name).ok().and_then(|i| i.last_event).unwrap_or_default());
@@ -244,6 +254,7 @@ impl Server {
             runtime,
             guide: None,
             plugin_store,
+            auth: None,
             tool_format,
             blocking: Arc::new(Semaphore::new(config.tokenizer_workers.max(1))),
             config: Arc::new(config),
@@ -262,6 +273,22 @@ impl Server {
     pub fn enable_guide(&mut self, name: &str, bytes: &'static [u8]) {
         let plugin = guides::GuidePlugin::load(self.state.runtime.clone(), name.into(), bytes, self.state.tokenizer.clone());
         self.state.guide = Some(plugin);
+    }
+
+    /// Authenticate every API request with the auth component `bytes`,
+    /// configured with `config` (it gets the real clock, for token expiry).
+    /// Loaded now: a server with auth never serves before it is ready.
+    pub fn enable_auth(
+        &mut self,
+        name: &str,
+        bytes: &[u8],
+        config: Vec<(String, weft_plugin_runtime::bindings::weft::plugin::types::ConfigValue)>,
+    ) -> Result<(), weft_plugin_runtime::PluginError> {
+        let mut limits = self.state.runtime.limits().clone();
+        limits.grants.clock = true;
+        let component = self.state.runtime.load_auth(name, bytes, limits)?;
+        self.state.auth = Some(Arc::new(weft_plugin_runtime::WasmAuth::new(component, config)?));
+        Ok(())
     }
 
     /// Where the HTTP API listens.

@@ -33,7 +33,7 @@ fn fan_out(prompt: &[u32], prompt_index: usize, max_tokens: u32, valid: &ValidSa
             request: GenerationRequest {
                 prompt: prompt.to_vec(),
                 params: SamplingParams { seed: validate::choice_seed(valid.params.seed, k), max_tokens, ..valid.params.clone() },
-                tenant: String::new(),
+                tenant: valid.tenant.clone(),
                 score_prompt,
                 sampler: valid.sampler,
                 guide: None,

@@ -37,6 +37,9 @@ pub struct ValidSampling {
     pub sampler: weft_engine::SamplerId,
     /// The constraint every choice is guided by, if any.
     pub constraint: Option<Constraint>,
+    /// The caller's tenant (set by the caller after authentication; the
+    /// prefix cache is shared only within a tenant).
+    pub tenant: String,
 }
 
 /// What the request needs to know about the model to check a request.
@@ -168,6 +171,7 @@ pub fn sampling(
         deadline_ms,
         sampler: weft_engine::DEFAULT_SAMPLER,
         constraint,
+        tenant: String::new(),
     })
 }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use tonic::{Request, Response, Status};
 use weft_engine::Output;
+use weft_plugin_runtime::Principal;
 use weft_types::StopReason;
 
 use super::proto::generate_request::Input;
@@ -41,12 +42,24 @@ impl GenerationService {
         Self { state }
     }
 
+    /// The caller of a gRPC call, from its metadata (`authorization`).
+    async fn authenticate<T>(&self, request: &Request<T>, path: &str) -> Result<Option<Principal>, Status> {
+        let metadata = request.metadata().clone().into_headers();
+        let headers = crate::auth::headers_of(metadata.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
+        crate::auth::authenticate(&self.state, "POST", path, headers).await.map_err(to_status)
+    }
+
     /// Validate, prepare and admit a request; returns its running choices
     /// and whether logprobs were asked for.
-    async fn start(&self, req: proto::GenerateRequest, sampler: Option<String>) -> Result<(Vec<RunningChoice>, bool), ApiError> {
+    async fn start(
+        &self,
+        req: proto::GenerateRequest,
+        sampler: Option<String>,
+        principal: Option<Principal>,
+    ) -> Result<(Vec<RunningChoice>, bool), ApiError> {
         let state = &self.state;
         let model = (!req.model.is_empty()).then_some(req.model.as_str());
-        state.check_model(model)?;
+        state.check_model(model, principal.as_ref())?;
         let s = req.sampling.unwrap_or_default();
         let fields = SamplingFields {
             n: req.n,
@@ -66,7 +79,8 @@ impl GenerationService {
         };
         let top = s.top_logprobs.map(|k| prepare::top_logprobs("top_logprobs", k)).transpose()?;
         let mut valid = validate::sampling(&fields, ("max_tokens", fields.max_tokens), top.unwrap_or(0), state.limits())?;
-        valid.sampler = state.select_sampler(None, sampler.as_deref())?;
+        valid.sampler = state.select_sampler(None, sampler.as_deref(), principal.as_ref())?;
+        valid.tenant = principal.map(|p| p.tenant).unwrap_or_default();
         valid.constraint = req.constraint.and_then(constraint);
         let choices = match req.input {
             Some(Input::Prompt(text)) => prepare::prompts(state, vec![ValidPrompt::Text(text)], &valid, false).await?.1,
@@ -157,8 +171,9 @@ impl StreamState {
 #[tonic::async_trait]
 impl Generation for GenerationService {
     async fn generate(&self, request: Request<proto::GenerateRequest>) -> Result<Response<proto::GenerateResponse>, Status> {
+        let principal = self.authenticate(&request, "/weft.v1.Generation/Generate").await?;
         let sampler = sampler_metadata(&request);
-        let (running, logprobs) = self.start(request.into_inner(), sampler).await.map_err(to_status)?;
+        let (running, logprobs) = self.start(request.into_inner(), sampler, principal).await.map_err(to_status)?;
         // gRPC deadlines travel in `grpc-timeout`, which tonic enforces by
         // dropping the call (and so cancelling the generation).
         let done = generate::collect_all(running, None).await.map_err(to_status)?;
@@ -188,8 +203,9 @@ impl Generation for GenerationService {
     type GenerateStreamStream = ChunkStream;
 
     async fn generate_stream(&self, request: Request<proto::GenerateRequest>) -> Result<Response<ChunkStream>, Status> {
+        let principal = self.authenticate(&request, "/weft.v1.Generation/GenerateStream").await?;
         let sampler = sampler_metadata(&request);
-        let (running, logprobs) = self.start(request.into_inner(), sampler).await.map_err(to_status)?;
+        let (running, logprobs) = self.start(request.into_inner(), sampler, principal).await.map_err(to_status)?;
         let state = StreamState {
             merged: generate::merge(running).boxed(),
             service: GenerationService::new(self.state.clone()),
@@ -221,9 +237,10 @@ impl Generation for GenerationService {
     }
 
     async fn tokenize(&self, request: Request<proto::TokenizeRequest>) -> Result<Response<proto::TokenizeResponse>, Status> {
+        let principal = self.authenticate(&request, "/weft.v1.Generation/Tokenize").await?;
         let req = request.into_inner();
         let state = &self.state;
-        state.check_model((!req.model.is_empty()).then_some(req.model.as_str())).map_err(to_status)?;
+        state.check_model((!req.model.is_empty()).then_some(req.model.as_str()), principal.as_ref()).map_err(to_status)?;
         let tokenizer = state.tokenizer.clone();
         let tokens = match req.input {
             Some(proto::tokenize_request::Input::Prompt(text)) => {
@@ -246,7 +263,8 @@ impl Generation for GenerationService {
         Ok(Response::new(proto::TokenizeResponse { tokens, max_model_len: state.model.context as u64 }))
     }
 
-    async fn list_models(&self, _: Request<proto::ListModelsRequest>) -> Result<Response<proto::ListModelsResponse>, Status> {
+    async fn list_models(&self, request: Request<proto::ListModelsRequest>) -> Result<Response<proto::ListModelsResponse>, Status> {
+        self.authenticate(&request, "/weft.v1.Generation/ListModels").await?;
         let card = |id: &str| proto::Model { id: id.to_string(), max_model_len: self.state.model.context as u64 };
         Ok(Response::new(proto::ListModelsResponse { models: vec![card(&self.state.model.name), card("default")] }))
     }

@@ -32,14 +32,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Let a request through only with `authorization: Bearer <admin token>`.
 pub async fn require_admin(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, ApiError> {
     let Some(expected) = &state.config.admin_token else {
-        return Err(ApiError::Forbidden("the admin API is off: start the server with an admin token (--admin-token)".into()));
+        let e = ApiError::Forbidden("the admin API is off: start the server with an admin token (--admin-token)".into());
+        return Err(crate::auth::refuse(req, state.runtime.limits().component_bytes, e).await);
     };
     let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(next.run(req).await),
-        Some(_) => Err(ApiError::Unauthenticated("the admin token is wrong".into())),
-        None => Err(ApiError::Unauthenticated("the admin API needs `authorization: Bearer <admin token>`".into())),
-    }
+    let refused = match given {
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => return Ok(next.run(req).await),
+        Some(_) => ApiError::Unauthenticated("the admin token is wrong".into()),
+        None => ApiError::Unauthenticated("the admin API needs `authorization: Bearer <admin token>`".into()),
+    };
+    Err(crate::auth::refuse(req, state.runtime.limits().component_bytes, refused).await)
 }
 
 /// What the server serves and how busy it is.

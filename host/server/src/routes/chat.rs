@@ -1,6 +1,7 @@
 //! `POST /v1/chat/completions`: a conversation through the model's chat
 //! template, answered whole or as a stream of deltas.
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -8,6 +9,7 @@ use weft_engine::Output;
 use weft_types::StopReason;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{self, JsonBody};
 use crate::generate::{self, ChunkWriter, StreamContext, finish_reason, token_logprob};
@@ -34,12 +36,17 @@ use crate::{prepare, validate};
         (status = 503, description = "At capacity (with `retry-after`) or not ready", body = ErrorBody),
         (status = 504, description = "The request's own deadline passed (`deadline_exceeded`)", body = ErrorBody),
 ))]
-pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
     let arrived = tokio::time::Instant::now();
     let req: ChatCompletionRequest = extract::generation_view(&body)?;
     drop(body);
     let sampling = &req.sampling;
-    state.check_model(sampling.model.as_deref())?;
+    state.check_model(sampling.model.as_deref(), caller.principal())?;
     let logprobs = req.logprobs.unwrap_or(false);
     let top_logprobs = match (logprobs, req.top_logprobs) {
         (_, None) => 0,
@@ -51,7 +58,8 @@ pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap,
         None => ("max_tokens", sampling.max_tokens),
     };
     let mut valid = validate::sampling(sampling, max_tokens, top_logprobs, state.limits())?;
-    valid.sampler = select_sampler(&state, sampling, &headers)?;
+    valid.sampler = select_sampler(&state, sampling, &headers, &caller)?;
+    valid.tenant = caller.tenant();
     let format = match sampling.weft.as_ref().and_then(|w| w.tool_format.as_deref()) {
         None => state.tool_format,
         Some(name) => tools::ToolFormat::named(name).ok_or_else(|| {
@@ -235,10 +243,15 @@ impl ChunkWriter for ChatChunks {
 }
 
 /// The sampler a request names in `weft.sampler` or `x-weft-sampler`.
-pub(crate) fn select_sampler(state: &AppState, sampling: &SamplingFields, headers: &HeaderMap) -> Result<weft_engine::SamplerId, ApiError> {
+pub(crate) fn select_sampler(
+    state: &AppState,
+    sampling: &SamplingFields,
+    headers: &HeaderMap,
+    caller: &Caller,
+) -> Result<weft_engine::SamplerId, ApiError> {
     let field = sampling.weft.as_ref().and_then(|w| w.sampler.as_deref());
     let header = headers.get("x-weft-sampler").and_then(|v| v.to_str().ok());
-    state.select_sampler(field, header)
+    state.select_sampler(field, header, caller.principal())
 }
 
 /// The request's deadline: `weft.deadline_ms`, else the `x-weft-deadline-ms`

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -10,6 +11,7 @@ use weft_engine::tokenizer::Tokenizer;
 use weft_engine::Output;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{self, JsonBody};
 use crate::generate::{self, ChunkWriter, Collected, StreamContext, finish_reason};
@@ -32,12 +34,17 @@ use crate::{prepare, validate};
         (status = 503, description = "At capacity (with `retry-after`) or not ready", body = ErrorBody),
         (status = 504, description = "The request's own deadline passed (`deadline_exceeded`)", body = ErrorBody),
 ))]
-pub async fn completions(State(state): State<AppState>, headers: HeaderMap, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+pub async fn completions(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
     let arrived = tokio::time::Instant::now();
     let req: CompletionRequest = extract::generation_view(&body)?;
     drop(body);
     let sampling = &req.sampling;
-    state.check_model(sampling.model.as_deref())?;
+    state.check_model(sampling.model.as_deref(), caller.principal())?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::Unsupported { param: "suffix".into(), why: "fill-in-the-middle needs a model trained for it" });
     }
@@ -55,7 +62,8 @@ pub async fn completions(State(state): State<AppState>, headers: HeaderMap, Json
     if echo && valid.stream {
         return Err(ApiError::Unsupported { param: "echo".into(), why: "`echo` is available without `stream`" });
     }
-    valid.sampler = super::chat::select_sampler(&state, sampling, &headers)?;
+    valid.sampler = super::chat::select_sampler(&state, sampling, &headers, &caller)?;
+    valid.tenant = caller.tenant();
     let prompts = validate::prompts(&req.prompt, valid.n, state.limits())?;
     let (prompts, choices) = prepare::prompts(&state, prompts, &valid, echo && logprobs.is_some()).await?;
     let deadline = super::chat::deadline(&valid, &headers, arrived)?;

@@ -34,14 +34,18 @@ pub fn router(state: AppState) -> Router {
             post(admin::deploy).layer(axum::extract::DefaultBodyLimit::max(state.runtime.limits().component_bytes)),
         )
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), admin::require_admin));
-    Router::new()
-        .merge(admin)
+    // The API: every request authenticated by the auth plugin, if any.
+    let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get_one))
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::require_principal));
+    Router::new()
+        .merge(admin)
+        .merge(api)
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

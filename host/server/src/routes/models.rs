@@ -1,9 +1,11 @@
 //! `GET /v1/models` and `GET /v1/models/{id}`.
 
 use axum::Json;
+use axum::Extension;
 use axum::extract::{Path, State};
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::openai::{ModelCard, ModelList};
 
@@ -20,7 +22,11 @@ pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
 /// One model by id (`default` always exists).
 #[utoipa::path(get, path = "/v1/models/{id}", tag = "OpenAI", params(("id" = String, Path, description = "A model id or `default`")),
     responses((status = 200, body = ModelCard), (status = 404, description = "Unknown model", body = ErrorBody)))]
-pub async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ModelCard>, ApiError> {
-    state.check_model(Some(&id))?;
+pub async fn get_one(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelCard>, ApiError> {
+    state.check_model(Some(&id), caller.principal())?;
     Ok(Json(card(&state, &id)))
 }

@@ -1,12 +1,13 @@
 //! `POST /tokenize` and `POST /detokenize`: the model's tokenizer over
 //! HTTP, with the chat template when given messages.
 
-use axum::Json;
+use axum::{Extension, Json};
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{self, JsonBody};
 use crate::openai::ChatMessageIn;
@@ -33,9 +34,13 @@ pub struct TokenizeResponse {
 /// Token ids of a prompt, or of a conversation through the chat template.
 #[utoipa::path(post, path = "/tokenize", tag = "Tokenizer", request_body = TokenizeRequest,
     responses((status = 200, body = TokenizeResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn tokenize(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<TokenizeResponse>, ApiError> {
+pub async fn tokenize(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<TokenizeResponse>, ApiError> {
     let req: TokenizeRequest = extract::view(&body)?;
-    state.check_model(req.model.as_deref())?;
+    state.check_model(req.model.as_deref(), caller.principal())?;
     let tokenizer = state.tokenizer.clone();
     let tokens = match (req.prompt, req.messages) {
         (Some(prompt), None) => state.blocking(move || crate::prepare::encode_prompt(&tokenizer, &prompt)).await??,
@@ -69,10 +74,11 @@ pub struct DetokenizeResponse {
     responses((status = 200, body = DetokenizeResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn detokenize(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<DetokenizeResponse>, ApiError> {
     let req: DetokenizeRequest = extract::view(&body)?;
-    state.check_model(req.model.as_deref())?;
+    state.check_model(req.model.as_deref(), caller.principal())?;
     let vocab = state.model.vocab;
     let ids = req
         .tokens

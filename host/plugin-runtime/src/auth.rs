@@ -1,0 +1,178 @@
+//! Auth components: [`WasmAuth`] asks an `auth-plugin` component who a
+//! request is, once per request, and checks what it answers.
+//!
+//! One long-lived instance serves every request (an auth call takes
+//! microseconds; a mutex serialises them). A fault (trap, deadline, memory,
+//! an answer over its size limits) discards the instance and is an error:
+//! the server fails closed and refuses the request; the next call gets a
+//! fresh instance.
+
+use std::sync::{Arc, Mutex};
+
+use wasmtime::Store;
+
+use crate::bindings::auth::AuthPlugin;
+use crate::bindings::auth::exports::weft::plugin::auth::{Decision, RequestHead};
+use crate::bindings::auth::weft::plugin::types::{ConfigEntry, ConfigValue as AuthConfigValue};
+use crate::bindings::weft::plugin::types::ConfigValue;
+use crate::error::PluginError;
+use crate::health::Health;
+use crate::runtime::{AuthComponent, EPOCH_TICK};
+use crate::sampler::describe;
+use crate::sandbox::StoreState;
+
+/// Most bytes of text a principal may carry (tenant, scopes, lists).
+pub const MAX_PRINCIPAL_BYTES: usize = 64 << 10;
+
+/// Who a request comes from and what it may do, as the auth plugin says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Principal {
+    pub tenant: String,
+    /// Empty: every scope.
+    pub scopes: Vec<String>,
+    /// Empty: every model.
+    pub allowed_models: Vec<String>,
+    /// Empty: every plugin.
+    pub allowed_plugins: Vec<String>,
+    pub rate_limit_class: String,
+}
+
+/// The auth plugin's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthDecision {
+    Allow(Principal),
+    /// No or bad credentials (401).
+    Unauthenticated(String),
+    /// Valid credentials without the right (403).
+    Forbidden(String),
+}
+
+/// A live auth instance (rebuilt after any fault).
+pub struct WasmAuth {
+    component: AuthComponent,
+    config: Vec<ConfigEntry>,
+    live: Mutex<Option<(Store<StoreState>, AuthPlugin)>>,
+    health: Arc<Health>,
+}
+
+impl std::fmt::Debug for WasmAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmAuth").field("plugin", &self.component.name).field("health", &self.health).finish()
+    }
+}
+
+fn ticks(component: &AuthComponent) -> u64 {
+    (component.limits.call_deadline.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64).max(1)
+}
+
+impl WasmAuth {
+    /// Instantiate `component` and hand `config` to its `init` (a refused
+    /// configuration is [`PluginError::Refused`]).
+    pub fn new(component: AuthComponent, config: Vec<(String, ConfigValue)>) -> Result<Self, PluginError> {
+        let config = config
+            .into_iter()
+            .map(|(key, value)| ConfigEntry {
+                key,
+                value: match value {
+                    ConfigValue::Text(t) => AuthConfigValue::Text(t),
+                    ConfigValue::Integer(i) => AuthConfigValue::Integer(i),
+                    ConfigValue::Number(n) => AuthConfigValue::Number(n),
+                    ConfigValue::Boolean(b) => AuthConfigValue::Boolean(b),
+                },
+            })
+            .collect();
+        let auth = Self { component, config, live: Mutex::new(None), health: Arc::default() };
+        let mut live = auth.live.lock().unwrap_or_else(|p| p.into_inner());
+        *live = Some(auth.instance()?);
+        drop(live);
+        Ok(auth)
+    }
+
+    pub fn health(&self) -> Arc<Health> {
+        Arc::clone(&self.health)
+    }
+
+    fn instance(&self) -> Result<(Store<StoreState>, AuthPlugin), PluginError> {
+        let c = &self.component;
+        let deadline_ms = c.limits.call_deadline.as_millis();
+        let call = |phase: &'static str, e: wasmtime::Error| PluginError::Call { plugin: c.name.clone(), phase, reason: describe(&e, deadline_ms) };
+        let mut store = Store::new(&c.engine, StoreState::new(&c.limits));
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(ticks(c));
+        let plugin = c.pre.instantiate(&mut store).map_err(|e| call("instantiate", e))?;
+        store.set_epoch_deadline(ticks(c));
+        match plugin.weft_plugin_auth().call_init(&mut store, &self.config) {
+            Ok(Ok(())) => Ok((store, plugin)),
+            Ok(Err(e)) => Err(PluginError::Refused { plugin: c.name.clone(), phase: "init", code: e.code, message: e.message }),
+            Err(e) => Err(call("init", e)),
+        }
+    }
+
+    /// Who sends a request with this method, path and headers (names
+    /// lower-case). An error is a fault: the caller must refuse the request.
+    pub fn authenticate(&self, method: &str, path: &str, headers: Vec<(String, String)>) -> Result<AuthDecision, PluginError> {
+        self.health.record_call();
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let result = (|| {
+            if live.is_none() {
+                *live = Some(self.instance()?);
+            }
+            let (store, plugin) = live.as_mut().expect("set above");
+            store.set_epoch_deadline(ticks(&self.component));
+            let head = RequestHead { method: method.into(), path: path.into(), headers };
+            let deadline_ms = self.component.limits.call_deadline.as_millis();
+            let decision = plugin.weft_plugin_auth().call_authenticate(&mut *store, &head).map_err(|e| PluginError::Call {
+                plugin: self.component.name.clone(),
+                phase: "authenticate",
+                reason: describe(&e, deadline_ms),
+            })?;
+            checked(&self.component.name, decision)
+        })();
+        if result.is_err() {
+            self.health.record_fault();
+            *live = None;
+        }
+        result
+    }
+}
+
+/// The guest's answer as host values, refused if it is larger than a
+/// principal may be or names no tenant.
+fn checked(plugin: &str, decision: Decision) -> Result<AuthDecision, PluginError> {
+    let bad = |reason: String| PluginError::Call { plugin: plugin.to_string(), phase: "authenticate", reason };
+    Ok(match decision {
+        Decision::Allow(p) => {
+            let size = p.tenant.len()
+                + p.rate_limit_class.len()
+                + [&p.scopes, &p.allowed_models, &p.allowed_plugins].iter().flat_map(|l| l.iter()).map(|s| s.len() + 1).sum::<usize>();
+            if size > MAX_PRINCIPAL_BYTES {
+                return Err(bad(format!("answered a principal of {size} bytes, over {MAX_PRINCIPAL_BYTES}")));
+            }
+            if p.tenant.is_empty() {
+                return Err(bad("answered a principal without a tenant".into()));
+            }
+            AuthDecision::Allow(Principal {
+                tenant: p.tenant,
+                scopes: p.scopes,
+                allowed_models: p.allowed_models,
+                allowed_plugins: p.allowed_plugins,
+                rate_limit_class: p.rate_limit_class,
+            })
+        }
+        Decision::Unauthenticated(why) => AuthDecision::Unauthenticated(truncate(why)),
+        Decision::Forbidden(why) => AuthDecision::Forbidden(truncate(why)),
+    })
+}
+
+/// A guest's message, cut to a length fit for an error body.
+fn truncate(mut message: String) -> String {
+    if message.len() > 500 {
+        let mut end = 500;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+    message
+}
