@@ -14,6 +14,7 @@ const GUESTS: &[(&str, &str, bool)] = &[
     ("weft-plugin-sampler", "SAMPLER", true),
     ("weft-plugin-guide", "GUIDE", true),
     ("weft-plugin-auth", "AUTH", true),
+    ("weft-plugin-router", "ROUTER", true),
     ("weft-test-faulty-sampler", "FAULTY_SAMPLER", false),
     ("weft-test-faulty-guide", "FAULTY_GUIDE", false),
 ];
@@ -22,7 +23,7 @@ fn main() -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let target_dir = out.join("guests");
-    for dir in ["wit", "plugins/sampler", "plugins/guide", "plugins/auth", "tests/plugins"] {
+    for dir in ["wit", "plugins/sampler", "plugins/guide", "plugins/auth", "plugins/router", "tests/plugins"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -12,6 +12,7 @@ mod openapi;
 mod perplexity;
 mod plugins;
 mod repo_rules;
+mod router;
 mod scheduling;
 mod server;
 mod text;

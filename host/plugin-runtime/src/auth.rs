@@ -13,8 +13,7 @@ use wasmtime::Store;
 
 use crate::bindings::auth::AuthPlugin;
 use crate::bindings::auth::exports::weft::plugin::auth::{Decision, RequestHead};
-use crate::bindings::auth::weft::plugin::types::{ConfigEntry, ConfigValue as AuthConfigValue};
-use crate::bindings::weft::plugin::types::ConfigValue;
+use crate::bindings::weft::plugin::types::{ConfigEntry, ConfigValue};
 use crate::error::PluginError;
 use crate::health::Health;
 use crate::runtime::{AuthComponent, EPOCH_TICK};
@@ -69,18 +68,7 @@ impl WasmAuth {
     /// Instantiate `component` and hand `config` to its `init` (a refused
     /// configuration is [`PluginError::Refused`]).
     pub fn new(component: AuthComponent, config: Vec<(String, ConfigValue)>) -> Result<Self, PluginError> {
-        let config = config
-            .into_iter()
-            .map(|(key, value)| ConfigEntry {
-                key,
-                value: match value {
-                    ConfigValue::Text(t) => AuthConfigValue::Text(t),
-                    ConfigValue::Integer(i) => AuthConfigValue::Integer(i),
-                    ConfigValue::Number(n) => AuthConfigValue::Number(n),
-                    ConfigValue::Boolean(b) => AuthConfigValue::Boolean(b),
-                },
-            })
-            .collect();
+        let config = config.into_iter().map(|(key, value)| ConfigEntry { key, value }).collect();
         let auth = Self { component, config, live: Mutex::new(None), health: Arc::default() };
         let mut live = auth.live.lock().unwrap_or_else(|p| p.into_inner());
         *live = Some(auth.instance()?);

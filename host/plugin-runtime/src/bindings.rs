@@ -26,5 +26,17 @@ pub mod auth {
     wasmtime::component::bindgen!({
         path: "../../wit",
         world: "auth-plugin",
+        // One set of shared types for every world.
+        with: { "weft:plugin/types": crate::bindings::weft::plugin::types },
+    });
+}
+
+/// The router world (one call per request; imports only the empty WASI).
+pub mod router {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "router-plugin",
+        // One set of shared types for every world.
+        with: { "weft:plugin/types": crate::bindings::weft::plugin::types },
     });
 }

@@ -13,7 +13,7 @@
 //! [`WasmGuide`] is a guide component set up once for the model's
 //! vocabulary; each [`GuidedSequence`] implements `weft_types::Guide` for
 //! one constrained sequence. [`WasmAuth`] asks an auth component who a
-//! request comes from.
+//! request comes from, [`WasmRouter`] a router component where it goes.
 //!
 //! A trap, a deadline overrun or an exhausted memory fails only the call
 //! (and so only the requests in it); the instance is discarded and rebuilt
@@ -30,6 +30,7 @@ mod error;
 mod guide;
 mod health;
 pub mod limits;
+mod router;
 mod runtime;
 mod sampler;
 mod sandbox;
@@ -40,5 +41,6 @@ pub use error::PluginError;
 pub use limits::{Grants, Limits};
 pub use guide::{GuidedSequence, WasmGuide};
 pub use health::Health;
-pub use runtime::{AuthComponent, EPOCH_TICK, GuideComponent, PluginRuntime, SamplerComponent};
+pub use router::{Backend, Route, WasmRouter};
+pub use runtime::{AuthComponent, EPOCH_TICK, GuideComponent, PluginRuntime, RouterComponent, SamplerComponent};
 pub use sampler::WasmSampler;

@@ -9,6 +9,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use crate::bindings::auth::AuthPluginPre;
 use crate::bindings::guide::GuidePluginPre;
+use crate::bindings::router::RouterPluginPre;
 use crate::cache::CompiledCache;
 use crate::bindings::{SamplerPlugin, SamplerPluginPre};
 use crate::error::PluginError;
@@ -131,6 +132,15 @@ impl PluginRuntime {
         Ok(AuthComponent { name: name.into(), pre, engine: self.engine.clone(), limits })
     }
 
+    /// Check and compile a router component.
+    pub fn load_router(&self, name: &str, bytes: &[u8]) -> Result<RouterComponent, PluginError> {
+        let component = self.compile(name, bytes, self.limits.grants)?;
+        let link = |e: wasmtime::Error| PluginError::Link { plugin: name.into(), world: "router-plugin", reason: format!("{e:#}") };
+        let pre = self.linker.instantiate_pre(&component).map_err(link)?;
+        let pre = RouterPluginPre::new(pre).map_err(link)?;
+        Ok(RouterComponent { name: name.into(), pre, engine: self.engine.clone(), limits: self.limits.clone() })
+    }
+
     /// The size cap, compilation and the import check every kind shares.
     fn compile(&self, name: &str, bytes: &[u8], grants: crate::limits::Grants) -> Result<Component, PluginError> {
         let plugin = name.to_string();
@@ -164,6 +174,22 @@ pub struct AuthComponent {
 impl std::fmt::Debug for AuthComponent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthComponent").field("name", &self.name).finish()
+    }
+}
+
+/// A compiled, pre-linked router: instantiate it with
+/// [`crate::WasmRouter::new`].
+#[derive(Clone)]
+pub struct RouterComponent {
+    pub(crate) name: String,
+    pub(crate) pre: RouterPluginPre<StoreState>,
+    pub(crate) engine: Engine,
+    pub(crate) limits: Limits,
+}
+
+impl std::fmt::Debug for RouterComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterComponent").field("name", &self.name).finish()
     }
 }
 
