@@ -41,8 +41,8 @@ cargo build --release -p weft
 # built and tested through the plugin runtime; compiling them for the host
 # as well would only cost minutes (llguidance, RSA and P-256 twice).
 cargo test --release --workspace \
-    --exclude weft-plugin-sampler --exclude weft-plugin-guide --exclude weft-plugin-auth --exclude weft-plugin-router \
-    --exclude weft-test-faulty-sampler --exclude weft-test-faulty-guide
+    --exclude weft-plugin-sampler --exclude weft-plugin-guide --exclude weft-plugin-auth --exclude weft-plugin-router --exclude weft-plugin-tool-parser \
+    --exclude weft-test-faulty-sampler --exclude weft-test-faulty-guide --exclude weft-test-faulty-tool-parser
 
 if [ ! -x target/pyenv/bin/python ]; then
     python3 -m venv target/pyenv

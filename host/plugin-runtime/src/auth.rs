@@ -16,8 +16,7 @@ use crate::bindings::auth::exports::weft::plugin::auth::{Decision, RequestHead};
 use crate::bindings::weft::plugin::types::{ConfigEntry, ConfigValue};
 use crate::error::PluginError;
 use crate::health::Health;
-use crate::runtime::{AuthComponent, EPOCH_TICK};
-use crate::sampler::describe;
+use crate::runtime::{AuthComponent, deadline_ticks};
 use crate::sandbox::StoreState;
 
 /// Most bytes of text a principal may carry (tenant, scopes, lists).
@@ -60,10 +59,6 @@ impl std::fmt::Debug for WasmAuth {
     }
 }
 
-fn ticks(component: &AuthComponent) -> u64 {
-    (component.limits.call_deadline.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64).max(1)
-}
-
 impl WasmAuth {
     /// Instantiate `component` and hand `config` to its `init` (a refused
     /// configuration is [`PluginError::Refused`]).
@@ -82,19 +77,9 @@ impl WasmAuth {
 
     fn instance(&self) -> Result<(Store<StoreState>, AuthPlugin), PluginError> {
         let c = &self.component;
-        let deadline_ms = c.limits.call_deadline.as_millis();
-        let call = |phase: &'static str, e: wasmtime::Error| PluginError::Call { plugin: c.name.clone(), phase, reason: describe(&e, deadline_ms) };
-        let mut store = Store::new(&c.engine, StoreState::new(&c.limits));
-        store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(ticks(c));
-        let plugin = c.pre.instantiate(&mut store).map_err(|e| call("instantiate", e))?;
-        store.set_epoch_deadline(ticks(c));
-        match plugin.weft_plugin_auth().call_init(&mut store, &self.config) {
-            Ok(Ok(())) => Ok((store, plugin)),
-            Ok(Err(e)) => Err(PluginError::Refused { plugin: c.name.clone(), phase: "init", code: e.code, message: e.message }),
-            Err(e) => Err(call("init", e)),
-        }
+        c.instance(c.limits.call_deadline, |pre, store| pre.instantiate(store), |plugin, store| {
+            plugin.weft_plugin_auth().call_init(store, &self.config)
+        })
     }
 
     /// Who sends a request with this method, path and headers (names
@@ -107,14 +92,13 @@ impl WasmAuth {
                 *live = Some(self.instance()?);
             }
             let (store, plugin) = live.as_mut().expect("set above");
-            store.set_epoch_deadline(ticks(&self.component));
+            let deadline = self.component.limits.call_deadline;
+            store.set_epoch_deadline(deadline_ticks(deadline));
             let head = RequestHead { method: method.into(), path: path.into(), headers };
-            let deadline_ms = self.component.limits.call_deadline.as_millis();
-            let decision = plugin.weft_plugin_auth().call_authenticate(&mut *store, &head).map_err(|e| PluginError::Call {
-                plugin: self.component.name.clone(),
-                phase: "authenticate",
-                reason: describe(&e, deadline_ms),
-            })?;
+            let decision = plugin
+                .weft_plugin_auth()
+                .call_authenticate(&mut *store, &head)
+                .map_err(|e| self.component.call_error("authenticate", &e, deadline))?;
             checked(&self.component.name, decision)
         })();
         if result.is_err() {

@@ -18,6 +18,8 @@ pub mod guide {
     wasmtime::component::bindgen!({
         path: "../../wit",
         world: "guide-plugin",
+        // One set of shared types for every world.
+        with: { "weft:plugin/types": crate::bindings::weft::plugin::types },
     });
 }
 
@@ -36,6 +38,17 @@ pub mod router {
     wasmtime::component::bindgen!({
         path: "../../wit",
         world: "router-plugin",
+        // One set of shared types for every world.
+        with: { "weft:plugin/types": crate::bindings::weft::plugin::types },
+    });
+}
+
+/// The tool-parser world (a few calls per request; imports only the empty
+/// WASI).
+pub mod tool_parser {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "tool-parser-plugin",
         // One set of shared types for every world.
         with: { "weft:plugin/types": crate::bindings::weft::plugin::types },
     });

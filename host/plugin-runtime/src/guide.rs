@@ -9,7 +9,6 @@
 //! fail their next call, and the next compile builds a fresh instance.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use wasmtime::Store;
 use wasmtime::component::ResourceAny;
@@ -18,8 +17,7 @@ use weft_types::{Guide, GuideError, GuideStep, TokenId};
 use crate::bindings::guide::GuidePlugin;
 use crate::bindings::guide::exports::weft::plugin::guide::{Constraint, Step};
 use crate::error::PluginError;
-use crate::runtime::{EPOCH_TICK, GuideComponent};
-use crate::sampler::describe;
+use crate::runtime::{GuideComponent, deadline_ticks, describe};
 use crate::sandbox::StoreState;
 
 /// A guide for one model's vocabulary: a live instance holding the
@@ -49,39 +47,16 @@ struct Instance {
     generation: u64,
 }
 
-fn ticks(d: Duration) -> u64 {
-    (d.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64).max(1)
-}
-
 impl Instance {
-    fn call_error(&self, phase: &'static str, e: &wasmtime::Error, deadline: Duration) -> PluginError {
-        PluginError::Call { plugin: self.component.name.clone(), phase, reason: describe(e, deadline.as_millis()) }
-    }
-
     /// The live instance, set up (instantiated and `init`ed) if need be.
     fn live(&mut self) -> Result<&mut (Store<StoreState>, GuidePlugin), PluginError> {
         if self.live.is_none() {
-            let limits = &self.component.limits;
-            let setup = limits.setup_deadline;
-            let mut store = Store::new(&self.component.engine, StoreState::new(limits));
-            store.limiter(|s| &mut s.limits);
-            store.epoch_deadline_trap();
-            store.set_epoch_deadline(ticks(setup));
-            let plugin = self.component.pre.instantiate(&mut store).map_err(|e| self.call_error("instantiate", &e, setup))?;
-            store.set_epoch_deadline(ticks(setup));
-            match plugin.weft_plugin_guide().call_init(&mut store, &[], &self.vocab, &self.eos) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    return Err(PluginError::Refused {
-                        plugin: self.component.name.clone(),
-                        phase: "init",
-                        code: e.code,
-                        message: e.message,
-                    });
-                }
-                Err(e) => return Err(self.call_error("init", &e, setup)),
-            }
-            self.live = Some((store, plugin));
+            let c = &self.component;
+            let (vocab, eos) = (&self.vocab, &self.eos);
+            let live = c.instance(c.limits.setup_deadline, |pre, store| pre.instantiate(store), |plugin, store| {
+                plugin.weft_plugin_guide().call_init(store, &[], vocab, eos)
+            })?;
+            self.live = Some(live);
         }
         Ok(self.live.as_mut().expect("set above"))
     }
@@ -140,9 +115,9 @@ fn compile(instance: &mut Instance, name: &str, constraint: &Constraint) -> Resu
     let setup = instance.component.limits.setup_deadline;
     let generation = instance.generation;
     let (store, plugin) = instance.live()?;
-    store.set_epoch_deadline(ticks(setup));
+    store.set_epoch_deadline(deadline_ticks(setup));
     let compiled = plugin.weft_plugin_guide().sequence().call_constructor(&mut *store, constraint).and_then(|resource| {
-        store.set_epoch_deadline(ticks(setup));
+        store.set_epoch_deadline(deadline_ticks(setup));
         let error = plugin.weft_plugin_guide().sequence().call_error(&mut *store, resource)?;
         Ok((resource, error))
     });
@@ -153,7 +128,7 @@ fn compile(instance: &mut Instance, name: &str, constraint: &Constraint) -> Resu
             Err(PluginError::Refused { plugin: name.into(), phase: "compile", code: e.code, message: e.message })
         }
         Err(e) => {
-            let error = instance.call_error("compile", &e, setup);
+            let error = instance.component.call_error("compile", &e, setup);
             instance.discard();
             Err(error)
         }
@@ -178,7 +153,7 @@ impl GuidedSequence {
     fn call<T>(
         &mut self,
         phase: &'static str,
-        f: impl FnOnce(&GuidePlugin, &mut Store<StoreState>, ResourceAny) -> wasmtime::Result<Result<T, crate::bindings::guide::weft::plugin::types::PluginError>>,
+        f: impl FnOnce(&GuidePlugin, &mut Store<StoreState>, ResourceAny) -> wasmtime::Result<Result<T, crate::bindings::weft::plugin::types::PluginError>>,
     ) -> Result<T, GuideError> {
         let mut instance = self.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let fault = |message: String| GuideError::Fault { guide: self.name.clone(), message };
@@ -189,7 +164,7 @@ impl GuidedSequence {
         }
         let deadline = instance.component.limits.call_deadline;
         let (store, plugin) = instance.live.as_mut().expect("checked above");
-        store.set_epoch_deadline(ticks(deadline));
+        store.set_epoch_deadline(deadline_ticks(deadline));
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(plugin, store, resource)));
         match result {
             Ok(Ok(Ok(value))) => Ok(value),

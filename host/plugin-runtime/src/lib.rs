@@ -13,7 +13,9 @@
 //! [`WasmGuide`] is a guide component set up once for the model's
 //! vocabulary; each [`GuidedSequence`] implements `weft_types::Guide` for
 //! one constrained sequence. [`WasmAuth`] asks an auth component who a
-//! request comes from, [`WasmRouter`] a router component where it goes.
+//! request comes from, [`WasmRouter`] a router component where it goes,
+//! and [`WasmToolParser`] a tool-parser component how the model writes tool
+//! calls (and, through a [`ToolStream`], which calls an answer made).
 //!
 //! A trap, a deadline overrun or an exhausted memory fails only the call
 //! (and so only the requests in it); the instance is discarded and rebuilt
@@ -26,6 +28,7 @@ mod auth;
 pub mod batch;
 pub mod bindings;
 mod cache;
+pub mod conformance;
 mod error;
 mod guide;
 mod health;
@@ -34,6 +37,7 @@ mod router;
 mod runtime;
 mod sampler;
 mod sandbox;
+mod tool_parser;
 
 pub use auth::{AuthDecision, MAX_PRINCIPAL_BYTES, Principal, WasmAuth};
 pub use cache::CompiledCache;
@@ -42,5 +46,6 @@ pub use limits::{Grants, Limits};
 pub use guide::{GuidedSequence, WasmGuide};
 pub use health::Health;
 pub use router::{Backend, Route, WasmRouter};
-pub use runtime::{AuthComponent, EPOCH_TICK, GuideComponent, PluginRuntime, RouterComponent, SamplerComponent};
+pub use runtime::{AuthComponent, EPOCH_TICK, GuideComponent, Loaded, PluginRuntime, RouterComponent, SamplerComponent, ToolParserComponent};
 pub use sampler::WasmSampler;
+pub use tool_parser::{Call, EVENT_SLACK_BYTES, MAX_RENDERED_BYTES, Tool, ToolEvent, ToolStream, WasmToolParser};

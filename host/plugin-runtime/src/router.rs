@@ -16,8 +16,7 @@ use crate::bindings::router::exports::weft::plugin::router::{BackendState, Route
 use crate::bindings::weft::plugin::types::{ConfigEntry, ConfigValue};
 use crate::error::PluginError;
 use crate::health::Health;
-use crate::runtime::{EPOCH_TICK, RouterComponent};
-use crate::sampler::describe;
+use crate::runtime::{RouterComponent, deadline_ticks};
 use crate::sandbox::StoreState;
 
 /// One backend as the router sees it.
@@ -71,27 +70,11 @@ impl WasmRouter {
         Arc::clone(&self.health)
     }
 
-    fn ticks(&self) -> u64 {
-        (self.component.limits.call_deadline.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64).max(1)
-    }
-
-    fn call_error(&self, phase: &'static str, e: &wasmtime::Error) -> PluginError {
-        PluginError::Call { plugin: self.component.name.clone(), phase, reason: describe(e, self.component.limits.call_deadline.as_millis()) }
-    }
-
     fn instance(&self) -> Result<(Store<StoreState>, RouterPlugin), PluginError> {
         let c = &self.component;
-        let mut store = Store::new(&c.engine, StoreState::new(&c.limits));
-        store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(self.ticks());
-        let plugin = c.pre.instantiate(&mut store).map_err(|e| self.call_error("instantiate", &e))?;
-        store.set_epoch_deadline(self.ticks());
-        match plugin.weft_plugin_router().call_init(&mut store, &self.config) {
-            Ok(Ok(())) => Ok((store, plugin)),
-            Ok(Err(e)) => Err(PluginError::Refused { plugin: c.name.clone(), phase: "init", code: e.code, message: e.message }),
-            Err(e) => Err(self.call_error("init", &e)),
-        }
+        c.instance(c.limits.call_deadline, |pre, store| pre.instantiate(store), |plugin, store| {
+            plugin.weft_plugin_router().call_init(store, &self.config)
+        })
     }
 
     /// The backends for a request from `tenant` for `model` with
@@ -115,7 +98,8 @@ impl WasmRouter {
             *live = Some(self.instance().map_err(|e| e.to_string())?);
         }
         let (store, plugin) = live.as_mut().expect("set above");
-        store.set_epoch_deadline(self.ticks());
+        let deadline = self.component.limits.call_deadline;
+        store.set_epoch_deadline(deadline_ticks(deadline));
         let request = RouteRequest { tenant: tenant.into(), model: model.into(), prompt_tokens };
         let states: Vec<BackendState> = backends
             .iter()
@@ -133,7 +117,7 @@ impl WasmRouter {
             Ok(Err(e)) => return Err(format!("the router refused: {}: {}", e.code, e.message)),
             Err(e) => {
                 *live = None;
-                return Err(self.call_error("route", &e).to_string());
+                return Err(self.component.call_error("route", &e, deadline).to_string());
             }
         };
         checked(answer, backends)

@@ -4,14 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 use crate::bindings::auth::AuthPluginPre;
 use crate::bindings::guide::GuidePluginPre;
 use crate::bindings::router::RouterPluginPre;
-use crate::cache::CompiledCache;
+use crate::bindings::tool_parser::ToolParserPluginPre;
 use crate::bindings::{SamplerPlugin, SamplerPluginPre};
+use crate::cache::CompiledCache;
 use crate::error::PluginError;
 use crate::limits::Limits;
 use crate::sandbox::{StoreState, import_allowed};
@@ -98,6 +99,42 @@ impl PluginRuntime {
     /// [`Self::load_sampler`] with its own `limits` (a manifest's, at most
     /// the runtime's: the pool's instances are sized by those) and grants.
     pub fn load_sampler_with(&self, name: &str, bytes: &[u8], limits: Limits) -> Result<SamplerComponent, PluginError> {
+        self.load(name, bytes, limits, "sampler-plugin", SamplerPluginPre::new)
+    }
+
+    /// Check and compile a guide component (slow: at startup or deploy).
+    pub fn load_guide(&self, name: &str, bytes: &[u8]) -> Result<GuideComponent, PluginError> {
+        self.load(name, bytes, self.limits.clone(), "guide-plugin", GuidePluginPre::new)
+    }
+
+    /// Check and compile an auth component, to run under `limits` (an auth
+    /// plugin that checks token expiry needs the `clock` grant).
+    pub fn load_auth(&self, name: &str, bytes: &[u8], limits: Limits) -> Result<AuthComponent, PluginError> {
+        self.load(name, bytes, limits, "auth-plugin", AuthPluginPre::new)
+    }
+
+    /// Check and compile a router component.
+    pub fn load_router(&self, name: &str, bytes: &[u8]) -> Result<RouterComponent, PluginError> {
+        self.load(name, bytes, self.limits.clone(), "router-plugin", RouterPluginPre::new)
+    }
+
+    /// Check and compile a tool-parser component, to run under `limits`.
+    pub fn load_tool_parser(&self, name: &str, bytes: &[u8], limits: Limits) -> Result<ToolParserComponent, PluginError> {
+        self.load(name, bytes, limits, "tool-parser-plugin", ToolParserPluginPre::new)
+    }
+
+    /// What every kind's loading shares: `limits` checked against the
+    /// runtime's (they may only tighten), the component compiled and its
+    /// imports checked, then pre-linked for `world` (`typed`: the world's
+    /// bindings over the linked template).
+    fn load<Pre>(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        limits: Limits,
+        world: &'static str,
+        typed: impl FnOnce(InstancePre<StoreState>) -> wasmtime::Result<Pre>,
+    ) -> Result<Loaded<Pre>, PluginError> {
         let over = |what, asked: u64, limit: u64| PluginError::OverLimit { plugin: name.into(), what, asked, limit };
         if limits.memory_bytes > self.limits.memory_bytes {
             return Err(over("memory bytes", limits.memory_bytes as u64, self.limits.memory_bytes as u64));
@@ -107,38 +144,10 @@ impl PluginRuntime {
             return Err(over("a call deadline in ms of", ms(limits.call_deadline), ms(self.limits.call_deadline)));
         }
         let component = self.compile(name, bytes, limits.grants)?;
-        let link = |e: wasmtime::Error| PluginError::Link { plugin: name.into(), world: "sampler-plugin", reason: format!("{e:#}") };
+        let link = |e: wasmtime::Error| PluginError::Link { plugin: name.into(), world, reason: format!("{e:#}") };
         let pre = self.linker.instantiate_pre(&component).map_err(link)?;
-        let pre = SamplerPluginPre::new(pre).map_err(link)?;
-        Ok(SamplerComponent { name: name.into(), pre, engine: self.engine.clone(), limits })
-    }
-
-    /// Check and compile a guide component (slow: at startup or deploy).
-    pub fn load_guide(&self, name: &str, bytes: &[u8]) -> Result<GuideComponent, PluginError> {
-        let component = self.compile(name, bytes, self.limits.grants)?;
-        let link = |e: wasmtime::Error| PluginError::Link { plugin: name.into(), world: "guide-plugin", reason: format!("{e:#}") };
-        let pre = self.linker.instantiate_pre(&component).map_err(link)?;
-        let pre = GuidePluginPre::new(pre).map_err(link)?;
-        Ok(GuideComponent { name: name.into(), pre, engine: self.engine.clone(), limits: self.limits.clone() })
-    }
-
-    /// Check and compile an auth component, to run under `limits` (an auth
-    /// plugin that checks token expiry needs the `clock` grant).
-    pub fn load_auth(&self, name: &str, bytes: &[u8], limits: Limits) -> Result<AuthComponent, PluginError> {
-        let component = self.compile(name, bytes, limits.grants)?;
-        let link = |e: wasmtime::Error| PluginError::Link { plugin: name.into(), world: "auth-plugin", reason: format!("{e:#}") };
-        let pre = self.linker.instantiate_pre(&component).map_err(link)?;
-        let pre = AuthPluginPre::new(pre).map_err(link)?;
-        Ok(AuthComponent { name: name.into(), pre, engine: self.engine.clone(), limits })
-    }
-
-    /// Check and compile a router component.
-    pub fn load_router(&self, name: &str, bytes: &[u8]) -> Result<RouterComponent, PluginError> {
-        let component = self.compile(name, bytes, self.limits.grants)?;
-        let link = |e: wasmtime::Error| PluginError::Link { plugin: name.into(), world: "router-plugin", reason: format!("{e:#}") };
-        let pre = self.linker.instantiate_pre(&component).map_err(link)?;
-        let pre = RouterPluginPre::new(pre).map_err(link)?;
-        Ok(RouterComponent { name: name.into(), pre, engine: self.engine.clone(), limits: self.limits.clone() })
+        let pre = typed(pre).map_err(link)?;
+        Ok(Loaded { name: name.into(), pre, engine: self.engine.clone(), limits })
     }
 
     /// The size cap, compilation and the import check every kind shares.
@@ -161,79 +170,107 @@ impl PluginRuntime {
     }
 }
 
-/// A compiled, pre-linked auth plugin: instantiate it with
-/// [`crate::WasmAuth::new`].
+/// A compiled, pre-linked component of one plugin world: cheap to
+/// instantiate, shared by every instance of that plugin version.
 #[derive(Clone)]
-pub struct AuthComponent {
+pub struct Loaded<Pre> {
     pub(crate) name: String,
-    pub(crate) pre: AuthPluginPre<StoreState>,
+    pub(crate) pre: Pre,
     pub(crate) engine: Engine,
     pub(crate) limits: Limits,
 }
 
-impl std::fmt::Debug for AuthComponent {
+/// A sampler: run it with [`SamplerComponent::sampler`].
+pub type SamplerComponent = Loaded<SamplerPluginPre<StoreState>>;
+/// A guide: instantiate it with [`crate::WasmGuide::new`].
+pub type GuideComponent = Loaded<GuidePluginPre<StoreState>>;
+/// An auth plugin: instantiate it with [`crate::WasmAuth::new`].
+pub type AuthComponent = Loaded<AuthPluginPre<StoreState>>;
+/// A router: instantiate it with [`crate::WasmRouter::new`].
+pub type RouterComponent = Loaded<RouterPluginPre<StoreState>>;
+/// A tool parser: instantiate it with [`crate::WasmToolParser::new`].
+pub type ToolParserComponent = Loaded<ToolParserPluginPre<StoreState>>;
+
+impl<Pre> std::fmt::Debug for Loaded<Pre> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthComponent").field("name", &self.name).finish()
+        f.debug_struct("Loaded").field("name", &self.name).finish()
     }
 }
 
-/// A compiled, pre-linked router: instantiate it with
-/// [`crate::WasmRouter::new`].
-#[derive(Clone)]
-pub struct RouterComponent {
-    pub(crate) name: String,
-    pub(crate) pre: RouterPluginPre<StoreState>,
-    pub(crate) engine: Engine,
-    pub(crate) limits: Limits,
+/// Epoch ticks that make up `deadline` (at least one).
+pub(crate) fn deadline_ticks(deadline: Duration) -> u64 {
+    (deadline.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64).max(1)
 }
 
-impl std::fmt::Debug for RouterComponent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RouterComponent").field("name", &self.name).finish()
-    }
-}
-
-/// A compiled, pre-linked guide: instantiate it with [`WasmGuide::new`].
-#[derive(Clone)]
-pub struct GuideComponent {
-    pub(crate) name: String,
-    pub(crate) pre: GuidePluginPre<StoreState>,
-    pub(crate) engine: Engine,
-    pub(crate) limits: Limits,
-}
-
-impl std::fmt::Debug for GuideComponent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuideComponent").field("name", &self.name).finish()
-    }
-}
-
-/// A compiled, pre-linked sampler: cheap to instantiate.
-#[derive(Clone)]
-pub struct SamplerComponent {
-    name: String,
-    pre: SamplerPluginPre<StoreState>,
-    engine: Engine,
-    limits: Limits,
-}
-
-impl std::fmt::Debug for SamplerComponent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SamplerComponent").field("name", &self.name).finish()
-    }
-}
-
-impl SamplerComponent {
+impl<Pre> Loaded<Pre> {
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// A fresh store for one instance: memory limits, and the epoch
+    /// deadline `deadline` from now (a trap when it passes).
+    pub(crate) fn store(&self, deadline: Duration) -> Store<StoreState> {
+        let mut store = Store::new(&self.engine, StoreState::new(&self.limits));
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks(deadline));
+        store
+    }
+
+    /// A new instance, set up: instantiated and `init`ed under `deadline`
+    /// each (`instantiate`: the world's instantiation; `init`: its `init`
+    /// call with the plugin's config).
+    pub(crate) fn instance<P>(
+        &self,
+        deadline: Duration,
+        instantiate: impl FnOnce(&Pre, &mut Store<StoreState>) -> wasmtime::Result<P>,
+        init: impl FnOnce(&P, &mut Store<StoreState>) -> wasmtime::Result<Result<(), crate::bindings::weft::plugin::types::PluginError>>,
+    ) -> Result<(Store<StoreState>, P), PluginError> {
+        let mut store = self.store(deadline);
+        let plugin = instantiate(&self.pre, &mut store).map_err(|e| self.call_error("instantiate", &e, deadline))?;
+        store.set_epoch_deadline(deadline_ticks(deadline));
+        self.init_result(init(&plugin, &mut store), deadline)?;
+        Ok((store, plugin))
+    }
+
+    /// A failed call of `phase`, described for people.
+    pub(crate) fn call_error(&self, phase: &'static str, e: &wasmtime::Error, deadline: Duration) -> PluginError {
+        PluginError::Call { plugin: self.name.clone(), phase, reason: describe(e, deadline.as_millis()) }
+    }
+
+    /// The answer of a guest's `init`: a refusal or a fault is an error.
+    fn init_result(
+        &self,
+        result: wasmtime::Result<Result<(), crate::bindings::weft::plugin::types::PluginError>>,
+        deadline: Duration,
+    ) -> Result<(), PluginError> {
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(PluginError::Refused { plugin: self.name.clone(), phase: "init", code: e.code, message: e.message }),
+            Err(e) => Err(self.call_error("init", &e, deadline)),
+        }
+    }
+}
+
+impl SamplerComponent {
     /// A sampler running this component with `config` handed to its `init`.
     pub fn sampler(&self, config: Vec<(String, crate::bindings::weft::plugin::types::ConfigValue)>) -> Result<WasmSampler, PluginError> {
         WasmSampler::new(self.clone(), config)
     }
+}
 
-    pub(crate) fn parts(&self) -> (&str, &SamplerPluginPre<StoreState>, &Engine, &Limits) {
-        (&self.name, &self.pre, &self.engine, &self.limits)
+/// Describe a failed call for people.
+pub(crate) fn describe(e: &wasmtime::Error, deadline_ms: u128) -> String {
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => format!("ran past its deadline of {deadline_ms} ms"),
+        Some(Trap::StackOverflow) => "overflowed its stack".into(),
+        Some(Trap::UnreachableCodeReached) => "trapped (it panicked or aborted, e.g. when out of memory)".into(),
+        Some(trap) => format!("trapped: {trap}"),
+        None => {
+            // Host errors (a limit, a bad argument to a host call) are the
+            // root cause; the wasm backtrace above it says nothing to people.
+            let root: String = e.root_cause().to_string().chars().take(500).collect();
+            if root.contains("growing memory") { format!("exceeded its memory limit: {root}") } else { root }
+        }
     }
 }

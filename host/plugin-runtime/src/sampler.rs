@@ -6,7 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use wasmtime::component::Resource;
-use wasmtime::{Store, Trap};
+use wasmtime::Store;
 use weft_types::{SampleRow, Sampler, SamplerError, TokenId};
 
 use crate::batch::{BatchHandle, StepView};
@@ -14,7 +14,7 @@ use crate::bindings::SamplerPlugin;
 use crate::bindings::weft::plugin::types::{ConfigEntry, ConfigValue};
 use crate::error::PluginError;
 use crate::health::Health;
-use crate::runtime::{EPOCH_TICK, SamplerComponent};
+use crate::runtime::{SamplerComponent, deadline_ticks, describe};
 use crate::sandbox::StoreState;
 
 /// A live sampler instance (rebuilt after any fault).
@@ -29,22 +29,6 @@ pub struct WasmSampler {
 impl std::fmt::Debug for WasmSampler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WasmSampler").field("plugin", &self.label).field("health", &self.health).finish()
-    }
-}
-
-/// Describe a trap for people.
-pub(crate) fn describe(e: &wasmtime::Error, deadline_ms: u128) -> String {
-    match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => format!("ran past its deadline of {deadline_ms} ms"),
-        Some(Trap::StackOverflow) => "overflowed its stack".into(),
-        Some(Trap::UnreachableCodeReached) => "trapped (it panicked or aborted, e.g. when out of memory)".into(),
-        Some(trap) => format!("trapped: {trap}"),
-        None => {
-            // Host errors (a limit, a bad argument to a host call) are the
-            // root cause; the wasm backtrace above it says nothing to people.
-            let root: String = e.root_cause().to_string().chars().take(500).collect();
-            if root.contains("growing memory") { format!("exceeded its memory limit: {root}") } else { root }
-        }
     }
 }
 
@@ -63,35 +47,14 @@ impl WasmSampler {
         Arc::clone(&self.health)
     }
 
-    fn deadline_ticks(&self) -> u64 {
-        let (_, _, _, limits) = self.component.parts();
-        (limits.call_deadline.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64).max(1)
-    }
-
     fn instance(&mut self) -> Result<&mut (Store<StoreState>, SamplerPlugin), PluginError> {
         if self.live.is_none() {
-            let ticks = self.deadline_ticks();
-            let (name, pre, engine, limits) = self.component.parts();
-            let deadline_ms = limits.call_deadline.as_millis();
-            let call = |phase: &'static str, e: wasmtime::Error| PluginError::Call {
-                plugin: name.to_string(),
-                phase,
-                reason: describe(&e, deadline_ms),
-            };
-            let mut store = Store::new(engine, StoreState::new(limits));
-            store.limiter(|s| &mut s.limits);
-            store.epoch_deadline_trap();
-            store.set_epoch_deadline(ticks);
-            let plugin = pre.instantiate(&mut store).map_err(|e| call("instantiate", e))?;
-            store.set_epoch_deadline(ticks);
-            match plugin.weft_plugin_sampler().call_init(&mut store, &self.config) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    return Err(PluginError::Refused { plugin: name.to_string(), phase: "init", code: e.code, message: e.message });
-                }
-                Err(e) => return Err(call("init", e)),
-            }
-            self.live = Some((store, plugin));
+            let c = &self.component;
+            let config = &self.config;
+            let live = c.instance(c.limits.call_deadline, |pre, store| pre.instantiate(store), |plugin, store| {
+                plugin.weft_plugin_sampler().call_init(store, config)
+            })?;
+            self.live = Some(live);
         }
         Ok(self.live.as_mut().expect("set above"))
     }
@@ -110,8 +73,7 @@ impl Sampler for WasmSampler {
 
     fn sample(&mut self, rows: &[SampleRow<'_>], eos: &[TokenId]) -> Result<Vec<TokenId>, SamplerError> {
         self.health.record_call();
-        let ticks = self.deadline_ticks();
-        let deadline_ms = self.component.parts().3.call_deadline.as_millis();
+        let deadline = self.component.limits.call_deadline;
         let (store, plugin) = match self.instance() {
             Ok(live) => live,
             Err(e) => return Err(self.fault(e.to_string())),
@@ -127,7 +89,7 @@ impl Sampler for WasmSampler {
                 return Err(self.fault(message));
             }
         };
-        store.set_epoch_deadline(ticks);
+        store.set_epoch_deadline(deadline_ticks(deadline));
         // A host call that panicked would unwind through the guest call;
         // catch it here so the view is still cleared and the instance it
         // went through is discarded like any other fault.
@@ -143,7 +105,7 @@ impl Sampler for WasmSampler {
             },
             Ok(Ok(Err(e))) => Err(SamplerError::Refused { sampler: self.label.clone(), code: e.code, message: e.message }),
             Ok(Err(e)) => {
-                let message = describe(&e, deadline_ms);
+                let message = describe(&e, deadline.as_millis());
                 Err(self.fault(message))
             }
             Err(_) => Err(self.fault("a host call panicked (a bug in Weft); the instance is discarded".into())),
