@@ -134,7 +134,12 @@ impl TestServer {
 
     /// Start with the builtin guide plugin enabled (guided generation).
     pub fn start_guided() -> Self {
-        Self::launch(|_| {}, weft_server::ServerConfig::default(), Some((weft_plugin_artifacts::GUIDE_NAME, weft_plugin_artifacts::GUIDE)), None)
+        Self::start_guided_with(weft_server::ServerConfig::default())
+    }
+
+    /// [`Self::start_guided`] with `config`.
+    pub fn start_guided_with(config: weft_server::ServerConfig) -> Self {
+        Self::launch(|_| {}, config, Some((weft_plugin_artifacts::GUIDE_NAME, weft_plugin_artifacts::GUIDE)), None)
     }
 
     /// Start with the builtin auth plugin configured by `config`.
@@ -178,6 +183,7 @@ impl TestServer {
                 if let Some((name, bytes)) = guide {
                     server.enable_guide(name, bytes);
                 }
+                server.enable_tool_parsers(weft_plugin_artifacts::TOOL_PARSER).expect("the builtin tool parsers start");
                 if let Some(config) = auth {
                     server.enable_auth(weft_plugin_artifacts::AUTH_NAME, weft_plugin_artifacts::AUTH, config).expect("the auth plugin starts");
                 }

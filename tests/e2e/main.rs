@@ -16,3 +16,4 @@ mod router;
 mod scheduling;
 mod server;
 mod text;
+mod tool_parsers;

@@ -52,7 +52,8 @@ def test_plugin_cli_deploys_a_sampler_that_requests_can_choose():
         mine = client.completions.create(**args, extra_body={"weft": {"sampler": "mine"}})
         assert mine.choices[0].text == client.completions.create(**args).choices[0].text
         listed = json.loads(plugin(server, "list").stdout)
-        assert {p["name"] for p in listed} == {"default", "native", "mine"}
+        assert {p["name"] for p in listed if p["kind"] == "sampler"} == {"default", "native", "mine"}
+        assert {p["name"] for p in listed if p["kind"] == "tool-parser"} == {"hermes", "llama3_json", "mistral"}
 
         # A canary, its health, promotion and removal.
         out = plugin(server, "deploy", "mine", "1.1.0", str(component), "--canary", "0.5")

@@ -88,3 +88,60 @@ def test_without_its_grant_the_guest_component_is_refused(guest):
         assert "plugin_rejected" in out.stderr and ("wasi:filesystem" in out.stderr or "wasi:sockets" in out.stderr), out.stderr
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def python_tool_parser(tmp_path_factory):
+    """A folder with examples/plugins/python-tool-parser built from source, its manifest and corpus."""
+    src = ROOT / "examples/plugins/python-tool-parser"
+    out = tmp_path_factory.mktemp("python-tool-parser")
+    command = [str(pathlib.Path(sys.executable).parent / "componentize-py"), "-d", str(ROOT / "wit"), "-w", "tool-parser-plugin",
+               "componentize", "-p", str(src), "app", "-o", str(out / "python_tool_parser.wasm")]
+    built = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout + built.stderr
+    for name in ("weft-plugin.toml", "corpus.json"):
+        shutil.copy(src / name, out / name)
+    return out
+
+
+def test_the_python_tool_parser_passes_its_conformance_corpus(python_tool_parser):
+    check = [BINARY, "conformance", "--manifest", str(python_tool_parser / "weft-plugin.toml"), "--corpus", str(python_tool_parser / "corpus.json")]
+    out = subprocess.run(check, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "10 of 10 cases pass" in out.stdout, out.stdout
+    # The kit fails a parser that does not read the corpus's format.
+    other = [BINARY, "conformance", "builtin", "--corpus", str(python_tool_parser / "corpus.json")]
+    out = subprocess.run(other, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "FAIL one_call" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_deployed_python_tool_parser_forces_and_parses_calls(python_tool_parser):
+    server = Server("--admin-token", "t0ken")
+    try:
+        out = plugin(server, "deploy", "--manifest", str(python_tool_parser / "weft-plugin.toml"))
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["kind"] == "tool-parser"
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        tool = {"type": "function", "function": {"name": "get_time", "description": "The local time in a time zone.", "parameters": {
+            "type": "object", "properties": {"zone": {"type": "string", "pattern": "^[A-Z][a-z]+/[A-Z][a-z]+$"}},
+            "required": ["zone"], "additionalProperties": False}}}
+        args = dict(model="default", messages=[{"role": "user", "content": "What time is it in Tokyo?"}], tools=[tool],
+                    tool_choice="required", parallel_tool_calls=False, max_tokens=48, temperature=0,
+                    extra_body={"weft": {"tool_parser": "python-tool-parser"}})
+        whole = client.chat.completions.create(**args).choices[0]
+        assert whole.finish_reason == "tool_calls", whole
+        (call,) = whole.message.tool_calls
+        assert call.function.name == "get_time"
+        zone = json.loads(call.function.arguments)["zone"]
+        assert "/" in zone and zone[0].isupper(), zone
+        streamed = {}
+        for chunk in client.chat.completions.create(stream=True, **args):
+            for d in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
+                entry = streamed.setdefault(d.index, {"name": "", "arguments": ""})
+                entry["name"] += d.function.name or ""
+                entry["arguments"] += d.function.arguments or ""
+        assert streamed == {0: {"name": "get_time", "arguments": call.function.arguments}}
+        info = json.loads(plugin(server, "info", "python-tool-parser").stdout)
+        assert info["health"][0]["faults"] == 0 and info["health"][0]["calls"] > 0
+    finally:
+        server.stop()

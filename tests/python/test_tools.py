@@ -47,8 +47,8 @@ def check_calls(calls):
         jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
 
 
-@pytest.mark.parametrize("tool_format", ["hermes", "llama3_json", "mistral"])
-def test_required_always_gives_a_valid_call_in_every_format(client, tool_format):
+@pytest.mark.parametrize("tool_parser", ["hermes", "llama3_json", "mistral"])
+def test_required_always_gives_a_valid_call_in_every_format(client, tool_parser):
     r = client.chat.completions.create(
         model="default",
         messages=ASK,
@@ -57,7 +57,7 @@ def test_required_always_gives_a_valid_call_in_every_format(client, tool_format)
         parallel_tool_calls=False,
         max_tokens=96,
         temperature=0,
-        extra_body={"weft": {"tool_format": tool_format}},
+        extra_body={"weft": {"tool_parser": tool_parser}},
     )
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls", choice
@@ -100,6 +100,33 @@ def test_streamed_tool_call_deltas_reassemble_to_the_whole_answer(client):
     ]
 
 
+def test_streamed_calls_start_with_their_id_and_name_then_carry_arguments(client):
+    # As OpenAI streams them: a call's first delta has `id`, `type` and
+    # `function.name`; later deltas for the same index only more arguments.
+    args = dict(model="default", messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=96, temperature=0)
+    seen = {}
+    for chunk in client.chat.completions.create(stream=True, **args):
+        for c in chunk.choices:
+            for d in c.delta.tool_calls or []:
+                if d.index not in seen:
+                    assert d.id.startswith("call_") and d.type == "function" and d.function.name, d
+                    seen[d.index] = d.id
+                else:
+                    assert d.id is None and d.function.name is None and d.function.arguments, d
+    assert seen
+
+
+def test_the_tool_parser_header_chooses_the_parser(client):
+    args = dict(model="default", messages=ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, max_tokens=96, temperature=0)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.with_options(default_headers={"x-weft-tool-parser": "xml"}).chat.completions.create(**args)
+    assert e.value.body["code"] == "unknown_plugin" and e.value.body["param"] == "weft.tool_parser"
+    assert "hermes" in e.value.body["message"], e.value.body
+    r = client.with_options(default_headers={"x-weft-tool-parser": "mistral"}).chat.completions.create(**args)
+    assert r.choices[0].finish_reason == "tool_calls"
+    check_calls(r.choices[0].message.tool_calls)
+
+
 def test_auto_and_none_answer_text_when_the_model_does_not_call(client):
     for choice in ("auto", "none"):
         r = client.chat.completions.create(
@@ -137,7 +164,7 @@ def test_a_tool_result_goes_back_to_the_model(client):
         (dict(tools=[{"type": "retrieval"}]), "tools[0].type"),
         (dict(tools=TOOLS, tool_choice="sometimes"), "tool_choice"),
         (dict(tools=TOOLS, tool_choice="required", response_format={"type": "json_object"}), "response_format"),
-        (dict(tools=TOOLS, extra_body={"weft": {"tool_format": "xml"}}), "weft.tool_format"),
+        (dict(tools=TOOLS, extra_body={"weft": {"tool_parser": "xml"}}), "weft.tool_parser"),
     ],
 )
 def test_bad_tool_requests_are_a_400_naming_the_field(client, kwargs, param):

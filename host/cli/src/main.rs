@@ -8,6 +8,7 @@
 
 mod admin;
 mod bench;
+mod conformance;
 mod loadgen;
 mod plugin_bench;
 mod run;
@@ -45,6 +46,8 @@ enum Command {
     Admin(admin::AdminArgs),
     /// Deploy, inspect, promote, roll back and remove a running server's plugins.
     Plugin(admin::PluginArgs),
+    /// Check a tool-parser plugin against a corpus of answers, whole and streamed.
+    Conformance(conformance::ConformanceArgs),
     /// Measure the engine's prefill and decode throughput, or (with --url) load-test an OpenAI-compatible server.
     Bench(bench::BenchArgs),
 }
@@ -89,6 +92,7 @@ fn main() -> Result<()> {
         Command::Admin(args) => admin::admin(args)?,
         Command::Plugin(args) => admin::plugin(args)?,
         Command::Bench(args) => bench::bench(&store, args)?,
+        Command::Conformance(args) => conformance::conformance(args)?,
     }
     Ok(())
 }

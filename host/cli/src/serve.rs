@@ -161,6 +161,7 @@ pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
     runtime.block_on(async move {
         let mut server = Server::bind(loaded, engine, plugins, config).await.context("binding the listeners")?;
         server.enable_guide(weft_plugin_artifacts::GUIDE_NAME, weft_plugin_artifacts::GUIDE);
+        server.enable_tool_parsers(weft_plugin_artifacts::TOOL_PARSER).context("starting the builtin tool parsers")?;
         if let Some(config) = auth {
             server
                 .enable_auth(weft_plugin_artifacts::AUTH_NAME, weft_plugin_artifacts::AUTH, config)

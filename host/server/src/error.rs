@@ -31,8 +31,10 @@ pub enum ApiError {
     /// Valid credentials (or none needed) without the right to this.
     #[error("{0}")]
     Forbidden(String),
+    /// A request named a plugin that is not there; `param` is the field
+    /// that named it.
     #[error("no plugin named `{name}` is deployed (deployed: {known})")]
-    UnknownPlugin { name: String, known: String },
+    UnknownPlugin { name: String, known: String, param: &'static str },
     /// A deploy whose component failed its checks, compile, link or init.
     #[error("{0}")]
     PluginRejected(String),
@@ -63,7 +65,7 @@ pub enum ApiError {
     /// The plugin version the request chose faulted too often: its circuit
     /// breaker is open until a new version is deployed or the cooldown ends.
     #[error("the plugin {plugin} is failing and its circuit breaker is open; retry after {retry_after_s} s or deploy a fixed version")]
-    PluginUnavailable { plugin: String, retry_after_s: u32 },
+    PluginUnavailable { plugin: String, retry_after_s: u32, param: &'static str },
     /// The request's own deadline (`weft.deadline_ms`) passed first.
     #[error("the request's deadline of {0} ms passed before it finished")]
     DeadlineExceeded(u64),
@@ -150,7 +152,7 @@ impl ApiError {
             Self::Unsupported { param, .. } => Some(param),
             Self::ContextLengthExceeded(_) => Some("messages"),
             Self::ModelNotFound(_) => Some("model"),
-            Self::UnknownPlugin { .. } | Self::PluginUnavailable { .. } => Some("weft.sampler"),
+            Self::UnknownPlugin { param, .. } | Self::PluginUnavailable { param, .. } => Some(param),
             _ => None,
         }
     }

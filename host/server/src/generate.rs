@@ -234,8 +234,9 @@ pub struct StreamContext {
 pub trait ChunkWriter: Send + 'static {
     /// Chunks sent before any output (chat's role deltas).
     fn start(&mut self, _chunks: &mut Vec<Bytes>) {}
-    /// Chunks for one output of choice `index`.
-    fn output(&mut self, index: usize, out: &Output, chunks: &mut Vec<Bytes>);
+    /// Chunks for one output of choice `index`; an error (a tool parser
+    /// that failed) ends the stream with it.
+    fn output(&mut self, index: usize, out: &Output, chunks: &mut Vec<Bytes>) -> Result<(), ApiError>;
     /// The closing usage chunk (`stream_options.include_usage`).
     fn usage(&self, usage: Usage) -> Bytes;
 }
@@ -299,8 +300,14 @@ pub fn stream_choices(choices: Vec<RunningChoice>, writer: impl ChunkWriter, inc
                     s.prompt_tokens.insert(prompt_index, (out.prompt_tokens, out.cached_tokens));
                     s.completion_tokens += out.tokens.len();
                     let mut chunks = Vec::new();
-                    s.writer.output(index, &out, &mut chunks);
+                    let written = s.writer.output(index, &out, &mut chunks);
                     s.pending.extend(chunks);
+                    if let Err(e) = written {
+                        // Dropping the merged stream cancels the choices now.
+                        s.merged = stream::empty().boxed();
+                        s.pending.push_back(sse_data(&e.body()));
+                        s.done = true;
+                    }
                 }
                 Some(Tagged { event: Err(e), .. }) => {
                     s.pending.push_back(sse_data(&e.body()));

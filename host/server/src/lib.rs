@@ -37,6 +37,7 @@ pub mod plugins;
 pub mod prepare;
 mod routes;
 mod tls;
+pub mod tool_parsers;
 pub mod tools;
 pub mod validate;
 
@@ -77,10 +78,11 @@ pub struct AppState {
     pub(crate) template: Option<Arc<ChatTemplate>>,
     pub(crate) config: Arc<ServerConfig>,
     pub(crate) metrics: Arc<metrics::Metrics>,
-    pub(crate) plugins: Arc<plugins::SamplerRegistry>,
+    pub(crate) plugins: Arc<plugins::Plugins>,
     pub(crate) runtime: Arc<weft_plugin_runtime::PluginRuntime>,
-    /// How the served model writes tool calls (from its chat template).
-    pub(crate) tool_format: tools::ToolFormat,
+    /// The tool parser requests get when they name none (the format of the
+    /// model's chat template); `None` until the builtins are enabled.
+    pub(crate) default_tool_parser: Option<&'static str>,
     /// The guide plugin for guided generation, if the server has one.
     pub(crate) guide: Option<Arc<guides::GuidePlugin>>,
     /// Where deploys are persisted, if the server has a state directory.
@@ -114,6 +116,37 @@ impl AppState {
         }
     }
 
+    /// The tool parser a request names (body field first, then the
+    /// `x-weft-tool-parser` header), or the default; `None` when the server
+    /// has none and the request names none.
+    pub(crate) fn select_tool_parser(
+        &self,
+        field: Option<&str>,
+        header: Option<&str>,
+        principal: Option<&weft_plugin_runtime::Principal>,
+    ) -> Result<Option<weft_plugin_runtime::WasmToolParser>, ApiError> {
+        let named = field.or(header);
+        if let Some(name) = named {
+            auth::check_plugin(principal, name)?;
+        }
+        let Some(name) = named.or(self.default_tool_parser) else { return Ok(None) };
+        let resolved = self.plugins.tool_parsers.resolve(name)?;
+        if resolved.rolled_back {
+            self.rolled_back(name);
+        }
+        Ok(Some(resolved.handle))
+    }
+
+    /// Report and persist an automatic rollback of `name`.
+    fn rolled_back(&self, name: &str) {
+        eprintln!("weft: {}", self.plugins.get(name).ok().and_then(|i| i.last_event).unwrap_or_default());
+        if let Some(store) = &self.plugin_store
+            && let Err(e) = self.plugins.stored(name).and_then(|s| store.save(name, &s, None).map_err(|e| ApiError::Internal(e.to_string())))
+        {
+            eprintln!("weft: the automatic rollback of {name} was not persisted: {e}");
+        }
+    }
+
     /// The engine sampler a request names (body field first, then the
     /// `x-weft-sampler` header), or the default.
     pub(crate) fn select_sampler(
@@ -124,16 +157,11 @@ impl AppState {
     ) -> Result<weft_engine::SamplerId, ApiError> {
         let Some(name) = field.or(header) else { return Ok(weft_engine::DEFAULT_SAMPLER) };
         auth::check_plugin(principal, name)?;
-        let resolved = self.plugins.resolve(name)?;
+        let resolved = self.plugins.samplers.resolve(name)?;
         if resolved.rolled_back {
-            eprintln!("weft: {}", self.plugins.get(name).ok().and_then(|i| i.last_event).unwrap_or_default());
-            if let Some(store) = &self.plugin_store
-                && let Err(e) = self.plugins.stored(name).and_then(|s| store.save(name, &s, None).map_err(|e| ApiError::Internal(e.to_string())))
-            {
-                eprintln!("weft: the automatic rollback of {name} was not persisted: {e}");
-            }
+            self.rolled_back(name);
         }
-        Ok(resolved.sampler)
+        Ok(resolved.handle)
     }
 
     pub(crate) fn limits(&self) -> validate::ModelLimits {
@@ -158,14 +186,14 @@ pub struct Server {
     state: AppState,
 }
 
-/// Load the stored deploys back: every kept version into the engine, in
-/// deploy order, then each name's active version. A version that no longer
-/// loads is reported and skipped.
+/// Load the stored deploys back: every kept version (samplers into the
+/// engine), in deploy order, then each name's active version. A version
+/// that no longer loads is reported and skipped.
 fn restore_plugins(
     store: &plugin_store::PluginStore,
     runtime: &weft_plugin_runtime::PluginRuntime,
     engine: &mut Engine,
-    plugins: &plugins::SamplerRegistry,
+    plugins: &plugins::Plugins,
 ) {
     for (name, stored, components) in store.load() {
         for (v, component) in stored.versions.iter().zip(components) {
@@ -173,21 +201,35 @@ fn restore_plugins(
             let restored = semver::Version::parse(&v.version).map_err(|e| e.to_string()).and_then(|version| {
                 let manifest = v.manifest(&name, version);
                 let limits = manifest.limits(runtime.limits()).map_err(|e| e.to_string())?;
-                let sampler = runtime
-                    .load_sampler_with(&label, &component, limits)
-                    .and_then(|c| c.sampler(manifest.init_config()))
-                    .map_err(|e| e.to_string())?;
-                let health = Some(sampler.health());
-                let sampler = engine.add_sampler(Box::new(sampler));
-                plugins.activate(&name, plugins::Deployed { manifest, sampler, health, canary: None }).map_err(|e| e.to_string())
+                let config = manifest.init_config();
+                match manifest.kind {
+                    manifest::PluginKind::ToolParser => {
+                        let parser = runtime
+                            .load_tool_parser(&label, &component, limits)
+                            .and_then(|c| weft_plugin_runtime::WasmToolParser::new(c, config))
+                            .map_err(|e| e.to_string())?;
+                        let deployed = plugins::Deployed { manifest, health: Some(parser.health()), handle: parser, canary: None };
+                        plugins.tool_parsers.activate(&name, deployed).map(drop).map_err(|e| e.to_string())
+                    }
+                    _ => {
+                        let sampler = runtime.load_sampler_with(&label, &component, limits).and_then(|c| c.sampler(config)).map_err(|e| e.to_string())?;
+                        let health = Some(sampler.health());
+                        let handle = engine.add_sampler(Box::new(sampler));
+                        let retired = plugins.samplers.activate(&name, plugins::Deployed { manifest, handle, health, canary: None });
+                        retired.map(|ids| ids.into_iter().for_each(|id| engine.retire_sampler(id))).map_err(|e| e.to_string())
+                    }
+                }
             });
-            match restored {
-                Ok(retired) => retired.into_iter().for_each(|id| engine.retire_sampler(id)),
-                Err(e) => eprintln!("weft: the stored plugin {label} was not restored: {e}"),
+            if let Err(e) = restored {
+                eprintln!("weft: the stored plugin {label} was not restored: {e}");
             }
         }
         if let Ok(active) = semver::Version::parse(&stored.active) {
-            let _ = plugins.set_active(&name, &active, stored.canary);
+            let _ = match plugins.of(&name) {
+                Some(plugins::Of::Samplers(r)) => r.set_active(&name, &active, stored.canary),
+                Some(plugins::Of::ToolParsers(r)) => r.set_active(&name, &active, stored.canary),
+                None => Ok(()),
+            };
         }
     }
 }
@@ -216,11 +258,11 @@ impl Server {
         // Requests may name `default` (the engine's default sampler) or
         // `native` (the host's reference sampler); deploys add more.
         let native = engine.add_sampler(Box::new(weft_engine::sampling::NativeSampler));
-        let plugins = plugins::SamplerRegistry::new(config.breaker.clone());
-        for (name, sampler) in [("default", weft_engine::DEFAULT_SAMPLER), ("native", native)] {
+        let plugins = plugins::Plugins::new(config.breaker.clone());
+        for (name, handle) in [("default", weft_engine::DEFAULT_SAMPLER), ("native", native)] {
             let manifest = manifest::Manifest::plain(name, semver::Version::new(0, 1, 0), Default::default());
-            let builtin = plugins::Deployed { manifest, sampler, health: None, canary: None };
-            plugins.activate(name, builtin).map_err(std::io::Error::other)?;
+            let builtin = plugins::Deployed { manifest, handle, health: None, canary: None };
+            plugins.samplers.activate(name, builtin).map_err(std::io::Error::other)?;
         }
         let plugin_store = match &config.state_dir {
             None => None,
@@ -243,7 +285,6 @@ impl Server {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
         };
-        let tool_format = tools::ToolFormat::for_template(loaded.template.as_ref().map(|t| t.source()));
         let state = AppState {
             metrics: Arc::new(metrics::Metrics::new(handle.clone())),
             engine: handle,
@@ -255,7 +296,7 @@ impl Server {
             guide: None,
             plugin_store,
             auth: None,
-            tool_format,
+            default_tool_parser: None,
             blocking: Arc::new(Semaphore::new(config.tokenizer_workers.max(1))),
             config: Arc::new(config),
         };
@@ -273,6 +314,23 @@ impl Server {
     pub fn enable_guide(&mut self, name: &str, bytes: &'static [u8]) {
         let plugin = guides::GuidePlugin::load(self.state.runtime.clone(), name.into(), bytes, self.state.tokenizer.clone());
         self.state.guide = Some(plugin);
+    }
+
+    /// Serve tool calling with the builtin tool-parser component `bytes`
+    /// (one parser per format it knows; the model's chat template chooses
+    /// the default).
+    pub fn enable_tool_parsers(&mut self, bytes: &[u8]) -> Result<(), weft_plugin_runtime::PluginError> {
+        // Their names are reserved: no deploy (and so no stored one) has them.
+        for (name, parser) in tool_parsers::builtin(&self.state.runtime, bytes)? {
+            let manifest = manifest::Manifest::plain(name, semver::Version::new(0, 1, 0), Default::default());
+            let builtin = plugins::Deployed { manifest, health: Some(parser.health()), handle: parser, canary: None };
+            if let Err(e) = self.state.plugins.tool_parsers.activate(name, builtin) {
+                eprintln!("weft: the builtin tool parser {name} is unavailable: {e}");
+            }
+        }
+        self.state.default_tool_parser =
+            Some(tool_parsers::default_for_template(self.state.template.as_ref().map(|t| t.source())));
+        Ok(())
     }
 
     /// Authenticate every API request with the auth component `bytes`,

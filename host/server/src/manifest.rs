@@ -168,10 +168,13 @@ impl Manifest {
     /// The limits this plugin runs under: the server's, tightened by the
     /// manifest (never loosened), with its grants.
     pub fn limits(&self, server: &Limits) -> Result<Limits, ApiError> {
-        if self.kind != PluginKind::Sampler {
+        if !matches!(self.kind, PluginKind::Sampler | PluginKind::ToolParser) {
             return Err(ApiError::invalid(
                 "kind",
-                format!("only `sampler` plugins can be deployed so far; `{}` is not yet deployable", kind_name(self.kind)),
+                format!(
+                    "only `sampler` and `tool-parser` plugins can be deployed so far; `{}` is not yet deployable",
+                    kind_name(self.kind)
+                ),
             ));
         }
         let mut limits = server.clone();
@@ -203,7 +206,8 @@ impl Manifest {
     }
 }
 
-fn kind_name(kind: PluginKind) -> &'static str {
+/// A kind as manifests and the admin API spell it.
+pub fn kind_name(kind: PluginKind) -> &'static str {
     match kind {
         PluginKind::Sampler => "sampler",
         PluginKind::Guide => "guide",

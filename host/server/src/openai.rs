@@ -91,9 +91,11 @@ pub struct WeftExtension {
     /// (llguidance's dialect; not together with `response_format` or
     /// `weft.regex`).
     pub lark: Option<String>,
-    /// How the model writes tool calls: `hermes`, `llama3_json` or
-    /// `mistral` (default: chosen from the model's chat template).
-    pub tool_format: Option<String>,
+    /// The tool-parser plugin that writes and reads this request's tool
+    /// calls: a builtin format (`hermes`, `llama3_json`, `mistral`) or a
+    /// deployed parser (default: the format of the model's chat template;
+    /// also the `x-weft-tool-parser` header).
+    pub tool_parser: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -228,14 +230,25 @@ pub struct FunctionCallOut {
     pub arguments: String,
 }
 
-/// A tool call in a stream: each call arrives whole, in one delta.
+/// A tool call in a stream, as OpenAI streams them: the call's first delta
+/// has its `id`, `type` and `function.name`; later ones carry only more
+/// `function.arguments` text for the same `index`.
 #[derive(Debug, Serialize, Clone, ToSchema)]
 pub struct ToolCallDelta {
     pub index: usize,
-    pub id: String,
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub function: FunctionCallOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionCallDelta,
+}
+
+#[derive(Debug, Serialize, Clone, ToSchema)]
+pub struct FunctionCallDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// More of the arguments object's JSON text.
+    pub arguments: String,
 }
 
 #[derive(Debug, Serialize, Default, Clone, ToSchema)]

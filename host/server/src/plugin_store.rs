@@ -1,4 +1,4 @@
-//! Deployed plugins on disk: every loaded sampler version's component bytes
+//! Deployed plugins on disk: every loaded plugin version's component bytes
 //! and manifest, the version each name has active and its canary, in a sled
 //! database under the server's state directory. Deploys and rollbacks are
 //! written before they are answered; on startup the server loads them back
@@ -36,6 +36,9 @@ pub struct StoredName {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct StoredVersion {
     pub version: String,
+    /// Records written before other kinds were deployable are samplers.
+    #[serde(default)]
+    pub kind: PluginKind,
     pub config: BTreeMap<String, ConfigScalar>,
     #[serde(default)]
     pub limits: ManifestLimits,
@@ -47,6 +50,7 @@ impl StoredVersion {
     pub fn of(manifest: &Manifest) -> Self {
         Self {
             version: manifest.version.to_string(),
+            kind: manifest.kind,
             config: manifest.config.clone(),
             limits: manifest.limits.clone(),
             grants: manifest.grants.clone(),
@@ -58,7 +62,7 @@ impl StoredVersion {
         Manifest {
             name: name.to_string(),
             version,
-            kind: PluginKind::Sampler,
+            kind: self.kind,
             component: None,
             config: self.config.clone(),
             limits: self.limits.clone(),

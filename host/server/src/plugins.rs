@@ -1,14 +1,15 @@
-//! The server's samplers by name: the versions deployed under each name,
-//! the one taking new requests (and a canary sharing them), the engine
-//! sampler each version is, and the circuit breaker over each version's
-//! faults.
+//! The server's plugins by name, one [`Registry`] per deployable kind
+//! ([`Plugins`]): the versions deployed under each name, the one taking new
+//! requests (and a canary sharing them), what each version is to the
+//! server (an engine sampler id, a tool-parser instance), and the circuit
+//! breaker over each version's faults.
 //!
 //! Deploying a version compiles and instantiates it off the request path,
 //! hands it to the engine, then makes it the name's active version (or its
 //! canary) in one step (a write lock held for a map update, never across
 //! an await). New requests resolve the name at admission and keep the
-//! engine sampler id they got, so requests in flight finish on the version
-//! they started with. The last few versions stay loaded for rollback; older
+//! handle they got, so requests in flight finish on the version they
+//! started with. The last few versions stay loaded for rollback; older
 //! ones are retired, and the engine drops them when their last request
 //! ends.
 //!
@@ -28,10 +29,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use utoipa::ToSchema;
 use weft_engine::SamplerId;
-use weft_plugin_runtime::Health;
+use weft_plugin_runtime::{Health, WasmToolParser};
 
 use crate::error::ApiError;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, PluginKind};
 
 /// Versions kept loaded per name (the active one and those rollback can
 /// return to). Default 3.
@@ -77,9 +78,9 @@ impl Breaker {
 }
 
 #[derive(Debug)]
-struct Version {
+struct Version<H> {
     version: semver::Version,
-    sampler: SamplerId,
+    handle: H,
     /// What it was deployed with (kept for the plugin store and `info`).
     manifest: Manifest,
     /// The instance's call and fault counts; `None` for the host's builtins.
@@ -89,7 +90,7 @@ struct Version {
     requests: AtomicU64,
 }
 
-impl Version {
+impl<H> Version<H> {
     /// Whether it may take a request now, moving its breaker along;
     /// `Err(wait)` while the breaker is open.
     fn admit(&self, policy: &BreakerPolicy, now: Instant) -> Result<(), Duration> {
@@ -138,15 +139,21 @@ impl Canary {
     }
 }
 
-#[derive(Debug, Default)]
-struct Entry {
+#[derive(Debug)]
+struct Entry<H> {
     /// Oldest first; `active` indexes it; with a canary, the canary is the
     /// version right after the active one.
-    versions: Vec<Version>,
+    versions: Vec<Version<H>>,
     active: usize,
     canary: Option<Canary>,
     /// The last thing the server did to this name on its own.
     last_event: Option<String>,
+}
+
+impl<H> Default for Entry<H> {
+    fn default() -> Self {
+        Self { versions: Vec::new(), active: 0, canary: None, last_event: None }
+    }
 }
 
 /// A deployed name as the admin API shows it.
@@ -182,21 +189,25 @@ pub struct VersionHealth {
     pub breaker: &'static str,
 }
 
-/// Names to engine samplers.
-#[derive(Debug, Default)]
-pub struct SamplerRegistry {
-    entries: RwLock<BTreeMap<String, Entry>>,
+/// Names of one plugin kind to what each version is to the server (`H`:
+/// an engine sampler id, a tool-parser instance).
+#[derive(Debug)]
+pub struct Registry<H> {
+    kind: PluginKind,
+    entries: RwLock<BTreeMap<String, Entry<H>>>,
     policy: BreakerPolicy,
 }
 
-/// What a deploy displaced: samplers the engine should retire.
-pub type Retired = Vec<SamplerId>;
+/// What a deploy displaced: versions to retire (the engine drops a retired
+/// sampler when its last request ends; a tool parser goes with its last
+/// holder).
+pub type Retired<H> = Vec<H>;
 
-/// The sampler a request gets, and whether resolving it changed the
+/// The version a request gets, and whether resolving it changed the
 /// registry (an automatic rollback the plugin store should record).
 #[derive(Debug)]
-pub struct Resolution {
-    pub sampler: SamplerId,
+pub struct Resolution<H> {
+    pub handle: H,
     pub rolled_back: bool,
 }
 
@@ -204,25 +215,46 @@ fn poisoned() -> ApiError {
     ApiError::Internal("the plugin registry lock is poisoned".into())
 }
 
-fn unknown(name: &str, entries: &BTreeMap<String, Entry>) -> ApiError {
-    let known: Vec<&str> = entries.keys().map(String::as_str).collect();
-    ApiError::UnknownPlugin { name: name.to_string(), known: known.join(", ") }
-}
-
-impl SamplerRegistry {
-    pub fn new(policy: BreakerPolicy) -> Self {
-        Self { entries: RwLock::default(), policy }
+impl<H: Clone> Registry<H> {
+    pub fn new(kind: PluginKind, policy: BreakerPolicy) -> Self {
+        Self { kind, entries: RwLock::default(), policy }
     }
 
-    /// Which engine sampler a new request naming `name` uses: the canary
+    /// The request field that names plugins of this kind.
+    fn param(&self) -> &'static str {
+        match self.kind {
+            PluginKind::ToolParser => "weft.tool_parser",
+            _ => "weft.sampler",
+        }
+    }
+
+    fn unknown(&self, name: &str, entries: &BTreeMap<String, Entry<H>>) -> ApiError {
+        let known: Vec<&str> = entries.keys().map(String::as_str).collect();
+        ApiError::UnknownPlugin { name: name.to_string(), known: known.join(", "), param: self.param() }
+    }
+
+    fn unavailable(&self, name: &str, version: &semver::Version, wait: Duration) -> ApiError {
+        ApiError::PluginUnavailable {
+            plugin: format!("{name}@{version}"),
+            retry_after_s: wait.as_secs().max(1) as u32,
+            param: self.param(),
+        }
+    }
+
+    /// Whether `name` is deployed.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.read().is_ok_and(|e| e.contains_key(name))
+    }
+
+    /// Which version a new request naming `name` uses: the canary
     /// for its share, else the active version; a version whose breaker is
     /// open falls back to the one before it (rolled back automatically),
     /// or is a 503 when there is none.
-    pub fn resolve(&self, name: &str) -> Result<Resolution, ApiError> {
+    pub fn resolve(&self, name: &str) -> Result<Resolution<H>, ApiError> {
         let now = Instant::now();
         {
             let entries = self.entries.read().map_err(|_| poisoned())?;
-            let entry = entries.get(name).ok_or_else(|| unknown(name, &entries))?;
+            let entry = entries.get(name).ok_or_else(|| self.unknown(name, &entries))?;
             let chosen = match &entry.canary {
                 Some(c) if c.takes_next() => entry.active + 1,
                 _ => entry.active,
@@ -231,15 +263,15 @@ impl SamplerRegistry {
             match version.admit(&self.policy, now) {
                 Ok(()) => {
                     version.requests.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Resolution { sampler: version.sampler, rolled_back: false });
+                    return Ok(Resolution { handle: version.handle.clone(), rolled_back: false });
                 }
-                Err(wait) if chosen == 0 => return Err(unavailable(name, &version.version, wait)),
+                Err(wait) if chosen == 0 => return Err(self.unavailable(name, &version.version, wait)),
                 Err(_) => {}
             }
         }
         // The chosen version is broken and an earlier one is loaded.
         let mut entries = self.entries.write().map_err(|_| poisoned())?;
-        let entry = entries.get_mut(name).ok_or_else(|| ApiError::UnknownPlugin { name: name.into(), known: String::new() })?;
+        let entry = entries.get_mut(name).ok_or_else(|| self.unknown(name, &BTreeMap::new()))?;
         // Re-checked under the write lock: another request may have rolled
         // back already, and a canary and the active version fail apart.
         let mut broken = None;
@@ -260,44 +292,45 @@ impl SamplerRegistry {
             ));
         }
         let version = &entry.versions[entry.active];
-        version.admit(&self.policy, now).map_err(|wait| unavailable(name, &version.version, wait))?;
+        version.admit(&self.policy, now).map_err(|wait| self.unavailable(name, &version.version, wait))?;
         version.requests.fetch_add(1, Ordering::Relaxed);
-        Ok(Resolution { sampler: version.sampler, rolled_back })
+        Ok(Resolution { handle: version.handle.clone(), rolled_back })
     }
 
-    /// Make `version` of `name` (running as engine sampler `sampler`) the
-    /// active one, or with `canary` a share of new requests beside the
+    /// Make the deployed version of `name` the active one, or with `canary` a share of new requests beside the
     /// active one. Versions newer than the active one (rolled back from,
     /// or an earlier canary) are dropped first, so history stays linear and
     /// rollback always returns to the version that was active before;
-    /// beyond [`KEPT_VERSIONS`] the oldest go too. Returns the samplers to
-    /// retire, or an error (and `sampler` should be retired).
-    pub fn activate(&self, name: &str, deployed: Deployed) -> Result<Retired, ApiError> {
+    /// beyond [`KEPT_VERSIONS`] the oldest go too. Returns the versions to
+    /// retire, or an error (and the deployed one should be retired).
+    pub fn activate(&self, name: &str, deployed: Deployed<H>) -> Result<Retired<H>, ApiError> {
         let mut entries = self.entries.write().map_err(|_| poisoned())?;
-        let entry = entries.entry(name.to_string()).or_default();
-        if entry.versions.iter().any(|v| v.version == deployed.manifest.version) {
+        // Checked before the entry exists: a refused deploy leaves no trace.
+        let loaded = entries.get(name).map_or(&[][..], |e| e.versions.as_slice());
+        if loaded.iter().any(|v| v.version == deployed.manifest.version) {
             return Err(ApiError::Conflict(format!("{name}@{} is already deployed; deploy a new version", deployed.manifest.version)));
         }
         if let Some(share) = deployed.canary {
-            if entry.versions.is_empty() {
+            if loaded.is_empty() {
                 return Err(ApiError::invalid("canary", format!("`{name}` has no active version for a canary to share requests with")));
             }
             if !(share > 0.0 && share < 1.0) {
                 return Err(ApiError::invalid("canary", format!("a canary share is in (0, 1); given {share}")));
             }
         }
-        let mut retired: Retired =
-            if entry.versions.is_empty() { Vec::new() } else { entry.versions.drain(entry.active + 1..).map(|v| v.sampler).collect() };
+        let entry = entries.entry(name.to_string()).or_default();
+        let mut retired: Retired<H> =
+            if entry.versions.is_empty() { Vec::new() } else { entry.versions.drain(entry.active + 1..).map(|v| v.handle).collect() };
         entry.versions.push(Version {
             version: deployed.manifest.version.clone(),
-            sampler: deployed.sampler,
+            handle: deployed.handle,
             manifest: deployed.manifest,
             health: deployed.health,
             breaker: Mutex::new(Breaker::Closed { since: Instant::now() }),
             requests: AtomicU64::new(0),
         });
         let excess = entry.versions.len().saturating_sub(KEPT_VERSIONS);
-        retired.extend(entry.versions.drain(..excess).map(|v| v.sampler));
+        retired.extend(entry.versions.drain(..excess).map(|v| v.handle));
         entry.canary = deployed.canary.map(|share| Canary { share, resolved: AtomicU64::new(0) });
         entry.active = entry.versions.len() - if entry.canary.is_some() { 2 } else { 1 };
         Ok(retired)
@@ -333,26 +366,26 @@ impl SamplerRegistry {
         })
     }
 
-    /// Unload every version of `name`: returns the samplers to retire
+    /// Unload every version of `name`: returns the versions to retire
     /// (requests in flight on them finish).
-    pub fn remove(&self, name: &str) -> Result<Retired, ApiError> {
+    pub fn remove(&self, name: &str) -> Result<Retired<H>, ApiError> {
         let mut entries = self.entries.write().map_err(|_| poisoned())?;
-        let entry = entries.remove(name).ok_or_else(|| unknown(name, &entries))?;
-        Ok(entry.versions.into_iter().map(|v| v.sampler).collect())
+        let entry = entries.remove(name).ok_or_else(|| self.unknown(name, &entries))?;
+        Ok(entry.versions.into_iter().map(|v| v.handle).collect())
     }
 
-    fn change(&self, name: &str, edit: impl FnOnce(&mut Entry) -> Result<(), ApiError>) -> Result<PluginInfo, ApiError> {
+    fn change(&self, name: &str, edit: impl FnOnce(&mut Entry<H>) -> Result<(), ApiError>) -> Result<PluginInfo, ApiError> {
         let mut entries = self.entries.write().map_err(|_| poisoned())?;
-        let entry = entries.get_mut(name).ok_or_else(|| ApiError::UnknownPlugin { name: name.into(), known: String::new() })?;
+        let entry = entries.get_mut(name).ok_or_else(|| self.unknown(name, &BTreeMap::new()))?;
         edit(entry)?;
-        Ok(info(name, entry))
+        Ok(info(self.kind, name, entry))
     }
 
     /// Make the loaded `version` of `name` the active one, with a canary
     /// share for the version after it (restoring a stored state).
     pub fn set_active(&self, name: &str, version: &semver::Version, canary: Option<f64>) -> Result<(), ApiError> {
         let mut entries = self.entries.write().map_err(|_| poisoned())?;
-        let entry = entries.get_mut(name).ok_or_else(|| ApiError::UnknownPlugin { name: name.into(), known: String::new() })?;
+        let entry = entries.get_mut(name).ok_or_else(|| self.unknown(name, &BTreeMap::new()))?;
         if let Some(i) = entry.versions.iter().position(|v| &v.version == version) {
             entry.active = i;
             entry.canary = canary
@@ -365,7 +398,7 @@ impl SamplerRegistry {
     /// `name`'s loaded versions as the plugin store keeps them.
     pub fn stored(&self, name: &str) -> Result<crate::plugin_store::StoredName, ApiError> {
         let entries = self.entries.read().map_err(|_| poisoned())?;
-        let entry = entries.get(name).ok_or_else(|| ApiError::UnknownPlugin { name: name.into(), known: String::new() })?;
+        let entry = entries.get(name).ok_or_else(|| self.unknown(name, &BTreeMap::new()))?;
         Ok(crate::plugin_store::StoredName {
             versions: entry.versions.iter().map(|v| crate::plugin_store::StoredVersion::of(&v.manifest)).collect(),
             active: entry.versions[entry.active].version.to_string(),
@@ -375,34 +408,30 @@ impl SamplerRegistry {
 
     pub fn list(&self) -> Result<Vec<PluginInfo>, ApiError> {
         let entries = self.entries.read().map_err(|_| poisoned())?;
-        Ok(entries.iter().map(|(name, e)| info(name, e)).collect())
+        Ok(entries.iter().map(|(name, e)| info(self.kind, name, e)).collect())
     }
 
     /// One name's info.
     pub fn get(&self, name: &str) -> Result<PluginInfo, ApiError> {
         let entries = self.entries.read().map_err(|_| poisoned())?;
-        entries.get(name).map(|e| info(name, e)).ok_or_else(|| unknown(name, &entries))
+        entries.get(name).map(|e| info(self.kind, name, e)).ok_or_else(|| self.unknown(name, &entries))
     }
 }
 
 /// A version to activate.
 #[derive(Debug)]
-pub struct Deployed {
+pub struct Deployed<H> {
     pub manifest: Manifest,
-    pub sampler: SamplerId,
+    pub handle: H,
     pub health: Option<Arc<Health>>,
     /// Share of new requests, if it starts as a canary.
     pub canary: Option<f64>,
 }
 
-fn unavailable(name: &str, version: &semver::Version, wait: Duration) -> ApiError {
-    ApiError::PluginUnavailable { plugin: format!("{name}@{version}"), retry_after_s: wait.as_secs().max(1) as u32 }
-}
-
-fn info(name: &str, e: &Entry) -> PluginInfo {
+fn info<H>(kind: PluginKind, name: &str, e: &Entry<H>) -> PluginInfo {
     PluginInfo {
         name: name.to_string(),
-        kind: "sampler",
+        kind: crate::manifest::kind_name(kind),
         active_version: e.versions[e.active].version.to_string(),
         versions: e.versions.iter().map(|v| v.version.to_string()).collect(),
         canary: e.canary.as_ref().map(|c| CanaryInfo { version: e.versions[e.active + 1].version.to_string(), share: c.share }),
@@ -418,5 +447,93 @@ fn info(name: &str, e: &Entry) -> PluginInfo {
             })
             .collect(),
         last_event: e.last_event.clone(),
+    }
+}
+
+/// Every deployable kind's registry. A name belongs to one kind: the admin
+/// API finds it in whichever registry holds it.
+#[derive(Debug)]
+pub struct Plugins {
+    pub samplers: Registry<SamplerId>,
+    pub tool_parsers: Registry<WasmToolParser>,
+}
+
+/// One name's registry, whichever kind it is.
+pub enum Of<'a> {
+    Samplers(&'a Registry<SamplerId>),
+    ToolParsers(&'a Registry<WasmToolParser>),
+}
+
+impl Plugins {
+    pub fn new(policy: BreakerPolicy) -> Self {
+        Self {
+            samplers: Registry::new(PluginKind::Sampler, policy.clone()),
+            tool_parsers: Registry::new(PluginKind::ToolParser, policy),
+        }
+    }
+
+    /// The registry holding `name`, if any holds it.
+    pub fn of(&self, name: &str) -> Option<Of<'_>> {
+        if self.samplers.contains(name) {
+            Some(Of::Samplers(&self.samplers))
+        } else if self.tool_parsers.contains(name) {
+            Some(Of::ToolParsers(&self.tool_parsers))
+        } else {
+            None
+        }
+    }
+
+    /// The kind `name` is deployed as, if it is.
+    pub fn kind_of(&self, name: &str) -> Option<PluginKind> {
+        self.of(name).map(|of| match of {
+            Of::Samplers(_) => PluginKind::Sampler,
+            Of::ToolParsers(_) => PluginKind::ToolParser,
+        })
+    }
+
+    fn unknown(&self, name: &str) -> ApiError {
+        let mut known: Vec<String> = self.list().map(|l| l.into_iter().map(|i| i.name).collect()).unwrap_or_default();
+        known.sort();
+        ApiError::UnknownPlugin { name: name.to_string(), known: known.join(", "), param: "name" }
+    }
+
+    /// Whether `name` has `version` loaded, as any kind.
+    pub fn has(&self, name: &str, version: &semver::Version) -> Result<bool, ApiError> {
+        Ok(self.samplers.has(name, version)? || self.tool_parsers.has(name, version)?)
+    }
+
+    /// Every deployed name of every kind.
+    pub fn list(&self) -> Result<Vec<PluginInfo>, ApiError> {
+        let mut all = self.samplers.list()?;
+        all.extend(self.tool_parsers.list()?);
+        Ok(all)
+    }
+
+    pub fn get(&self, name: &str) -> Result<PluginInfo, ApiError> {
+        match self.of(name).ok_or_else(|| self.unknown(name))? {
+            Of::Samplers(r) => r.get(name),
+            Of::ToolParsers(r) => r.get(name),
+        }
+    }
+
+    pub fn rollback(&self, name: &str) -> Result<PluginInfo, ApiError> {
+        match self.of(name).ok_or_else(|| self.unknown(name))? {
+            Of::Samplers(r) => r.rollback(name),
+            Of::ToolParsers(r) => r.rollback(name),
+        }
+    }
+
+    pub fn promote(&self, name: &str) -> Result<PluginInfo, ApiError> {
+        match self.of(name).ok_or_else(|| self.unknown(name))? {
+            Of::Samplers(r) => r.promote(name),
+            Of::ToolParsers(r) => r.promote(name),
+        }
+    }
+
+    pub fn stored(&self, name: &str) -> Result<crate::plugin_store::StoredName, ApiError> {
+        match self.of(name).ok_or_else(|| self.unknown(name))? {
+            Of::Samplers(r) => r.stored(name),
+            Of::ToolParsers(r) => r.stored(name),
+        }
     }
 }

@@ -282,10 +282,11 @@ pub fn choice_seed(seed: u64, index: usize) -> u64 {
 }
 
 /// A chat message as the template sees it.
-/// A conversation, checked; earlier tool calls are written in `format`.
+/// A conversation, checked; earlier tool calls and tool results are
+/// written the way `parser` says the model reads them.
 pub fn chat_messages(
     messages: &[ChatMessageIn],
-    format: crate::tools::ToolFormat,
+    parser: Option<&weft_plugin_runtime::WasmToolParser>,
 ) -> Result<Vec<weft_engine::chat_template::ChatMessage>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::invalid("messages", "`messages` must contain at least one message"));
@@ -302,8 +303,8 @@ pub fn chat_messages(
                 "system" | "developer" => "system",
                 "user" => "user",
                 "assistant" => "assistant",
-                // A tool's answer reaches the model as a user turn, inside
-                // the tags the tool-call format uses (see `tools.rs`).
+                // A tool's answer reaches the model as a user turn, written
+                // the way the tool parser says (see `tools.rs`).
                 "tool" => "tool",
                 "function" => {
                     return Err(ApiError::Unsupported {
@@ -320,7 +321,10 @@ pub fn chat_messages(
             };
             let calls = match (&m.tool_calls, role) {
                 (None, _) => String::new(),
-                (Some(calls), "assistant") => crate::tools::render_history_calls(calls, &format!("{param}.tool_calls"), format)?,
+                (Some(calls), "assistant") => {
+                    let param = format!("{param}.tool_calls");
+                    crate::tools::render_history_calls(calls, &param, crate::tools::needed(parser)?)?
+                }
                 (Some(_), _) => {
                     return Err(ApiError::invalid(format!("{param}.tool_calls"), "only assistant messages carry `tool_calls`"));
                 }
@@ -353,7 +357,8 @@ pub fn chat_messages(
                 None => return Err(ApiError::invalid(format!("{param}.content"), format!("a {role} message needs `content`"))),
             };
             if role == "tool" {
-                return Ok(weft_engine::chat_template::ChatMessage::new("user", &crate::tools::render_tool_result(&content)));
+                let result = crate::tools::render_tool_result(&content, &format!("{param}.content"), crate::tools::needed(parser)?)?;
+                return Ok(weft_engine::chat_template::ChatMessage::new("user", &result));
             }
             let text = match (content.is_empty(), calls.is_empty()) {
                 (_, true) => content,

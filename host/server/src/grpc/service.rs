@@ -89,7 +89,7 @@ impl GenerationService {
                 prepare::prompts(state, validate::prompts(&ids, valid.n, state.limits())?, &valid, false).await?.1
             }
             Some(Input::Chat(m)) => {
-                prepare::chat(state, validate::chat_messages(&messages_in(m), state.tool_format)?, &valid).await?
+                prepare::chat(state, validate::chat_messages(&messages_in(m), state.select_tool_parser(None, None, None)?.as_ref())?, &valid).await?
             }
             None => return Err(ApiError::invalid("input", "set one of `prompt`, `chat` or `tokens`")),
         };
@@ -247,7 +247,7 @@ impl Generation for GenerationService {
                 state.blocking(move || prepare::encode_prompt(&tokenizer, &text)).await.map_err(to_status)?.map_err(to_status)?
             }
             Some(proto::tokenize_request::Input::Chat(m)) => {
-                let messages = validate::chat_messages(&messages_in(m), self.state.tool_format).map_err(to_status)?;
+                let messages = validate::chat_messages(&messages_in(m), self.state.select_tool_parser(None, None, None).map_err(to_status)?.as_ref()).map_err(to_status)?;
                 let template = state
                     .template
                     .clone()

@@ -1,8 +1,8 @@
 //! The admin API under `/admin/v1`: always authenticated with the
 //! configured bearer token (compared in constant time), even on loopback.
-//! Model information, draining, and sampler plugins: deploy a version (it
-//! takes new requests at once, or a share of them as a canary), list, show
-//! one, promote a canary, roll back, remove.
+//! Model information, draining, and plugins (samplers and tool parsers):
+//! deploy a version (it takes new requests at once, or a share of them as a
+//! canary), list, show one, promote a canary, roll back, remove.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,8 +20,8 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::manifest::Manifest;
-use crate::plugins::{Deployed, PluginInfo};
+use crate::manifest::{Manifest, PluginKind, kind_name};
+use crate::plugins::{Deployed, Of, PluginInfo};
 
 /// Equal without an early exit, so response times do not reveal how much
 /// of a guessed token was right.
@@ -93,6 +93,9 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     }
     if name == "default" || name == "native" {
         return Err(ApiError::invalid("name", format!("`{name}` names a builtin sampler")));
+    }
+    if crate::tool_parsers::BUILTIN_FORMATS.contains(&name) {
+        return Err(ApiError::invalid("name", format!("`{name}` names a builtin tool parser")));
     }
     Ok(())
 }
@@ -182,19 +185,47 @@ pub(crate) async fn deploy_version(
     if state.plugins.has(&name, &version)? {
         return Err(ApiError::Conflict(format!("{name}@{version} is already deployed; deploy a new version")));
     }
+    if let Some(deployed) = state.plugins.kind_of(&name)
+        && deployed != manifest.kind
+    {
+        return Err(ApiError::Conflict(format!(
+            "`{name}` is deployed as a {} plugin; a {} cannot take its name",
+            kind_name(deployed),
+            kind_name(manifest.kind)
+        )));
+    }
     let runtime = Arc::clone(&state.runtime);
     let label = format!("{name}@{version}");
     let init = manifest.init_config();
     let bytes = component.clone();
-    let sampler = state
-        .blocking(move || runtime.load_sampler_with(&label, &bytes, limits).and_then(|c| c.sampler(init)))
-        .await?
-        .map_err(|e| ApiError::PluginRejected(e.to_string()))?;
-    let health = Some(sampler.health());
-    let id = state.engine.add_sampler(Box::new(sampler)).await?;
-    let retired = state.plugins.activate(&name, Deployed { manifest, sampler: id, health, canary }).inspect_err(|_| state.engine.retire_sampler(id))?;
-    for old in retired {
-        state.engine.retire_sampler(old);
+    let rejected = |e: weft_plugin_runtime::PluginError| ApiError::PluginRejected(e.to_string());
+    match manifest.kind {
+        PluginKind::ToolParser => {
+            let parser = state
+                .blocking(move || {
+                    runtime.load_tool_parser(&label, &bytes, limits).and_then(|c| weft_plugin_runtime::WasmToolParser::new(c, init))
+                })
+                .await?
+                .map_err(rejected)?;
+            let health = Some(parser.health());
+            state.plugins.tool_parsers.activate(&name, Deployed { manifest, handle: parser, health, canary })?;
+        }
+        _ => {
+            let sampler = state
+                .blocking(move || runtime.load_sampler_with(&label, &bytes, limits).and_then(|c| c.sampler(init)))
+                .await?
+                .map_err(rejected)?;
+            let health = Some(sampler.health());
+            let id = state.engine.add_sampler(Box::new(sampler)).await?;
+            let retired = state
+                .plugins
+                .samplers
+                .activate(&name, Deployed { manifest, handle: id, health, canary })
+                .inspect_err(|_| state.engine.retire_sampler(id))?;
+            for old in retired {
+                state.engine.retire_sampler(old);
+            }
+        }
     }
     if let Some(store) = &state.plugin_store {
         let stored = state.plugins.stored(&name)?;
@@ -249,8 +280,15 @@ pub async fn promote(State(state): State<AppState>, Path(name): Path<String>) ->
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn remove(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     check_name(&name)?;
-    for sampler in state.plugins.remove(&name)? {
-        state.engine.retire_sampler(sampler);
+    match state.plugins.of(&name) {
+        Some(Of::Samplers(registry)) => {
+            for sampler in registry.remove(&name)? {
+                state.engine.retire_sampler(sampler);
+            }
+        }
+        // A removed parser's instance goes with the last request holding it.
+        Some(Of::ToolParsers(registry)) => drop(registry.remove(&name)?),
+        None => return Err(state.plugins.get(&name).err().unwrap_or_else(|| ApiError::Internal("a name vanished".into()))),
     }
     if let Some(store) = &state.plugin_store {
         store.remove(&name).map_err(|e| ApiError::Internal(format!("{name} is removed but the change was not persisted: {e}")))?;

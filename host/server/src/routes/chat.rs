@@ -16,9 +16,10 @@ use crate::generate::{self, ChunkWriter, StreamContext, finish_reason, token_log
 use crate::error::ErrorBody;
 use crate::openai::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatDelta,
-    ChatLogprobs, FunctionCallOut, SamplingFields, ToolCallDelta, ToolCallOut, Usage,
+    ChatLogprobs, FunctionCallDelta, FunctionCallOut, SamplingFields, ToolCallDelta, ToolCallOut, Usage,
 };
-use crate::tools::{self, CallParser, Event, ToolCall, ValidTools};
+use crate::tools::{self, ValidTools};
+use weft_plugin_runtime::{ToolEvent, ToolStream};
 use crate::{prepare, validate};
 
 /// Create a chat completion: the conversation through the model's chat
@@ -60,14 +61,9 @@ pub async fn chat_completions(
     let mut valid = validate::sampling(sampling, max_tokens, top_logprobs, state.limits())?;
     valid.sampler = select_sampler(&state, sampling, &headers, &caller)?;
     valid.tenant = caller.tenant();
-    let format = match sampling.weft.as_ref().and_then(|w| w.tool_format.as_deref()) {
-        None => state.tool_format,
-        Some(name) => tools::ToolFormat::named(name).ok_or_else(|| {
-            ApiError::invalid("weft.tool_format", format!("`weft.tool_format` must be `hermes`, `llama3_json` or `mistral`; given {name:?}"))
-        })?,
-    };
-    let tools = tools::validate(sampling.tools.as_ref(), sampling.tool_choice.as_ref(), sampling.parallel_tool_calls, format)?;
-    if let Some(call) = tools.as_ref().and_then(ValidTools::constraint) {
+    let parser = select_tool_parser(&state, sampling, &headers, &caller)?;
+    let tools = tools::validate(sampling.tools.as_ref(), sampling.tool_choice.as_ref(), sampling.parallel_tool_calls, parser.as_ref())?;
+    if let Some(call) = tools.as_ref().map(ValidTools::constraint).transpose()?.flatten() {
         if let Some(other) = &valid.constraint {
             return Err(ApiError::invalid(
                 other.param,
@@ -77,9 +73,9 @@ pub async fn chat_completions(
         valid.constraint = Some(call);
     }
     let tools = tools.filter(ValidTools::offered);
-    let mut messages = validate::chat_messages(&req.messages, format)?;
+    let mut messages = validate::chat_messages(&req.messages, parser.as_ref())?;
     if let Some(tools) = &tools {
-        tools::declare(&mut messages, tools);
+        tools.declare(&mut messages)?;
     }
     let choices = prepare::chat(&state, messages, &valid).await?;
     let deadline = deadline(&valid, &headers, arrived)?;
@@ -91,7 +87,14 @@ pub async fn chat_completions(
         tokenizer: state.tokenizer.clone(),
     };
     if valid.stream {
-        let parsers = tools.as_ref().map(|t| (0..running.len()).map(|_| CallParser::new(t.format, &t.tools)).collect());
+        let parsers = match &tools {
+            Some(t) => {
+                let specs = t.specs();
+                let streams = (0..running.len()).map(|_| t.parser.stream(&specs)).collect::<Result<Vec<_>, _>>();
+                Some(streams.map_err(|e| ApiError::PluginFailed(e.to_string()))?)
+            }
+            None => None,
+        };
         let writer = ChatChunks { ctx, n: valid.n, logprobs, parsers };
         return Ok(generate::stream_choices(running, writer, valid.include_usage, deadline));
     }
@@ -100,8 +103,8 @@ pub async fn chat_completions(
     let choices = done
         .into_iter()
         .map(|(choice, all)| {
-            let (message, called) = answer(&all.text, tools.as_ref());
-            ChatChoice {
+            let (message, called) = answer(&all.text, tools.as_ref())?;
+            Ok(ChatChoice {
             index: choice.index,
             logprobs: logprobs.then(|| ChatLogprobs {
                 content: (0..all.tokens.len())
@@ -113,8 +116,8 @@ pub async fn chat_completions(
             }),
             message,
             finish_reason: finish(all.finish, called),
-        }})
-        .collect();
+        })})
+        .collect::<Result<_, ApiError>>()?;
     let body = ChatCompletion {
         id: ctx.id,
         object: "chat.completion",
@@ -129,27 +132,30 @@ pub async fn chat_completions(
 
 /// The assistant message of a whole answer (its tool calls parsed out when
 /// tools were offered), and whether it called any.
-fn answer(text: &str, tools: Option<&ValidTools>) -> (AssistantMessage, bool) {
+fn answer(text: &str, tools: Option<&ValidTools>) -> Result<(AssistantMessage, bool), ApiError> {
     let Some(tools) = tools else {
-        return (AssistantMessage { role: "assistant", content: Some(text.to_string()), tool_calls: None }, false);
+        return Ok((AssistantMessage { role: "assistant", content: Some(text.to_string()), tool_calls: None }, false));
     };
-    let mut parser = CallParser::new(tools.format, &tools.tools);
-    let mut events = parser.push(text);
-    events.extend(parser.finish());
-    let (mut content, mut calls) = (String::new(), Vec::new());
+    let failed = |e: weft_plugin_runtime::PluginError| ApiError::PluginFailed(e.to_string());
+    let mut stream = tools.parser.stream(&tools.specs()).map_err(failed)?;
+    let mut events = stream.push(text).map_err(failed)?;
+    events.extend(stream.finish().map_err(failed)?);
+    let (mut content, mut calls) = (String::new(), Vec::<ToolCallOut>::new());
     for event in events {
         match event {
-            Event::Content(t) => content.push_str(&t),
-            Event::Call(call) => calls.push(call_out(call)),
+            ToolEvent::Content(t) => content.push_str(&t),
+            ToolEvent::CallStart { name, .. } => calls.push(ToolCallOut {
+                id: tools::call_id(),
+                kind: "function",
+                function: FunctionCallOut { name, arguments: String::new() },
+            }),
+            // Indices are checked by the runtime: they name started calls.
+            ToolEvent::CallArguments { index, text } => calls[index as usize].function.arguments.push_str(&text),
         }
     }
     let called = !calls.is_empty();
     let content = (!called || !content.is_empty()).then_some(content);
-    (AssistantMessage { role: "assistant", content, tool_calls: called.then_some(calls) }, called)
-}
-
-fn call_out(call: ToolCall) -> ToolCallOut {
-    ToolCallOut { id: tools::call_id(), kind: "function", function: FunctionCallOut { name: call.name, arguments: call.arguments } }
+    Ok((AssistantMessage { role: "assistant", content, tool_calls: called.then_some(calls) }, called))
 }
 
 /// `tool_calls` when an answer that ended by itself made calls.
@@ -162,7 +168,7 @@ struct ChatChunks {
     n: usize,
     logprobs: bool,
     /// Per choice index, when tools were offered: the stream's tool-call parser.
-    parsers: Option<Vec<CallParser>>,
+    parsers: Option<Vec<ToolStream>>,
 }
 
 impl ChatChunks {
@@ -188,7 +194,7 @@ impl ChunkWriter for ChatChunks {
         }
     }
 
-    fn output(&mut self, index: usize, out: &Output, chunks: &mut Vec<axum::body::Bytes>) {
+    fn output(&mut self, index: usize, out: &Output, chunks: &mut Vec<axum::body::Bytes>) -> Result<(), ApiError> {
         let logprobs = (self.logprobs && !out.tokens.is_empty()).then(|| ChatLogprobs {
             content: (0..out.tokens.len())
                 .map(|i| {
@@ -206,17 +212,26 @@ impl ChunkWriter for ChatChunks {
                 }
             }
             Some(parser) => {
-                let mut events = parser.push(&out.text);
+                let failed = |e: weft_plugin_runtime::PluginError| ApiError::PluginFailed(e.to_string());
+                let mut events = parser.push(&out.text).map_err(failed)?;
                 if out.finished.is_some() {
-                    events.extend(parser.finish());
+                    events.extend(parser.finish().map_err(failed)?);
                 }
                 for event in events {
+                    let call = |index: u32, id, kind, name, arguments| ToolCallDelta {
+                        index: index as usize,
+                        id,
+                        kind,
+                        function: FunctionCallDelta { name, arguments },
+                    };
                     deltas.push(match event {
-                        Event::Content(text) => ChatDelta { content: Some(text), ..ChatDelta::default() },
-                        Event::Call(call) => {
-                            let ToolCallOut { id, kind, function } = call_out(call);
-                            let index = parser.calls() - 1;
-                            ChatDelta { tool_calls: Some(vec![ToolCallDelta { index, id, kind, function }]), ..ChatDelta::default() }
+                        ToolEvent::Content(text) => ChatDelta { content: Some(text), ..ChatDelta::default() },
+                        ToolEvent::CallStart { index, name } => ChatDelta {
+                            tool_calls: Some(vec![call(index, Some(tools::call_id()), Some("function"), Some(name), String::new())]),
+                            ..ChatDelta::default()
+                        },
+                        ToolEvent::CallArguments { index, text } => {
+                            ChatDelta { tool_calls: Some(vec![call(index, None, None, None, text)]), ..ChatDelta::default() }
                         }
                     });
                 }
@@ -235,11 +250,25 @@ impl ChunkWriter for ChatChunks {
             let choice = ChatChunkChoice { index, delta: ChatDelta::default(), logprobs: None, finish_reason: finish(out.finished, called) };
             chunks.push(generate::sse_data(&self.chunk(vec![choice], None)));
         }
+        Ok(())
     }
 
     fn usage(&self, usage: Usage) -> axum::body::Bytes {
         generate::sse_data(&self.chunk(Vec::new(), Some(usage)))
     }
+}
+
+/// The tool parser a request names in `weft.tool_parser` or
+/// `x-weft-tool-parser`, else the server's default.
+fn select_tool_parser(
+    state: &AppState,
+    sampling: &SamplingFields,
+    headers: &HeaderMap,
+    caller: &Caller,
+) -> Result<Option<weft_plugin_runtime::WasmToolParser>, ApiError> {
+    let field = sampling.weft.as_ref().and_then(|w| w.tool_parser.as_deref());
+    let header = headers.get("x-weft-tool-parser").and_then(|v| v.to_str().ok());
+    state.select_tool_parser(field, header, caller.principal())
 }
 
 /// The sampler a request names in `weft.sampler` or `x-weft-sampler`.

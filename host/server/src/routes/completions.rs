@@ -140,7 +140,7 @@ struct CompletionChunks {
 }
 
 impl ChunkWriter for CompletionChunks {
-    fn output(&mut self, index: usize, out: &Output, chunks: &mut Vec<axum::body::Bytes>) {
+    fn output(&mut self, index: usize, out: &Output, chunks: &mut Vec<axum::body::Bytes>) -> Result<(), ApiError> {
         let offset = self.offsets.entry(index).or_insert(0);
         let logprobs = self.logprobs.then(|| {
             let all = Collected {
@@ -163,6 +163,7 @@ impl ChunkWriter for CompletionChunks {
             system_fingerprint: crate::SYSTEM_FINGERPRINT,
         };
         chunks.push(generate::sse_data(&chunk));
+        Ok(())
     }
 
     fn usage(&self, usage: Usage) -> axum::body::Bytes {

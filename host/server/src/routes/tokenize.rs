@@ -45,7 +45,7 @@ pub async fn tokenize(
     let tokens = match (req.prompt, req.messages) {
         (Some(prompt), None) => state.blocking(move || crate::prepare::encode_prompt(&tokenizer, &prompt)).await??,
         (None, Some(messages)) => {
-            let messages = validate::chat_messages(&messages, state.tool_format)?;
+            let messages = validate::chat_messages(&messages, state.select_tool_parser(None, None, None)?.as_ref())?;
             let template = state.template.clone().ok_or_else(|| ApiError::invalid("messages", "this model has no chat template"))?;
             let generation_prompt = req.add_generation_prompt.unwrap_or(true);
             state
