@@ -1,5 +1,7 @@
 """The gRPC API from Python stubs generated from our .proto (grpcio-tools):
 unary, streaming, cancellation, status codes, health checking, reflection."""
+import json
+import re
 import time
 import urllib.request
 
@@ -122,3 +124,77 @@ def test_guided_generation_over_grpc(stub, pb):
         stub.Generate(chat(pb, "hi", max_tokens=8, regex="foo**"))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "repetition" in e.value.details()
+
+
+TIME_TOOL = dict(
+    name="get_time",
+    description="The local time in a time zone.",
+    parameters='{"type": "object", "properties": {"zone": {"type": "string", "pattern": "^[A-Z][a-z]+/[A-Z][a-z]+$"}}, '
+    '"required": ["zone"], "additionalProperties": false}',
+)
+
+
+def tool_request(pb, **extra):
+    m = pb[0]
+    return m.GenerateRequest(
+        model="default",
+        chat=m.Messages(messages=[m.ChatMessage(role="user", content="What time is it in Tokyo?")]),
+        sampling=m.SamplingParameters(max_tokens=64, temperature=0),
+        tools=[m.Tool(**TIME_TOOL)],
+        parallel_tool_calls=False,
+        **extra,
+    )
+
+
+def test_tool_calls_over_grpc_whole_and_streamed(stub, pb):
+    m = pb[0]
+    whole = stub.Generate(tool_request(pb, tool_choice=m.TOOL_CHOICE_REQUIRED)).choices[0]
+    assert whole.finish_reason == m.FINISH_REASON_TOOL_CALLS, whole
+    (call,) = whole.tool_calls
+    assert call.id.startswith("call_") and call.name == "get_time"
+    zone = json.loads(call.arguments)["zone"]
+    assert re.fullmatch("[A-Z][a-z]+/[A-Z][a-z]+", zone), zone
+    assert whole.text == ""
+    # Streamed: the call's first piece has its id and name, and the pieces
+    # add up to the whole answer's call.
+    chunks = list(stub.GenerateStream(tool_request(pb, tool_choice=m.TOOL_CHOICE_REQUIRED)))
+    pieces = [t for c in chunks for t in c.tool_calls]
+    assert pieces[0].id.startswith("call_") and pieces[0].name == "get_time"
+    assert all(p.index == 0 and not p.name for p in pieces[1:])
+    assert "".join(p.arguments for p in pieces) == call.arguments
+    assert [c.finish_reason for c in chunks if c.finish_reason] == [m.FINISH_REASON_TOOL_CALLS]
+    # A named function and another parser work the same way.
+    named = stub.Generate(tool_request(pb, tool_function="get_time", tool_parser="mistral")).choices[0]
+    assert named.finish_reason == m.FINISH_REASON_TOOL_CALLS and named.tool_calls[0].name == "get_time"
+
+
+def test_a_tool_result_goes_back_to_the_model_over_grpc(stub, pb):
+    m = pb[0]
+    call = m.ToolCall(id="call_1", name="get_time", arguments='{"zone": "Asia/Tokyo"}')
+    history = [
+        m.ChatMessage(role="user", content="What time is it in Tokyo?"),
+        m.ChatMessage(role="assistant", tool_calls=[call]),
+        m.ChatMessage(role="tool", tool_call_id="call_1", content='{"time": "09:30"}'),
+    ]
+    request = m.GenerateRequest(
+        model="default", chat=m.Messages(messages=history), sampling=m.SamplingParameters(max_tokens=1), tools=[m.Tool(**TIME_TOOL)]
+    )
+    alone = m.GenerateRequest(model="default", chat=m.Messages(messages=history[:1]), sampling=m.SamplingParameters(max_tokens=1))
+    assert stub.Generate(request).usage.prompt_tokens > stub.Generate(alone).usage.prompt_tokens + 20
+
+
+@pytest.mark.parametrize(
+    "extra, code",
+    [
+        (dict(tool_function="nope"), grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(tool_parser="xml"), grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)
+def test_bad_tool_requests_over_grpc(stub, pb, extra, code):
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Generate(tool_request(pb, **extra))
+    assert e.value.code() == code, e.value.details()
+    bad = pb[0].Tool(name="f", parameters="{not json")
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Generate(pb[0].GenerateRequest(model="default", prompt="Hi", tools=[bad]))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "parameters" in e.value.details()

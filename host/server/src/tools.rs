@@ -236,6 +236,76 @@ pub fn render_tool_result(content: &str, param: &str, parser: &WasmToolParser) -
     parser.render_result(content).map_err(|e| api_error(e, param))
 }
 
+/// A chat request's tool use applied, for any transport: a forced call's
+/// constraint set on `valid` (it cannot be combined with another), the
+/// conversation checked with earlier calls and results written by
+/// `parser`, and the tools declared in it. Returns the conversation for the
+/// template and the tools offered (whose answers are to be parsed).
+pub fn apply(
+    tools: Option<ValidTools>,
+    valid: &mut crate::validate::ValidSampling,
+    messages: &[crate::openai::ChatMessageIn],
+    parser: Option<&WasmToolParser>,
+) -> Result<(Vec<weft_engine::chat_template::ChatMessage>, Option<ValidTools>), ApiError> {
+    if let Some(call) = tools.as_ref().map(ValidTools::constraint).transpose()?.flatten() {
+        if let Some(other) = &valid.constraint {
+            return Err(ApiError::invalid(
+                other.param,
+                "`tool_choice` `required` or a named function already constrains the answer to a call; drop this constraint",
+            ));
+        }
+        valid.constraint = Some(call);
+    }
+    let tools = tools.filter(ValidTools::offered);
+    let mut messages = crate::validate::chat_messages(messages, parser)?;
+    if let Some(tools) = &tools {
+        tools.declare(&mut messages)?;
+    }
+    Ok((messages, tools))
+}
+
+/// A call of an answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParsedCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments object as JSON text.
+    pub arguments: String,
+}
+
+/// A parser failing mid-answer: the request fails.
+pub fn parser_failed(e: weft_plugin_runtime::PluginError) -> ApiError {
+    ApiError::PluginFailed(e.to_string())
+}
+
+impl ValidTools {
+    /// A whole answer through the parser: its text besides the calls, and
+    /// the calls.
+    pub fn parse_answer(&self, text: &str) -> Result<(String, Vec<ParsedCall>), ApiError> {
+        let mut stream = self.parser.stream(&self.specs()).map_err(parser_failed)?;
+        let mut events = stream.push(text).map_err(parser_failed)?;
+        events.extend(stream.finish().map_err(parser_failed)?);
+        let (mut content, mut calls) = (String::new(), Vec::<ParsedCall>::new());
+        for event in events {
+            match event {
+                weft_plugin_runtime::ToolEvent::Content(t) => content.push_str(&t),
+                weft_plugin_runtime::ToolEvent::CallStart { name, .. } => {
+                    calls.push(ParsedCall { id: call_id(), name, arguments: String::new() });
+                }
+                // Indices are checked by the runtime: they name started calls.
+                weft_plugin_runtime::ToolEvent::CallArguments { index, text } => calls[index as usize].arguments.push_str(&text),
+            }
+        }
+        Ok((content, calls))
+    }
+
+    /// One streaming parser per choice.
+    pub fn streams(&self, choices: usize) -> Result<Vec<weft_plugin_runtime::ToolStream>, ApiError> {
+        let specs = self.specs();
+        (0..choices).map(|_| self.parser.stream(&specs).map_err(parser_failed)).collect()
+    }
+}
+
 /// A fresh call id (`call_` and 24 hex digits).
 pub fn call_id() -> String {
     format!("call_{:024x}", rand::random::<u128>() >> 32)

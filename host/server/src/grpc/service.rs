@@ -17,6 +17,9 @@ use crate::error::ApiError;
 use crate::generate::{self, RunningChoice, Tagged};
 use crate::guides::Constraint;
 use crate::openai::{ChatMessageIn, MessageContent, Prompt, SamplingFields, Stop};
+use crate::tools::ValidTools;
+use serde_json::{Value, json};
+use weft_plugin_runtime::{ToolEvent, ToolStream};
 use crate::validate::{self, ValidPrompt};
 use crate::prepare;
 
@@ -49,14 +52,15 @@ impl GenerationService {
         crate::auth::authenticate(&self.state, "POST", path, headers).await.map_err(to_status)
     }
 
-    /// Validate, prepare and admit a request; returns its running choices
-    /// and whether logprobs were asked for.
+    /// Validate, prepare and admit a request; returns its running choices,
+    /// whether logprobs were asked for, and the tools offered (whose
+    /// answers are parsed for calls).
     async fn start(
         &self,
         req: proto::GenerateRequest,
-        sampler: Option<String>,
+        metadata: Metadata,
         principal: Option<Principal>,
-    ) -> Result<(Vec<RunningChoice>, bool), ApiError> {
+    ) -> Result<(Vec<RunningChoice>, bool, Option<ValidTools>), ApiError> {
         let state = &self.state;
         let model = (!req.model.is_empty()).then_some(req.model.as_str());
         state.check_model(model, principal.as_ref())?;
@@ -79,9 +83,17 @@ impl GenerationService {
         };
         let top = s.top_logprobs.map(|k| prepare::top_logprobs("top_logprobs", k)).transpose()?;
         let mut valid = validate::sampling(&fields, ("max_tokens", fields.max_tokens), top.unwrap_or(0), state.limits())?;
-        valid.sampler = state.select_sampler(None, sampler.as_deref(), principal.as_ref())?;
-        valid.tenant = principal.map(|p| p.tenant).unwrap_or_default();
+        valid.sampler = state.select_sampler(None, metadata.sampler.as_deref(), principal.as_ref())?;
         valid.constraint = req.constraint.and_then(constraint);
+        let named_parser = (!req.tool_parser.is_empty()).then_some(req.tool_parser.as_str());
+        let parser = state.select_tool_parser(named_parser, metadata.tool_parser.as_deref(), principal.as_ref())?;
+        valid.tenant = principal.map(|p| p.tenant).unwrap_or_default();
+        let (tools, tool_choice) = tool_values(&req.tools, req.tool_use)?;
+        let tools = crate::tools::validate(tools.as_ref(), tool_choice.as_ref(), req.parallel_tool_calls, parser.as_ref())?;
+        if tools.is_some() && !matches!(req.input, Some(Input::Chat(_))) {
+            return Err(ApiError::Unsupported { param: "tools".into(), why: "tools are for `chat` input" });
+        }
+        let mut offered = None;
         let choices = match req.input {
             Some(Input::Prompt(text)) => prepare::prompts(state, vec![ValidPrompt::Text(text)], &valid, false).await?.1,
             Some(Input::Tokens(t)) => {
@@ -89,11 +101,13 @@ impl GenerationService {
                 prepare::prompts(state, validate::prompts(&ids, valid.n, state.limits())?, &valid, false).await?.1
             }
             Some(Input::Chat(m)) => {
-                prepare::chat(state, validate::chat_messages(&messages_in(m), state.select_tool_parser(None, None, None)?.as_ref())?, &valid).await?
+                let (messages, tools) = crate::tools::apply(tools, &mut valid, &messages_in(m), parser.as_ref())?;
+                offered = tools;
+                prepare::chat(state, messages, &valid).await?
             }
             None => return Err(ApiError::invalid("input", "set one of `prompt`, `chat` or `tokens`")),
         };
-        Ok((generate::start(state, choices).await?, top.is_some()))
+        Ok((generate::start(state, choices).await?, top.is_some(), offered))
     }
 
     fn logprobs(&self, tokens: &[u32], logprobs: &[f32], top: &[Vec<(u32, f32)>]) -> Vec<proto::TokenLogprob> {
@@ -115,22 +129,70 @@ impl GenerationService {
     }
 }
 
-/// The sampler a call names in its `x-weft-sampler` metadata.
-fn sampler_metadata<T>(request: &Request<T>) -> Option<String> {
-    request.metadata().get("x-weft-sampler").and_then(|v| v.to_str().ok()).map(str::to_string)
+/// The plugins a call names in its metadata (`x-weft-sampler`,
+/// `x-weft-tool-parser`).
+struct Metadata {
+    sampler: Option<String>,
+    tool_parser: Option<String>,
+}
+
+fn metadata<T>(request: &Request<T>) -> Metadata {
+    let get = |key| request.metadata().get(key).and_then(|v| v.to_str().ok()).map(str::to_string);
+    Metadata { sampler: get("x-weft-sampler"), tool_parser: get("x-weft-tool-parser") }
 }
 
 /// Proto messages as the HTTP body's messages, for the shared validation.
 fn messages_in(m: proto::Messages) -> Vec<ChatMessageIn> {
     m.messages
         .into_iter()
-        .map(|m| ChatMessageIn { role: m.role, content: Some(MessageContent::Text(m.content)), name: None, tool_calls: None, tool_call_id: None })
+        .map(|m| {
+            let calls = m
+                .tool_calls
+                .into_iter()
+                .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+                .collect::<Vec<_>>();
+            ChatMessageIn {
+                role: m.role,
+                content: Some(MessageContent::Text(m.content)),
+                name: None,
+                tool_calls: (!calls.is_empty()).then_some(Value::Array(calls)),
+                tool_call_id: (!m.tool_call_id.is_empty()).then_some(m.tool_call_id),
+            }
+        })
         .collect()
 }
 
-fn finish_reason(reason: Option<StopReason>) -> i32 {
+/// The proto's tools and tool choice in the HTTP body's shape, for the
+/// shared validation (`parameters` must be JSON text).
+fn tool_values(tools: &[proto::Tool], choice: Option<proto::generate_request::ToolUse>) -> Result<(Option<Value>, Option<Value>), ApiError> {
+    use proto::generate_request::ToolUse;
+    let mut list = Vec::with_capacity(tools.len());
+    for (i, t) in tools.iter().enumerate() {
+        let parameters: Value = match t.parameters.as_str() {
+            "" => Value::Null,
+            text => serde_json::from_str(text)
+                .map_err(|e| ApiError::invalid(format!("tools[{i}].parameters"), format!("`parameters` is not JSON: {e}")))?,
+        };
+        list.push(json!({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": parameters}}));
+    }
+    let choice = match choice {
+        None => None,
+        Some(ToolUse::ToolFunction(name)) => Some(json!({"type": "function", "function": {"name": name}})),
+        Some(ToolUse::ToolChoice(mode)) => match proto::ToolChoice::try_from(mode) {
+            Ok(proto::ToolChoice::Unspecified) => None,
+            Ok(proto::ToolChoice::None) => Some(json!("none")),
+            Ok(proto::ToolChoice::Auto) => Some(json!("auto")),
+            Ok(proto::ToolChoice::Required) => Some(json!("required")),
+            Err(_) => return Err(ApiError::invalid("tool_choice", format!("unknown tool choice {mode}"))),
+        },
+    };
+    Ok(((!list.is_empty()).then_some(Value::Array(list)), choice))
+}
+
+fn finish_reason(reason: Option<StopReason>, called: bool) -> i32 {
     (match reason {
         None | Some(StopReason::Cancelled) | Some(StopReason::Error) => proto::FinishReason::Unspecified,
+        Some(StopReason::Stop) if called => proto::FinishReason::ToolCalls,
         Some(StopReason::Stop) => proto::FinishReason::Stop,
         Some(StopReason::Length) => proto::FinishReason::Length,
     }) as i32
@@ -142,24 +204,49 @@ struct StreamState {
     merged: BoxStream<'static, Tagged>,
     service: GenerationService,
     logprobs: bool,
+    /// Per choice index, when tools were offered: its tool-call parser.
+    parsers: Option<Vec<ToolStream>>,
     prompts: BTreeMap<usize, (usize, usize)>,
     completion_tokens: usize,
     done: bool,
 }
 
 impl StreamState {
-    fn chunk(&mut self, index: usize, prompt_index: usize, out: Output) -> proto::GenerateChunk {
+    fn chunk(&mut self, index: usize, prompt_index: usize, out: Output) -> Result<proto::GenerateChunk, ApiError> {
         self.prompts.insert(prompt_index, (out.prompt_tokens, out.cached_tokens));
         self.completion_tokens += out.tokens.len();
         let logprobs = if self.logprobs { self.service.logprobs(&out.tokens, &out.logprobs, &out.top_logprobs) } else { Vec::new() };
-        proto::GenerateChunk {
+        let (text, tool_calls, called) = match self.parsers.as_mut().map(|p| &mut p[index]) {
+            None => (out.text, Vec::new(), false),
+            Some(parser) => {
+                let mut events = parser.push(&out.text).map_err(crate::tools::parser_failed)?;
+                if out.finished.is_some() {
+                    events.extend(parser.finish().map_err(crate::tools::parser_failed)?);
+                }
+                let (mut text, mut calls) = (String::new(), Vec::new());
+                for event in events {
+                    match event {
+                        ToolEvent::Content(t) => text.push_str(&t),
+                        ToolEvent::CallStart { index, name } => {
+                            calls.push(proto::ToolCall { index, id: crate::tools::call_id(), name, arguments: String::new() });
+                        }
+                        ToolEvent::CallArguments { index, text } => {
+                            calls.push(proto::ToolCall { index, id: String::new(), name: String::new(), arguments: text });
+                        }
+                    }
+                }
+                (text, calls, parser.calls() > 0)
+            }
+        };
+        Ok(proto::GenerateChunk {
             index: index as u32,
-            text: out.text,
+            text,
             tokens: out.tokens,
-            finish_reason: finish_reason(out.finished),
+            finish_reason: finish_reason(out.finished, called),
             logprobs,
             usage: None,
-        }
+            tool_calls,
+        })
     }
 
     fn usage(&self) -> proto::Usage {
@@ -172,22 +259,35 @@ impl StreamState {
 impl Generation for GenerationService {
     async fn generate(&self, request: Request<proto::GenerateRequest>) -> Result<Response<proto::GenerateResponse>, Status> {
         let principal = self.authenticate(&request, "/weft.v1.Generation/Generate").await?;
-        let sampler = sampler_metadata(&request);
-        let (running, logprobs) = self.start(request.into_inner(), sampler, principal).await.map_err(to_status)?;
+        let metadata = metadata(&request);
+        let (running, logprobs, tools) = self.start(request.into_inner(), metadata, principal).await.map_err(to_status)?;
         // gRPC deadlines travel in `grpc-timeout`, which tonic enforces by
         // dropping the call (and so cancelling the generation).
         let done = generate::collect_all(running, None).await.map_err(to_status)?;
         let usage = generate::usage(done.iter().map(|(c, all)| (c.prompt_index, all)));
         let choices = done
             .into_iter()
-            .map(|(c, all)| proto::Choice {
-                index: c.index as u32,
-                logprobs: if logprobs { self.logprobs(&all.tokens, &all.logprobs, &all.top_logprobs) } else { Vec::new() },
-                text: all.text,
-                tokens: all.tokens,
-                finish_reason: finish_reason(all.finish),
+            .map(|(c, all)| {
+                let (text, calls) = match &tools {
+                    Some(tools) => tools.parse_answer(&all.text)?,
+                    None => (all.text, Vec::new()),
+                };
+                let tool_calls: Vec<proto::ToolCall> = calls
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, call)| proto::ToolCall { index: i as u32, id: call.id, name: call.name, arguments: call.arguments })
+                    .collect();
+                Ok(proto::Choice {
+                    index: c.index as u32,
+                    logprobs: if logprobs { self.logprobs(&all.tokens, &all.logprobs, &all.top_logprobs) } else { Vec::new() },
+                    text,
+                    tokens: all.tokens,
+                    finish_reason: finish_reason(all.finish, !tool_calls.is_empty()),
+                    tool_calls,
+                })
             })
-            .collect();
+            .collect::<Result<_, ApiError>>()
+            .map_err(to_status)?;
         Ok(Response::new(proto::GenerateResponse {
             id: generate::response_id("gen-"),
             model: self.state.model.name.clone(),
@@ -204,12 +304,14 @@ impl Generation for GenerationService {
 
     async fn generate_stream(&self, request: Request<proto::GenerateRequest>) -> Result<Response<ChunkStream>, Status> {
         let principal = self.authenticate(&request, "/weft.v1.Generation/GenerateStream").await?;
-        let sampler = sampler_metadata(&request);
-        let (running, logprobs) = self.start(request.into_inner(), sampler, principal).await.map_err(to_status)?;
+        let metadata = metadata(&request);
+        let (running, logprobs, tools) = self.start(request.into_inner(), metadata, principal).await.map_err(to_status)?;
+        let parsers = tools.as_ref().map(|t| t.streams(running.len())).transpose().map_err(to_status)?;
         let state = StreamState {
             merged: generate::merge(running).boxed(),
             service: GenerationService::new(self.state.clone()),
             logprobs,
+            parsers,
             prompts: BTreeMap::new(),
             completion_tokens: 0,
             done: false,
@@ -221,7 +323,12 @@ impl Generation for GenerationService {
                 return None;
             }
             let item = match s.merged.next().await {
-                Some(Tagged { index, prompt_index, event: Ok(out) }) => Ok(s.chunk(index, prompt_index, out)),
+                Some(Tagged { index, prompt_index, event: Ok(out) }) => s.chunk(index, prompt_index, out).map_err(|e| {
+                    // Dropping the merged stream cancels the other choices.
+                    s.merged = stream::empty().boxed();
+                    s.done = true;
+                    to_status(e)
+                }),
                 Some(Tagged { event: Err(e), .. }) => {
                     s.done = true;
                     Err(to_status(e))
@@ -247,7 +354,8 @@ impl Generation for GenerationService {
                 state.blocking(move || prepare::encode_prompt(&tokenizer, &text)).await.map_err(to_status)?.map_err(to_status)?
             }
             Some(proto::tokenize_request::Input::Chat(m)) => {
-                let messages = validate::chat_messages(&messages_in(m), self.state.select_tool_parser(None, None, None).map_err(to_status)?.as_ref()).map_err(to_status)?;
+                let parser = self.state.select_tool_parser(None, None, principal.as_ref()).map_err(to_status)?;
+                let messages = validate::chat_messages(&messages_in(m), parser.as_ref()).map_err(to_status)?;
                 let template = state
                     .template
                     .clone()

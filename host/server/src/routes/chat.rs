@@ -63,20 +63,7 @@ pub async fn chat_completions(
     valid.tenant = caller.tenant();
     let parser = select_tool_parser(&state, sampling, &headers, &caller)?;
     let tools = tools::validate(sampling.tools.as_ref(), sampling.tool_choice.as_ref(), sampling.parallel_tool_calls, parser.as_ref())?;
-    if let Some(call) = tools.as_ref().map(ValidTools::constraint).transpose()?.flatten() {
-        if let Some(other) = &valid.constraint {
-            return Err(ApiError::invalid(
-                other.param,
-                "`tool_choice` `required` or a named function already constrains the answer to a call; drop this constraint",
-            ));
-        }
-        valid.constraint = Some(call);
-    }
-    let tools = tools.filter(ValidTools::offered);
-    let mut messages = validate::chat_messages(&req.messages, parser.as_ref())?;
-    if let Some(tools) = &tools {
-        tools.declare(&mut messages)?;
-    }
+    let (messages, tools) = tools::apply(tools, &mut valid, &req.messages, parser.as_ref())?;
     let choices = prepare::chat(&state, messages, &valid).await?;
     let deadline = deadline(&valid, &headers, arrived)?;
     let running = generate::start(&state, choices).await?;
@@ -87,14 +74,7 @@ pub async fn chat_completions(
         tokenizer: state.tokenizer.clone(),
     };
     if valid.stream {
-        let parsers = match &tools {
-            Some(t) => {
-                let specs = t.specs();
-                let streams = (0..running.len()).map(|_| t.parser.stream(&specs)).collect::<Result<Vec<_>, _>>();
-                Some(streams.map_err(|e| ApiError::PluginFailed(e.to_string()))?)
-            }
-            None => None,
-        };
+        let parsers = tools.as_ref().map(|t| t.streams(running.len())).transpose()?;
         let writer = ChatChunks { ctx, n: valid.n, logprobs, parsers };
         return Ok(generate::stream_choices(running, writer, valid.include_usage, deadline));
     }
@@ -136,23 +116,11 @@ fn answer(text: &str, tools: Option<&ValidTools>) -> Result<(AssistantMessage, b
     let Some(tools) = tools else {
         return Ok((AssistantMessage { role: "assistant", content: Some(text.to_string()), tool_calls: None }, false));
     };
-    let failed = |e: weft_plugin_runtime::PluginError| ApiError::PluginFailed(e.to_string());
-    let mut stream = tools.parser.stream(&tools.specs()).map_err(failed)?;
-    let mut events = stream.push(text).map_err(failed)?;
-    events.extend(stream.finish().map_err(failed)?);
-    let (mut content, mut calls) = (String::new(), Vec::<ToolCallOut>::new());
-    for event in events {
-        match event {
-            ToolEvent::Content(t) => content.push_str(&t),
-            ToolEvent::CallStart { name, .. } => calls.push(ToolCallOut {
-                id: tools::call_id(),
-                kind: "function",
-                function: FunctionCallOut { name, arguments: String::new() },
-            }),
-            // Indices are checked by the runtime: they name started calls.
-            ToolEvent::CallArguments { index, text } => calls[index as usize].function.arguments.push_str(&text),
-        }
-    }
+    let (content, calls) = tools.parse_answer(text)?;
+    let calls: Vec<ToolCallOut> = calls
+        .into_iter()
+        .map(|c| ToolCallOut { id: c.id, kind: "function", function: FunctionCallOut { name: c.name, arguments: c.arguments } })
+        .collect();
     let called = !calls.is_empty();
     let content = (!called || !content.is_empty()).then_some(content);
     Ok((AssistantMessage { role: "assistant", content, tool_calls: called.then_some(calls) }, called))
@@ -212,10 +180,9 @@ impl ChunkWriter for ChatChunks {
                 }
             }
             Some(parser) => {
-                let failed = |e: weft_plugin_runtime::PluginError| ApiError::PluginFailed(e.to_string());
-                let mut events = parser.push(&out.text).map_err(failed)?;
+                let mut events = parser.push(&out.text).map_err(tools::parser_failed)?;
                 if out.finished.is_some() {
-                    events.extend(parser.finish().map_err(failed)?);
+                    events.extend(parser.finish().map_err(tools::parser_failed)?);
                 }
                 for event in events {
                     let call = |index: u32, id, kind, name, arguments| ToolCallDelta {
