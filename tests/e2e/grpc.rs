@@ -21,7 +21,7 @@ async fn client(server: &TestServer) -> GenerationClient<tonic::transport::Chann
 }
 
 fn prompt(text: &str, sampling: SamplingParameters) -> GenerateRequest {
-    GenerateRequest { model: "default".into(), input: Some(Input::Prompt(text.into())), sampling: Some(sampling), n: None, constraint: None }
+    GenerateRequest { model: "default".into(), input: Some(Input::Prompt(text.into())), sampling: Some(sampling), ..GenerateRequest::default() }
 }
 
 #[test]
