@@ -189,12 +189,53 @@ fn a_guide_that_faults_fails_only_its_own_request() {
     });
 
     // A guide that traps mid-generation fails its request with a plugin
-    // error; the instance is rebuilt and the next request is served.
-    let r = server.post("/v1/chat/completions", &guided("trap-on-next", 16));
-    assert_eq!(r.status, 500, "{}", r.body);
-    assert_eq!(r.json()["error"]["code"], "plugin_failed");
+    // error; a sequence that shared the instance is rebuilt on a fresh one
+    // and never notices; the next request is served.
+    std::thread::scope(|scope| {
+        let long = scope.spawn(|| server.post("/v1/chat/completions", &guided("digits-forever", 120)));
+        if !server.wait_for(Duration::from_secs(10), |g| g.running.load(Relaxed) == 1) {
+            panic!("the long request does not run: {:?}", long.join().unwrap());
+        }
+        let r = server.post("/v1/chat/completions", &guided("trap-on-next", 16));
+        assert_eq!(r.status, 500, "{}", r.body);
+        assert_eq!(r.json()["error"]["code"], "plugin_failed");
+        let r = long.join().unwrap();
+        assert_eq!(r.status, 200, "the co-resident sequence survives: {}", r.body);
+        assert_eq!(digits_only(&r), "length");
+    });
     let r = server.post("/v1/chat/completions", &guided("digits", 32));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(digits_only(&r), "stop");
     assert!(all_blocks_free(&server));
+}
+
+/// The fixture guide over a vocabulary of the ten digits and a letter.
+fn fixture_guide() -> weft_plugin_runtime::WasmGuide {
+    let runtime = weft_tests::plugin_runtime();
+    let bytes = std::fs::read(weft_plugin_artifacts::FAULTY_GUIDE_PATH).unwrap();
+    let component = runtime.load_guide("faulty-guide", &bytes).unwrap();
+    let vocab: Vec<Vec<u8>> = (b'0'..=b'9').chain([b'a']).map(|b| vec![b]).collect();
+    weft_plugin_runtime::WasmGuide::new(component, vocab, vec![10]).unwrap()
+}
+
+#[test]
+fn a_sequence_whose_instance_another_one_crashed_is_rebuilt_with_its_commits() {
+    let guide = fixture_guide();
+    let mut counting = guide.sequence("regex", "digits").unwrap();
+    for token in [1, 2, 3, 4] {
+        assert!(matches!(counting.next(), Ok(GuideStep::Mask(_))));
+        counting.commit(token).unwrap();
+    }
+    // Another sequence traps on its third step: the shared instance goes.
+    let mut crashing = guide.sequence("regex", "trap-on-next").unwrap();
+    assert!(crashing.next().is_ok() && crashing.next().is_ok());
+    assert!(matches!(crashing.next(), Err(GuideError::Fault { .. })));
+    assert!(matches!(crashing.next(), Err(GuideError::Fault { .. })), "a faulted sequence stays failed");
+    // The counting sequence is rebuilt with its four commits replayed: the
+    // fixture stops after ten, so six more reach the stop, not ten.
+    for token in [5, 6, 7, 8, 9, 0] {
+        assert!(matches!(counting.next(), Ok(GuideStep::Mask(_))));
+        counting.commit(token).unwrap();
+    }
+    assert!(matches!(counting.next(), Ok(GuideStep::Stop)));
 }

@@ -5,8 +5,11 @@
 //!
 //! Calls into the instance are serialised by a mutex (a compile on a
 //! request thread, masks on the engine's guide thread). A fault (trap,
-//! deadline, memory) discards the instance: the sequences compiled on it
-//! fail their next call, and the next compile builds a fresh instance.
+//! deadline, memory) fails the sequence whose call it was and discards the
+//! instance. The other sequences that lived in it lose nothing: each keeps
+//! its constraint and the tokens it committed, and its next call rebuilds
+//! its state on a fresh instance (compile, then replay the commits; the
+//! guide is deterministic, so the state is the same).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -99,7 +102,15 @@ impl WasmGuide {
         }
         drop(checker);
         let (resource, generation) = compile(&mut lock(&self.shared), &self.name, &constraint)?;
-        Ok(GuidedSequence { shared: self.shared.clone(), name: self.name.clone(), resource: Some(resource), generation })
+        Ok(GuidedSequence {
+            shared: self.shared.clone(),
+            name: self.name.clone(),
+            constraint,
+            committed: Vec::new(),
+            resource: Some(resource),
+            generation,
+            failed: false,
+        })
     }
 }
 
@@ -135,12 +146,18 @@ fn compile(instance: &mut Instance, name: &str, constraint: &Constraint) -> Resu
     }
 }
 
-/// One sequence's compiled constraint.
+/// One sequence's compiled constraint, and what rebuilds it: the
+/// constraint and the tokens committed so far.
 pub struct GuidedSequence {
     shared: Arc<Mutex<Instance>>,
     name: String,
+    constraint: Constraint,
+    committed: Vec<TokenId>,
+    /// Its state in the instance of `generation`.
     resource: Option<ResourceAny>,
     generation: u64,
+    /// One of its own calls faulted: it is never rebuilt.
+    failed: bool,
 }
 
 impl std::fmt::Debug for GuidedSequence {
@@ -155,13 +172,20 @@ impl GuidedSequence {
         phase: &'static str,
         f: impl FnOnce(&GuidePlugin, &mut Store<StoreState>, ResourceAny) -> wasmtime::Result<Result<T, crate::bindings::weft::plugin::types::PluginError>>,
     ) -> Result<T, GuideError> {
-        let mut instance = self.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let fault = |message: String| GuideError::Fault { guide: self.name.clone(), message };
-        let resource = self.resource.ok_or_else(|| fault("the sequence's guide is gone".into()))?;
-        if instance.generation != self.generation || instance.live.is_none() {
-            self.resource = None;
-            return Err(fault("the guide instance faulted earlier and was discarded with this sequence's state".into()));
+        let shared = Arc::clone(&self.shared);
+        let mut instance = lock(&shared);
+        let name = self.name.clone();
+        let fault = |message: String| GuideError::Fault { guide: name.clone(), message };
+        if self.failed {
+            return Err(fault("the sequence's guide faulted earlier".into()));
         }
+        if instance.generation != self.generation || instance.live.is_none() || self.resource.is_none() {
+            if let Err(e) = self.restore(&mut instance) {
+                self.failed = true;
+                return Err(fault(format!("rebuilding its state after the instance was discarded: {e}")));
+            }
+        }
+        let resource = self.resource.expect("restored above");
         let deadline = instance.component.limits.call_deadline;
         let (store, plugin) = instance.live.as_mut().expect("checked above");
         store.set_epoch_deadline(deadline_ticks(deadline));
@@ -173,14 +197,39 @@ impl GuidedSequence {
                 let message = format!("{phase}: {}", describe(&e, deadline.as_millis()));
                 instance.discard();
                 self.resource = None;
+                self.failed = true;
                 Err(fault(message))
             }
             Err(_) => {
                 instance.discard();
                 self.resource = None;
+                self.failed = true;
                 Err(fault(format!("{phase}: a host call panicked (a bug in Weft); the instance is discarded")))
             }
         }
+    }
+
+    /// This sequence's state on the current instance (a fresh one if need
+    /// be): its constraint compiled again and its commits replayed.
+    fn restore(&mut self, instance: &mut Instance) -> Result<(), PluginError> {
+        self.resource = None;
+        let (resource, generation) = compile(instance, &self.name, &self.constraint)?;
+        let deadline = instance.component.limits.call_deadline;
+        let (store, plugin) = instance.live.as_mut().expect("compile set it up");
+        for &token in &self.committed {
+            store.set_epoch_deadline(deadline_ticks(deadline));
+            let replayed = plugin.weft_plugin_guide().sequence().call_commit(&mut *store, resource, token);
+            let error = match replayed {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => PluginError::Refused { plugin: self.name.clone(), phase: "replay", code: e.code, message: e.message },
+                Err(e) => instance.component.call_error("replay", &e, deadline),
+            };
+            instance.discard();
+            return Err(error);
+        }
+        self.resource = Some(resource);
+        self.generation = generation;
+        Ok(())
     }
 }
 
@@ -195,14 +244,16 @@ impl Guide for GuidedSequence {
     }
 
     fn commit(&mut self, token: TokenId) -> Result<(), GuideError> {
-        self.call("commit", |plugin, store, resource| plugin.weft_plugin_guide().sequence().call_commit(store, resource, token))
+        self.call("commit", |plugin, store, resource| plugin.weft_plugin_guide().sequence().call_commit(store, resource, token))?;
+        self.committed.push(token);
+        Ok(())
     }
 }
 
 impl Drop for GuidedSequence {
     fn drop(&mut self) {
         let Some(resource) = self.resource.take() else { return };
-        let mut instance = self.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut instance = lock(&self.shared);
         if instance.generation == self.generation {
             if let Some((store, _)) = instance.live.as_mut() {
                 let _ = resource.resource_drop(&mut *store);
