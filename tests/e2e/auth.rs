@@ -34,6 +34,11 @@ fn server() -> TestServer {
         ("tenant.umbrella.plugins".into(), text("native")),
         ("key.hooli.only".into(), hashed("hooli-key")),
         ("tenant.hooli.models".into(), text("some-other-model")),
+        ("key.initech.only".into(), hashed("initech-key")),
+        ("tenant.initech.sampler".into(), text("native")),
+        ("key.pied.only".into(), hashed("pied-key")),
+        ("tenant.pied.sampler".into(), text("not-deployed")),
+        ("tenant.pied.tool-parser".into(), text("not-deployed-either")),
         ("jwt.hs256-secret".into(), text("weft-test-hs256-secret")),
         ("jwt.rs256-public-key".into(), text(&fixture("rs256-public.pem"))),
         ("jwt.es256-public-key".into(), text(&fixture("es256-public.pem"))),
@@ -93,6 +98,29 @@ fn api_keys_tenants_scopes_and_allowed_lists_are_enforced() {
     for path in ["/health", "/ready", "/metrics", "/openapi.json"] {
         assert_eq!(server.get(path).status, 200, "{path}");
     }
+}
+
+#[test]
+fn a_tenant_s_default_plugins_apply_when_a_request_names_none() {
+    let server = server();
+    // initech's requests use the native sampler: the same tokens as the
+    // builtin plugin's, so only a broken default shows which one is taken.
+    let greedy = complete(&server, Some("acme-key-1"), json!({})).json()["choices"][0]["text"].clone();
+    let r = complete(&server, Some("initech-key"), json!({}));
+    assert_eq!((r.status, r.json()["choices"][0]["text"].clone()), (200, greedy));
+    // pied's defaults name nothing deployed: its requests say so, naming
+    // the field a request would set to choose another.
+    let r = complete(&server, Some("pied-key"), json!({}));
+    assert_eq!((r.status, code(&r).as_str(), r.json()["error"]["param"].as_str()), (400, "unknown_plugin", Some("weft.sampler")), "{}", r.body);
+    let r = complete(&server, Some("pied-key"), json!({"weft": {"sampler": "default"}}));
+    assert_eq!(r.status, 200, "a request's own choice comes first: {}", r.body);
+    let body = json!({
+        "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+        "tools": [{"type": "function", "function": {"name": "f"}}], "weft": {"sampler": "default"},
+    });
+    let headers = [("content-type", "application/json"), ("authorization", &bearer("pied-key"))];
+    let r = server.post_with("/v1/chat/completions", &headers, body.to_string().as_bytes());
+    assert_eq!((r.status, r.json()["error"]["param"].as_str()), (400, Some("weft.tool_parser")), "{}", r.body);
 }
 
 #[test]

@@ -33,6 +33,16 @@ pub struct Principal {
     /// Empty: every plugin.
     pub allowed_plugins: Vec<String>,
     pub rate_limit_class: String,
+    /// (kind, plugin name): the plugin of that kind the tenant's requests
+    /// use when they name none.
+    pub default_plugins: Vec<(String, String)>,
+}
+
+impl Principal {
+    /// The tenant's default plugin of `kind` (`sampler`, `tool-parser`).
+    pub fn default_plugin(&self, kind: &str) -> Option<&str> {
+        self.default_plugins.iter().find(|(k, _)| k == kind).map(|(_, name)| name.as_str())
+    }
 }
 
 /// The auth plugin's answer.
@@ -117,7 +127,8 @@ fn checked(plugin: &str, decision: Decision) -> Result<AuthDecision, PluginError
         Decision::Allow(p) => {
             let size = p.tenant.len()
                 + p.rate_limit_class.len()
-                + [&p.scopes, &p.allowed_models, &p.allowed_plugins].iter().flat_map(|l| l.iter()).map(|s| s.len() + 1).sum::<usize>();
+                + [&p.scopes, &p.allowed_models, &p.allowed_plugins].iter().flat_map(|l| l.iter()).map(|s| s.len() + 1).sum::<usize>()
+                + p.default_plugins.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>();
             if size > MAX_PRINCIPAL_BYTES {
                 return Err(bad(format!("answered a principal of {size} bytes, over {MAX_PRINCIPAL_BYTES}")));
             }
@@ -130,6 +141,7 @@ fn checked(plugin: &str, decision: Decision) -> Result<AuthDecision, PluginError
                 allowed_models: p.allowed_models,
                 allowed_plugins: p.allowed_plugins,
                 rate_limit_class: p.rate_limit_class,
+                default_plugins: p.default_plugins,
             })
         }
         Decision::Unauthenticated(why) => AuthDecision::Unauthenticated(truncate(why)),

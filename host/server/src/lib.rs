@@ -117,15 +117,15 @@ impl AppState {
     }
 
     /// The tool parser a request names (body field first, then the
-    /// `x-weft-tool-parser` header), or the default; `None` when the server
-    /// has none and the request names none.
+    /// `x-weft-tool-parser` header), else its tenant's default, else the
+    /// server's; `None` when the server has none and nobody names one.
     pub(crate) fn select_tool_parser(
         &self,
         field: Option<&str>,
         header: Option<&str>,
         principal: Option<&weft_plugin_runtime::Principal>,
     ) -> Result<Option<weft_plugin_runtime::WasmToolParser>, ApiError> {
-        let named = field.or(header);
+        let named = field.or(header).or_else(|| principal.and_then(|p| p.default_plugin("tool-parser")));
         if let Some(name) = named {
             auth::check_plugin(principal, name)?;
         }
@@ -148,14 +148,16 @@ impl AppState {
     }
 
     /// The engine sampler a request names (body field first, then the
-    /// `x-weft-sampler` header), or the default.
+    /// `x-weft-sampler` header), else its tenant's default, else the
+    /// server's.
     pub(crate) fn select_sampler(
         &self,
         field: Option<&str>,
         header: Option<&str>,
         principal: Option<&weft_plugin_runtime::Principal>,
     ) -> Result<weft_engine::SamplerId, ApiError> {
-        let Some(name) = field.or(header) else { return Ok(weft_engine::DEFAULT_SAMPLER) };
+        let tenant_default = principal.and_then(|p| p.default_plugin("sampler"));
+        let Some(name) = field.or(header).or(tenant_default) else { return Ok(weft_engine::DEFAULT_SAMPLER) };
         auth::check_plugin(principal, name)?;
         let resolved = self.plugins.samplers.resolve(name)?;
         if resolved.rolled_back {

@@ -16,6 +16,7 @@
 //! | `key.<tenant>.<label>` | `sha256:<hex>` of an API key |
 //! | `tenant.<tenant>.scopes` / `.models` / `.plugins` | comma-separated lists (empty: all) |
 //! | `tenant.<tenant>.rate-limit-class` | a class name |
+//! | `tenant.<tenant>.sampler` / `.tool-parser` | the plugin of that kind the tenant's requests use when they name none |
 //! | `jwt.hs256-secret` | the shared secret |
 //! | `jwt.rs256-public-key`, `jwt.es256-public-key` | a PEM `PUBLIC KEY` |
 //! | `jwt.audience`, `jwt.issuer` | required `aud` / `iss` |
@@ -45,6 +46,8 @@ struct Tenant {
     models: Vec<String>,
     plugins: Vec<String>,
     rate_limit_class: String,
+    /// (kind, plugin name) defaults.
+    defaults: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -98,6 +101,10 @@ fn parse(entries: Vec<ConfigEntry>) -> Result<Config, PluginError> {
                     "models" => t.models = list(&text),
                     "plugins" => t.plugins = list(&text),
                     "rate-limit-class" => t.rate_limit_class = text,
+                    kind @ ("sampler" | "tool-parser") => {
+                        t.defaults.retain(|(k, _)| k != kind);
+                        t.defaults.push((kind.to_string(), text));
+                    }
                     other => return Err(bad_config(format!("unknown tenant setting `{other}` in `{key}`"))),
                 }
             }
@@ -162,6 +169,7 @@ fn principal(config: &Config, tenant: &str) -> Principal {
         allowed_models: t.map(|t| t.models.clone()).unwrap_or_default(),
         allowed_plugins: t.map(|t| t.plugins.clone()).unwrap_or_default(),
         rate_limit_class: t.map(|t| t.rate_limit_class.clone()).unwrap_or_default(),
+        default_plugins: t.map(|t| t.defaults.clone()).unwrap_or_default(),
     }
 }
 
