@@ -144,7 +144,12 @@ impl TestServer {
 
     /// Start with the builtin auth plugin configured by `config`.
     pub fn start_with_auth(config: Vec<(String, ConfigValue)>) -> Self {
-        Self::launch(|_| {}, weft_server::ServerConfig::default(), None, Some(config))
+        Self::start_with_auth_and(config, weft_server::ServerConfig::default())
+    }
+
+    /// [`Self::start_with_auth`] with the server configured by `server`.
+    pub fn start_with_auth_and(config: Vec<(String, ConfigValue)>, server: weft_server::ServerConfig) -> Self {
+        Self::launch(|_| {}, server, None, Some(config))
     }
 
     /// Start with the guide component at `path` (a test fixture) enabled.

@@ -124,6 +124,34 @@ fn a_tenant_s_default_plugins_apply_when_a_request_names_none() {
 }
 
 #[test]
+fn a_rate_limit_class_bounds_its_tenants_requests_per_minute() {
+    let limits = [("tiny".to_string(), weft_server::rate_limit::RateLimit { requests_per_minute: 2 })].into();
+    let server = TestServer::start_with_auth_and(
+        vec![
+            ("key.small.only".into(), hashed("small-key")),
+            ("tenant.small.rate-limit-class".into(), text("tiny")),
+            ("key.other.only".into(), hashed("other-key")),
+            ("tenant.other.rate-limit-class".into(), text("tiny")),
+            ("key.big.only".into(), hashed("big-key")),
+            ("tenant.big.rate-limit-class".into(), text("unlisted")),
+        ],
+        weft_server::ServerConfig { rate_limits: limits, ..weft_server::ServerConfig::default() },
+    );
+    for _ in 0..2 {
+        assert_eq!(complete(&server, Some("small-key"), json!({})).status, 200);
+    }
+    let r = complete(&server, Some("small-key"), json!({}));
+    assert_eq!((r.status, code(&r).as_str(), r.json()["error"]["type"].as_str()), (429, "rate_limit_exceeded", Some("requests")), "{}", r.body);
+    let wait: u32 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=30).contains(&wait), "{wait}");
+    // Buckets are per tenant; a class the server does not list is unlimited.
+    assert_eq!(complete(&server, Some("other-key"), json!({})).status, 200);
+    for _ in 0..4 {
+        assert_eq!(complete(&server, Some("big-key"), json!({})).status, 200);
+    }
+}
+
+#[test]
 fn jwts_are_verified_and_their_claims_checked() {
     let server = server();
     let t = tokens();

@@ -46,3 +46,28 @@ def test_grpc_calls_authenticate_with_metadata(guarded, pb):
         with pytest.raises(grpc.RpcError) as e:
             stub.Tokenize(m.TokenizeRequest(prompt="Hello"), metadata=[("authorization", f"Bearer {KEY}")])
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_rate_limit_class_from_the_config_file_gives_the_openai_client_a_rate_limit_error(tmp_path, pb):
+    digest = hashlib.sha256(KEY.encode()).hexdigest()
+    auth = tmp_path / "auth.toml"
+    auth.write_text(f'[key.acme]\nprimary = "sha256:{digest}"\n[tenant.acme]\nrate-limit-class = "trial"\n')
+    config = tmp_path / "weft.toml"
+    config.write_text(f'auth = "{auth}"\n[rate-limits.trial]\nrequests-per-minute = 2\n')
+    server = Server("--config", str(config))
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
+        for _ in range(2):
+            client.completions.create(model="default", prompt="Hi", max_tokens=2)
+        with pytest.raises(openai.RateLimitError) as e:
+            client.completions.create(model="default", prompt="Hi", max_tokens=2)
+        assert e.value.code == "rate_limit_exceeded" and int(e.value.response.headers["retry-after"]) >= 1
+        m, services = pb
+        with grpc.insecure_channel(server.grpc) as channel:
+            stub = services.GenerationStub(channel)
+            request = m.GenerateRequest(model="default", prompt="Hi", sampling=m.SamplingParameters(max_tokens=2))
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Generate(request, metadata=[("authorization", f"Bearer {KEY}")])
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        server.stop()

@@ -93,12 +93,22 @@ struct ServeFile {
     auth: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    /// Requests per minute per tenant, by rate-limit class (config file
+    /// only: `[rate-limits.gold]` / `requests-per-minute = 600`).
+    rate_limits: Option<std::collections::BTreeMap<String, RateLimitFile>>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RateLimitFile {
+    requests_per_minute: u32,
 }
 
 impl ServeArgs {
-    /// Fill what flags and environment left unset from the config file.
-    fn merge_file(mut self) -> Result<Self> {
-        let Some(path) = &self.config else { return Ok(self) };
+    /// Fill what flags and environment left unset from the config file;
+    /// also the settings only the file has.
+    fn merge_file(mut self) -> Result<(Self, FileOnly)> {
+        let Some(path) = &self.config else { return Ok((self, FileOnly::default())) };
         let text = std::fs::read_to_string(path).with_context(|| format!("reading the config file {}", path.display()))?;
         let file: ServeFile = toml::from_str(&text).with_context(|| format!("in the config file {}", path.display()))?;
         self.model.model = self.model.model.or(file.model);
@@ -117,12 +127,25 @@ impl ServeArgs {
         self.auth = self.auth.or(file.auth);
         self.tls_cert = self.tls_cert.or(file.tls_cert);
         self.tls_key = self.tls_key.or(file.tls_key);
-        Ok(self)
+        let mut rate_limits = std::collections::BTreeMap::new();
+        for (class, limit) in file.rate_limits.unwrap_or_default() {
+            if limit.requests_per_minute == 0 {
+                anyhow::bail!("in the config file {}: rate-limits.{class}.requests-per-minute must be at least 1", path.display());
+            }
+            rate_limits.insert(class, weft_server::rate_limit::RateLimit { requests_per_minute: limit.requests_per_minute });
+        }
+        Ok((self, FileOnly { rate_limits }))
     }
 }
 
+/// Settings only the config file has.
+#[derive(Debug, Default)]
+struct FileOnly {
+    rate_limits: std::collections::BTreeMap<String, weft_server::rate_limit::RateLimit>,
+}
+
 pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
-    let args = args.merge_file()?;
+    let (args, file_only) = args.merge_file()?;
     let host = args.host.unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let kv_cache_mib = args.kv_cache_mib.unwrap_or(256);
     let (path, mut loaded, mut engine_config) = crate::run::open(store, &args.model, kv_cache_mib << 20)?;
@@ -147,6 +170,7 @@ pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
             (None, None) => None,
             _ => anyhow::bail!("TLS needs both a certificate (tls-cert) and a key (tls-key)"),
         },
+        rate_limits: file_only.rate_limits,
         ..ServerConfig::default()
     };
     let name = loaded.name.clone();

@@ -8,7 +8,8 @@
 //! outside the principal's scopes a 403; a model or a sampler plugin
 //! outside its allowed lists is a 403 when the request names it. The
 //! principal's tenant keys the prefix cache, so tenants never share cached
-//! prompts. The auth plugin fails closed: if it faults, the request is
+//! prompts; its rate-limit class bounds its requests per minute
+//! ([`crate::rate_limit`], 429 beyond). The auth plugin fails closed: if it faults, the request is
 //! refused with 503 and the next request gets a fresh instance.
 //! `/health`, `/ready`, `/metrics` and `/openapi.json` stay open (load
 //! balancers and scrapers); the admin API has its own token.
@@ -69,6 +70,7 @@ pub async fn authenticate(state: &AppState, method: &str, path: &str, headers: V
             if !principal.scopes.is_empty() && !principal.scopes.iter().any(|s| s == scope) {
                 return Err(ApiError::Forbidden(format!("tenant `{}` lacks the `{scope}` scope this route needs", principal.tenant)));
             }
+            state.rate_limiter.admit(&principal.tenant, &principal.rate_limit_class)?;
             Ok(Some(principal))
         }
         AuthDecision::Unauthenticated(why) => Err(ApiError::Unauthenticated(why)),

@@ -46,6 +46,9 @@ pub struct ServerConfig {
     pub plugin_dir: Option<std::path::PathBuf>,
     /// When a plugin version counts as broken (see [`crate::plugins`]).
     pub breaker: crate::plugins::BreakerPolicy,
+    /// Requests per minute per tenant, by the rate-limit class the auth
+    /// plugin gives it ([`crate::rate_limit`]). Default: none (unlimited).
+    pub rate_limits: std::collections::BTreeMap<String, crate::rate_limit::RateLimit>,
 }
 
 /// A certificate chain and its private key, PEM-encoded.
@@ -70,6 +73,7 @@ impl Default for ServerConfig {
             tls: None,
             plugin_dir: None,
             breaker: crate::plugins::BreakerPolicy::default(),
+            rate_limits: Default::default(),
         }
     }
 }

@@ -51,6 +51,9 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("the request body must be JSON: send `content-type: application/json` (got {got})")]
     UnsupportedMediaType { got: String },
+    /// The tenant's rate-limit class allows no more requests just now.
+    #[error("tenant `{tenant}` is over its rate limit (class `{class}`: {limit} requests per minute); retry after {retry_after_s} s")]
+    RateLimited { tenant: String, class: String, limit: u32, retry_after_s: u32 },
     /// Admission is full: running and queued requests are at their limits.
     #[error("the server is at capacity ({limit} requests running or queued); retry after {retry_after_s} s")]
     Overloaded { limit: usize, retry_after_s: u32 },
@@ -96,6 +99,7 @@ impl ApiError {
             Self::Overloaded { .. } | Self::NotReady(_) | Self::PluginUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::PluginFailed(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -117,6 +121,7 @@ impl ApiError {
             Self::Overloaded { .. } | Self::NotReady(_) | Self::PluginUnavailable { .. } => "service_unavailable_error",
             Self::PluginFailed(_) => "plugin_error",
             Self::DeadlineExceeded(_) => "timeout_error",
+            Self::RateLimited { .. } => "requests",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -142,6 +147,7 @@ impl ApiError {
             Self::PluginFailed(_) => "plugin_failed",
             Self::PluginUnavailable { .. } => "plugin_unavailable",
             Self::DeadlineExceeded(_) => "deadline_exceeded",
+            Self::RateLimited { .. } => "rate_limit_exceeded",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -160,7 +166,9 @@ impl ApiError {
     /// Seconds after which the same request may succeed, if waiting helps.
     fn retry_after(&self) -> Option<u32> {
         match self {
-            Self::Overloaded { retry_after_s, .. } | Self::PluginUnavailable { retry_after_s, .. } => Some(*retry_after_s),
+            Self::Overloaded { retry_after_s, .. }
+            | Self::PluginUnavailable { retry_after_s, .. }
+            | Self::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
             Self::NotReady(_) => Some(1),
             _ => None,
         }

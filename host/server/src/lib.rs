@@ -35,6 +35,7 @@ pub mod openapi;
 pub mod plugin_store;
 pub mod plugins;
 pub mod prepare;
+pub mod rate_limit;
 mod routes;
 mod tls;
 pub mod tool_parsers;
@@ -89,6 +90,8 @@ pub struct AppState {
     pub(crate) plugin_store: Option<Arc<plugin_store::PluginStore>>,
     /// Who may call the API; `None` leaves it open ([`auth`]).
     pub(crate) auth: Option<Arc<weft_plugin_runtime::WasmAuth>>,
+    /// Requests per minute per tenant, by rate-limit class.
+    pub(crate) rate_limiter: Arc<rate_limit::RateLimiter>,
     blocking: Arc<Semaphore>,
 }
 
@@ -298,6 +301,7 @@ impl Server {
             guide: None,
             plugin_store,
             auth: None,
+            rate_limiter: Arc::new(rate_limit::RateLimiter::new(config.rate_limits.clone())),
             default_tool_parser: None,
             blocking: Arc::new(Semaphore::new(config.tokenizer_workers.max(1))),
             config: Arc::new(config),

@@ -19,7 +19,7 @@ pub fn code(e: &ApiError) -> Code {
         ApiError::Forbidden(_) => Code::PermissionDenied,
         ApiError::ModelNotFound(_) | ApiError::RouteNotFound { .. } => Code::NotFound,
         ApiError::MethodNotAllowed { .. } => Code::Unimplemented,
-        ApiError::PayloadTooLarge { .. } => Code::ResourceExhausted,
+        ApiError::PayloadTooLarge { .. } | ApiError::RateLimited { .. } => Code::ResourceExhausted,
         // Waiting helps: clients retry UNAVAILABLE with back-off.
         ApiError::Overloaded { .. } | ApiError::NotReady(_) | ApiError::PluginUnavailable { .. } => Code::Unavailable,
         ApiError::PluginFailed(_) | ApiError::Internal(_) => Code::Internal,

@@ -31,6 +31,7 @@ use crate::{prepare, validate};
         (status = 413, description = "Body over the size limit", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 500, description = "The sampler plugin the request chose failed (`plugin_failed`, not retryable)", body = ErrorBody),
+        (status = 429, description = "The tenant's rate limit (`rate_limit_exceeded`, with `retry-after`)", body = ErrorBody),
         (status = 503, description = "At capacity (with `retry-after`) or not ready", body = ErrorBody),
         (status = 504, description = "The request's own deadline passed (`deadline_exceeded`)", body = ErrorBody),
 ))]
