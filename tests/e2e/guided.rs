@@ -239,3 +239,41 @@ fn a_sequence_whose_instance_another_one_crashed_is_rebuilt_with_its_commits() {
     }
     assert!(matches!(counting.next(), Ok(GuideStep::Stop)));
 }
+
+#[test]
+fn guides_deploy_through_the_admin_api_and_requests_choose_them() {
+    const AUTH: (&str, &str) = ("authorization", "Bearer admin-secret");
+    let server =
+        TestServer::start_guided_with(weft_server::ServerConfig { admin_token: Some("admin-secret".into()), ..Default::default() });
+    let boundary = "weft-guide-boundary";
+    let manifest = "name = \"digits\"\nversion = \"1.0.0\"\nkind = \"guide\"\n";
+    let mut body = format!("--{boundary}\r\ncontent-disposition: form-data; name=\"manifest\"\r\n\r\n{manifest}\r\n--{boundary}\r\ncontent-disposition: form-data; name=\"component\"\r\n\r\n").into_bytes();
+    body.extend(std::fs::read(weft_plugin_artifacts::FAULTY_GUIDE_PATH).unwrap());
+    body.extend(format!("\r\n--{boundary}--\r\n").bytes());
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    let r = server.post_with("/admin/v1/plugins", &[AUTH, ("content-type", &content_type)], &body);
+    assert_eq!((r.status, r.json()["kind"].as_str()), (201, Some("guide")), "{}", r.body);
+
+    let ask = |guide: &str, source: &str| chat("Count.", json!({"max_tokens": 24, "weft": {"guide": guide, "regex": source}}));
+    let r = server.post("/v1/chat/completions", &ask("digits", "digits"));
+    let body = r.json();
+    let text = body["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+    assert!(!text.is_empty() && text.chars().all(|c| c.is_ascii_digit()), "the fixture's digits: {}", r.body);
+    assert_eq!(body["choices"][0]["finish_reason"], "stop", "it stops after ten tokens: {}", r.body);
+    // The same source through the builtin guide is a regex: the literal word.
+    let r = server.post("/v1/chat/completions", &chat("Count.", json!({"max_tokens": 24, "weft": {"regex": "digits"}})));
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "digits", "{}", r.body);
+    // A header chooses it too; an unknown name is a 400 naming the field.
+    let r = server.post_with(
+        "/v1/chat/completions",
+        &[("content-type", "application/json"), ("x-weft-guide", "nope")],
+        chat("Count.", json!({"max_tokens": 4, "weft": {"regex": "a"}})).to_string().as_bytes(),
+    );
+    assert_eq!((r.status, r.json()["error"]["param"].as_str()), (400, Some("weft.guide")), "{}", r.body);
+    // A fault in the deployed guide fails its request and counts.
+    let r = server.post("/v1/chat/completions", &ask("digits", "trap-on-next"));
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (500, Some("plugin_failed")), "{}", r.body);
+    let info = server.get_with("/admin/v1/plugins/digits", &[AUTH]).json();
+    assert_eq!(info["health"][0]["faults"], 1, "{info}");
+    assert!(all_blocks_free(&server));
+}

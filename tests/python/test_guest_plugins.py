@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import openai
 import pytest
 from openai import OpenAI
 
@@ -142,6 +143,48 @@ def test_a_deployed_python_tool_parser_forces_and_parses_calls(python_tool_parse
                 entry["arguments"] += d.function.arguments or ""
         assert streamed == {0: {"name": "get_time", "arguments": call.function.arguments}}
         info = json.loads(plugin(server, "info", "python-tool-parser").stdout)
+        assert info["health"][0]["faults"] == 0 and info["health"][0]["calls"] > 0
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def python_choice_guide(tmp_path_factory):
+    """A folder with examples/plugins/python-choice-guide built from source and its manifest."""
+    src = ROOT / "examples/plugins/python-choice-guide"
+    out = tmp_path_factory.mktemp("python-choice-guide")
+    command = [str(pathlib.Path(sys.executable).parent / "componentize-py"), "-d", str(ROOT / "wit"), "-w", "guide-plugin",
+               "componentize", "-p", str(src), "app", "-o", str(out / "python_choice_guide.wasm")]
+    built = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout + built.stderr
+    shutil.copy(src / "weft-plugin.toml", out / "weft-plugin.toml")
+    return out
+
+
+def test_a_deployed_python_guide_keeps_answers_to_its_choices(python_choice_guide):
+    server = Server("--admin-token", "t0ken")
+    try:
+        out = plugin(server, "deploy", "--manifest", str(python_choice_guide / "weft-plugin.toml"))
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["kind"] == "guide"
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        cities = ["Paris", "London", "Berlin", "Bern"]
+        prompts = ["What is the capital of France?", "Name a city in England.", "Say something nice.", "Which city has the Brandenburg Gate?"]
+        answers = set()
+        for seed, prompt in enumerate(prompts):
+            r = client.chat.completions.create(
+                model="default", messages=[{"role": "user", "content": prompt}], max_tokens=8, temperature=1.0, seed=seed,
+                extra_body={"weft": {"guide": "python-choice-guide", "regex": "|".join(cities)}},
+            )
+            assert r.choices[0].message.content in cities, r.choices[0]
+            assert r.choices[0].finish_reason == "stop", r.choices[0]
+            answers.add(r.choices[0].message.content)
+        # What the guide does not understand is a 400 naming the field.
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="default", messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
+                                           extra_body={"weft": {"guide": "python-choice-guide", "regex": "Par.s"}})
+        assert e.value.body["param"] == "weft.regex" and "literal alternatives" in e.value.body["message"]
+        info = json.loads(plugin(server, "info", "python-choice-guide").stdout)
         assert info["health"][0]["faults"] == 0 and info["health"][0]["calls"] > 0
     finally:
         server.stop()

@@ -20,6 +20,7 @@ use weft_types::{Guide, GuideError, GuideStep, TokenId};
 use crate::bindings::guide::GuidePlugin;
 use crate::bindings::guide::exports::weft::plugin::guide::{Constraint, Step};
 use crate::error::PluginError;
+use crate::health::Health;
 use crate::runtime::{GuideComponent, deadline_ticks, describe};
 use crate::sandbox::StoreState;
 
@@ -32,6 +33,9 @@ pub struct WasmGuide {
     shared: Arc<Mutex<Instance>>,
     checker: Arc<Mutex<Instance>>,
     name: String,
+    /// Calls and faults of its sequences (a constraint refused or too big
+    /// for the limits is the request's problem, not a fault).
+    health: Arc<Health>,
 }
 
 impl std::fmt::Debug for WasmGuide {
@@ -80,11 +84,16 @@ impl WasmGuide {
         let mut instance = Instance { component, vocab, eos, live: None, generation: 0 };
         instance.live()?;
         checker.live()?;
-        Ok(Self { shared: Arc::new(Mutex::new(instance)), checker: Arc::new(Mutex::new(checker)), name })
+        Ok(Self { shared: Arc::new(Mutex::new(instance)), checker: Arc::new(Mutex::new(checker)), name, health: Arc::default() })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its sequences' calls and faults.
+    pub fn health(&self) -> Arc<Health> {
+        Arc::clone(&self.health)
     }
 
     /// Compile a constraint (`kind`: `json-schema`, `json-object`, `regex`,
@@ -104,6 +113,7 @@ impl WasmGuide {
         let (resource, generation) = compile(&mut lock(&self.shared), &self.name, &constraint)?;
         Ok(GuidedSequence {
             shared: self.shared.clone(),
+            health: Arc::clone(&self.health),
             name: self.name.clone(),
             constraint,
             committed: Vec::new(),
@@ -150,6 +160,7 @@ fn compile(instance: &mut Instance, name: &str, constraint: &Constraint) -> Resu
 /// constraint and the tokens committed so far.
 pub struct GuidedSequence {
     shared: Arc<Mutex<Instance>>,
+    health: Arc<Health>,
     name: String,
     constraint: Constraint,
     committed: Vec<TokenId>,
@@ -174,6 +185,7 @@ impl GuidedSequence {
     ) -> Result<T, GuideError> {
         let shared = Arc::clone(&self.shared);
         let mut instance = lock(&shared);
+        self.health.record_call();
         let name = self.name.clone();
         let fault = |message: String| GuideError::Fault { guide: name.clone(), message };
         if self.failed {
@@ -181,6 +193,7 @@ impl GuidedSequence {
         }
         if instance.generation != self.generation || instance.live.is_none() || self.resource.is_none() {
             if let Err(e) = self.restore(&mut instance) {
+                self.health.record_fault();
                 self.failed = true;
                 return Err(fault(format!("rebuilding its state after the instance was discarded: {e}")));
             }
@@ -198,12 +211,14 @@ impl GuidedSequence {
                 instance.discard();
                 self.resource = None;
                 self.failed = true;
+                self.health.record_fault();
                 Err(fault(message))
             }
             Err(_) => {
                 instance.discard();
                 self.resource = None;
                 self.failed = true;
+                self.health.record_fault();
                 Err(fault(format!("{phase}: a host call panicked (a bug in Weft); the instance is discarded")))
             }
         }

@@ -104,7 +104,12 @@ impl PluginRuntime {
 
     /// Check and compile a guide component (slow: at startup or deploy).
     pub fn load_guide(&self, name: &str, bytes: &[u8]) -> Result<GuideComponent, PluginError> {
-        self.load(name, bytes, self.limits.clone(), "guide-plugin", GuidePluginPre::new)
+        self.load_guide_with(name, bytes, self.limits.clone())
+    }
+
+    /// [`Self::load_guide`] with a manifest's `limits` and grants.
+    pub fn load_guide_with(&self, name: &str, bytes: &[u8], limits: Limits) -> Result<GuideComponent, PluginError> {
+        self.load(name, bytes, limits, "guide-plugin", GuidePluginPre::new)
     }
 
     /// Check and compile an auth component, to run under `limits` (an auth

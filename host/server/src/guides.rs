@@ -52,24 +52,43 @@ impl GuidePlugin {
     /// loaded). A constraint the guide rejects is a 400 naming the field.
     pub fn compile(&self, constraint: &Constraint, choices: usize) -> Result<Vec<GuidedSequence>, ApiError> {
         let guide = self.loaded.wait().as_ref().map_err(|e| ApiError::NotReady(format!("guided generation is unavailable: {e}")))?;
-        (0..choices)
-            .map(|_| {
-                guide.sequence(constraint.kind, &constraint.source).map_err(|e| match e {
-                    weft_plugin_runtime::PluginError::Refused { message, .. } => ApiError::invalid(
-                        constraint.param,
-                        format!("the {} constraint cannot be used: {message}", constraint.kind),
-                    ),
-                    // Only the checking instance ran it: the constraint
-                    // itself is too big or too slow for the guide's limits.
-                    weft_plugin_runtime::PluginError::Call { phase: "compile", reason, .. } => ApiError::invalid(
-                        constraint.param,
-                        format!("the {} constraint exceeds the guide's limits: the compilation {reason}", constraint.kind),
-                    ),
-                    other => ApiError::PluginFailed(other.to_string()),
-                })
-            })
-            .collect()
+        compile_on(guide, constraint, choices)
     }
+}
+
+/// Compile `constraint` once per choice on `guide` (the builtin or a
+/// deployed one). A constraint the guide rejects is a 400 naming the field.
+pub fn compile_on(guide: &WasmGuide, constraint: &Constraint, choices: usize) -> Result<Vec<GuidedSequence>, ApiError> {
+    (0..choices)
+        .map(|_| {
+            guide.sequence(constraint.kind, &constraint.source).map_err(|e| match e {
+                weft_plugin_runtime::PluginError::Refused { message, .. } => ApiError::invalid(
+                    constraint.param,
+                    format!("the {} constraint cannot be used: {message}", constraint.kind),
+                ),
+                // Only the checking instance ran it: the constraint
+                // itself is too big or too slow for the guide's limits.
+                weft_plugin_runtime::PluginError::Call { phase: "compile", reason, .. } => ApiError::invalid(
+                    constraint.param,
+                    format!("the {} constraint exceeds the guide's limits: the compilation {reason}", constraint.kind),
+                ),
+                other => ApiError::PluginFailed(other.to_string()),
+            })
+        })
+        .collect()
+}
+
+/// A deployed guide component set up for `tokenizer`'s vocabulary (slow:
+/// builds the guide's tables; at deploy, on the blocking pool).
+pub fn deployed(
+    runtime: &PluginRuntime,
+    label: &str,
+    bytes: &[u8],
+    limits: weft_plugin_runtime::Limits,
+    tokenizer: &Tokenizer,
+) -> Result<WasmGuide, weft_plugin_runtime::PluginError> {
+    let component = runtime.load_guide_with(label, bytes, limits)?;
+    WasmGuide::new(component, vocabulary(tokenizer), tokenizer.eog_tokens().to_vec())
 }
 
 /// Every token's bytes as the guide sees them: special tokens as `0xFF`

@@ -119,6 +119,24 @@ impl AppState {
         }
     }
 
+    /// The deployed guide a request names (body field first, then the
+    /// `x-weft-guide` header), else its tenant's default; `None`: the
+    /// server's builtin guide.
+    pub(crate) fn select_guide(
+        &self,
+        field: Option<&str>,
+        header: Option<&str>,
+        principal: Option<&weft_plugin_runtime::Principal>,
+    ) -> Result<Option<weft_plugin_runtime::WasmGuide>, ApiError> {
+        let Some(name) = field.or(header).or_else(|| principal.and_then(|p| p.default_plugin("guide"))) else { return Ok(None) };
+        auth::check_plugin(principal, name)?;
+        let resolved = self.plugins.guides.resolve(name)?;
+        if resolved.rolled_back {
+            self.rolled_back(name);
+        }
+        Ok(Some(resolved.handle))
+    }
+
     /// The tool parser a request names (body field first, then the
     /// `x-weft-tool-parser` header), else its tenant's default, else the
     /// server's; `None` when the server has none and nobody names one.
@@ -199,6 +217,7 @@ fn restore_plugins(
     runtime: &weft_plugin_runtime::PluginRuntime,
     engine: &mut Engine,
     plugins: &plugins::Plugins,
+    tokenizer: &Tokenizer,
 ) {
     for (name, stored, components) in store.load() {
         for (v, component) in stored.versions.iter().zip(components) {
@@ -208,6 +227,11 @@ fn restore_plugins(
                 let limits = manifest.limits(runtime.limits()).map_err(|e| e.to_string())?;
                 let config = manifest.init_config();
                 match manifest.kind {
+                    manifest::PluginKind::Guide => {
+                        let guide = guides::deployed(runtime, &label, &component, limits, tokenizer).map_err(|e| e.to_string())?;
+                        let deployed = plugins::Deployed { manifest, health: Some(guide.health()), handle: guide, canary: None };
+                        plugins.guides.activate(&name, deployed).map(drop).map_err(|e| e.to_string())
+                    }
                     manifest::PluginKind::ToolParser => {
                         let parser = runtime
                             .load_tool_parser(&label, &component, limits)
@@ -230,11 +254,7 @@ fn restore_plugins(
             }
         }
         if let Ok(active) = semver::Version::parse(&stored.active) {
-            let _ = match plugins.of(&name) {
-                Some(plugins::Of::Samplers(r)) => r.set_active(&name, &active, stored.canary),
-                Some(plugins::Of::ToolParsers(r)) => r.set_active(&name, &active, stored.canary),
-                None => Ok(()),
-            };
+            let _ = plugins.set_active(&name, &active, stored.canary);
         }
     }
 }
@@ -273,7 +293,7 @@ impl Server {
             None => None,
             Some(dir) => {
                 let store = plugin_store::PluginStore::open(dir).map_err(std::io::Error::other)?;
-                restore_plugins(&store, &runtime, &mut engine, &plugins);
+                restore_plugins(&store, &runtime, &mut engine, &plugins, &loaded.tokenizer);
                 Some(Arc::new(store))
             }
         };

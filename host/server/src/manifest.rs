@@ -168,11 +168,11 @@ impl Manifest {
     /// The limits this plugin runs under: the server's, tightened by the
     /// manifest (never loosened), with its grants.
     pub fn limits(&self, server: &Limits) -> Result<Limits, ApiError> {
-        if !matches!(self.kind, PluginKind::Sampler | PluginKind::ToolParser) {
+        if !matches!(self.kind, PluginKind::Sampler | PluginKind::Guide | PluginKind::ToolParser) {
             return Err(ApiError::invalid(
                 "kind",
                 format!(
-                    "only `sampler` and `tool-parser` plugins can be deployed so far; `{}` is not yet deployable",
+                    "only `sampler`, `guide` and `tool-parser` plugins can be deployed so far; `{}` is not yet deployable",
                     kind_name(self.kind)
                 ),
             ));

@@ -91,6 +91,9 @@ pub struct WeftExtension {
     /// (llguidance's dialect; not together with `response_format` or
     /// `weft.regex`).
     pub lark: Option<String>,
+    /// A deployed guide plugin to compile this request's constraint with
+    /// (default: the builtin guide; also the `x-weft-guide` header).
+    pub guide: Option<String>,
     /// The tool-parser plugin that writes and reads this request's tool
     /// calls: a builtin format (`hermes`, `llama3_json`, `mistral`) or a
     /// deployed parser (default: the format of the model's chat template;

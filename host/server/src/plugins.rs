@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use utoipa::ToSchema;
 use weft_engine::SamplerId;
-use weft_plugin_runtime::{Health, WasmToolParser};
+use weft_plugin_runtime::{Health, WasmGuide, WasmToolParser};
 
 use crate::error::ApiError;
 use crate::manifest::{Manifest, PluginKind};
@@ -224,6 +224,7 @@ impl<H: Clone> Registry<H> {
     fn param(&self) -> &'static str {
         match self.kind {
             PluginKind::ToolParser => "weft.tool_parser",
+            PluginKind::Guide => "weft.guide",
             _ => "weft.sampler",
         }
     }
@@ -456,39 +457,49 @@ fn info<H>(kind: PluginKind, name: &str, e: &Entry<H>) -> PluginInfo {
 pub struct Plugins {
     pub samplers: Registry<SamplerId>,
     pub tool_parsers: Registry<WasmToolParser>,
+    /// Deployed guides (the builtin one is the server's own, not here).
+    pub guides: Registry<WasmGuide>,
 }
 
 /// One name's registry, whichever kind it is.
 pub enum Of<'a> {
     Samplers(&'a Registry<SamplerId>),
     ToolParsers(&'a Registry<WasmToolParser>),
+    Guides(&'a Registry<WasmGuide>),
+}
+
+/// `$e` with `$r` bound to the registry of whichever kind `$of` is.
+macro_rules! each_kind {
+    ($of:expr, $r:ident => $e:expr) => {
+        match $of {
+            Of::Samplers($r) => $e,
+            Of::ToolParsers($r) => $e,
+            Of::Guides($r) => $e,
+        }
+    };
 }
 
 impl Plugins {
     pub fn new(policy: BreakerPolicy) -> Self {
         Self {
             samplers: Registry::new(PluginKind::Sampler, policy.clone()),
-            tool_parsers: Registry::new(PluginKind::ToolParser, policy),
+            tool_parsers: Registry::new(PluginKind::ToolParser, policy.clone()),
+            guides: Registry::new(PluginKind::Guide, policy),
         }
+    }
+
+    fn all(&self) -> [Of<'_>; 3] {
+        [Of::Samplers(&self.samplers), Of::ToolParsers(&self.tool_parsers), Of::Guides(&self.guides)]
     }
 
     /// The registry holding `name`, if any holds it.
     pub fn of(&self, name: &str) -> Option<Of<'_>> {
-        if self.samplers.contains(name) {
-            Some(Of::Samplers(&self.samplers))
-        } else if self.tool_parsers.contains(name) {
-            Some(Of::ToolParsers(&self.tool_parsers))
-        } else {
-            None
-        }
+        self.all().into_iter().find(|of| each_kind!(of, r => r.contains(name)))
     }
 
     /// The kind `name` is deployed as, if it is.
     pub fn kind_of(&self, name: &str) -> Option<PluginKind> {
-        self.of(name).map(|of| match of {
-            Of::Samplers(_) => PluginKind::Sampler,
-            Of::ToolParsers(_) => PluginKind::ToolParser,
-        })
+        self.of(name).map(|of| each_kind!(of, r => r.kind))
     }
 
     fn unknown(&self, name: &str) -> ApiError {
@@ -499,41 +510,45 @@ impl Plugins {
 
     /// Whether `name` has `version` loaded, as any kind.
     pub fn has(&self, name: &str, version: &semver::Version) -> Result<bool, ApiError> {
-        Ok(self.samplers.has(name, version)? || self.tool_parsers.has(name, version)?)
+        for of in self.all() {
+            if each_kind!(of, r => r.has(name, version))? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Every deployed name of every kind.
     pub fn list(&self) -> Result<Vec<PluginInfo>, ApiError> {
-        let mut all = self.samplers.list()?;
-        all.extend(self.tool_parsers.list()?);
+        let mut all = Vec::new();
+        for of in self.all() {
+            all.extend(each_kind!(of, r => r.list())?);
+        }
         Ok(all)
     }
 
     pub fn get(&self, name: &str) -> Result<PluginInfo, ApiError> {
-        match self.of(name).ok_or_else(|| self.unknown(name))? {
-            Of::Samplers(r) => r.get(name),
-            Of::ToolParsers(r) => r.get(name),
-        }
+        each_kind!(self.of(name).ok_or_else(|| self.unknown(name))?, r => r.get(name))
     }
 
     pub fn rollback(&self, name: &str) -> Result<PluginInfo, ApiError> {
-        match self.of(name).ok_or_else(|| self.unknown(name))? {
-            Of::Samplers(r) => r.rollback(name),
-            Of::ToolParsers(r) => r.rollback(name),
-        }
+        each_kind!(self.of(name).ok_or_else(|| self.unknown(name))?, r => r.rollback(name))
     }
 
     pub fn promote(&self, name: &str) -> Result<PluginInfo, ApiError> {
-        match self.of(name).ok_or_else(|| self.unknown(name))? {
-            Of::Samplers(r) => r.promote(name),
-            Of::ToolParsers(r) => r.promote(name),
-        }
+        each_kind!(self.of(name).ok_or_else(|| self.unknown(name))?, r => r.promote(name))
     }
 
     pub fn stored(&self, name: &str) -> Result<crate::plugin_store::StoredName, ApiError> {
-        match self.of(name).ok_or_else(|| self.unknown(name))? {
-            Of::Samplers(r) => r.stored(name),
-            Of::ToolParsers(r) => r.stored(name),
+        each_kind!(self.of(name).ok_or_else(|| self.unknown(name))?, r => r.stored(name))
+    }
+
+    /// Make `version` of `name` active again with `canary` (restoring a
+    /// stored state), whichever kind it is.
+    pub fn set_active(&self, name: &str, version: &semver::Version, canary: Option<f64>) -> Result<(), ApiError> {
+        match self.of(name) {
+            Some(of) => each_kind!(of, r => r.set_active(name, version, canary)),
+            None => Ok(()),
         }
     }
 }

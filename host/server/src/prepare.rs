@@ -62,15 +62,21 @@ pub async fn chat(state: &AppState, messages: Vec<ChatMessage>, valid: &ValidSam
 }
 
 /// Give every choice its own compiled guide when the request constrains its
-/// output. Compiling runs on the blocking pool.
+/// output, on the deployed guide it chose or else the builtin one.
+/// Compiling runs on the blocking pool.
 async fn guide(state: &AppState, valid: &ValidSampling, choices: &mut [ChoiceRequest]) -> Result<(), ApiError> {
     let Some(constraint) = valid.constraint.clone() else { return Ok(()) };
-    let plugin = state
-        .guide
-        .clone()
-        .ok_or_else(|| ApiError::Unsupported { param: constraint.param.into(), why: "this server runs without a guide plugin" })?;
     let count = choices.len();
-    let guides = state.blocking(move || plugin.compile(&constraint, count)).await??;
+    let guides = match valid.guide.clone() {
+        Some(deployed) => state.blocking(move || crate::guides::compile_on(&deployed, &constraint, count)).await??,
+        None => {
+            let plugin = state
+                .guide
+                .clone()
+                .ok_or_else(|| ApiError::Unsupported { param: constraint.param.into(), why: "this server runs without a guide plugin" })?;
+            state.blocking(move || plugin.compile(&constraint, count)).await??
+        }
+    };
     for (choice, guide) in choices.iter_mut().zip(guides) {
         choice.request.guide = Some(Box::new(guide));
     }

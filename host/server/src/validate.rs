@@ -37,6 +37,9 @@ pub struct ValidSampling {
     pub sampler: weft_engine::SamplerId,
     /// The constraint every choice is guided by, if any.
     pub constraint: Option<Constraint>,
+    /// The deployed guide that compiles it (chosen by the caller); `None`:
+    /// the server's builtin guide.
+    pub guide: Option<weft_plugin_runtime::WasmGuide>,
     /// The caller's tenant (set by the caller after authentication; the
     /// prefix cache is shared only within a tenant).
     pub tenant: String,
@@ -171,6 +174,7 @@ pub fn sampling(
         deadline_ms,
         sampler: weft_engine::DEFAULT_SAMPLER,
         constraint,
+        guide: None,
         tenant: String::new(),
     })
 }

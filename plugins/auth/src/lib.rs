@@ -16,7 +16,7 @@
 //! | `key.<tenant>.<label>` | `sha256:<hex>` of an API key |
 //! | `tenant.<tenant>.scopes` / `.models` / `.plugins` | comma-separated lists (empty: all) |
 //! | `tenant.<tenant>.rate-limit-class` | a class name |
-//! | `tenant.<tenant>.sampler` / `.tool-parser` | the plugin of that kind the tenant's requests use when they name none |
+//! | `tenant.<tenant>.sampler` / `.guide` / `.tool-parser` | the plugin of that kind the tenant's requests use when they name none |
 //! | `jwt.hs256-secret` | the shared secret |
 //! | `jwt.rs256-public-key`, `jwt.es256-public-key` | a PEM `PUBLIC KEY` |
 //! | `jwt.audience`, `jwt.issuer` | required `aud` / `iss` |
@@ -101,7 +101,7 @@ fn parse(entries: Vec<ConfigEntry>) -> Result<Config, PluginError> {
                     "models" => t.models = list(&text),
                     "plugins" => t.plugins = list(&text),
                     "rate-limit-class" => t.rate_limit_class = text,
-                    kind @ ("sampler" | "tool-parser") => {
+                    kind @ ("sampler" | "guide" | "tool-parser") => {
                         t.defaults.retain(|(k, _)| k != kind);
                         t.defaults.push((kind.to_string(), text));
                     }

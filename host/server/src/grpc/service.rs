@@ -85,6 +85,7 @@ impl GenerationService {
         let mut valid = validate::sampling(&fields, ("max_tokens", fields.max_tokens), top.unwrap_or(0), state.limits())?;
         valid.sampler = state.select_sampler(None, metadata.sampler.as_deref(), principal.as_ref())?;
         valid.constraint = req.constraint.and_then(constraint);
+        valid.guide = state.select_guide(None, metadata.guide.as_deref(), principal.as_ref())?;
         let named_parser = (!req.tool_parser.is_empty()).then_some(req.tool_parser.as_str());
         let parser = state.select_tool_parser(named_parser, metadata.tool_parser.as_deref(), principal.as_ref())?;
         valid.tenant = principal.map(|p| p.tenant).unwrap_or_default();
@@ -130,15 +131,16 @@ impl GenerationService {
 }
 
 /// The plugins a call names in its metadata (`x-weft-sampler`,
-/// `x-weft-tool-parser`).
+/// `x-weft-guide`, `x-weft-tool-parser`).
 struct Metadata {
     sampler: Option<String>,
+    guide: Option<String>,
     tool_parser: Option<String>,
 }
 
 fn metadata<T>(request: &Request<T>) -> Metadata {
     let get = |key| request.metadata().get(key).and_then(|v| v.to_str().ok()).map(str::to_string);
-    Metadata { sampler: get("x-weft-sampler"), tool_parser: get("x-weft-tool-parser") }
+    Metadata { sampler: get("x-weft-sampler"), guide: get("x-weft-guide"), tool_parser: get("x-weft-tool-parser") }
 }
 
 /// Proto messages as the HTTP body's messages, for the shared validation.

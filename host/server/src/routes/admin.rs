@@ -200,6 +200,15 @@ pub(crate) async fn deploy_version(
     let bytes = component.clone();
     let rejected = |e: weft_plugin_runtime::PluginError| ApiError::PluginRejected(e.to_string());
     match manifest.kind {
+        PluginKind::Guide => {
+            let tokenizer = Arc::clone(&state.tokenizer);
+            let guide = state
+                .blocking(move || crate::guides::deployed(&runtime, &label, &bytes, limits, &tokenizer))
+                .await?
+                .map_err(rejected)?;
+            let health = Some(guide.health());
+            state.plugins.guides.activate(&name, Deployed { manifest, handle: guide, health, canary })?;
+        }
         PluginKind::ToolParser => {
             let parser = state
                 .blocking(move || {
@@ -286,8 +295,10 @@ pub async fn remove(State(state): State<AppState>, Path(name): Path<String>) -> 
                 state.engine.retire_sampler(sampler);
             }
         }
-        // A removed parser's instance goes with the last request holding it.
+        // A removed parser's or guide's instance goes with the last
+        // request holding it.
         Some(Of::ToolParsers(registry)) => drop(registry.remove(&name)?),
+        Some(Of::Guides(registry)) => drop(registry.remove(&name)?),
         None => return Err(state.plugins.get(&name).err().unwrap_or_else(|| ApiError::Internal("a name vanished".into()))),
     }
     if let Some(store) = &state.plugin_store {

@@ -61,6 +61,7 @@ pub async fn chat_completions(
     };
     let mut valid = validate::sampling(sampling, max_tokens, top_logprobs, state.limits())?;
     valid.sampler = select_sampler(&state, sampling, &headers, &caller)?;
+    valid.guide = select_guide(&state, sampling, &headers, &caller)?;
     valid.tenant = caller.tenant();
     let parser = select_tool_parser(&state, sampling, &headers, &caller)?;
     let tools = tools::validate(sampling.tools.as_ref(), sampling.tool_choice.as_ref(), sampling.parallel_tool_calls, parser.as_ref())?;
@@ -224,6 +225,19 @@ impl ChunkWriter for ChatChunks {
     fn usage(&self, usage: Usage) -> axum::body::Bytes {
         generate::sse_data(&self.chunk(Vec::new(), Some(usage)))
     }
+}
+
+/// The deployed guide a request names in `weft.guide` or `x-weft-guide`;
+/// `None`: the builtin guide.
+pub(crate) fn select_guide(
+    state: &AppState,
+    sampling: &SamplingFields,
+    headers: &HeaderMap,
+    caller: &Caller,
+) -> Result<Option<weft_plugin_runtime::WasmGuide>, ApiError> {
+    let field = sampling.weft.as_ref().and_then(|w| w.guide.as_deref());
+    let header = headers.get("x-weft-guide").and_then(|v| v.to_str().ok());
+    state.select_guide(field, header, caller.principal())
 }
 
 /// The tool parser a request names in `weft.tool_parser` or

@@ -64,6 +64,7 @@ pub async fn completions(
         return Err(ApiError::Unsupported { param: "echo".into(), why: "`echo` is available without `stream`" });
     }
     valid.sampler = super::chat::select_sampler(&state, sampling, &headers, &caller)?;
+    valid.guide = super::chat::select_guide(&state, sampling, &headers, &caller)?;
     valid.tenant = caller.tenant();
     let prompts = validate::prompts(&req.prompt, valid.n, state.limits())?;
     let (prompts, choices) = prepare::prompts(&state, prompts, &valid, echo && logprobs.is_some()).await?;
