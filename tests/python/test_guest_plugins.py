@@ -91,18 +91,23 @@ def test_without_its_grant_the_guest_component_is_refused(guest):
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def python_tool_parser(tmp_path_factory):
-    """A folder with examples/plugins/python-tool-parser built from source, its manifest and corpus."""
-    src = ROOT / "examples/plugins/python-tool-parser"
-    out = tmp_path_factory.mktemp("python-tool-parser")
-    command = [str(pathlib.Path(sys.executable).parent / "componentize-py"), "-d", str(ROOT / "wit"), "-w", "tool-parser-plugin",
-               "componentize", "-p", str(src), "app", "-o", str(out / "python_tool_parser.wasm")]
+def build_python_example(tmp_path_factory, example, world, wasm, files=("weft-plugin.toml",)):
+    """A folder with examples/plugins/EXAMPLE built from source by componentize-py, and its `files`."""
+    src = ROOT / "examples/plugins" / example
+    out = tmp_path_factory.mktemp(example)
+    command = [str(pathlib.Path(sys.executable).parent / "componentize-py"), "-d", str(ROOT / "wit"), "-w", world,
+               "componentize", "-p", str(src), "app", "-o", str(out / wasm)]
     built = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stdout + built.stderr
-    for name in ("weft-plugin.toml", "corpus.json"):
+    for name in files:
         shutil.copy(src / name, out / name)
     return out
+
+
+@pytest.fixture(scope="module")
+def python_tool_parser(tmp_path_factory):
+    return build_python_example(tmp_path_factory, "python-tool-parser", "tool-parser-plugin", "python_tool_parser.wasm",
+                                ("weft-plugin.toml", "corpus.json"))
 
 
 def test_the_python_tool_parser_passes_its_conformance_corpus(python_tool_parser):
@@ -150,15 +155,7 @@ def test_a_deployed_python_tool_parser_forces_and_parses_calls(python_tool_parse
 
 @pytest.fixture(scope="module")
 def python_choice_guide(tmp_path_factory):
-    """A folder with examples/plugins/python-choice-guide built from source and its manifest."""
-    src = ROOT / "examples/plugins/python-choice-guide"
-    out = tmp_path_factory.mktemp("python-choice-guide")
-    command = [str(pathlib.Path(sys.executable).parent / "componentize-py"), "-d", str(ROOT / "wit"), "-w", "guide-plugin",
-               "componentize", "-p", str(src), "app", "-o", str(out / "python_choice_guide.wasm")]
-    built = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert built.returncode == 0, built.stdout + built.stderr
-    shutil.copy(src / "weft-plugin.toml", out / "weft-plugin.toml")
-    return out
+    return build_python_example(tmp_path_factory, "python-choice-guide", "guide-plugin", "python_choice_guide.wasm")
 
 
 def test_a_deployed_python_guide_keeps_answers_to_its_choices(python_choice_guide):
