@@ -58,7 +58,11 @@ fn deployed_versions_take_new_requests_and_roll_back() {
     let r = deploy(&server, "custom", "1.0.0", "none");
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.json()["active_version"], "1.0.0");
-    assert_eq!(text(&complete(&server, Some("custom"))), greedy);
+    let r = complete(&server, Some("custom"));
+    assert_eq!(text(&r), greedy);
+    // The answer says which version chose its tokens.
+    assert_eq!(r.header("x-weft-sampler"), Some("custom@1.0.0"));
+    assert_eq!(complete(&server, None).header("x-weft-sampler"), Some("default"));
 
     // v2 traps: requests that choose it fail with a plugin error that SDKs
     // must not retry; everyone else is served.

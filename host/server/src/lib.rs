@@ -170,21 +170,22 @@ impl AppState {
 
     /// The engine sampler a request names (body field first, then the
     /// `x-weft-sampler` header), else its tenant's default, else the
-    /// server's.
+    /// server's; with the `name@version` it resolved to (for the response's
+    /// `x-weft-sampler` header).
     pub(crate) fn select_sampler(
         &self,
         field: Option<&str>,
         header: Option<&str>,
         principal: Option<&weft_plugin_runtime::Principal>,
-    ) -> Result<weft_engine::SamplerId, ApiError> {
+    ) -> Result<(weft_engine::SamplerId, String), ApiError> {
         let tenant_default = principal.and_then(|p| p.default_plugin("sampler"));
-        let Some(name) = field.or(header).or(tenant_default) else { return Ok(weft_engine::DEFAULT_SAMPLER) };
+        let Some(name) = field.or(header).or(tenant_default) else { return Ok((weft_engine::DEFAULT_SAMPLER, "default".into())) };
         auth::check_plugin(principal, name)?;
         let resolved = self.plugins.samplers.resolve(name)?;
         if resolved.rolled_back {
             self.rolled_back(name);
         }
-        Ok(resolved.handle)
+        Ok((resolved.handle, format!("{name}@{}", resolved.version)))
     }
 
     pub(crate) fn limits(&self) -> validate::ModelLimits {

@@ -208,6 +208,8 @@ pub type Retired<H> = Vec<H>;
 #[derive(Debug)]
 pub struct Resolution<H> {
     pub handle: H,
+    /// The version chosen.
+    pub version: semver::Version,
     pub rolled_back: bool,
 }
 
@@ -264,7 +266,7 @@ impl<H: Clone> Registry<H> {
             match version.admit(&self.policy, now) {
                 Ok(()) => {
                     version.requests.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Resolution { handle: version.handle.clone(), rolled_back: false });
+                    return Ok(Resolution { handle: version.handle.clone(), version: version.version.clone(), rolled_back: false });
                 }
                 Err(wait) if chosen == 0 => return Err(self.unavailable(name, &version.version, wait)),
                 Err(_) => {}
@@ -295,7 +297,7 @@ impl<H: Clone> Registry<H> {
         let version = &entry.versions[entry.active];
         version.admit(&self.policy, now).map_err(|wait| self.unavailable(name, &version.version, wait))?;
         version.requests.fetch_add(1, Ordering::Relaxed);
-        Ok(Resolution { handle: version.handle.clone(), rolled_back })
+        Ok(Resolution { handle: version.handle.clone(), version: version.version.clone(), rolled_back })
     }
 
     /// Make the deployed version of `name` the active one, or with `canary` a share of new requests beside the

@@ -83,7 +83,7 @@ impl GenerationService {
         };
         let top = s.top_logprobs.map(|k| prepare::top_logprobs("top_logprobs", k)).transpose()?;
         let mut valid = validate::sampling(&fields, ("max_tokens", fields.max_tokens), top.unwrap_or(0), state.limits())?;
-        valid.sampler = state.select_sampler(None, metadata.sampler.as_deref(), principal.as_ref())?;
+        valid.sampler = state.select_sampler(None, metadata.sampler.as_deref(), principal.as_ref())?.0;
         valid.constraint = req.constraint.and_then(constraint);
         valid.guide = state.select_guide(None, metadata.guide.as_deref(), principal.as_ref())?;
         let named_parser = (!req.tool_parser.is_empty()).then_some(req.tool_parser.as_str());

@@ -178,8 +178,10 @@ pub(crate) async fn deploy_version(
     component: Bytes,
     canary: Option<f64>,
 ) -> Result<PluginInfo, ApiError> {
+    let started = std::time::Instant::now();
     let name = manifest.name.clone();
     let version = manifest.version.clone();
+    let kind = manifest.kind;
     check_name(&name)?;
     let limits = manifest.limits(state.runtime.limits())?;
     if state.plugins.has(&name, &version)? {
@@ -199,6 +201,9 @@ pub(crate) async fn deploy_version(
     let init = manifest.init_config();
     let bytes = component.clone();
     let rejected = |e: weft_plugin_runtime::PluginError| ApiError::PluginRejected(e.to_string());
+    // When the new version took over: the registry's swap is all that
+    // separates requests on the old version from those on the new.
+    let swap;
     match manifest.kind {
         PluginKind::Guide => {
             let tokenizer = Arc::clone(&state.tokenizer);
@@ -207,6 +212,7 @@ pub(crate) async fn deploy_version(
                 .await?
                 .map_err(rejected)?;
             let health = Some(guide.health());
+            swap = std::time::Instant::now();
             state.plugins.guides.activate(&name, Deployed { manifest, handle: guide, health, canary })?;
         }
         PluginKind::ToolParser => {
@@ -217,6 +223,7 @@ pub(crate) async fn deploy_version(
                 .await?
                 .map_err(rejected)?;
             let health = Some(parser.health());
+            swap = std::time::Instant::now();
             state.plugins.tool_parsers.activate(&name, Deployed { manifest, handle: parser, health, canary })?;
         }
         _ => {
@@ -226,6 +233,7 @@ pub(crate) async fn deploy_version(
                 .map_err(rejected)?;
             let health = Some(sampler.health());
             let id = state.engine.add_sampler(Box::new(sampler)).await?;
+            swap = std::time::Instant::now();
             let retired = state
                 .plugins
                 .samplers
@@ -236,6 +244,13 @@ pub(crate) async fn deploy_version(
             }
         }
     }
+    let swapped = swap.elapsed();
+    eprintln!(
+        "weft: deployed {name}@{version} ({}): ready in {} ms, swapped in {} us",
+        kind_name(kind),
+        (swap - started).as_millis(),
+        swapped.as_micros()
+    );
     if let Some(store) = &state.plugin_store {
         let stored = state.plugins.stored(&name)?;
         store

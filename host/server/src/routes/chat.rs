@@ -60,7 +60,8 @@ pub async fn chat_completions(
         None => ("max_tokens", sampling.max_tokens),
     };
     let mut valid = validate::sampling(sampling, max_tokens, top_logprobs, state.limits())?;
-    valid.sampler = select_sampler(&state, sampling, &headers, &caller)?;
+    let sampler_version;
+    (valid.sampler, sampler_version) = select_sampler(&state, sampling, &headers, &caller)?;
     valid.guide = select_guide(&state, sampling, &headers, &caller)?;
     valid.tenant = caller.tenant();
     let parser = select_tool_parser(&state, sampling, &headers, &caller)?;
@@ -78,7 +79,7 @@ pub async fn chat_completions(
     if valid.stream {
         let parsers = tools.as_ref().map(|t| t.streams(running.len())).transpose()?;
         let writer = ChatChunks { ctx, n: valid.n, logprobs, parsers };
-        return Ok(generate::stream_choices(running, writer, valid.include_usage, deadline));
+        return Ok(with_sampler(generate::stream_choices(running, writer, valid.include_usage, deadline), &sampler_version));
     }
     let done = generate::collect_all(running, deadline).await?;
     let usage = generate::usage(done.iter().map(|(c, all)| (c.prompt_index, all)));
@@ -109,7 +110,16 @@ pub async fn chat_completions(
         usage,
         system_fingerprint: crate::SYSTEM_FINGERPRINT,
     };
-    Ok(axum::Json(body).into_response())
+    Ok(with_sampler(axum::Json(body).into_response(), &sampler_version))
+}
+
+/// `response` with the `x-weft-sampler` header: the sampler version that
+/// chose its tokens (`name@version`, or `default`).
+pub(crate) fn with_sampler(mut response: Response, version: &str) -> Response {
+    if let Ok(value) = axum::http::HeaderValue::from_str(version) {
+        response.headers_mut().insert("x-weft-sampler", value);
+    }
+    response
 }
 
 /// The assistant message of a whole answer (its tool calls parsed out when
@@ -253,13 +263,14 @@ fn select_tool_parser(
     state.select_tool_parser(field, header, caller.principal())
 }
 
-/// The sampler a request names in `weft.sampler` or `x-weft-sampler`.
+/// The sampler a request names in `weft.sampler` or `x-weft-sampler`, and
+/// the `name@version` it resolved to.
 pub(crate) fn select_sampler(
     state: &AppState,
     sampling: &SamplingFields,
     headers: &HeaderMap,
     caller: &Caller,
-) -> Result<weft_engine::SamplerId, ApiError> {
+) -> Result<(weft_engine::SamplerId, String), ApiError> {
     let field = sampling.weft.as_ref().and_then(|w| w.sampler.as_deref());
     let header = headers.get("x-weft-sampler").and_then(|v| v.to_str().ok());
     state.select_sampler(field, header, caller.principal())

@@ -63,7 +63,8 @@ pub async fn completions(
     if echo && valid.stream {
         return Err(ApiError::Unsupported { param: "echo".into(), why: "`echo` is available without `stream`" });
     }
-    valid.sampler = super::chat::select_sampler(&state, sampling, &headers, &caller)?;
+    let sampler_version;
+    (valid.sampler, sampler_version) = super::chat::select_sampler(&state, sampling, &headers, &caller)?;
     valid.guide = super::chat::select_guide(&state, sampling, &headers, &caller)?;
     valid.tenant = caller.tenant();
     let prompts = validate::prompts(&req.prompt, valid.n, state.limits())?;
@@ -78,7 +79,7 @@ pub async fn completions(
     };
     if valid.stream {
         let writer = CompletionChunks { ctx, logprobs: logprobs.is_some(), offsets: BTreeMap::new() };
-        return Ok(generate::stream_choices(running, writer, valid.include_usage, deadline));
+        return Ok(super::chat::with_sampler(generate::stream_choices(running, writer, valid.include_usage, deadline), &sampler_version));
     }
     let done = generate::collect_all(running, deadline).await?;
     let usage = generate::usage(done.iter().map(|(c, all)| (c.prompt_index, all)));
@@ -103,7 +104,7 @@ pub async fn completions(
         usage: Some(usage),
         system_fingerprint: crate::SYSTEM_FINGERPRINT,
     };
-    Ok(axum::Json(body).into_response())
+    Ok(super::chat::with_sampler(axum::Json(body).into_response(), &sampler_version))
 }
 
 /// Legacy logprobs for a choice: the echoed prompt's tokens first (the very
