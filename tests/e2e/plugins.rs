@@ -177,6 +177,15 @@ fn bad_components_are_refused_at_load() {
     assert!(matches!(rt.load_sampler("random", &random), Err(PluginError::Compile { .. })));
     let small = PluginRuntime::new(Limits { component_bytes: 1024, ..Limits::default() }).unwrap();
     assert!(matches!(small.load_sampler("big", weft_plugin_artifacts::SAMPLER), Err(PluginError::TooLarge { .. })));
+    // A compilation past its budget is refused on time (the guide takes
+    // hundreds of milliseconds to compile).
+    let hasty = PluginRuntime::new(Limits { compile_budget: std::time::Duration::from_millis(5), ..Limits::default() }).unwrap();
+    let started = std::time::Instant::now();
+    match hasty.load_guide("slow", weft_plugin_artifacts::GUIDE) {
+        Err(PluginError::Compile { reason, .. }) => assert!(reason.contains("budget of 5 ms"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < std::time::Duration::from_millis(500), "{:?}", started.elapsed());
     let e = rt
         .load_sampler("faulty", &std::fs::read(weft_plugin_artifacts::FAULTY_SAMPLER_PATH).unwrap())
         .unwrap()

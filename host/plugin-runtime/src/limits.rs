@@ -24,6 +24,12 @@ pub struct Limits {
     /// Largest component accepted, in bytes. Default 32 MiB (a Python
     /// component is ~20 MiB).
     pub component_bytes: usize,
+    /// Longest a component's compilation may take before the deploy is
+    /// refused. Default 60 s (the builtin guide, the largest builtin,
+    /// compiles in under 1 s on 2 cores; a 20 MiB Python component in ~10 s).
+    /// Compilation cannot be interrupted: past the budget its thread
+    /// finishes in the background and its result is dropped.
+    pub compile_budget: Duration,
     /// Entries a single `adjust`/`ban`/`penalize` host call may carry (host
     /// allocation the guest controls). Default 4096.
     pub host_list_entries: usize,
@@ -54,6 +60,7 @@ impl Default for Limits {
             memory_bytes: 64 << 20,
             table_elements: 20_000,
             component_bytes: 32 << 20,
+            compile_budget: Duration::from_secs(60),
             host_list_entries: 4096,
             grants: Grants::default(),
         }

@@ -155,17 +155,36 @@ impl PluginRuntime {
         Ok(Loaded { name: name.into(), pre, engine: self.engine.clone(), limits })
     }
 
+    /// Compile `bytes` (or map them from the cache) on a thread of its own,
+    /// waiting at most the compile budget.
+    fn compile_within_budget(&self, plugin: &str, bytes: &[u8]) -> Result<Component, PluginError> {
+        let (engine, cache, bytes) = (self.engine.clone(), self.cache.clone(), bytes.to_vec());
+        let (done, result) = std::sync::mpsc::channel();
+        let failed = |reason: String| PluginError::Compile { plugin: plugin.to_string(), reason };
+        std::thread::Builder::new()
+            .name("weft-plugin-compile".into())
+            .spawn(move || {
+                let compiled = match &cache {
+                    Some(cache) => cache.get_or_compile(&engine, &bytes),
+                    None => Component::new(&engine, &bytes),
+                };
+                let _ = done.send(compiled);
+            })
+            .map_err(|e| failed(format!("could not start compiling: {e}")))?;
+        let budget = self.limits.compile_budget;
+        match result.recv_timeout(budget) {
+            Ok(compiled) => compiled.map_err(|e| failed(format!("{e:#}"))),
+            Err(_) => Err(failed(format!("compilation ran past its budget of {} ms", budget.as_millis()))),
+        }
+    }
+
     /// The size cap, compilation and the import check every kind shares.
     fn compile(&self, name: &str, bytes: &[u8], grants: crate::limits::Grants) -> Result<Component, PluginError> {
         let plugin = name.to_string();
         if bytes.len() > self.limits.component_bytes {
             return Err(PluginError::TooLarge { plugin, size: bytes.len(), limit: self.limits.component_bytes });
         }
-        let compiled = match &self.cache {
-            Some(cache) => cache.get_or_compile(&self.engine, bytes),
-            None => Component::new(&self.engine, bytes),
-        };
-        let component = compiled.map_err(|e| PluginError::Compile { plugin: plugin.clone(), reason: format!("{e:#}") })?;
+        let component = self.compile_within_budget(&plugin, bytes)?;
         for (import, _) in component.component_type().imports(&self.engine) {
             if !import_allowed(import, grants) {
                 return Err(PluginError::ForbiddenImport { plugin, import: import.to_string() });
