@@ -154,6 +154,58 @@ fn every_choice_gets_its_own_guide_and_every_block_comes_back() {
     assert!(all_blocks_free(&server));
 }
 
+/// Forces what is left of `run`, then stops.
+#[derive(Debug)]
+struct ForcedRun {
+    run: Vec<u32>,
+    committed: usize,
+}
+
+impl Guide for ForcedRun {
+    fn next(&mut self) -> Result<GuideStep, GuideError> {
+        if self.committed == self.run.len() {
+            return Ok(GuideStep::Stop);
+        }
+        Ok(GuideStep::Force(self.run[self.committed..].to_vec()))
+    }
+
+    fn commit(&mut self, token: u32) -> Result<(), GuideError> {
+        assert_eq!(token, self.run[self.committed], "the forced tokens are committed in order");
+        self.committed += 1;
+        Ok(())
+    }
+}
+
+#[test]
+fn a_forced_run_is_appended_in_one_step_unless_logprobs_are_reported() {
+    let tk = &default_model().tokenizer;
+    let prompt = tk.encode("The answer is", false).unwrap();
+    let run = tk.encode(" forty-two, said the machine", false).unwrap();
+    assert!(run.len() >= 5);
+    let generate = |params: SamplingParams| {
+        let mut engine = engine_with(64, 512);
+        let guide = ForcedRun { run: run.clone(), committed: 0 };
+        let id = engine.add_request(GenerationRequest { guide: Some(Box::new(guide)), ..request(&prompt, params) }).unwrap();
+        let outputs = run_to_completion(&mut engine);
+        let text: String = outputs.iter().filter(|o| o.id == id).map(|o| o.text.as_str()).collect();
+        let logprobs: Vec<f32> = outputs.iter().filter(|o| o.id == id).flat_map(|o| o.logprobs.clone()).collect();
+        assert_eq!(engine.free_blocks(), 64);
+        (tokens_of(&outputs, id), text, logprobs, engine.stats().steps)
+    };
+    let (tokens, text, _, steps) = generate(SamplingParams::greedy(32));
+    assert_eq!(tokens, run);
+    assert_eq!(text, " forty-two, said the machine");
+    assert_eq!(steps, 2, "the prompt with the run forced, then the run computed and the stop");
+    // Reporting log-probabilities needs each token's row: one per step.
+    let (tokens, _, logprobs, steps) = generate(SamplingParams { logprobs: true, ..SamplingParams::greedy(32) });
+    assert_eq!(tokens, run);
+    assert!(logprobs.iter().all(|l| l.is_finite() && *l <= 0.0), "{logprobs:?}");
+    assert_eq!(steps as usize, run.len() + 1);
+    // max_tokens cuts a run short.
+    let (tokens, _, _, _) = generate(SamplingParams::greedy(3));
+    assert_eq!(tokens, run[..3]);
+}
+
 #[test]
 fn a_guide_that_faults_fails_only_its_own_request() {
     let server = TestServer::start_with_guide(weft_plugin_artifacts::FAULTY_GUIDE_PATH);

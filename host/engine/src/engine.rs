@@ -394,9 +394,16 @@ impl Engine {
                     masked.push((slot, row));
                 }
                 Ok(GuideStep::Force(tokens)) => {
+                    // The whole forced run is appended now (the next step
+                    // computes it like a prefill chunk), unless the request
+                    // reports log-probabilities: only the first token has
+                    // its row here.
                     let out = &mut outputs[slot];
-                    out.tokens.push(tokens[0]);
+                    let reported = seq.params.logprobs || seq.params.top_logprobs > 0;
+                    let run = if reported { &tokens[..1] } else { &tokens[..] };
+                    out.tokens.extend_from_slice(run);
                     out.logprobs.push(logprob_of(row, tokens[0]));
+                    out.logprobs.resize(run.len(), f32::NAN);
                     if seq.params.top_logprobs > 0 {
                         out.top_logprobs.push(top_logprobs(row, seq.params.top_logprobs as usize));
                     }
@@ -487,16 +494,26 @@ impl Engine {
                 self.pool.register(seq.blocks[b], h);
                 seq.hashes.push(h);
             }
-            if let Some(&token) = out.tokens.first() {
+            // One token, or a guide's forced run: each committed and
+            // accepted in turn, up to the one that finishes the sequence.
+            let mut accepted = 0;
+            while accepted < out.tokens.len() && seq.finished.is_none() {
+                let token = out.tokens[accepted];
                 if let Some(Err(e)) = seq.guide.as_mut().map(|g| g.commit(token)) {
                     self.stats.guide_failures += 1;
                     seq.finished = Some(StopReason::Error);
                     out.finished = seq.finished;
                     out.error = Some(e.into());
                     out.tokens.clear();
-                    continue;
+                    break;
                 }
                 Self::accept_token(&self.tokenizer, &self.model, seq, token, out);
+                accepted += 1;
+            }
+            if out.error.is_none() {
+                out.tokens.truncate(accepted);
+                out.logprobs.truncate(accepted);
+                out.top_logprobs.truncate(accepted);
             }
             if let Some(cached) = self.cached_at_admission.get(&seq.id) {
                 out.cached_tokens = *cached;
@@ -572,10 +589,10 @@ impl Engine {
         seq.tokens.push(token);
         if eog {
             seq.finished = Some(StopReason::Stop);
-            out.text = seq.flush();
+            out.text.push_str(&seq.flush());
         } else {
             let delta = seq.decoder.push(tokenizer, token).unwrap_or_default();
-            out.text = seq.push_text(&delta);
+            out.text.push_str(&seq.push_text(&delta));
             if seq.finished.is_none()
                 && (seq.generated() >= seq.params.max_tokens as usize || seq.tokens.len() >= model.config.context_length)
             {

@@ -150,6 +150,8 @@ pub fn sampling(
         repetition_penalty: range_f("repetition_penalty", f.repetition_penalty, 1.0, 0.0, 10.0, true)?,
         logit_bias,
         top_logprobs,
+        // Set by the route, which knows whether logprobs are reported.
+        logprobs: false,
         seed: f.seed.map_or_else(rand::random, |s| s as u64),
         max_tokens: 0,
         stop,

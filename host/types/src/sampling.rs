@@ -38,6 +38,11 @@ pub struct SamplingParams {
     /// Return the log-probabilities of this many most likely alternatives
     /// with every generated token, at most 20. Default `0`.
     pub top_logprobs: u32,
+    /// The request reports each token's log-probability. A guide's forced
+    /// run then comes one token per step (each needs its own logits row);
+    /// without it the whole run is appended at once. Default `false`.
+    #[serde(default)]
+    pub logprobs: bool,
     /// Seed for this sequence's random draws. The draw for the `i`-th generated
     /// token depends only on `(seed, i)`, so a sequence replays identically
     /// after preemption or inside any batch.
@@ -65,6 +70,7 @@ impl Default for SamplingParams {
             repetition_penalty: 1.0,
             logit_bias: Vec::new(),
             top_logprobs: 0,
+            logprobs: false,
             seed: 0,
             max_tokens: 256,
             stop: Vec::new(),

@@ -83,6 +83,7 @@ impl GenerationService {
         };
         let top = s.top_logprobs.map(|k| prepare::top_logprobs("top_logprobs", k)).transpose()?;
         let mut valid = validate::sampling(&fields, ("max_tokens", fields.max_tokens), top.unwrap_or(0), state.limits())?;
+        valid.params.logprobs = top.is_some();
         valid.sampler = state.select_sampler(None, metadata.sampler.as_deref(), principal.as_ref())?.0;
         valid.constraint = req.constraint.and_then(constraint);
         valid.guide = state.select_guide(None, metadata.guide.as_deref(), principal.as_ref())?;

@@ -60,6 +60,7 @@ pub async fn chat_completions(
         None => ("max_tokens", sampling.max_tokens),
     };
     let mut valid = validate::sampling(sampling, max_tokens, top_logprobs, state.limits())?;
+    valid.params.logprobs = logprobs;
     let sampler_version;
     (valid.sampler, sampler_version) = select_sampler(&state, sampling, &headers, &caller)?;
     valid.guide = select_guide(&state, sampling, &headers, &caller)?;

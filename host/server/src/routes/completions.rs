@@ -55,6 +55,7 @@ pub async fn completions(
     let logprobs = req.logprobs.map(|k| prepare::top_logprobs("logprobs", k)).transpose()?;
     let echo = req.echo.unwrap_or(false);
     let mut valid = validate::sampling(sampling, ("max_tokens", sampling.max_tokens), logprobs.unwrap_or(0), state.limits())?;
+    valid.params.logprobs = logprobs.is_some();
     let tools_given = sampling.tools.as_ref().is_some_and(|t| !t.is_null() && !t.as_array().is_some_and(Vec::is_empty));
     if tools_given || sampling.tool_choice.is_some() || sampling.parallel_tool_calls.is_some() {
         let param = if tools_given { "tools" } else if sampling.tool_choice.is_some() { "tool_choice" } else { "parallel_tool_calls" };
