@@ -23,6 +23,7 @@ use crate::routes::{admin, chat, completions, models, ops, tokenize};
         models::get_one,
         tokenize::tokenize,
         tokenize::detokenize,
+        tokenize::tokenizer_info,
         ops::health,
         ops::ready,
         ops::metrics,

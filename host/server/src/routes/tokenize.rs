@@ -1,5 +1,7 @@
-//! `POST /tokenize` and `POST /detokenize`: the model's tokenizer over
-//! HTTP, with the chat template when given messages.
+//! `POST /tokenize`, `POST /detokenize` and `GET /tokenizer_info`: the
+//! model's tokenizer over HTTP, with the chat template when given messages
+//! (vLLM's shapes, so clients that tokenize remotely, such as
+//! lm-evaluation-harness's `tokenizer_backend=remote`, work unchanged).
 
 use axum::{Extension, Json};
 use axum::extract::State;
@@ -93,4 +95,32 @@ pub async fn detokenize(
     let tokenizer = state.tokenizer.clone();
     let prompt = state.blocking(move || tokenizer.decode(&ids, false)).await?.map_err(|e| ApiError::invalid("tokens", e.to_string()))?;
     Ok(Json(DetokenizeResponse { prompt }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenizerInfo {
+    /// The end-of-sequence token's text, if the model has one.
+    eos_token: Option<String>,
+    /// The beginning-of-sequence token's text, if the model has one.
+    bos_token: Option<String>,
+    /// Weft pads nothing: always `null`.
+    pad_token: Option<String>,
+    /// Whether prompts get the beginning-of-sequence token prepended.
+    add_bos_token: bool,
+    vocab_size: usize,
+    model_max_length: usize,
+}
+
+/// The tokenizer's special tokens and sizes.
+#[utoipa::path(get, path = "/tokenizer_info", tag = "Tokenizer", responses((status = 200, body = TokenizerInfo)))]
+pub async fn tokenizer_info(State(state): State<AppState>) -> Json<TokenizerInfo> {
+    let tk = &state.tokenizer;
+    Json(TokenizerInfo {
+        eos_token: tk.eos_token().and_then(|t| tk.token_text(t)),
+        bos_token: tk.bos_token().and_then(|t| tk.token_text(t)),
+        pad_token: None,
+        add_bos_token: tk.adds_bos(),
+        vocab_size: tk.vocab_size(),
+        model_max_length: state.model.context,
+    })
 }
