@@ -181,6 +181,11 @@ def test_a_deployed_python_guide_keeps_answers_to_its_choices(python_choice_guid
             client.chat.completions.create(model="default", messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
                                            extra_body={"weft": {"guide": "python-choice-guide", "regex": "Par.s"}})
         assert e.value.body["param"] == "weft.regex" and "literal alternatives" in e.value.body["message"]
+        # The manifest's configuration reaches the guide: max-choices = 16.
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="default", messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
+                                           extra_body={"weft": {"guide": "python-choice-guide", "regex": "|".join(f"c{i}" for i in range(17))}})
+        assert "give 1 to 16" in e.value.body["message"], e.value.body
         info = json.loads(plugin(server, "info", "python-choice-guide").stdout)
         assert info["health"][0]["faults"] == 0 and info["health"][0]["calls"] > 0
     finally:

@@ -20,4 +20,5 @@ from guide import Sequence  # noqa: F401  (the resource componentize-py exports)
 
 class Guide(exports.Guide):
     def init(self, config: list[types.ConfigEntry], vocab: list[bytes], eos: list[int]) -> None:
+        guide.configure(config)
         guide.setup(vocab, eos)

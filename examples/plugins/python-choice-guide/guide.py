@@ -11,7 +11,17 @@ EOS: list[int] = []
 LONGEST = 1
 
 METACHARACTERS = set(".*+?()[]{}^$\\")
+# Most choices one constraint may list: the manifest's `max-choices`.
 MAX_CHOICES = 256
+
+
+def configure(config: list[types.ConfigEntry]) -> None:
+    global MAX_CHOICES
+    for entry in config:
+        if entry.key == "max-choices" and isinstance(entry.value, types.ConfigValue_Integer) and entry.value.value >= 1:
+            MAX_CHOICES = entry.value.value
+        else:
+            raise Err(types.PluginError(code="bad-config", message=f"unknown setting or wrong value: `{entry.key}`"))
 
 
 def setup(vocab: list[bytes], eos: list[int]) -> None:

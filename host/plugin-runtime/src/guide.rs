@@ -19,6 +19,7 @@ use weft_types::{Guide, GuideError, GuideStep, TokenId};
 
 use crate::bindings::guide::GuidePlugin;
 use crate::bindings::guide::exports::weft::plugin::guide::{Constraint, Step};
+use crate::bindings::weft::plugin::types::{ConfigEntry, ConfigValue};
 use crate::error::PluginError;
 use crate::health::Health;
 use crate::runtime::{GuideComponent, deadline_ticks, describe};
@@ -48,6 +49,7 @@ struct Instance {
     component: GuideComponent,
     vocab: Vec<Vec<u8>>,
     eos: Vec<TokenId>,
+    config: Vec<ConfigEntry>,
     live: Option<(Store<StoreState>, GuidePlugin)>,
     /// Bumped whenever the instance is discarded: sequences compiled on an
     /// older one are gone with it.
@@ -59,9 +61,9 @@ impl Instance {
     fn live(&mut self) -> Result<&mut (Store<StoreState>, GuidePlugin), PluginError> {
         if self.live.is_none() {
             let c = &self.component;
-            let (vocab, eos) = (&self.vocab, &self.eos);
+            let (vocab, eos, config) = (&self.vocab, &self.eos, &self.config);
             let live = c.instance(c.limits.setup_deadline, |pre, store| pre.instantiate(store), |plugin, store| {
-                plugin.weft_plugin_guide().call_init(store, &[], vocab, eos)
+                plugin.weft_plugin_guide().call_init(store, config, vocab, eos)
             })?;
             self.live = Some(live);
         }
@@ -79,9 +81,28 @@ impl WasmGuide {
     /// bytes (special tokens as `0xFF` followed by their text, so no
     /// constraint can match them as text), `eos` the end-of-generation ids.
     pub fn new(component: GuideComponent, vocab: Vec<Vec<u8>>, eos: Vec<TokenId>) -> Result<Self, PluginError> {
+        Self::with_config(component, vocab, eos, Vec::new())
+    }
+
+    /// [`Self::new`] with `config` handed to the guide's `init` (a deployed
+    /// guide's manifest configuration).
+    pub fn with_config(
+        component: GuideComponent,
+        vocab: Vec<Vec<u8>>,
+        eos: Vec<TokenId>,
+        config: Vec<(String, ConfigValue)>,
+    ) -> Result<Self, PluginError> {
         let name = component.name.clone();
-        let mut checker = Instance { component: component.clone(), vocab: vocab.clone(), eos: eos.clone(), live: None, generation: 0 };
-        let mut instance = Instance { component, vocab, eos, live: None, generation: 0 };
+        let config: Vec<ConfigEntry> = config.into_iter().map(|(key, value)| ConfigEntry { key, value }).collect();
+        let mut checker = Instance {
+            component: component.clone(),
+            vocab: vocab.clone(),
+            eos: eos.clone(),
+            config: config.clone(),
+            live: None,
+            generation: 0,
+        };
+        let mut instance = Instance { component, vocab, eos, config, live: None, generation: 0 };
         instance.live()?;
         checker.live()?;
         Ok(Self { shared: Arc::new(Mutex::new(instance)), checker: Arc::new(Mutex::new(checker)), name, health: Arc::default() })

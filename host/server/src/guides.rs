@@ -78,17 +78,19 @@ pub fn compile_on(guide: &WasmGuide, constraint: &Constraint, choices: usize) ->
         .collect()
 }
 
-/// A deployed guide component set up for `tokenizer`'s vocabulary (slow:
+/// A deployed guide component, configured with `config`, set up for
+/// `tokenizer`'s vocabulary (slow:
 /// builds the guide's tables; at deploy, on the blocking pool).
 pub fn deployed(
     runtime: &PluginRuntime,
     label: &str,
     bytes: &[u8],
     limits: weft_plugin_runtime::Limits,
+    config: Vec<(String, weft_plugin_runtime::bindings::weft::plugin::types::ConfigValue)>,
     tokenizer: &Tokenizer,
 ) -> Result<WasmGuide, weft_plugin_runtime::PluginError> {
     let component = runtime.load_guide_with(label, bytes, limits)?;
-    WasmGuide::new(component, vocabulary(tokenizer), tokenizer.eog_tokens().to_vec())
+    WasmGuide::with_config(component, vocabulary(tokenizer), tokenizer.eog_tokens().to_vec(), config)
 }
 
 /// Every token's bytes as the guide sees them: special tokens as `0xFF`

@@ -229,7 +229,7 @@ fn restore_plugins(
                 let config = manifest.init_config();
                 match manifest.kind {
                     manifest::PluginKind::Guide => {
-                        let guide = guides::deployed(runtime, &label, &component, limits, tokenizer).map_err(|e| e.to_string())?;
+                        let guide = guides::deployed(runtime, &label, &component, limits, config, tokenizer).map_err(|e| e.to_string())?;
                         let deployed = plugins::Deployed { manifest, health: Some(guide.health()), handle: guide, canary: None };
                         plugins.guides.activate(&name, deployed).map(drop).map_err(|e| e.to_string())
                     }

@@ -208,7 +208,7 @@ pub(crate) async fn deploy_version(
         PluginKind::Guide => {
             let tokenizer = Arc::clone(&state.tokenizer);
             let guide = state
-                .blocking(move || crate::guides::deployed(&runtime, &label, &bytes, limits, &tokenizer))
+                .blocking(move || crate::guides::deployed(&runtime, &label, &bytes, limits, init, &tokenizer))
                 .await?
                 .map_err(rejected)?;
             let health = Some(guide.health());
