@@ -153,6 +153,11 @@ fn a_wrong_number_of_tokens_is_rejected() {
 }
 
 #[test]
+fn a_batch_wide_call_naming_more_rows_than_the_batch_traps() {
+    assert_fault_is_isolated("too-many-rows", "2 rows in one call; the batch has 1");
+}
+
+#[test]
 fn a_refusing_sampler_fails_only_its_request() {
     assert_fault_is_isolated("refuse", "refuses on purpose");
 }

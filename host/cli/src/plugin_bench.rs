@@ -2,13 +2,14 @@
 //! the native sampler on the same synthetic batches.
 //!
 //! It times one `sample` call for a batch of B rows of the default model's
-//! vocabulary size (the builtin sampler, or `--component FILE`: greedy, temperature sampling with OpenAI's defaults,
-//! and with top-p over a flat row — the nucleus is most of the vocabulary,
-//! the worst case), the
-//! plugin's extra cost per call (plugin − native), and how long
-//! instantiating a fresh instance takes. Medians of many calls. It also
-//! times loading each builtin component compiled from scratch and from the
-//! compiled-component cache (what a restart pays).
+//! vocabulary size (the builtin sampler, or `--component FILE`): greedy,
+//! greedy with repetition, presence and frequency penalties, temperature
+//! sampling with OpenAI's defaults, and top-p over a flat row (the nucleus
+//! is most of the vocabulary, the worst case). It reports the plugin's
+//! extra cost per call as the median of plugin − native over alternating
+//! pairs of calls, and how long instantiating a fresh instance takes. It
+//! also times loading each builtin component compiled from scratch and from
+//! the compiled-component cache (what a restart pays).
 
 use std::time::Instant;
 
@@ -30,15 +31,33 @@ fn logits(seed: u64) -> Vec<f32> {
     weft_engine::sampling::synthetic_logits(seed, VOCAB)
 }
 
-/// Median microseconds of one call of `sampler` on `rows`.
-fn time_calls(sampler: &mut dyn Sampler, rows: &[SampleRow<'_>]) -> Result<f64> {
-    let mut times = Vec::with_capacity(CALLS);
-    for _ in 0..CALLS {
-        let start = Instant::now();
-        sampler.sample(rows, &[0, 2]).map_err(|e| anyhow::anyhow!("{e}"))?;
-        times.push(start.elapsed().as_secs_f64() * 1e6);
+/// Microseconds of one call of `sampler` on `rows`.
+fn time_call(sampler: &mut dyn Sampler, rows: &[SampleRow<'_>]) -> Result<f64> {
+    let start = Instant::now();
+    sampler.sample(rows, &[0, 2]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(start.elapsed().as_secs_f64() * 1e6)
+}
+
+/// Median microseconds of a call of `plugin`, of `native`, and of the
+/// difference between the two calls of each pair: the calls alternate, so
+/// the machine's drift between minutes cancels out of the difference.
+fn time_pairs(plugin: &mut dyn Sampler, native: &mut dyn Sampler, rows: &[SampleRow<'_>]) -> Result<(f64, f64, f64)> {
+    let (mut ours, mut reference, mut overhead) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..CALLS {
+        // Which goes first alternates too: the second call finds the rows
+        // in cache.
+        let (p, n) = if i % 2 == 0 {
+            let p = time_call(plugin, rows)?;
+            (p, time_call(native, rows)?)
+        } else {
+            let n = time_call(native, rows)?;
+            (time_call(plugin, rows)?, n)
+        };
+        ours.push(p);
+        reference.push(n);
+        overhead.push(p - n);
     }
-    Ok(median(times))
+    Ok((median(ours), median(reference), median(overhead)))
 }
 
 pub fn run(batches: &[usize], as_json: bool, other: Option<&std::path::Path>) -> Result<()> {
@@ -57,6 +76,10 @@ pub fn run(batches: &[usize], as_json: bool, other: Option<&std::path::Path>) ->
     let mut rows_out = Vec::new();
     for (label, params) in [
         ("greedy", SamplingParams::greedy(16)),
+        (
+            "greedy, penalties",
+            SamplingParams { repetition_penalty: 1.1, presence_penalty: 0.5, frequency_penalty: 0.3, ..SamplingParams::greedy(16) },
+        ),
         ("temperature", SamplingParams { temperature: 1.0, ..SamplingParams::default() }),
         ("top-p", SamplingParams { temperature: 0.8, top_p: 0.95, ..SamplingParams::default() }),
     ] {
@@ -64,9 +87,8 @@ pub fn run(batches: &[usize], as_json: bool, other: Option<&std::path::Path>) ->
             let all: Vec<Vec<f32>> = (0..b as u64).map(logits).collect();
             let rows: Vec<SampleRow<'_>> =
                 all.iter().map(|l| SampleRow { logits: l, params: &params, tokens: &history, prompt_len: 32 }).collect();
-            let ours = time_calls(&mut plugin, &rows)?;
-            let reference = time_calls(&mut native, &rows)?;
-            rows_out.push((format!("{label} batch {b}"), ours, reference));
+            let (ours, reference, overhead) = time_pairs(&mut plugin, &mut native, &rows)?;
+            rows_out.push((format!("{label} batch {b}"), ours, reference, overhead));
         }
     }
     let mut instantiate = Vec::new();
@@ -80,14 +102,14 @@ pub fn run(batches: &[usize], as_json: bool, other: Option<&std::path::Path>) ->
     if as_json {
         let calls: Vec<_> = rows_out
             .iter()
-            .map(|(k, p, n)| json!({"case": k, "plugin_us": p, "native_us": n, "overhead_us": p - n}))
+            .map(|(k, p, n, o)| json!({"case": k, "plugin_us": p, "native_us": n, "overhead_us": o}))
             .collect();
         let loads: Vec<_> = loads.iter().map(|(k, c, h)| json!({"component": k, "compile_ms": c, "cached_ms": h})).collect();
         println!("{}", json!({"calls": calls, "instantiate_us": instantiate, "loads": loads}));
     } else {
         println!("{:<24} {:>12} {:>12} {:>12}", "sample call", "plugin µs", "native µs", "overhead µs");
-        for (k, p, n) in rows_out {
-            println!("{k:<24} {p:>12.1} {n:>12.1} {:>12.1}", p - n);
+        for (k, p, n, o) in rows_out {
+            println!("{k:<24} {p:>12.1} {n:>12.1} {o:>12.1}");
         }
         println!("instantiate + init: {instantiate:.1} µs (median of 50)");
         println!("{:<20} {:>12} {:>12}", "load component", "compile ms", "cached ms");

@@ -27,6 +27,8 @@ pub struct StepView {
     vocab: usize,
     /// Copy-on-write adjusted logits per row.
     adjusted: Vec<Option<Vec<f32>>>,
+    /// Buffers to copy rows into before allocating new ones.
+    spare: Vec<Vec<f32>>,
 }
 
 // SAFETY: the pointer is only dereferenced on the thread running the
@@ -35,16 +37,24 @@ pub struct StepView {
 unsafe impl Send for StepView {}
 
 impl StepView {
-    /// A view of `rows` for one call.
+    /// A view of `rows` for one call, copying adjusted rows into `spare`
+    /// buffers first.
     ///
     /// # Safety
     /// The caller must remove the view from the store before `rows` is
     /// dropped or mutated, on every path (including traps).
-    pub unsafe fn new(rows: &[SampleRow<'_>], eos: &[u32]) -> Self {
+    pub unsafe fn new(rows: &[SampleRow<'_>], eos: &[u32], spare: Vec<Vec<f32>>) -> Self {
         let vocab = rows.first().map_or(0, |r| r.logits.len());
         // Only ids the guest may hand back to `ban` without trapping.
         let eos = eos.iter().copied().filter(|&t| (t as usize) < vocab).collect();
-        Self { rows: rows.as_ptr().cast(), len: rows.len(), eos, vocab, adjusted: vec![None; rows.len()] }
+        Self { rows: rows.as_ptr().cast(), len: rows.len(), eos, vocab, adjusted: vec![None; rows.len()], spare }
+    }
+
+    /// The row buffers, for the next call's view.
+    pub fn into_spare(self) -> Vec<Vec<f32>> {
+        let mut spare = self.spare;
+        spare.extend(self.adjusted.into_iter().flatten());
+        spare
     }
 
     fn row(&self, row: u32) -> Result<&SampleRow<'static>> {
@@ -62,7 +72,28 @@ impl StepView {
 
     fn logits_mut(&mut self, row: u32) -> Result<&mut Vec<f32>> {
         let raw = self.row(row)?.logits;
-        Ok(self.adjusted[row as usize].get_or_insert_with(|| raw.to_vec()))
+        let spare = &mut self.spare;
+        Ok(self.adjusted[row as usize].get_or_insert_with(|| copy_into(spare.pop(), raw)))
+    }
+
+    /// Apply the row's own adjustments (the native sampler's), copying the
+    /// row only when it has some.
+    fn apply_params(&mut self, row: u32) -> Result<()> {
+        let &SampleRow { params, tokens, prompt_len, .. } = self.row(row)?;
+        if params.adjusts_logits() {
+            let eos = std::mem::take(&mut self.eos);
+            weft_engine::sampling::adjust_logits(self.logits_mut(row)?, params, tokens, prompt_len, &eos);
+            self.eos = eos;
+        }
+        Ok(())
+    }
+
+    /// A batch-wide call takes at most one entry per row of the batch.
+    fn check_rows(&self, n: usize) -> Result<()> {
+        if n > self.len {
+            bail!("{n} rows in one call; the batch has {}", self.len);
+        }
+        Ok(())
     }
 
     fn check_tokens(&self, tokens: &[u32], limit: usize) -> Result<()> {
@@ -106,19 +137,7 @@ impl HostBatch for StoreState {
     }
 
     fn params(&mut self, _: Resource<BatchHandle>, row: u32) -> Result<Params> {
-        let p = self.view()?.row(row)?.params;
-        Ok(Params {
-            temperature: p.temperature,
-            top_k: p.top_k,
-            top_p: p.top_p,
-            min_p: p.min_p,
-            presence_penalty: p.presence_penalty,
-            frequency_penalty: p.frequency_penalty,
-            repetition_penalty: p.repetition_penalty,
-            logit_bias: p.logit_bias.clone(),
-            seed: p.seed,
-            ignore_eos: p.ignore_eos,
-        })
+        Ok(params_of(self.view()?.row(row)?))
     }
 
     fn position(&mut self, _: Resource<BatchHandle>, row: u32) -> Result<u64> {
@@ -207,6 +226,18 @@ impl HostBatch for StoreState {
         Ok(weft_engine::sampling::sample_nucleus(logits, temperature, top_k, top_p, min_p, u))
     }
 
+    fn sample_by_params(&mut self, _: Resource<BatchHandle>, rows: Vec<u32>) -> Result<Vec<u32>> {
+        let view = self.view_mut()?;
+        view.check_rows(rows.len())?;
+        rows.into_iter()
+            .map(|row| {
+                view.apply_params(row)?;
+                let r = view.row(row)?;
+                Ok(weft_engine::sampling::sample(view.logits(row)?, r.params, r.position()))
+            })
+            .collect()
+    }
+
     fn logits(&mut self, _: Resource<BatchHandle>, row: u32) -> Result<Vec<f32>> {
         Ok(self.view()?.logits(row)?.to_vec())
     }
@@ -214,6 +245,30 @@ impl HostBatch for StoreState {
     fn drop(&mut self, handle: Resource<BatchHandle>) -> Result<()> {
         self.table.delete(handle)?;
         Ok(())
+    }
+}
+
+/// `raw` copied into `buffer` (reused when given).
+fn copy_into(buffer: Option<Vec<f32>>, raw: &[f32]) -> Vec<f32> {
+    let mut buffer = buffer.unwrap_or_default();
+    buffer.clear();
+    buffer.extend_from_slice(raw);
+    buffer
+}
+
+fn params_of(r: &SampleRow<'_>) -> Params {
+    let p = r.params;
+    Params {
+        temperature: p.temperature,
+        top_k: p.top_k,
+        top_p: p.top_p,
+        min_p: p.min_p,
+        presence_penalty: p.presence_penalty,
+        frequency_penalty: p.frequency_penalty,
+        repetition_penalty: p.repetition_penalty,
+        logit_bias: p.logit_bias.clone(),
+        seed: p.seed,
+        ignore_eos: p.ignore_eos,
     }
 }
 

@@ -80,7 +80,8 @@ impl Sampler for WasmSampler {
         };
         // SAFETY: the view is taken out of the store right after the call,
         // before `rows` can go away, whatever the call returned.
-        store.data_mut().step = Some(unsafe { StepView::new(rows, eos) });
+        let spare = std::mem::take(&mut store.data_mut().spare_rows);
+        store.data_mut().step = Some(unsafe { StepView::new(rows, eos, spare) });
         let handle = match store.data_mut().table.push(BatchHandle) {
             Ok(h) => h,
             Err(e) => {
@@ -96,8 +97,9 @@ impl Sampler for WasmSampler {
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
             plugin.weft_plugin_sampler().call_choose(&mut *store, Resource::new_borrow(handle.rep()))
         }));
-        store.data_mut().step = None;
-        let _ = store.data_mut().table.delete(handle);
+        let state = store.data_mut();
+        state.spare_rows = state.step.take().map(StepView::into_spare).unwrap_or_default();
+        let _ = state.table.delete(handle);
         match result {
             Ok(Ok(Ok(tokens))) => match invalid_answer(&tokens, rows) {
                 None => Ok(tokens),

@@ -54,6 +54,9 @@ pub struct StoreState {
     pub limits: StoreLimits,
     /// The batch of the call in progress, if any.
     pub step: Option<StepView>,
+    /// Row buffers of earlier batches' adjusted logits, reused by the next
+    /// (a fresh 200 KB buffer per adjusted row costs its page faults).
+    pub spare_rows: Vec<Vec<f32>>,
     pub host_list_entries: usize,
 }
 
@@ -68,6 +71,7 @@ impl StoreState {
                 .trap_on_grow_failure(true)
                 .build(),
             step: None,
+            spare_rows: Vec::new(),
             host_list_entries: limits.host_list_entries,
         }
     }

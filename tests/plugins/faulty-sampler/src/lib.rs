@@ -17,7 +17,7 @@ use weft::plugin::sampling::Batch;
 use weft::plugin::types::{ConfigEntry, ConfigValue, PluginError};
 
 static FAULT: AtomicU8 = AtomicU8::new(0);
-const FAULTS: [&str; 8] = ["none", "trap", "loop", "memory", "stack", "bad-token", "wrong-count", "refuse"];
+const FAULTS: [&str; 9] = ["none", "trap", "loop", "memory", "stack", "bad-token", "wrong-count", "refuse", "too-many-rows"];
 
 struct Faulty;
 
@@ -62,6 +62,7 @@ impl Guest for Faulty {
                 tokens.pop();
                 Ok(tokens)
             }
+            "too-many-rows" => Ok(batch.sample_by_params(&(0..=batch.size()).collect::<Vec<_>>())),
             "refuse" => Err(PluginError { code: "refused".into(), message: "this sampler refuses on purpose".into() }),
             _ => Ok(greedy()),
         }
