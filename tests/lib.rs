@@ -255,6 +255,18 @@ impl TestServer {
         Self::reply(req.call())
     }
 
+    /// Deploy `component` with its TOML `manifest` through the admin API
+    /// (a `multipart/form-data` body), with the admin bearer `token`.
+    pub fn deploy_manifest(&self, token: &str, manifest: &str, component: &[u8]) -> Reply {
+        let boundary = "weft-test-boundary-4c1f";
+        let mut body = format!("--{boundary}\r\ncontent-disposition: form-data; name=\"manifest\"\r\n\r\n{manifest}\r\n--{boundary}\r\ncontent-disposition: form-data; name=\"component\"\r\n\r\n").into_bytes();
+        body.extend(component);
+        body.extend(format!("\r\n--{boundary}--\r\n").bytes());
+        let auth = format!("Bearer {token}");
+        let content_type = format!("multipart/form-data; boundary={boundary}");
+        self.post_with("/admin/v1/plugins", &[("authorization", &auth), ("content-type", &content_type)], &body)
+    }
+
     /// POST without a body, with extra headers.
     pub fn post_empty_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
         self.post_with(path, headers, &[])

@@ -199,3 +199,91 @@ fn a_bad_auth_configuration_is_refused_at_startup() {
         assert!(e.to_string().contains(says), "{key}: {e}");
     }
 }
+
+const ADMIN: (&str, &str) = ("authorization", "Bearer admin-secret");
+
+/// A manifest deploying the builtin auth component as `name@version` with
+/// one API key for `acme`.
+fn auth_manifest(name: &str, version: &str, key: &str) -> String {
+    let ConfigValue::Text(hash) = hashed(key) else { unreachable!() };
+    format!("name = \"{name}\"\nversion = \"{version}\"\nkind = \"auth\"\n[config]\n\"key.acme.primary\" = \"{hash}\"\n")
+}
+
+fn status(server: &TestServer, key: Option<&str>) -> u16 {
+    complete(server, key, json!({})).status
+}
+
+#[test]
+fn a_new_auth_version_takes_over_rolls_back_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        let config = weft_server::ServerConfig {
+            admin_token: Some("admin-secret".into()),
+            state_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        };
+        TestServer::start_with_auth_and(vec![("key.acme.primary".into(), hashed("acme-key-1"))], config)
+    };
+    let server = start();
+    assert_eq!((status(&server, Some("acme-key-1")), status(&server, Some("acme-key-3"))), (200, 401));
+
+    // A new version with another key authenticates every new request.
+    let r = server.deploy_manifest("admin-secret", &auth_manifest("auth", "0.2.0", "acme-key-3"), weft_plugin_artifacts::AUTH);
+    assert_eq!((r.status, r.json()["kind"].as_str()), (201, Some("auth")), "{}", r.body);
+    assert_eq!((status(&server, Some("acme-key-1")), status(&server, Some("acme-key-3"))), (401, 200));
+
+    // One auth name per server, and it cannot be removed.
+    let r = server.deploy_manifest("admin-secret", &auth_manifest("other-auth", "1.0.0", "x"), weft_plugin_artifacts::AUTH);
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("authenticates with `auth`"), "{}", r.body);
+    let r = server.delete_with("/admin/v1/plugins/auth", &[ADMIN]);
+    assert_eq!(r.status, 409, "{}", r.body);
+    // Routers are not deployable until the server has peers to route to.
+    let r = server.deploy_manifest("admin-secret", "name = \"r\"\nversion = \"1.0.0\"\nkind = \"router\"\n", weft_plugin_artifacts::AUTH);
+    assert_eq!((r.status, r.json()["error"]["param"].as_str()), (400, Some("kind")), "{}", r.body);
+
+    // A configuration the plugin refuses is a 400; the active version stays.
+    let bad = "name = \"auth\"\nversion = \"0.9.0\"\nkind = \"auth\"\n[config]\n\"key.acme.primary\" = \"plaintext\"\n";
+    let r = server.deploy_manifest("admin-secret", bad, weft_plugin_artifacts::AUTH);
+    assert_eq!((r.status, code(&r)), (400, "plugin_rejected".to_string()), "{}", r.body);
+    assert_eq!(status(&server, Some("acme-key-3")), 200);
+
+    // Rollback returns to the startup version at once.
+    let r = server.post_empty_with("/admin/v1/plugins/auth/rollback", &[ADMIN]);
+    assert_eq!(r.json()["active_version"], "0.1.0", "{}", r.body);
+    assert_eq!((status(&server, Some("acme-key-1")), status(&server, Some("acme-key-3"))), (200, 401));
+
+    let r = server.deploy_manifest("admin-secret", &auth_manifest("auth", "0.3.0", "acme-key-3"), weft_plugin_artifacts::AUTH);
+    assert_eq!(r.status, 201, "{}", r.body);
+    drop(server);
+
+    // After a restart with the same startup configuration, the deployed
+    // version is back and active over the startup one.
+    let server = start();
+    let info = server.get_with("/admin/v1/plugins/auth", &[ADMIN]).json();
+    assert_eq!((&info["versions"], &info["active_version"]), (&json!(["0.1.0", "0.3.0"]), &json!("0.3.0")), "{info}");
+    assert_eq!((status(&server, Some("acme-key-1")), status(&server, Some("acme-key-3"))), (401, 200));
+    // The rollback target is the startup version, with its configuration.
+    server.post_empty_with("/admin/v1/plugins/auth/rollback", &[ADMIN]);
+    assert_eq!(status(&server, Some("acme-key-1")), 200);
+}
+
+#[test]
+fn an_auth_plugin_deployed_on_an_open_server_turns_authentication_on_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        TestServer::start_with(|_| {}, weft_server::ServerConfig {
+            admin_token: Some("admin-secret".into()),
+            state_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        })
+    };
+    let server = start();
+    assert_eq!(status(&server, None), 200);
+    let r = server.deploy_manifest("admin-secret", &auth_manifest("gate", "1.0.0", "gate-key"), weft_plugin_artifacts::AUTH);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!((status(&server, None), status(&server, Some("gate-key"))), (401, 200));
+    drop(server);
+    let server = start();
+    assert_eq!((status(&server, None), status(&server, Some("gate-key"))), (401, 200), "authentication is still on");
+}

@@ -297,13 +297,8 @@ fn guides_deploy_through_the_admin_api_and_requests_choose_them() {
     const AUTH: (&str, &str) = ("authorization", "Bearer admin-secret");
     let server =
         TestServer::start_guided_with(weft_server::ServerConfig { admin_token: Some("admin-secret".into()), ..Default::default() });
-    let boundary = "weft-guide-boundary";
     let manifest = "name = \"digits\"\nversion = \"1.0.0\"\nkind = \"guide\"\n";
-    let mut body = format!("--{boundary}\r\ncontent-disposition: form-data; name=\"manifest\"\r\n\r\n{manifest}\r\n--{boundary}\r\ncontent-disposition: form-data; name=\"component\"\r\n\r\n").into_bytes();
-    body.extend(std::fs::read(weft_plugin_artifacts::FAULTY_GUIDE_PATH).unwrap());
-    body.extend(format!("\r\n--{boundary}--\r\n").bytes());
-    let content_type = format!("multipart/form-data; boundary={boundary}");
-    let r = server.post_with("/admin/v1/plugins", &[AUTH, ("content-type", &content_type)], &body);
+    let r = server.deploy_manifest("admin-secret", manifest, &std::fs::read(weft_plugin_artifacts::FAULTY_GUIDE_PATH).unwrap());
     assert_eq!((r.status, r.json()["kind"].as_str()), (201, Some("guide")), "{}", r.body);
 
     let ask = |guide: &str, source: &str| chat("Count.", json!({"max_tokens": 24, "weft": {"guide": guide, "regex": source}}));

@@ -284,13 +284,9 @@ fn a_canary_takes_its_share_and_is_promoted_withdrawn_or_removed() {
     assert_eq!(server.get_with("/admin/v1/plugins/canary", &[AUTH]).status, 400);
 }
 
-/// A `multipart/form-data` deploy of `manifest` with the faulty sampler.
+/// A deploy of `manifest` with the faulty sampler.
 fn deploy_manifest(server: &TestServer, manifest: &str) -> Reply {
-    let boundary = "weft-test-boundary-4c1f";
-    let mut body = format!("--{boundary}\r\ncontent-disposition: form-data; name=\"manifest\"\r\n\r\n{manifest}\r\n--{boundary}\r\ncontent-disposition: form-data; name=\"component\"\r\n\r\n").into_bytes();
-    body.extend(faulty_component());
-    body.extend(format!("\r\n--{boundary}--\r\n").bytes());
-    server.post_with("/admin/v1/plugins", &[AUTH, ("content-type", &format!("multipart/form-data; boundary={boundary}"))], &body)
+    server.deploy_manifest("admin-secret", manifest, &faulty_component())
 }
 
 #[test]

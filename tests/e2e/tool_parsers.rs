@@ -122,11 +122,7 @@ fn a_broken_tool_parser_fails_only_its_call_and_is_rebuilt() {
 const AUTH: (&str, &str) = ("authorization", "Bearer admin-secret");
 
 fn deploy(server: &TestServer, manifest: &str, component: &[u8]) -> Reply {
-    let boundary = "weft-test-boundary-77aa";
-    let mut body = format!("--{boundary}\r\ncontent-disposition: form-data; name=\"manifest\"\r\n\r\n{manifest}\r\n--{boundary}\r\ncontent-disposition: form-data; name=\"component\"\r\n\r\n").into_bytes();
-    body.extend(component);
-    body.extend(format!("\r\n--{boundary}--\r\n").bytes());
-    server.post_with("/admin/v1/plugins", &[AUTH, ("content-type", &format!("multipart/form-data; boundary={boundary}"))], &body)
+    server.deploy_manifest("admin-secret", manifest, component)
 }
 
 fn ask(server: &TestServer, parser: &str, choice: &str, stream: bool) -> Reply {

@@ -2,8 +2,12 @@
 //! (HTTP middleware over the API routes, and each gRPC call), and what the
 //! answer allows.
 //!
-//! Without an auth plugin (`Server::enable_auth` never called) the API is
-//! open and every request is the empty tenant. With one, a request is let
+//! Without an auth plugin (none at startup, `Server::enable_auth`, and
+//! none deployed since) the API is open and every request is the empty
+//! tenant. The auth plugin is a deployable kind with one name: a new
+//! version (or a canary) authenticates new requests from the moment it is
+//! activated, and rollback is one call; its faults never open a breaker
+//! nor roll it back, since any caller can provoke them. With one, a request is let
 //! through only with a principal: no or bad credentials are a 401, a route
 //! outside the principal's scopes a 403; a model or a sampler plugin
 //! outside its allowed lists is a 403 when the request names it. The
@@ -58,7 +62,8 @@ pub fn scope_of(path: &str) -> &'static str {
 /// Ask the auth plugin about a request (on the blocking pool); `None` when
 /// the server has no auth plugin.
 pub async fn authenticate(state: &AppState, method: &str, path: &str, headers: Vec<(String, String)>) -> Result<Option<Principal>, ApiError> {
-    let Some(auth) = state.auth.clone() else { return Ok(None) };
+    let Some(name) = state.auth.get() else { return Ok(None) };
+    let auth = state.plugins.auths.resolve(name)?.handle;
     let (method, path_owned) = (method.to_string(), path.to_string());
     let decision = state
         .blocking(move || auth.authenticate(&method, &path_owned, headers))

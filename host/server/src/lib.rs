@@ -88,8 +88,10 @@ pub struct AppState {
     pub(crate) guide: Option<Arc<guides::GuidePlugin>>,
     /// Where deploys are persisted, if the server has a state directory.
     pub(crate) plugin_store: Option<Arc<plugin_store::PluginStore>>,
-    /// Who may call the API; `None` leaves it open ([`auth`]).
-    pub(crate) auth: Option<Arc<weft_plugin_runtime::WasmAuth>>,
+    /// The name (in `plugins.auths`) of the auth plugin every API request
+    /// is authenticated with; unset leaves the API open ([`auth`]). Set
+    /// once, at startup or by the first auth deploy, and never unset.
+    pub(crate) auth: Arc<std::sync::OnceLock<String>>,
     /// Requests per minute per tenant, by rate-limit class.
     pub(crate) rate_limiter: Arc<rate_limit::RateLimiter>,
     blocking: Arc<Semaphore>,
@@ -199,6 +201,98 @@ impl AppState {
     }
 }
 
+
+/// Why [`Server::enable_auth`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    #[error(transparent)]
+    Plugin(#[from] weft_plugin_runtime::PluginError),
+    #[error("the server already authenticates with `{0}`")]
+    AlreadyEnabled(String),
+}
+
+/// A name's stored versions with their components, as the store loads them.
+type StoredPlugin = (String, plugin_store::StoredName, Vec<Vec<u8>>);
+
+/// Load the stored deploys back: every kept version (samplers into the
+/// engine), in deploy order, then each name's active version. A version
+/// that no longer loads is reported and skipped. The auth plugin's name is
+/// returned, not loaded: its startup version (if the server has one) must
+/// come first ([`Server::enable_auth`]).
+fn restore_plugins(
+    store: &plugin_store::PluginStore,
+    runtime: &weft_plugin_runtime::PluginRuntime,
+    engine: &mut Engine,
+    plugins: &plugins::Plugins,
+    tokenizer: &Tokenizer,
+) -> Option<StoredPlugin> {
+    let mut auth = None;
+    for stored in store.load() {
+        if stored.1.versions.first().is_some_and(|v| v.kind == manifest::PluginKind::Auth) {
+            auth = Some(stored);
+            continue;
+        }
+        restore_name(stored, runtime, Some(&mut *engine), plugins, tokenizer);
+    }
+    auth
+}
+
+/// Load one stored name's versions and make its stored active version
+/// active again. Samplers need the `engine`.
+fn restore_name(
+    (name, stored, components): StoredPlugin,
+    runtime: &weft_plugin_runtime::PluginRuntime,
+    mut engine: Option<&mut Engine>,
+    plugins: &plugins::Plugins,
+    tokenizer: &Tokenizer,
+) {
+    for (v, component) in stored.versions.iter().zip(components) {
+        let label = format!("{name}@{}", v.version);
+        let restored = semver::Version::parse(&v.version).map_err(|e| e.to_string()).and_then(|version| {
+            let manifest = v.manifest(&name, version);
+            let limits = manifest.limits(runtime.limits()).map_err(|e| e.to_string())?;
+            let config = manifest.init_config();
+            match manifest.kind {
+                manifest::PluginKind::Guide => {
+                    let guide = guides::deployed(runtime, &label, &component, limits, config, tokenizer).map_err(|e| e.to_string())?;
+                    let deployed = plugins::Deployed { manifest, health: Some(guide.health()), handle: guide, canary: None };
+                    plugins.guides.activate(&name, deployed).map(drop).map_err(|e| e.to_string())
+                }
+                manifest::PluginKind::ToolParser => {
+                    let parser = runtime
+                        .load_tool_parser(&label, &component, limits)
+                        .and_then(|c| weft_plugin_runtime::WasmToolParser::new(c, config))
+                        .map_err(|e| e.to_string())?;
+                    let deployed = plugins::Deployed { manifest, health: Some(parser.health()), handle: parser, canary: None };
+                    plugins.tool_parsers.activate(&name, deployed).map(drop).map_err(|e| e.to_string())
+                }
+                manifest::PluginKind::Auth => {
+                    let auth = runtime
+                        .load_auth(&label, &component, limits)
+                        .and_then(|c| weft_plugin_runtime::WasmAuth::new(c, config))
+                        .map_err(|e| e.to_string())?;
+                    let deployed = plugins::Deployed { manifest, health: Some(auth.health()), handle: Arc::new(auth), canary: None };
+                    plugins.auths.activate(&name, deployed).map(drop).map_err(|e| e.to_string())
+                }
+                _ => {
+                    let engine = engine.as_deref_mut().ok_or("a sampler needs the engine")?;
+                    let sampler = runtime.load_sampler_with(&label, &component, limits).and_then(|c| c.sampler(config)).map_err(|e| e.to_string())?;
+                    let health = Some(sampler.health());
+                    let handle = engine.add_sampler(Box::new(sampler));
+                    let retired = plugins.samplers.activate(&name, plugins::Deployed { manifest, handle, health, canary: None });
+                    retired.map(|ids| ids.into_iter().for_each(|id| engine.retire_sampler(id))).map_err(|e| e.to_string())
+                }
+            }
+        });
+        if let Err(e) = restored {
+            eprintln!("weft: the stored plugin {label} was not restored: {e}");
+        }
+    }
+    if let Ok(active) = semver::Version::parse(&stored.active) {
+        let _ = plugins.set_active(&name, &active, stored.canary);
+    }
+}
+
 /// A bound, not yet serving, HTTP server.
 pub struct Server {
     listener: TcpListener,
@@ -207,57 +301,10 @@ pub struct Server {
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// The PEM certificate chain and key, for gRPC over TLS.
     tls_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// The auth plugin's stored deploys, loaded by [`Server::enable_auth`]
+    /// over its startup version, or by [`Server::serve`] on their own.
+    stored_auth: Option<StoredPlugin>,
     state: AppState,
-}
-
-/// Load the stored deploys back: every kept version (samplers into the
-/// engine), in deploy order, then each name's active version. A version
-/// that no longer loads is reported and skipped.
-fn restore_plugins(
-    store: &plugin_store::PluginStore,
-    runtime: &weft_plugin_runtime::PluginRuntime,
-    engine: &mut Engine,
-    plugins: &plugins::Plugins,
-    tokenizer: &Tokenizer,
-) {
-    for (name, stored, components) in store.load() {
-        for (v, component) in stored.versions.iter().zip(components) {
-            let label = format!("{name}@{}", v.version);
-            let restored = semver::Version::parse(&v.version).map_err(|e| e.to_string()).and_then(|version| {
-                let manifest = v.manifest(&name, version);
-                let limits = manifest.limits(runtime.limits()).map_err(|e| e.to_string())?;
-                let config = manifest.init_config();
-                match manifest.kind {
-                    manifest::PluginKind::Guide => {
-                        let guide = guides::deployed(runtime, &label, &component, limits, config, tokenizer).map_err(|e| e.to_string())?;
-                        let deployed = plugins::Deployed { manifest, health: Some(guide.health()), handle: guide, canary: None };
-                        plugins.guides.activate(&name, deployed).map(drop).map_err(|e| e.to_string())
-                    }
-                    manifest::PluginKind::ToolParser => {
-                        let parser = runtime
-                            .load_tool_parser(&label, &component, limits)
-                            .and_then(|c| weft_plugin_runtime::WasmToolParser::new(c, config))
-                            .map_err(|e| e.to_string())?;
-                        let deployed = plugins::Deployed { manifest, health: Some(parser.health()), handle: parser, canary: None };
-                        plugins.tool_parsers.activate(&name, deployed).map(drop).map_err(|e| e.to_string())
-                    }
-                    _ => {
-                        let sampler = runtime.load_sampler_with(&label, &component, limits).and_then(|c| c.sampler(config)).map_err(|e| e.to_string())?;
-                        let health = Some(sampler.health());
-                        let handle = engine.add_sampler(Box::new(sampler));
-                        let retired = plugins.samplers.activate(&name, plugins::Deployed { manifest, handle, health, canary: None });
-                        retired.map(|ids| ids.into_iter().for_each(|id| engine.retire_sampler(id))).map_err(|e| e.to_string())
-                    }
-                }
-            });
-            if let Err(e) = restored {
-                eprintln!("weft: the stored plugin {label} was not restored: {e}");
-            }
-        }
-        if let Ok(active) = semver::Version::parse(&stored.active) {
-            let _ = plugins.set_active(&name, &active, stored.canary);
-        }
-    }
 }
 
 impl std::fmt::Debug for Server {
@@ -290,12 +337,12 @@ impl Server {
             let builtin = plugins::Deployed { manifest, handle, health: None, canary: None };
             plugins.samplers.activate(name, builtin).map_err(std::io::Error::other)?;
         }
-        let plugin_store = match &config.state_dir {
-            None => None,
+        let (plugin_store, stored_auth) = match &config.state_dir {
+            None => (None, None),
             Some(dir) => {
                 let store = plugin_store::PluginStore::open(dir).map_err(std::io::Error::other)?;
-                restore_plugins(&store, &runtime, &mut engine, &plugins, &loaded.tokenizer);
-                Some(Arc::new(store))
+                let auth = restore_plugins(&store, &runtime, &mut engine, &plugins, &loaded.tokenizer);
+                (Some(Arc::new(store)), auth)
             }
         };
         let model = ModelInfo {
@@ -321,7 +368,7 @@ impl Server {
             runtime,
             guide: None,
             plugin_store,
-            auth: None,
+            auth: Arc::default(),
             rate_limiter: Arc::new(rate_limit::RateLimiter::new(config.rate_limits.clone())),
             default_tool_parser: None,
             blocking: Arc::new(Semaphore::new(config.tokenizer_workers.max(1))),
@@ -332,7 +379,7 @@ impl Server {
             Some(files) => Some((std::fs::read(&files.cert)?, std::fs::read(&files.key)?)),
             None => None,
         };
-        Ok(Self { listener, grpc_listener, tls, tls_pem, state })
+        Ok(Self { listener, grpc_listener, tls, tls_pem, stored_auth, state })
     }
 
     /// Serve guided generation (`response_format`, `weft.regex`,
@@ -361,19 +408,46 @@ impl Server {
     }
 
     /// Authenticate every API request with the auth component `bytes`,
-    /// configured with `config` (it gets the real clock, for token expiry).
-    /// Loaded now: a server with auth never serves before it is ready.
+    /// configured with `config` (it gets the real clock, for token expiry),
+    /// as the startup version of `name`. Versions of `name` deployed at
+    /// run time and kept in the state directory load over it, with the
+    /// version that was active. Loaded now: a server with auth never serves
+    /// before it is ready.
     pub fn enable_auth(
         &mut self,
         name: &str,
         bytes: &[u8],
         config: Vec<(String, weft_plugin_runtime::bindings::weft::plugin::types::ConfigValue)>,
-    ) -> Result<(), weft_plugin_runtime::PluginError> {
-        let mut limits = self.state.runtime.limits().clone();
+    ) -> Result<(), AuthSetupError> {
+        let state = &self.state;
+        if let Some(current) = state.auth.get() {
+            return Err(AuthSetupError::AlreadyEnabled(current.clone()));
+        }
+        let mut limits = state.runtime.limits().clone();
         limits.grants.clock = true;
-        let component = self.state.runtime.load_auth(name, bytes, limits)?;
-        self.state.auth = Some(Arc::new(weft_plugin_runtime::WasmAuth::new(component, config)?));
+        let component = state.runtime.load_auth(&format!("{name}@0.1.0"), bytes, limits)?;
+        let auth = weft_plugin_runtime::WasmAuth::new(component, config.clone())?;
+        let mut manifest = manifest::Manifest::plain(name, semver::Version::new(0, 1, 0), Default::default());
+        manifest.kind = manifest::PluginKind::Auth;
+        let deployed = plugins::Deployed { manifest, health: Some(auth.health()), handle: Arc::new(auth), canary: None };
+        state.plugins.auths.activate_startup(name, deployed).map_err(|e| AuthSetupError::AlreadyEnabled(format!("{name} ({e})")))?;
+        let _ = state.auth.set(name.to_string());
+        match self.stored_auth.take() {
+            Some(stored) if stored.0 == name => self.restore_auth(stored),
+            Some((other, ..)) => eprintln!("weft: the stored auth plugin `{other}` is not loaded: the server authenticates with `{name}`"),
+            None => {}
+        }
         Ok(())
+    }
+
+    /// Load the auth plugin's stored deploys and authenticate with them.
+    fn restore_auth(&self, stored: StoredPlugin) {
+        let state = &self.state;
+        let name = stored.0.clone();
+        restore_name(stored, &state.runtime, None, &state.plugins, &state.tokenizer);
+        if state.plugins.auths.contains(&name) {
+            let _ = state.auth.set(name);
+        }
     }
 
     /// Where the HTTP API listens.
@@ -393,7 +467,12 @@ impl Server {
 
     /// Serve HTTP (and gRPC) until `shutdown` resolves, then stop
     /// accepting and let in-flight requests finish.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn serve(mut self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        // An auth plugin deployed at run time, on a server started without
+        // one: it keeps authenticating after the restart.
+        if let Some(stored) = self.stored_auth.take() {
+            self.restore_auth(stored);
+        }
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;

@@ -168,13 +168,10 @@ impl Manifest {
     /// The limits this plugin runs under: the server's, tightened by the
     /// manifest (never loosened), with its grants.
     pub fn limits(&self, server: &Limits) -> Result<Limits, ApiError> {
-        if !matches!(self.kind, PluginKind::Sampler | PluginKind::Guide | PluginKind::ToolParser) {
+        if self.kind == PluginKind::Router {
             return Err(ApiError::invalid(
                 "kind",
-                format!(
-                    "only `sampler`, `guide` and `tool-parser` plugins can be deployed so far; `{}` is not yet deployable",
-                    kind_name(self.kind)
-                ),
+                "`router` plugins are not deployable yet: a server routes only to its own engine until it has peers",
             ));
         }
         let mut limits = server.clone();
@@ -195,8 +192,10 @@ impl Manifest {
             }
             limits.memory_bytes = (mib as usize) << 20;
         }
-        limits.grants =
-            Grants { clock: self.grants.clock, stderr: self.grants.stderr, language_runtime: self.grants.language_runtime };
+        // An auth plugin always reads the real clock: under the frozen one
+        // every token would look unexpired.
+        let clock = self.grants.clock || self.kind == PluginKind::Auth;
+        limits.grants = Grants { clock, stderr: self.grants.stderr, language_runtime: self.grants.language_runtime };
         Ok(limits)
     }
 

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use utoipa::ToSchema;
 use weft_engine::SamplerId;
-use weft_plugin_runtime::{Health, WasmGuide, WasmToolParser};
+use weft_plugin_runtime::{Health, WasmAuth, WasmGuide, WasmToolParser};
 
 use crate::error::ApiError;
 use crate::manifest::{Manifest, PluginKind};
@@ -88,6 +88,9 @@ struct Version<H> {
     breaker: Mutex<Breaker>,
     /// Requests it was chosen for.
     requests: AtomicU64,
+    /// Loaded from the server's own configuration at startup rather than
+    /// deployed: not persisted (the next start loads it again).
+    startup: bool,
 }
 
 impl<H> Version<H> {
@@ -227,7 +230,9 @@ impl<H: Clone> Registry<H> {
         match self.kind {
             PluginKind::ToolParser => "weft.tool_parser",
             PluginKind::Guide => "weft.guide",
-            _ => "weft.sampler",
+            PluginKind::Sampler => "weft.sampler",
+            // Not named by requests.
+            PluginKind::Auth | PluginKind::Router => "name",
         }
     }
 
@@ -331,11 +336,23 @@ impl<H: Clone> Registry<H> {
             health: deployed.health,
             breaker: Mutex::new(Breaker::Closed { since: Instant::now() }),
             requests: AtomicU64::new(0),
+            startup: false,
         });
         let excess = entry.versions.len().saturating_sub(KEPT_VERSIONS);
         retired.extend(entry.versions.drain(..excess).map(|v| v.handle));
         entry.canary = deployed.canary.map(|share| Canary { share, resolved: AtomicU64::new(0) });
         entry.active = entry.versions.len() - if entry.canary.is_some() { 2 } else { 1 };
+        Ok(retired)
+    }
+
+    /// [`Self::activate`] for a version from the server's own startup
+    /// configuration, which is not persisted.
+    pub fn activate_startup(&self, name: &str, deployed: Deployed<H>) -> Result<Retired<H>, ApiError> {
+        let retired = self.activate(name, deployed)?;
+        let mut entries = self.entries.write().map_err(|_| poisoned())?;
+        if let Some(v) = entries.get_mut(name).and_then(|e| e.versions.last_mut()) {
+            v.startup = true;
+        }
         Ok(retired)
     }
 
@@ -403,7 +420,7 @@ impl<H: Clone> Registry<H> {
         let entries = self.entries.read().map_err(|_| poisoned())?;
         let entry = entries.get(name).ok_or_else(|| self.unknown(name, &BTreeMap::new()))?;
         Ok(crate::plugin_store::StoredName {
-            versions: entry.versions.iter().map(|v| crate::plugin_store::StoredVersion::of(&v.manifest)).collect(),
+            versions: entry.versions.iter().filter(|v| !v.startup).map(|v| crate::plugin_store::StoredVersion::of(&v.manifest)).collect(),
             active: entry.versions[entry.active].version.to_string(),
             canary: entry.canary.as_ref().map(|c| c.share),
         })
@@ -461,6 +478,9 @@ pub struct Plugins {
     pub tool_parsers: Registry<WasmToolParser>,
     /// Deployed guides (the builtin one is the server's own, not here).
     pub guides: Registry<WasmGuide>,
+    /// The auth plugin's versions: one name, the one every API request is
+    /// authenticated with ([`crate::auth`]).
+    pub auths: Registry<Arc<WasmAuth>>,
 }
 
 /// One name's registry, whichever kind it is.
@@ -468,6 +488,7 @@ pub enum Of<'a> {
     Samplers(&'a Registry<SamplerId>),
     ToolParsers(&'a Registry<WasmToolParser>),
     Guides(&'a Registry<WasmGuide>),
+    Auths(&'a Registry<Arc<WasmAuth>>),
 }
 
 /// `$e` with `$r` bound to the registry of whichever kind `$of` is.
@@ -477,6 +498,7 @@ macro_rules! each_kind {
             Of::Samplers($r) => $e,
             Of::ToolParsers($r) => $e,
             Of::Guides($r) => $e,
+            Of::Auths($r) => $e,
         }
     };
 }
@@ -486,12 +508,16 @@ impl Plugins {
         Self {
             samplers: Registry::new(PluginKind::Sampler, policy.clone()),
             tool_parsers: Registry::new(PluginKind::ToolParser, policy.clone()),
-            guides: Registry::new(PluginKind::Guide, policy),
+            guides: Registry::new(PluginKind::Guide, policy.clone()),
+            // Any caller's headers can make an auth plugin fault: a breaker
+            // would let a stranger refuse everyone, an automatic rollback
+            // would let one undo a fix. Faults are counted, never acted on.
+            auths: Registry::new(PluginKind::Auth, BreakerPolicy { faults: usize::MAX, ..policy }),
         }
     }
 
-    fn all(&self) -> [Of<'_>; 3] {
-        [Of::Samplers(&self.samplers), Of::ToolParsers(&self.tool_parsers), Of::Guides(&self.guides)]
+    fn all(&self) -> [Of<'_>; 4] {
+        [Of::Samplers(&self.samplers), Of::ToolParsers(&self.tool_parsers), Of::Guides(&self.guides), Of::Auths(&self.auths)]
     }
 
     /// The registry holding `name`, if any holds it.

@@ -8,5 +8,6 @@ include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
 /// The name the builtin guide plugin serves under.
 pub const GUIDE_NAME: &str = "builtin:guide@0.1.0";
 
-/// The name the builtin auth plugin serves under.
-pub const AUTH_NAME: &str = "builtin:auth@0.1.0";
+/// The name the builtin auth plugin serves under (as version 0.1.0; new
+/// versions deploy under the same name).
+pub const AUTH_NAME: &str = "auth";

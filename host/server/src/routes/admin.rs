@@ -215,6 +215,27 @@ pub(crate) async fn deploy_version(
             swap = std::time::Instant::now();
             state.plugins.guides.activate(&name, Deployed { manifest, handle: guide, health, canary })?;
         }
+        PluginKind::Auth => {
+            if let Some(current) = state.auth.get()
+                && current != &name
+            {
+                return Err(ApiError::Conflict(format!(
+                    "the server authenticates with `{current}`; deploy a new version of `{current}` instead of `{name}`"
+                )));
+            }
+            let auth = state
+                .blocking(move || runtime.load_auth(&label, &bytes, limits).and_then(|c| weft_plugin_runtime::WasmAuth::new(c, init)))
+                .await?
+                .map_err(rejected)?;
+            let health = Some(auth.health());
+            swap = std::time::Instant::now();
+            state.plugins.auths.activate(&name, Deployed { manifest, handle: Arc::new(auth), health, canary })?;
+            // The first auth deploy turns authentication on, for good.
+            if state.auth.get_or_init(|| name.clone()) != &name {
+                drop(state.plugins.auths.remove(&name));
+                return Err(ApiError::Conflict(format!("the server started authenticating with `{}` meanwhile", state.auth.get().unwrap())));
+            }
+        }
         PluginKind::ToolParser => {
             let parser = state
                 .blocking(move || {
@@ -298,10 +319,12 @@ pub async fn promote(State(state): State<AppState>, Path(name): Path<String>) ->
 }
 
 /// Unload every version of a name; requests in flight on them finish, new
-/// ones naming it get 400 `unknown_plugin`.
+/// ones naming it get 400 `unknown_plugin`. The auth plugin cannot be
+/// removed (409): that would open the API.
 #[utoipa::path(delete, path = "/admin/v1/plugins/{name}", tag = "Admin", security(("admin_token" = [])),
     params(("name" = String, Path)),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, description = "The name is the server's auth plugin", body = ErrorBody)))]
 pub async fn remove(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     check_name(&name)?;
     match state.plugins.of(&name) {
@@ -314,6 +337,12 @@ pub async fn remove(State(state): State<AppState>, Path(name): Path<String>) -> 
         // request holding it.
         Some(Of::ToolParsers(registry)) => drop(registry.remove(&name)?),
         Some(Of::Guides(registry)) => drop(registry.remove(&name)?),
+        // Removing it would open the API to everyone.
+        Some(Of::Auths(_)) => {
+            return Err(ApiError::Conflict(format!(
+                "`{name}` authenticates every request and cannot be removed; deploy a new version or roll back"
+            )));
+        }
         None => return Err(state.plugins.get(&name).err().unwrap_or_else(|| ApiError::Internal("a name vanished".into()))),
     }
     if let Some(store) = &state.plugin_store {
