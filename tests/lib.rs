@@ -48,10 +48,17 @@ pub fn default_model() -> &'static LoadedModel {
 
 /// An engine over the default model with the given pool size and step budget.
 pub fn engine_with(num_blocks: usize, max_batch_tokens: usize) -> Engine {
+    engine_tuned(|config| {
+        config.num_blocks = num_blocks;
+        config.max_batch_tokens = max_batch_tokens;
+    })
+}
+
+/// An engine over the default model with its configuration adjusted by `tune`.
+pub fn engine_tuned(tune: impl FnOnce(&mut EngineConfig)) -> Engine {
     let m = default_model();
     let mut config = EngineConfig::for_model(&m.model, 64 << 20);
-    config.num_blocks = num_blocks;
-    config.max_batch_tokens = max_batch_tokens;
+    tune(&mut config);
     Engine::new(Arc::clone(&m.model), Arc::clone(&m.tokenizer), config)
 }
 

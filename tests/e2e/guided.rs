@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use weft_engine::GenerationRequest;
-use weft_tests::{TestServer, default_model, engine_with, request, run_to_completion, tokens_of};
+use weft_tests::{TestServer, default_model, engine_tuned, engine_with, request, run_to_completion, tokens_of};
 use weft_types::{Guide, GuideError, GuideStep, SamplingParams, StopReason};
 
 use crate::server::all_blocks_free;
@@ -268,6 +268,54 @@ fn fixture_guide() -> weft_plugin_runtime::WasmGuide {
     let component = runtime.load_guide("faulty-guide", &bytes).unwrap();
     let vocab: Vec<Vec<u8>> = (b'0'..=b'9').chain([b'a']).map(|b| vec![b]).collect();
     weft_plugin_runtime::WasmGuide::new(component, vocab, vec![10]).unwrap()
+}
+
+/// Run the fixture's `slow-digits` guide (tens of milliseconds a step)
+/// beside an unguided request in one engine whose steps wait `grace` for
+/// guides. Returns both requests' tokens, how many steps the unguided one
+/// ran without getting a token, and the guide stalls counted.
+fn beside_a_slow_guide(grace: Duration) -> (Vec<u32>, Vec<u32>, usize, u64) {
+    let tk = &default_model().tokenizer;
+    let limits = weft_plugin_runtime::Limits { call_deadline: Duration::from_secs(5), ..Default::default() };
+    let runtime = weft_plugin_runtime::PluginRuntime::new(limits).unwrap();
+    let component = runtime.load_guide("faulty-guide", &std::fs::read(weft_plugin_artifacts::FAULTY_GUIDE_PATH).unwrap()).unwrap();
+    let vocab = (0..tk.vocab_size() as u32).map(|t| tk.token_bytes(t)).collect();
+    let guide = weft_plugin_runtime::WasmGuide::new(component, vocab, tk.eog_tokens().to_vec()).unwrap();
+    let mut engine = engine_tuned(|c| c.guide_grace = grace);
+    let prompt = tk.encode("Count from one to ten:", false).unwrap();
+    let slow_seq = guide.sequence("regex", "slow-digits").unwrap();
+    let slow = engine.add_request(GenerationRequest { guide: Some(Box::new(slow_seq)), ..request(&prompt, SamplingParams::greedy(5)) }).unwrap();
+    let bystander = engine.add_request(request(&prompt, SamplingParams::greedy(12))).unwrap();
+    let (mut outputs, mut idle_steps, mut bystander_done) = (Vec::new(), 0, false);
+    let mut guard = 0;
+    while engine.has_work() {
+        let step = engine.step();
+        if !bystander_done && !step.iter().any(|o| o.id == bystander && !o.tokens.is_empty()) {
+            idle_steps += 1;
+        }
+        bystander_done |= step.iter().any(|o| o.id == bystander && o.finished.is_some());
+        outputs.extend(step);
+        guard += 1;
+        assert!(guard < 10_000, "the engine does not finish");
+    }
+    assert_eq!(engine.free_blocks(), engine.config().num_blocks, "every block returns");
+    (tokens_of(&outputs, slow), tokens_of(&outputs, bystander), idle_steps, engine.stats().guide_stalls)
+}
+
+#[test]
+fn a_late_guide_stalls_only_its_own_sequence_and_changes_none_of_its_tokens() {
+    // Waiting for every guide: nothing stalls, and the unguided request
+    // waits for the slow guide at every step they share.
+    let (slow_waited, bystander_waited, _, stalls) = beside_a_slow_guide(Duration::from_secs(10));
+    assert_eq!(stalls, 0);
+    assert_eq!(slow_waited.len(), 5);
+    // No grace: the slow guide misses every step's deadline. The unguided
+    // request gets a token every step; the guided one sits steps out and
+    // ends with exactly the same tokens.
+    let (slow, bystander, idle_steps, stalls) = beside_a_slow_guide(Duration::ZERO);
+    assert!(stalls > 0, "the slow guide was late");
+    assert_eq!(idle_steps, 0, "the unguided request never waited for the guide");
+    assert_eq!((slow, bystander), (slow_waited, bystander_waited));
 }
 
 #[test]

@@ -10,20 +10,29 @@
 //! goes back to the front of the queue to be recomputed later, which yields
 //! the same tokens because sampling depends only on `(seed, index)`.
 //!
-//! The engine is a plain single-owner state machine with no threads or locks
-//! of its own; the server drives it from one task.
+//! Guided sequences get their masks from guide worker threads during the
+//! forward pass ([`crate::guide_workers`]); a guide late past the step's
+//! grace period stalls only its sequence, which keeps its logits row and
+//! sits out steps until the answer comes (its tokens are the same, only
+//! later). Otherwise the engine is a plain single-owner state machine; the
+//! server drives it from one task.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use weft_types::{DecisionError, Guide, GuideError, GuideStep, SampleRow, Sampler, SamplerError, SamplingParams, StopReason};
 
+use crate::guide_workers::{Answer, GuideWorkers};
 use crate::kv_cache::{BlockPool, KvStorage, chain_next, chain_root};
 use crate::model::{BatchToken, ForwardBatch, LlamaModel};
 use crate::sampling::{NativeSampler, argmax, logprob_of, top_logprobs};
 use crate::sequence::{PromptScore, RequestId, Sequence};
 use crate::tokenizer::Tokenizer;
+
+/// How long a step with nothing to compute waits for a late guide.
+const GUIDE_POLL: Duration = Duration::from_millis(10);
 
 /// Engine sizing. Every field documents its default.
 #[derive(Clone, Debug)]
@@ -37,6 +46,12 @@ pub struct EngineConfig {
     pub max_batch_tokens: usize,
     /// Most sequences running at once. Default 64.
     pub max_running: usize,
+    /// How long a step waits after its forward pass for guides still
+    /// computing masks; a guide later than that stalls only its own
+    /// sequence, which sits out steps until the answer comes. Default 20 ms.
+    pub guide_grace: Duration,
+    /// Threads computing guides' masks. Default 2.
+    pub guide_threads: usize,
 }
 
 impl EngineConfig {
@@ -44,7 +59,14 @@ impl EngineConfig {
     pub fn for_model(model: &LlamaModel, kv_cache_bytes: usize) -> Self {
         let block_size = 16;
         let per_token = KvStorage::bytes_per_token(model.config.layers, model.config.kv_dim(), model.config.kv_precision());
-        Self { block_size, num_blocks: (kv_cache_bytes / (per_token * block_size)).max(1), max_batch_tokens: 512, max_running: 64 }
+        Self {
+            block_size,
+            num_blocks: (kv_cache_bytes / (per_token * block_size)).max(1),
+            max_batch_tokens: 512,
+            max_running: 64,
+            guide_grace: Duration::from_millis(20),
+            guide_threads: 2,
+        }
     }
 }
 
@@ -127,6 +149,8 @@ pub struct EngineStats {
     pub sampler_failures: u64,
     /// Guide calls that failed (each failed its own sequence).
     pub guide_failures: u64,
+    /// Steps a sequence sat out because its guide was late.
+    pub guide_stalls: u64,
 }
 
 /// Continuous-batching inference over one model.
@@ -145,6 +169,8 @@ pub struct Engine {
     samplers: Vec<Option<Box<dyn Sampler>>>,
     /// Samplers that take no new requests and are dropped when unused.
     retired: Vec<SamplerId>,
+    /// Started with the first guided step.
+    guide_workers: Option<GuideWorkers>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -170,6 +196,7 @@ impl Engine {
             cached_at_admission: Default::default(),
             samplers: vec![Some(Box::new(NativeSampler))],
             retired: Vec::new(),
+            guide_workers: None,
         }
     }
 
@@ -288,6 +315,9 @@ impl Engine {
             score_prompt: req.score_prompt,
             sampler: req.sampler,
             guide: req.guide,
+            awaiting_guide: false,
+            held_row: None,
+            guide_answer: None,
             scored: 0,
             decoder: self.tokenizer.stream(),
             text: String::new(),
@@ -321,28 +351,59 @@ impl Engine {
     /// Run one forward pass for the running batch and return what each
     /// request produced.
     pub fn step(&mut self) -> Vec<Output> {
+        self.take_guide_answers(Instant::now());
         let plan = self.plan();
         if plan.is_empty() {
+            // Everyone left is waiting for a late guide: wait for one.
+            if self.running.iter().any(|s| s.awaiting_guide) {
+                self.take_guide_answers(Instant::now() + GUIDE_POLL);
+            }
             return Vec::new();
         }
         self.stats.steps += 1;
 
         // The guides of sequences that choose a token this step compute
-        // their masks on another thread while the forward pass runs.
-        let mut guides: Vec<(usize, Box<dyn Guide>)> = Vec::new();
+        // their masks on the guide workers while the forward pass runs.
+        let mut asked: Vec<usize> = Vec::new();
         for (slot, &(i, n)) in plan.iter().enumerate() {
             let seq = &mut self.running[i];
-            if seq.computed + n == seq.tokens.len() {
-                if let Some(g) = seq.guide.take() {
-                    guides.push((slot, g));
-                }
+            if n > 0
+                && seq.computed + n == seq.tokens.len()
+                && seq.guide_answer.is_none()
+                && let Some(g) = seq.guide.take()
+            {
+                let id = seq.id;
+                self.guide_workers().ask(id, g);
+                asked.push(slot);
             }
         }
-        let (flags, logits, guided) = self.forward_with_guides(&plan, guides);
+        let (flags, logits) = self.forward(&plan);
+        // Wait for this step's answers, up to the grace period.
+        let deadline = Instant::now() + self.config.guide_grace;
+        let mut outstanding: Vec<RequestId> = asked.iter().map(|&slot| self.running[plan[slot].0].id).collect();
+        while !outstanding.is_empty() {
+            let Some(answer) = self.guide_workers.as_ref().and_then(|w| w.answer_by(deadline)) else { break };
+            outstanding.retain(|&id| id != answer.id);
+            self.take_guide_answer(answer);
+        }
         let mut guide_steps: Vec<Option<Result<GuideStep, GuideError>>> = (0..plan.len()).map(|_| None).collect();
-        for (slot, guide, step) in guided {
-            self.running[plan[slot].0].guide = Some(guide);
-            guide_steps[slot] = Some(step);
+        // Rows kept for sequences whose late guide has answered since.
+        let mut held_rows: Vec<(usize, Vec<f32>)> = Vec::new();
+        let mut late: Vec<usize> = Vec::new();
+        for (slot, &(i, n)) in plan.iter().enumerate() {
+            let seq = &mut self.running[i];
+            if asked.contains(&slot) && seq.guide_answer.is_none() {
+                seq.awaiting_guide = true;
+                self.stats.guide_stalls += 1;
+                late.push(slot);
+            } else if n == 0
+                && let Some(row) = seq.held_row.take()
+            {
+                held_rows.push((slot, row));
+            }
+            if !late.contains(&slot) {
+                guide_steps[slot] = seq.guide_answer.take();
+            }
         }
 
         // Prompt scores, and which logits row each sampling sequence uses.
@@ -370,8 +431,15 @@ impl Engine {
                     seq.scored = pos + 1;
                 }
                 if pos == last {
-                    sample_rows.push((slot, row));
+                    if late.contains(&slot) {
+                        seq.held_row = Some(row.to_vec());
+                    } else {
+                        sample_rows.push((slot, row));
+                    }
                 }
+            }
+            if let Some((_, row)) = held_rows.iter().find(|(s, _)| *s == slot) {
+                sample_rows.push((slot, row));
             }
             outputs.push(out);
         }
@@ -538,16 +606,10 @@ impl Engine {
         outputs
     }
 
-    /// The forward pass for `plan`, with `guides` asked for their next step
-    /// on a second thread meanwhile. Returns `(position, has logits)` of
-    /// every token in the batch, the logits, and each guide with its answer
-    /// (a guide that panicked answers with a fault).
-    #[allow(clippy::type_complexity)]
-    fn forward_with_guides(
-        &mut self,
-        plan: &[(usize, usize)],
-        guides: Vec<(usize, Box<dyn Guide>)>,
-    ) -> (Vec<(usize, bool)>, Vec<f32>, Vec<(usize, Box<dyn Guide>, Result<GuideStep, GuideError>)>) {
+    /// The forward pass for `plan`: `(position, has logits)` of every token
+    /// in the batch, and the logits (none when every planned sequence only
+    /// takes a late guide's answer).
+    fn forward(&mut self, plan: &[(usize, usize)]) -> (Vec<(usize, bool)>, Vec<f32>) {
         let mut batch = ForwardBatch::default();
         for (slot, &(i, n)) in plan.iter().enumerate() {
             let seq = &self.running[i];
@@ -562,26 +624,32 @@ impl Engine {
             }
         }
         let flags = batch.tokens.iter().map(|t| (t.pos, t.logits)).collect();
-        let guides_empty = guides.is_empty();
-        let ask = move || {
-            guides
-                .into_iter()
-                .map(|(slot, mut guide)| {
-                    let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| guide.next())).unwrap_or_else(|_| {
-                        Err(GuideError::Fault { guide: format!("{guide:?}"), message: "the guide panicked".into() })
-                    });
-                    (slot, guide, step)
-                })
-                .collect::<Vec<_>>()
-        };
-        if guides_empty {
-            return (flags, self.model.forward(&batch, &mut self.kv), Vec::new());
+        if batch.tokens.is_empty() {
+            return (flags, Vec::new());
         }
-        std::thread::scope(|scope| {
-            let asking = scope.spawn(ask);
-            let logits = self.model.forward(&batch, &mut self.kv);
-            (flags, logits, asking.join().unwrap_or_default())
-        })
+        (flags, self.model.forward(&batch, &mut self.kv))
+    }
+
+    fn guide_workers(&mut self) -> &GuideWorkers {
+        let threads = self.config.guide_threads;
+        self.guide_workers.get_or_insert_with(|| GuideWorkers::new(threads).expect("the guide threads start"))
+    }
+
+    /// Take the guide answers that arrive by `deadline`.
+    fn take_guide_answers(&mut self, deadline: Instant) {
+        while let Some(answer) = self.guide_workers.as_ref().and_then(|w| w.answer_by(deadline)) {
+            self.take_guide_answer(answer);
+        }
+    }
+
+    /// Hand a guide and its answer back to its sequence (gone if it was
+    /// cancelled meanwhile).
+    fn take_guide_answer(&mut self, answer: Answer) {
+        if let Some(seq) = self.running.iter_mut().find(|s| s.id == answer.id) {
+            seq.guide = Some(answer.guide);
+            seq.guide_answer = Some(answer.step);
+            seq.awaiting_guide = false;
+        }
     }
 
     fn accept_token(tokenizer: &Tokenizer, model: &LlamaModel, seq: &mut Sequence, token: u32, out: &mut Output) {
@@ -613,9 +681,15 @@ impl Engine {
                 return plan;
             }
             // Nobody could get blocks: keep only the oldest sequence, which
-            // always fits alone (admission checks the pool's capacity).
-            while self.running.len() > 1 {
-                self.preempt_last();
+            // always fits alone (admission checks the pool's capacity), and
+            // those waiting for a late guide (never preempted).
+            let mut preempted = false;
+            while let Some(v) = (1..self.running.len()).rev().find(|&v| self.running[v].preemptible()) {
+                self.preempt(v);
+                preempted = true;
+            }
+            if !preempted {
+                return plan;
             }
         }
     }
@@ -630,7 +704,10 @@ impl Engine {
             while i < self.running.len() && budget > 0 {
                 let seq = &self.running[i];
                 let remaining = seq.tokens.len() - seq.computed;
-                if (remaining == 1) != decode_pass || plan.iter().any(|&(j, _)| j == i) {
+                // A sequence with a late guide's answer takes it with no
+                // tokens to compute (in the second pass); one still waiting
+                // sits the step out.
+                if (remaining == 1) != decode_pass || seq.awaiting_guide || plan.iter().any(|&(j, _)| j == i) {
                     i += 1;
                     continue;
                 }
@@ -638,7 +715,9 @@ impl Engine {
                 let needed = (seq.computed + n).div_ceil(bs).saturating_sub(seq.blocks.len());
                 while self.pool.num_free() < needed {
                     // Preempt the newest unplanned sequence other than this one.
-                    let victim = (0..self.running.len()).rev().find(|&v| v != i && !plan.iter().any(|&(j, _)| j == v));
+                    let victim = (0..self.running.len())
+                        .rev()
+                        .find(|&v| v != i && self.running[v].preemptible() && !plan.iter().any(|&(j, _)| j == v));
                     match victim {
                         Some(v) if v > i => {
                             self.preempt(v);
@@ -714,10 +793,6 @@ impl Engine {
         self.waiting.push_front(seq);
     }
 
-    fn preempt_last(&mut self) {
-        let last = self.running.len() - 1;
-        self.preempt(last);
-    }
 }
 
 /// Check a sampler's answer: one token per row, each in the vocabulary.

@@ -13,6 +13,7 @@
 pub mod chat_template;
 pub mod engine;
 pub mod gguf;
+mod guide_workers;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;

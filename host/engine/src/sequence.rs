@@ -36,9 +36,18 @@ pub(crate) struct Sequence {
     pub score_prompt: bool,
     /// Which of the engine's samplers chooses its tokens.
     pub sampler: crate::engine::SamplerId,
-    /// The constraint on its tokens, if any (taken out while a step's masks
-    /// are computed).
+    /// The constraint on its tokens, if any (taken out while a guide
+    /// worker computes its next step).
     pub guide: Option<Box<dyn weft_types::Guide>>,
+    /// Its guide missed a step's deadline and is still computing: the
+    /// sequence sits out steps (never planned, never preempted) until the
+    /// answer comes.
+    pub awaiting_guide: bool,
+    /// The logits row its next token is chosen from, kept while its guide
+    /// is late.
+    pub held_row: Option<Vec<f32>>,
+    /// The late guide's answer, applied to `held_row` in the next step.
+    pub guide_answer: Option<Result<weft_types::GuideStep, weft_types::GuideError>>,
     pub scored: usize,
     pub decoder: StreamDecoder,
     /// Generated text so far (stop strings cut it).
@@ -49,6 +58,12 @@ pub(crate) struct Sequence {
 }
 
 impl Sequence {
+    /// Whether preempting it is safe: not while a late guide holds its
+    /// next step (its kept row and answer belong to the computed state).
+    pub fn preemptible(&self) -> bool {
+        !self.awaiting_guide && self.held_row.is_none() && self.guide_answer.is_none()
+    }
+
     pub fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
     }

@@ -2,7 +2,8 @@
 //! committed (the example of docs/plugins/README.md; `digits-forever` never
 //! stops), and misbehaves on purpose when the constraint's source names a
 //! fault: `trap-on-compile`, `loop-on-compile`, `memory-on-compile`,
-//! `trap-on-next` (on the third step).
+//! `trap-on-next` (on the third step); `slow-digits` is `digits` taking
+//! tens of milliseconds over every step (a late guide).
 
 wit_bindgen::generate!({
     path: "../../../wit",
@@ -40,7 +41,11 @@ pub struct Sequence {
     steps: Cell<u32>,
     trap_on_next: bool,
     forever: bool,
+    slow: bool,
 }
+
+/// Iterations of busy work a slow step does: tens of milliseconds.
+const SLOW_SPIN: u64 = 40_000_000;
 
 impl GuestSequence for Sequence {
     fn new(constraint: Constraint) -> Self {
@@ -61,6 +66,7 @@ impl GuestSequence for Sequence {
                 steps: Cell::new(0),
                 trap_on_next: source == "trap-on-next",
                 forever: source == "digits-forever",
+                slow: source == "slow-digits",
             },
         }
     }
@@ -71,6 +77,12 @@ impl GuestSequence for Sequence {
 
     fn next(&self) -> Result<Step, PluginError> {
         self.steps.set(self.steps.get() + 1);
+        if self.slow {
+            let mut x = 0u64;
+            for i in 0..SLOW_SPIN {
+                x = std::hint::black_box(x.wrapping_add(i));
+            }
+        }
         if self.trap_on_next && self.steps.get() == 3 {
             panic!("the fixture traps on its third step, as asked");
         }
