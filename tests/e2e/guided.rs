@@ -270,6 +270,31 @@ fn fixture_guide() -> weft_plugin_runtime::WasmGuide {
     weft_plugin_runtime::WasmGuide::new(component, vocab, vec![10]).unwrap()
 }
 
+#[test]
+fn a_determined_run_is_forced_as_the_model_tokenizes_it() {
+    let server = TestServer::start_guided();
+    let sentence = "Paris is the capital of France, and Berlin is the capital of Germany.";
+    let pattern = regex_syntax_escape(sentence);
+    let canonical = server.post("/tokenize", &json!({"prompt": sentence})).json()["tokens"].clone();
+    for logprobs in [false, true] {
+        let body = json!({"prompt": "Tell me a fact.", "max_tokens": 40, "logprobs": if logprobs { json!(1) } else { Value::Null },
+            "weft": {"regex": pattern}});
+        let r = server.post("/v1/completions", &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let answer = r.json();
+        assert_eq!(answer["choices"][0]["text"], sentence, "{}", r.body);
+        // The whole sentence is determined: forced in the model's own
+        // tokenization (llguidance's fast-forward through `tokenize`), not
+        // spelt in whatever pieces the mask allowed one step at a time.
+        assert_eq!(answer["usage"]["completion_tokens"], canonical.as_array().unwrap().len(), "{}", r.body);
+    }
+}
+
+/// `text` as a regular expression matching exactly it.
+fn regex_syntax_escape(text: &str) -> String {
+    text.chars().map(|c| if c.is_ascii_punctuation() { format!("\\{c}") } else { c.to_string() }).collect()
+}
+
 /// Run the fixture's `slow-digits` guide (tens of milliseconds a step)
 /// beside an unguided request in one engine whose steps wait `grace` for
 /// guides. Returns both requests' tokens, how many steps the unguided one

@@ -12,7 +12,7 @@ wasmtime::component::bindgen!({
     },
 });
 
-/// The guide world (it imports nothing of Weft's; only what a language
+/// The guide world (it imports the model's tokenizer, and what a language
 /// runtime needs from the empty WASI).
 pub mod guide {
     wasmtime::component::bindgen!({

@@ -18,6 +18,7 @@ use wasmtime::component::ResourceAny;
 use weft_types::{Guide, GuideError, GuideStep, TokenId};
 
 use crate::bindings::guide::GuidePlugin;
+use crate::bindings::guide::weft::plugin::tokenizing;
 use crate::bindings::guide::exports::weft::plugin::guide::{Constraint, Step};
 use crate::bindings::weft::plugin::types::{ConfigEntry, ConfigValue};
 use crate::error::PluginError;
@@ -45,11 +46,29 @@ impl std::fmt::Debug for WasmGuide {
     }
 }
 
+/// The model's tokenizer as a guide calls it: text to token ids, without
+/// special tokens.
+pub type Tokenize = Arc<dyn Fn(&str) -> Vec<TokenId> + Send + Sync>;
+
+/// The longest text a guide may have tokenized in one call.
+const MAX_TOKENIZE_BYTES: usize = 64 << 10;
+
+impl tokenizing::Host for StoreState {
+    fn tokenize(&mut self, text: Vec<u8>) -> Option<Vec<TokenId>> {
+        let tokenize = self.tokenize.as_ref()?;
+        if text.len() > MAX_TOKENIZE_BYTES {
+            return None;
+        }
+        Some(tokenize(std::str::from_utf8(&text).ok()?))
+    }
+}
+
 struct Instance {
     component: GuideComponent,
     vocab: Vec<Vec<u8>>,
     eos: Vec<TokenId>,
     config: Vec<ConfigEntry>,
+    tokenize: Option<Tokenize>,
     live: Option<(Store<StoreState>, GuidePlugin)>,
     /// Bumped whenever the instance is discarded: sequences compiled on an
     /// older one are gone with it.
@@ -61,8 +80,13 @@ impl Instance {
     fn live(&mut self) -> Result<&mut (Store<StoreState>, GuidePlugin), PluginError> {
         if self.live.is_none() {
             let c = &self.component;
-            let (vocab, eos, config) = (&self.vocab, &self.eos, &self.config);
-            let live = c.instance(c.limits.setup_deadline, |pre, store| pre.instantiate(store), |plugin, store| {
+            let (vocab, eos, config, tokenize) = (&self.vocab, &self.eos, &self.config, &self.tokenize);
+            let instantiate = |pre: &crate::bindings::guide::GuidePluginPre<StoreState>, store: &mut Store<StoreState>| {
+                // `init` asks whether the host can tokenize.
+                store.data_mut().tokenize = tokenize.clone();
+                pre.instantiate(store)
+            };
+            let live = c.instance(c.limits.setup_deadline, instantiate, |plugin, store| {
                 plugin.weft_plugin_guide().call_init(store, config, vocab, eos)
             })?;
             self.live = Some(live);
@@ -92,6 +116,19 @@ impl WasmGuide {
         eos: Vec<TokenId>,
         config: Vec<(String, ConfigValue)>,
     ) -> Result<Self, PluginError> {
+        Self::with_tokenizer(component, vocab, eos, config, None)
+    }
+
+    /// [`Self::with_config`] with the model's tokenizer behind the guide's
+    /// `tokenize` import (without it the import answers `none`), so a run
+    /// the constraint determines is forced as the model would tokenize it.
+    pub fn with_tokenizer(
+        component: GuideComponent,
+        vocab: Vec<Vec<u8>>,
+        eos: Vec<TokenId>,
+        config: Vec<(String, ConfigValue)>,
+        tokenize: Option<Tokenize>,
+    ) -> Result<Self, PluginError> {
         let name = component.name.clone();
         let config: Vec<ConfigEntry> = config.into_iter().map(|(key, value)| ConfigEntry { key, value }).collect();
         let mut checker = Instance {
@@ -99,10 +136,11 @@ impl WasmGuide {
             vocab: vocab.clone(),
             eos: eos.clone(),
             config: config.clone(),
+            tokenize: tokenize.clone(),
             live: None,
             generation: 0,
         };
-        let mut instance = Instance { component, vocab, eos, config, live: None, generation: 0 };
+        let mut instance = Instance { component, vocab, eos, config, tokenize, live: None, generation: 0 };
         instance.live()?;
         checker.live()?;
         Ok(Self { shared: Arc::new(Mutex::new(instance)), checker: Arc::new(Mutex::new(checker)), name, health: Arc::default() })

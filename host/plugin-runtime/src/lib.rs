@@ -43,7 +43,7 @@ pub use auth::{AuthDecision, MAX_PRINCIPAL_BYTES, Principal, WasmAuth};
 pub use cache::CompiledCache;
 pub use error::PluginError;
 pub use limits::{Grants, Limits};
-pub use guide::{GuidedSequence, WasmGuide};
+pub use guide::{GuidedSequence, Tokenize, WasmGuide};
 pub use health::Health;
 pub use router::{Backend, Route, WasmRouter};
 pub use runtime::{AuthComponent, EPOCH_TICK, GuideComponent, Loaded, PluginRuntime, RouterComponent, SamplerComponent, ToolParserComponent};

@@ -63,6 +63,8 @@ impl PluginRuntime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| setup("WASI", e))?;
         SamplerPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| setup("sampler world", e))?;
+        crate::bindings::guide::weft::plugin::tokenizing::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| setup("guide world", e))?;
         let ticker_engine = engine.weak();
         std::thread::Builder::new()
             .name("weft-plugin-epoch".into())

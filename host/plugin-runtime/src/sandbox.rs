@@ -57,6 +57,8 @@ pub struct StoreState {
     /// Row buffers of earlier batches' adjusted logits, reused by the next
     /// (a fresh 200 KB buffer per adjusted row costs its page faults).
     pub spare_rows: Vec<Vec<f32>>,
+    /// The model's tokenizer, for a guide's `tokenize` calls.
+    pub tokenize: Option<crate::guide::Tokenize>,
     pub host_list_entries: usize,
 }
 
@@ -72,6 +74,7 @@ impl StoreState {
                 .build(),
             step: None,
             spare_rows: Vec::new(),
+            tokenize: None,
             host_list_entries: limits.host_list_entries,
         }
     }

@@ -35,7 +35,10 @@ impl GuidePlugin {
         let spawned = std::thread::Builder::new().name("weft-guide-load".into()).spawn(move || {
             let loaded = runtime
                 .load_guide(&name, bytes)
-                .and_then(|component| WasmGuide::new(component, vocabulary(&tokenizer), tokenizer.eog_tokens().to_vec()))
+                .and_then(|component| {
+                    let (vocab, eos) = (vocabulary(&tokenizer), tokenizer.eog_tokens().to_vec());
+                    WasmGuide::with_tokenizer(component, vocab, eos, Vec::new(), Some(tokenize(&tokenizer)))
+                })
                 .map_err(|e| e.to_string());
             if let Err(e) = &loaded {
                 eprintln!("weft: the guide plugin did not load, guided generation is unavailable: {e}");
@@ -87,10 +90,17 @@ pub fn deployed(
     bytes: &[u8],
     limits: weft_plugin_runtime::Limits,
     config: Vec<(String, weft_plugin_runtime::bindings::weft::plugin::types::ConfigValue)>,
-    tokenizer: &Tokenizer,
+    tokenizer: &Arc<Tokenizer>,
 ) -> Result<WasmGuide, weft_plugin_runtime::PluginError> {
     let component = runtime.load_guide_with(label, bytes, limits)?;
-    WasmGuide::with_config(component, vocabulary(tokenizer), tokenizer.eog_tokens().to_vec(), config)
+    let (vocab, eos) = (vocabulary(tokenizer), tokenizer.eog_tokens().to_vec());
+    WasmGuide::with_tokenizer(component, vocab, eos, config, Some(tokenize(tokenizer)))
+}
+
+/// The model's tokenizer behind a guide's `tokenize` import.
+fn tokenize(tokenizer: &Arc<Tokenizer>) -> weft_plugin_runtime::Tokenize {
+    let tokenizer = Arc::clone(tokenizer);
+    Arc::new(move |text: &str| tokenizer.encode(text, false).unwrap_or_default())
 }
 
 /// Every token's bytes as the guide sees them: special tokens as `0xFF`

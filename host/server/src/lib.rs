@@ -224,7 +224,7 @@ fn restore_plugins(
     runtime: &weft_plugin_runtime::PluginRuntime,
     engine: &mut Engine,
     plugins: &plugins::Plugins,
-    tokenizer: &Tokenizer,
+    tokenizer: &Arc<Tokenizer>,
 ) -> Option<StoredPlugin> {
     let mut auth = None;
     for stored in store.load() {
@@ -244,7 +244,7 @@ fn restore_name(
     runtime: &weft_plugin_runtime::PluginRuntime,
     mut engine: Option<&mut Engine>,
     plugins: &plugins::Plugins,
-    tokenizer: &Tokenizer,
+    tokenizer: &Arc<Tokenizer>,
 ) {
     for (v, component) in stored.versions.iter().zip(components) {
         let label = format!("{name}@{}", v.version);

@@ -5,9 +5,11 @@
 //! `init` builds the token trie once per instance and model; each
 //! `sequence` compiles its constraint (bounded by llguidance's parser
 //! limits, so a hostile schema, regex or grammar is refused rather than
-//! left to run) and then answers one mask per step. A step whose mask allows
-//! exactly one token forces it, and a finished constraint stops the
-//! sequence.
+//! left to run) and then answers one step at a time: the run of tokens the
+//! constraint determines (llguidance's fast-forward, tokenized by the
+//! model's own tokenizer through the host's `tokenize`), else a mask, and
+//! the end once the constraint is finished. Where the host has no
+//! tokenizer, only a mask allowing exactly one token forces it.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -19,7 +21,7 @@ use std::sync::Arc;
 
 use exports::weft::plugin::guide::{Constraint, Guest, GuestSequence, Step};
 use llguidance::api::{ParserLimits, TopLevelGrammar};
-use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie};
+use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenId as TrieToken, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};
 use weft::plugin::types::{ConfigEntry, PluginError, TokenId};
 
@@ -47,13 +49,38 @@ impl Guest for Guide {
         let first_eos = *eos.first().ok_or_else(|| error("invalid-vocabulary", "no end-of-generation token"))?;
         let info = TokRxInfo::new(vocab.len() as u32, first_eos);
         let trie = TokTrie::from(&info, &vocab);
-        let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
+        // The host answers `none` to everything when it has no tokenizer.
+        let canonical = weft::plugin::tokenizing::tokenize(b"").is_some();
+        let env: TokEnv = Arc::new(HostTokenizer { trie, canonical });
         let mut factory = ParserFactory::new_simple(&env).map_err(|e| error("invalid-vocabulary", e.to_string()))?;
         factory.quiet();
         *factory.limits_mut() = limits();
         let setup = Setup { factory, vocab_size: vocab.len(), eos };
         SETUP.with(|s| *s.borrow_mut() = Some(Arc::new(setup)));
         Ok(())
+    }
+}
+
+/// The model's tokenizer, through the host: canonical tokenizations, so
+/// llguidance may force the bytes a constraint determines. Text the host
+/// cannot tokenize (not UTF-8) falls back to the longest-match pieces of
+/// the trie; a host without a tokenizer gets no forced runs at all.
+struct HostTokenizer {
+    trie: TokTrie,
+    canonical: bool,
+}
+
+impl TokenizerEnv for HostTokenizer {
+    fn tok_trie(&self) -> &TokTrie {
+        &self.trie
+    }
+
+    fn tokenize_bytes(&self, s: &[u8]) -> Vec<TrieToken> {
+        weft::plugin::tokenizing::tokenize(s).unwrap_or_else(|| self.trie.greedy_tokenize(s))
+    }
+
+    fn tokenize_is_canonical(&self) -> bool {
+        self.canonical
     }
 }
 
@@ -107,10 +134,14 @@ impl GuestSequence for Sequence {
     }
 }
 
-/// The next step of a matcher: its mask, a forced token, or the end.
+/// The next step of a matcher: the tokens it forces, its mask, or the end.
 fn step(matcher: &mut Matcher, setup: &Setup) -> Result<Step, PluginError> {
     if matcher.is_stopped() {
         return stopped(matcher);
+    }
+    let forced = matcher.compute_ff_tokens();
+    if !forced.is_empty() {
+        return Ok(Step::Force(forced));
     }
     let mask = matcher.compute_mask().map_err(|e| error("guide-failed", first_line(&e.to_string())))?;
     let allowed: Vec<TokenId> = mask.iter().collect();
