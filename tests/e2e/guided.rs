@@ -288,6 +288,15 @@ fn a_determined_run_is_forced_as_the_model_tokenizes_it() {
         // spelt in whatever pieces the mask allowed one step at a time.
         assert_eq!(answer["usage"]["completion_tokens"], canonical.as_array().unwrap().len(), "{}", r.body);
     }
+    // Every guided step's masks and its wait for them are measured.
+    let metrics = server.get("/metrics").body;
+    let count = |name: &str| -> u64 {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name}_count "))).unwrap_or_else(|| panic!("{name} in {metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(count("weft_step_guide_masks_seconds") > 0);
+    assert_eq!(count("weft_step_guide_wait_seconds"), count("weft_step_guide_masks_seconds"));
+    assert!(count("weft_step_forward_seconds") >= count("weft_step_guide_masks_seconds"));
 }
 
 /// `text` as a regular expression matching exactly it.

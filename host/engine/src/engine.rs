@@ -153,6 +153,20 @@ pub struct EngineStats {
     pub guide_stalls: u64,
 }
 
+/// How long a step's parts took.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepTiming {
+    /// The forward pass.
+    pub forward: Duration,
+    /// From handing the step's guides out to having every answer the step
+    /// used (to the grace deadline when one was late); `None` when no guide
+    /// was asked. Within `forward`, the masks cost the batch nothing.
+    pub masks: Option<Duration>,
+    /// How long the step waited after its forward pass for those answers
+    /// (zero when the masks were hidden under it).
+    pub masks_wait: Option<Duration>,
+}
+
 /// Continuous-batching inference over one model.
 pub struct Engine {
     model: Arc<LlamaModel>,
@@ -171,6 +185,7 @@ pub struct Engine {
     retired: Vec<SamplerId>,
     /// Started with the first guided step.
     guide_workers: Option<GuideWorkers>,
+    last_step: Option<StepTiming>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -197,6 +212,7 @@ impl Engine {
             samplers: vec![Some(Box::new(NativeSampler))],
             retired: Vec::new(),
             guide_workers: None,
+            last_step: None,
         }
     }
 
@@ -261,6 +277,12 @@ impl Engine {
 
     pub fn stats(&self) -> &EngineStats {
         &self.stats
+    }
+
+    /// How long the last step took, part by part; `None` when it ran no
+    /// model (nothing to compute).
+    pub fn last_step_timing(&self) -> Option<StepTiming> {
+        self.last_step
     }
 
     /// Blocks not referenced by any sequence.
@@ -351,6 +373,7 @@ impl Engine {
     /// Run one forward pass for the running batch and return what each
     /// request produced.
     pub fn step(&mut self) -> Vec<Output> {
+        self.last_step = None;
         self.take_guide_answers(Instant::now());
         let plan = self.plan();
         if plan.is_empty() {
@@ -365,6 +388,7 @@ impl Engine {
         // The guides of sequences that choose a token this step compute
         // their masks on the guide workers while the forward pass runs.
         let mut asked: Vec<usize> = Vec::new();
+        let asking = Instant::now();
         for (slot, &(i, n)) in plan.iter().enumerate() {
             let seq = &mut self.running[i];
             if n > 0
@@ -377,15 +401,31 @@ impl Engine {
                 asked.push(slot);
             }
         }
+        let forward_start = Instant::now();
         let (flags, logits) = self.forward(&plan);
+        let forward_end = Instant::now();
+        let forward = forward_end - forward_start;
         // Wait for this step's answers, up to the grace period.
         let deadline = Instant::now() + self.config.guide_grace;
         let mut outstanding: Vec<RequestId> = asked.iter().map(|&slot| self.running[plan[slot].0].id).collect();
+        let mut masks_done = asking;
         while !outstanding.is_empty() {
             let Some(answer) = self.guide_workers.as_ref().and_then(|w| w.answer_by(deadline)) else { break };
-            outstanding.retain(|&id| id != answer.id);
+            if outstanding.contains(&answer.id) {
+                outstanding.retain(|&id| id != answer.id);
+                masks_done = masks_done.max(answer.done);
+            }
             self.take_guide_answer(answer);
         }
+        if !outstanding.is_empty() {
+            masks_done = deadline;
+        }
+        let guided = !asked.is_empty();
+        self.last_step = Some(StepTiming {
+            forward,
+            masks: guided.then(|| masks_done - asking),
+            masks_wait: guided.then(|| masks_done.saturating_duration_since(forward_end)),
+        });
         let mut guide_steps: Vec<Option<Result<GuideStep, GuideError>>> = (0..plan.len()).map(|_| None).collect();
         // Rows kept for sequences whose late guide has answered since.
         let mut held_rows: Vec<(usize, Vec<f32>)> = Vec::new();

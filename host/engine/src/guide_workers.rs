@@ -22,6 +22,8 @@ pub(crate) struct Answer {
     pub id: RequestId,
     pub guide: Box<dyn Guide>,
     pub step: Result<GuideStep, GuideError>,
+    /// When the guide finished.
+    pub done: Instant,
 }
 
 type Job = (RequestId, Box<dyn Guide>);
@@ -83,7 +85,7 @@ fn work(queue: &Mutex<Receiver<Job>>, answers: &Sender<Answer>) {
         let Ok((id, mut guide)) = job else { return };
         let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| guide.next()))
             .unwrap_or_else(|_| Err(GuideError::Fault { guide: format!("{guide:?}"), message: "the guide panicked".into() }));
-        if answers.send(Answer { id, guide, step }).is_err() {
+        if answers.send(Answer { id, guide, step, done: Instant::now() }).is_err() {
             return;
         }
     }

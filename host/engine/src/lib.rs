@@ -22,6 +22,6 @@ pub mod sampling;
 mod sequence;
 pub mod tokenizer;
 
-pub use engine::{DEFAULT_SAMPLER, Engine, EngineConfig, EngineError, EngineStats, GenerationRequest, Output, SamplerId};
+pub use engine::{DEFAULT_SAMPLER, Engine, EngineConfig, EngineError, EngineStats, GenerationRequest, Output, SamplerId, StepTiming};
 pub use loader::{LoadError, LoadedModel};
 pub use sequence::{PromptScore, RequestId};

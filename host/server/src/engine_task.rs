@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::{mpsc, oneshot};
 use weft_engine::{Engine, EngineError, GenerationRequest, Output, RequestId, SamplerId};
 use weft_types::Sampler;
@@ -53,7 +54,35 @@ pub struct EngineGauges {
     pub generated_tokens: AtomicU64,
     /// Steps that panicked (bugs); each failed its batch.
     pub panics: AtomicU64,
+    /// Steps a sequence sat out because its guide was late.
+    pub guide_stalls: AtomicU64,
     pub alive: AtomicBool,
+    pub timings: StepHistograms,
+}
+
+/// How long steps' parts take, observed by the engine thread after every
+/// step that ran the model and exported at `/metrics`.
+#[derive(Debug)]
+pub struct StepHistograms {
+    /// The forward pass.
+    pub forward_seconds: Histogram,
+    /// A guided step's masks, from handing the guides out to the last
+    /// answer it used: within the forward pass, they cost nothing.
+    pub guide_masks_seconds: Histogram,
+    /// How long a guided step waited after its forward pass for its masks.
+    pub guide_wait_seconds: Histogram,
+}
+
+impl Default for StepHistograms {
+    fn default() -> Self {
+        // 50 µs to ~3 s in steps of ×1.5.
+        let buckets = || exponential_buckets(50e-6, 1.5, 28);
+        Self {
+            forward_seconds: Histogram::new(buckets()),
+            guide_masks_seconds: Histogram::new(buckets()),
+            guide_wait_seconds: Histogram::new(std::iter::once(0.0).chain(buckets())),
+        }
+    }
 }
 
 /// A cheap, cloneable way to reach the engine thread.
@@ -206,7 +235,16 @@ fn run(mut engine: Engine, inbox: std_mpsc::Receiver<Command>, gauges: &EngineGa
         });
         if engine.has_work() {
             match std::panic::catch_unwind(AssertUnwindSafe(|| engine.step())) {
-                Ok(outputs) => deliver(&mut engine, &mut clients, outputs, gauges),
+                Ok(outputs) => {
+                    if let Some(timing) = engine.last_step_timing() {
+                        gauges.timings.forward_seconds.observe(timing.forward.as_secs_f64());
+                        if let (Some(masks), Some(wait)) = (timing.masks, timing.masks_wait) {
+                            gauges.timings.guide_masks_seconds.observe(masks.as_secs_f64());
+                            gauges.timings.guide_wait_seconds.observe(wait.as_secs_f64());
+                        }
+                    }
+                    deliver(&mut engine, &mut clients, outputs, gauges)
+                }
                 Err(panic) => {
                     let what = panic
                         .downcast_ref::<&str>()
@@ -280,4 +318,5 @@ fn publish(engine: &Engine, gauges: &EngineGauges) {
     gauges.prompt_tokens_computed.store(stats.prompt_tokens_computed, Ordering::Relaxed);
     gauges.prompt_tokens_cached.store(stats.prompt_tokens_cached, Ordering::Relaxed);
     gauges.preemptions.store(stats.preemptions, Ordering::Relaxed);
+    gauges.guide_stalls.store(stats.guide_stalls, Ordering::Relaxed);
 }

@@ -47,6 +47,7 @@ struct EngineMetrics {
     prompt_tokens_cached: Gauge,
     preemptions: Gauge,
     panics: Gauge,
+    guide_stalls: Gauge,
 }
 
 impl Metrics {
@@ -68,9 +69,22 @@ impl Metrics {
             ("prompt_tokens_cached", "Prompt tokens served from the prefix cache since start", &g.prompt_tokens_cached),
             ("engine_preemptions", "Sequences preempted for blocks since start", &g.preemptions),
             ("engine_step_panics", "Engine steps that failed with a bug since start", &g.panics),
+            ("guide_stalls", "Steps a guided sequence sat out because its guide was late, since start", &g.guide_stalls),
         ] {
             registry.register(name, help, gauge.clone());
         }
+        let timings = &engine.gauges().timings;
+        registry.register("step_forward_seconds", "The forward pass of each engine step", timings.forward_seconds.clone());
+        registry.register(
+            "step_guide_masks_seconds",
+            "Each guided step's masks, from handing its guides out to the last answer it used (hidden while under the forward pass)",
+            timings.guide_masks_seconds.clone(),
+        );
+        registry.register(
+            "step_guide_wait_seconds",
+            "How long each guided step waited after its forward pass for its masks (0: fully hidden)",
+            timings.guide_wait_seconds.clone(),
+        );
         Self { registry, requests, engine, gauges }
     }
 
@@ -96,6 +110,7 @@ impl Metrics {
         set(&g.prompt_tokens_cached, e.prompt_tokens_cached.load(Ordering::Relaxed));
         set(&g.preemptions, e.preemptions.load(Ordering::Relaxed));
         set(&g.panics, e.panics.load(Ordering::Relaxed));
+        set(&g.guide_stalls, e.guide_stalls.load(Ordering::Relaxed));
         let mut text = String::new();
         encode(&mut text, &self.registry)?;
         Ok(text)
