@@ -126,6 +126,11 @@ fn a_request_in_flight_finishes_on_the_version_it_started_with() {
 fn bad_deploys_and_unknown_plugins_get_clear_errors() {
     let server = server();
     let code = |r: &Reply| r.json()["error"]["code"].as_str().unwrap_or("").to_string();
+    // Extractor failures answer OpenAI-style bodies too.
+    let r = server.post_with("/admin/v1/plugins/big/1.0.0", &[AUTH], &vec![0u8; (32 << 20) + 1]);
+    assert_eq!((r.status, r.json()["error"]["type"].as_str()), (413, Some("invalid_request_error")), "{}", r.body);
+    let r = server.post_with("/admin/v1/plugins", &[AUTH, ("content-type", "multipart/form-data")], b"no boundary");
+    assert_eq!((r.status, r.json()["error"]["param"].as_str()), (400, Some("body")), "{}", r.body);
     let r = server.post_with("/admin/v1/plugins/junk/1.0.0", &[AUTH], b"not a component");
     assert_eq!((r.status, code(&r).as_str()), (400, "plugin_rejected"), "{}", r.body);
     let r = server.post_with("/admin/v1/plugins/x/not-semver", &[AUTH], &faulty_component());
@@ -139,6 +144,13 @@ fn bad_deploys_and_unknown_plugins_get_clear_errors() {
     assert_eq!((r.status, code(&r).as_str()), (409, "conflict"));
     let r = server.post_with("/admin/v1/plugins/x/2.0.0", &[], &faulty_component());
     assert_eq!(r.status, 401, "deploys need the admin token");
+    for r in [
+        server.get_with("/admin/v1/plugins/nobody", &[AUTH]),
+        server.post_empty_with("/admin/v1/plugins/nobody/rollback", &[AUTH]),
+        server.delete_with("/admin/v1/plugins/nobody", &[AUTH]),
+    ] {
+        assert_eq!((r.status, code(&r).as_str()), (404, "plugin_not_found"), "{}", r.body);
+    }
     let r = complete(&server, Some("nobody"));
     assert_eq!((r.status, code(&r).as_str()), (400, "unknown_plugin"));
     assert_eq!(r.json()["error"]["param"], "weft.sampler");
@@ -226,6 +238,9 @@ fn a_version_that_keeps_faulting_is_rolled_back_automatically() {
     assert_eq!((health[1]["version"].as_str(), health[1]["faults"].as_u64()), (Some("2.0.0"), Some(3)));
     assert_eq!(health[1]["breaker"], "open");
     assert_eq!((health[0]["requests"].as_u64(), health[0]["faults"].as_u64()), (Some(1), Some(0)));
+    // Each failed sampler call is counted at /metrics.
+    let metrics = server.get("/metrics").body;
+    assert!(metrics.lines().any(|l| l == "weft_sampler_failures 3"), "{metrics}");
 }
 
 #[test]
@@ -281,7 +296,7 @@ fn a_canary_takes_its_share_and_is_promoted_withdrawn_or_removed() {
     let r = server.delete_with("/admin/v1/plugins/canary", &[AUTH]);
     assert_eq!(r.status, 204, "{}", r.body);
     assert_eq!(complete(&server, Some("canary")).json()["error"]["code"], "unknown_plugin");
-    assert_eq!(server.get_with("/admin/v1/plugins/canary", &[AUTH]).status, 400);
+    assert_eq!(server.get_with("/admin/v1/plugins/canary", &[AUTH]).status, 404);
 }
 
 /// A deploy of `manifest` with the faulty sampler.

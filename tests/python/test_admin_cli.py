@@ -68,7 +68,7 @@ def test_plugin_cli_deploys_a_sampler_that_requests_can_choose():
         assert promoted["active_version"] == "1.1.0" and promoted["canary"] is None
         assert plugin(server, "remove", "mine").returncode == 0
         gone = plugin(server, "info", "mine")
-        assert gone.returncode != 0 and "unknown_plugin" in gone.stderr
+        assert gone.returncode != 0 and "plugin_not_found" in gone.stderr
     finally:
         server.stop()
 

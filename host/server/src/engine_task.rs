@@ -56,6 +56,10 @@ pub struct EngineGauges {
     pub panics: AtomicU64,
     /// Steps a sequence sat out because its guide was late.
     pub guide_stalls: AtomicU64,
+    /// Sampler calls that failed (each failed its rows).
+    pub sampler_failures: AtomicU64,
+    /// Guide calls that failed (each failed its sequence).
+    pub guide_failures: AtomicU64,
     pub alive: AtomicBool,
     pub timings: StepHistograms,
 }
@@ -319,4 +323,6 @@ fn publish(engine: &Engine, gauges: &EngineGauges) {
     gauges.prompt_tokens_cached.store(stats.prompt_tokens_cached, Ordering::Relaxed);
     gauges.preemptions.store(stats.preemptions, Ordering::Relaxed);
     gauges.guide_stalls.store(stats.guide_stalls, Ordering::Relaxed);
+    gauges.sampler_failures.store(stats.sampler_failures, Ordering::Relaxed);
+    gauges.guide_failures.store(stats.guide_failures, Ordering::Relaxed);
 }

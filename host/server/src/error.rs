@@ -35,6 +35,9 @@ pub enum ApiError {
     /// that named it.
     #[error("no plugin named `{name}` is deployed (deployed: {known})")]
     UnknownPlugin { name: String, known: String, param: &'static str },
+    /// An admin route names a plugin that is not deployed.
+    #[error("no plugin named `{name}` is deployed (deployed: {known})")]
+    PluginNotFound { name: String, known: String },
     /// A deploy whose component failed its checks, compile, link or init.
     #[error("{0}")]
     PluginRejected(String),
@@ -92,7 +95,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::ModelNotFound(_) | Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::ModelNotFound(_) | Self::RouteNotFound { .. } | Self::PluginNotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -114,7 +117,7 @@ impl ApiError {
             | Self::Conflict(_) => "invalid_request_error",
             Self::Unauthenticated(_) => "authentication_error",
             Self::Forbidden(_) => "permission_error",
-            Self::ModelNotFound(_) | Self::RouteNotFound { .. } => "not_found_error",
+            Self::ModelNotFound(_) | Self::RouteNotFound { .. } | Self::PluginNotFound { .. } => "not_found_error",
             Self::MethodNotAllowed { .. } | Self::PayloadTooLarge { .. } | Self::UnsupportedMediaType { .. } => {
                 "invalid_request_error"
             }
@@ -138,6 +141,7 @@ impl ApiError {
             Self::Unauthenticated(_) => "invalid_api_key",
             Self::Forbidden(_) => "forbidden",
             Self::ModelNotFound(_) => "model_not_found",
+            Self::PluginNotFound { .. } => "plugin_not_found",
             Self::RouteNotFound { .. } => "unknown_route",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::PayloadTooLarge { .. } => "payload_too_large",

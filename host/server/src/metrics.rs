@@ -48,6 +48,8 @@ struct EngineMetrics {
     preemptions: Gauge,
     panics: Gauge,
     guide_stalls: Gauge,
+    sampler_failures: Gauge,
+    guide_failures: Gauge,
 }
 
 impl Metrics {
@@ -70,6 +72,8 @@ impl Metrics {
             ("engine_preemptions", "Sequences preempted for blocks since start", &g.preemptions),
             ("engine_step_panics", "Engine steps that failed with a bug since start", &g.panics),
             ("guide_stalls", "Steps a guided sequence sat out because its guide was late, since start", &g.guide_stalls),
+            ("sampler_failures", "Sampler calls that failed (each failed the rows it was asked about) since start", &g.sampler_failures),
+            ("guide_failures", "Guide calls that failed (each failed its sequence) since start", &g.guide_failures),
         ] {
             registry.register(name, help, gauge.clone());
         }
@@ -111,6 +115,8 @@ impl Metrics {
         set(&g.preemptions, e.preemptions.load(Ordering::Relaxed));
         set(&g.panics, e.panics.load(Ordering::Relaxed));
         set(&g.guide_stalls, e.guide_stalls.load(Ordering::Relaxed));
+        set(&g.sampler_failures, e.sampler_failures.load(Ordering::Relaxed));
+        set(&g.guide_failures, e.guide_failures.load(Ordering::Relaxed));
         let mut text = String::new();
         encode(&mut text, &self.registry)?;
         Ok(text)

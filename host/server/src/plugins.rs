@@ -533,7 +533,7 @@ impl Plugins {
     fn unknown(&self, name: &str) -> ApiError {
         let mut known: Vec<String> = self.list().map(|l| l.into_iter().map(|i| i.name).collect()).unwrap_or_default();
         known.sort();
-        ApiError::UnknownPlugin { name: name.to_string(), known: known.join(", "), param: "name" }
+        ApiError::PluginNotFound { name: name.to_string(), known: known.join(", ") }
     }
 
     /// Whether `name` has `version` loaded, as any kind.

@@ -17,7 +17,7 @@ pub fn code(e: &ApiError) -> Code {
         ApiError::ContextLengthExceeded(_) => Code::OutOfRange,
         ApiError::Unauthenticated(_) => Code::Unauthenticated,
         ApiError::Forbidden(_) => Code::PermissionDenied,
-        ApiError::ModelNotFound(_) | ApiError::RouteNotFound { .. } => Code::NotFound,
+        ApiError::ModelNotFound(_) | ApiError::RouteNotFound { .. } | ApiError::PluginNotFound { .. } => Code::NotFound,
         ApiError::MethodNotAllowed { .. } => Code::Unimplemented,
         ApiError::PayloadTooLarge { .. } | ApiError::RateLimited { .. } => Code::ResourceExhausted,
         // Waiting helps: clients retry UNAVAILABLE with back-off.

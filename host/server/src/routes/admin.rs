@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Multipart, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
@@ -119,9 +121,11 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 pub async fn deploy(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
-    Query(mut config): Query<BTreeMap<String, String>>,
-    component: Bytes,
+    config: Result<Query<BTreeMap<String, String>>, QueryRejection>,
+    component: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<PluginInfo>), ApiError> {
+    let Query(mut config) = config.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let component = component.map_err(|e| body_error(&state, e))?;
     let canary = canary_share(config.remove("canary").as_ref())?;
     let version = semver::Version::parse(&version)
         .map_err(|e| ApiError::invalid("version", format!("a plugin version is semver (1.2.3); given {version:?}: {e}")))?;
@@ -143,9 +147,11 @@ pub async fn deploy(
         (status = 409, description = "That version is already deployed", body = ErrorBody)))]
 pub async fn deploy_manifest(
     State(state): State<AppState>,
-    Query(query): Query<BTreeMap<String, String>>,
-    mut form: Multipart,
+    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
+    form: Result<Multipart, MultipartRejection>,
 ) -> Result<(StatusCode, Json<PluginInfo>), ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let mut form = form.map_err(|e| ApiError::invalid("body", e.body_text()))?;
     let bad_form = |e: axum::extract::multipart::MultipartError| ApiError::invalid("body", format!("a bad multipart body: {e}"));
     let (mut manifest, mut component) = (None, None);
     while let Some(part) = form.next_field().await.map_err(bad_form)? {
@@ -162,6 +168,16 @@ pub async fn deploy_manifest(
     let component = component.ok_or_else(|| ApiError::invalid("component", "the `component` part is missing"))?;
     let info = deploy_version(&state, manifest, component, canary_share(query.get("canary"))?).await?;
     Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// A deploy body that could not be read: too large (the component size
+/// cap) or broken.
+fn body_error(state: &AppState, e: BytesRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge { limit: state.runtime.limits().component_bytes }
+    } else {
+        ApiError::invalid("body", e.body_text())
+    }
 }
 
 fn canary_share(given: Option<&String>) -> Result<Option<f64>, ApiError> {
@@ -292,7 +308,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<PluginInfo>>
 /// state, and the last automatic rollback.
 #[utoipa::path(get, path = "/admin/v1/plugins/{name}", tag = "Admin", security(("admin_token" = [])),
     params(("name" = String, Path)),
-    responses((status = 200, body = PluginInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = PluginInfo), (status = 404, description = "No such plugin", body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn info(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<PluginInfo>, ApiError> {
     Ok(Json(state.plugins.get(&name)?))
 }
@@ -301,7 +317,7 @@ pub async fn info(State(state): State<AppState>, Path(name): Path<String>) -> Re
 /// take new requests again.
 #[utoipa::path(post, path = "/admin/v1/plugins/{name}/rollback", tag = "Admin", security(("admin_token" = [])),
     params(("name" = String, Path)),
-    responses((status = 200, body = PluginInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = PluginInfo), (status = 400, body = ErrorBody), (status = 404, description = "No such plugin", body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn rollback(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<PluginInfo>, ApiError> {
     let info = state.plugins.rollback(&name)?;
     persist(&state, &name, "rolled back")?;
@@ -311,7 +327,7 @@ pub async fn rollback(State(state): State<AppState>, Path(name): Path<String>) -
 /// Make the canary take every new request.
 #[utoipa::path(post, path = "/admin/v1/plugins/{name}/promote", tag = "Admin", security(("admin_token" = [])),
     params(("name" = String, Path)),
-    responses((status = 200, body = PluginInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = PluginInfo), (status = 400, body = ErrorBody), (status = 404, description = "No such plugin", body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn promote(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<PluginInfo>, ApiError> {
     let info = state.plugins.promote(&name)?;
     persist(&state, &name, "promoted")?;
@@ -323,7 +339,7 @@ pub async fn promote(State(state): State<AppState>, Path(name): Path<String>) ->
 /// removed (409): that would open the API.
 #[utoipa::path(delete, path = "/admin/v1/plugins/{name}", tag = "Admin", security(("admin_token" = [])),
     params(("name" = String, Path)),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, description = "No such plugin", body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, description = "The name is the server's auth plugin", body = ErrorBody)))]
 pub async fn remove(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     check_name(&name)?;
