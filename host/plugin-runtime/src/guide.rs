@@ -98,6 +98,18 @@ impl Instance {
         self.live = None;
         self.generation += 1;
     }
+
+    /// Drop a sequence resource of the live instance under a fresh call
+    /// deadline. A drop that fails (the destructor trapped or overran)
+    /// leaves the instance unable to be entered again: it is discarded.
+    fn drop_resource(&mut self, resource: ResourceAny) {
+        let deadline = self.component.limits.call_deadline;
+        let Some((store, _)) = self.live.as_mut() else { return };
+        store.set_epoch_deadline(deadline_ticks(deadline));
+        if resource.resource_drop(&mut *store).is_err() {
+            self.discard();
+        }
+    }
 }
 
 impl WasmGuide {
@@ -164,11 +176,7 @@ impl WasmGuide {
         // The same compilation on the checking instance first: it is
         // deterministic, so what passes there passes on the live one.
         let (resource, _) = compile(&mut lock(&self.checker), &self.name, &constraint)?;
-        let mut checker = lock(&self.checker);
-        if let Some((store, _)) = checker.live.as_mut() {
-            let _ = resource.resource_drop(&mut *store);
-        }
-        drop(checker);
+        lock(&self.checker).drop_resource(resource);
         let (resource, generation) = compile(&mut lock(&self.shared), &self.name, &constraint)?;
         Ok(GuidedSequence {
             shared: self.shared.clone(),
@@ -204,7 +212,7 @@ fn compile(instance: &mut Instance, name: &str, constraint: &Constraint) -> Resu
     match compiled {
         Ok((resource, None)) => Ok((resource, generation)),
         Ok((resource, Some(e))) => {
-            let _ = resource.resource_drop(&mut *store);
+            instance.drop_resource(resource);
             Err(PluginError::Refused { plugin: name.into(), phase: "compile", code: e.code, message: e.message })
         }
         Err(e) => {
@@ -329,9 +337,7 @@ impl Drop for GuidedSequence {
         let Some(resource) = self.resource.take() else { return };
         let mut instance = lock(&self.shared);
         if instance.generation == self.generation {
-            if let Some((store, _)) = instance.live.as_mut() {
-                let _ = resource.resource_drop(&mut *store);
-            }
+            instance.drop_resource(resource);
         }
     }
 }

@@ -313,10 +313,15 @@ impl Drop for ToolStream {
     fn drop(&mut self) {
         let Some(resource) = self.resource.take() else { return };
         let mut instance = lock(&self.parser.shared);
-        if instance.generation == self.generation {
-            if let Some((store, _)) = instance.live.as_mut() {
-                let _ = resource.resource_drop(&mut *store);
-            }
+        if instance.generation != self.generation {
+            return;
+        }
+        let deadline = instance.component.limits.call_deadline;
+        let Some((store, _)) = instance.live.as_mut() else { return };
+        // A failed drop leaves the instance unable to be entered again.
+        store.set_epoch_deadline(deadline_ticks(deadline));
+        if resource.resource_drop(&mut *store).is_err() {
+            instance.discard();
         }
     }
 }

@@ -264,6 +264,12 @@ mod tests {
         assert_eq!(param(&format!("{base}[limits]\nmemory-mib = 4096")).0.as_deref(), Some("limits.memory-mib"));
         assert_eq!(param(&format!("{base}[limits]\ncall-deadline-ms = 0")).0.as_deref(), Some("limits.call-deadline-ms"));
         assert_eq!(param(&format!("{base}[grants]\nfilesystem = true")).0.as_deref(), Some("manifest"));
-        assert_eq!(param(&format!("{base}kind = \"auth\"")).0.as_deref(), Some("kind"));
+        assert_eq!(param(&format!("{base}kind = \"router\"")).0.as_deref(), Some("kind"));
+    }
+
+    #[test]
+    fn an_auth_plugin_always_reads_the_real_clock() {
+        let m = Manifest::from_toml("name = \"a\"\nversion = \"1.0.0\"\nkind = \"auth\"\n").unwrap();
+        assert!(m.limits(&Limits::default()).unwrap().grants.clock);
     }
 }
