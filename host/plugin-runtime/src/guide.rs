@@ -4,7 +4,7 @@
 //! engine's `Guide` trait.
 //!
 //! Calls into the instance are serialised by a mutex (a compile on a
-//! request thread, masks on the engine's guide thread). A fault (trap,
+//! request thread, masks on the engine's guide workers). A fault (trap,
 //! deadline, memory) fails the sequence whose call it was and discards the
 //! instance. The other sequences that lived in it lose nothing: each keeps
 //! its constraint and the tokens it committed, and its next call rebuilds
