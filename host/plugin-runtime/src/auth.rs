@@ -9,13 +9,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use wasmtime::Store;
-
-use crate::bindings::auth::AuthPlugin;
+use crate::bindings::auth::{AuthPlugin, AuthPluginPre};
 use crate::bindings::auth::exports::weft::plugin::auth::{Decision, RequestHead};
 use crate::bindings::weft::plugin::types::{ConfigEntry, ConfigValue};
 use crate::error::PluginError;
 use crate::health::Health;
+use crate::rebuilt::Rebuilt;
 use crate::runtime::{AuthComponent, deadline_ticks};
 use crate::sandbox::StoreState;
 
@@ -57,15 +56,14 @@ pub enum AuthDecision {
 
 /// A live auth instance (rebuilt after any fault).
 pub struct WasmAuth {
-    component: AuthComponent,
-    config: Vec<ConfigEntry>,
-    live: Mutex<Option<(Store<StoreState>, AuthPlugin)>>,
+    live: Mutex<Rebuilt<AuthPluginPre<StoreState>, AuthPlugin>>,
+    name: String,
     health: Arc<Health>,
 }
 
 impl std::fmt::Debug for WasmAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WasmAuth").field("plugin", &self.component.name).field("health", &self.health).finish()
+        f.debug_struct("WasmAuth").field("plugin", &self.name).field("health", &self.health).finish()
     }
 }
 
@@ -73,23 +71,19 @@ impl WasmAuth {
     /// Instantiate `component` and hand `config` to its `init` (a refused
     /// configuration is [`PluginError::Refused`]).
     pub fn new(component: AuthComponent, config: Vec<(String, ConfigValue)>) -> Result<Self, PluginError> {
-        let config = config.into_iter().map(|(key, value)| ConfigEntry { key, value }).collect();
-        let auth = Self { component, config, live: Mutex::new(None), health: Arc::default() };
-        let mut live = auth.live.lock().unwrap_or_else(|p| p.into_inner());
-        *live = Some(auth.instance()?);
-        drop(live);
-        Ok(auth)
+        let config: Vec<ConfigEntry> = config.into_iter().map(|(key, value)| ConfigEntry { key, value }).collect();
+        let name = component.name.clone();
+        let mut live = Rebuilt::new(component, move |c| {
+            c.instance(c.limits.call_deadline, |pre, store| pre.instantiate(store), |plugin, store| {
+                plugin.weft_plugin_auth().call_init(store, &config)
+            })
+        });
+        live.live()?;
+        Ok(Self { live: Mutex::new(live), name, health: Arc::default() })
     }
 
     pub fn health(&self) -> Arc<Health> {
         Arc::clone(&self.health)
-    }
-
-    fn instance(&self) -> Result<(Store<StoreState>, AuthPlugin), PluginError> {
-        let c = &self.component;
-        c.instance(c.limits.call_deadline, |pre, store| pre.instantiate(store), |plugin, store| {
-            plugin.weft_plugin_auth().call_init(store, &self.config)
-        })
     }
 
     /// Who sends a request with this method, path and headers (names
@@ -98,22 +92,17 @@ impl WasmAuth {
         self.health.record_call();
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         let result = (|| {
-            if live.is_none() {
-                *live = Some(self.instance()?);
-            }
-            let (store, plugin) = live.as_mut().expect("set above");
-            let deadline = self.component.limits.call_deadline;
+            let deadline = live.component.limits.call_deadline;
+            let (store, plugin) = live.live()?;
             store.set_epoch_deadline(deadline_ticks(deadline));
             let head = RequestHead { method: method.into(), path: path.into(), headers };
-            let decision = plugin
-                .weft_plugin_auth()
-                .call_authenticate(&mut *store, &head)
-                .map_err(|e| self.component.call_error("authenticate", &e, deadline))?;
-            checked(&self.component.name, decision)
+            let decision = plugin.weft_plugin_auth().call_authenticate(&mut *store, &head);
+            let decision = decision.map_err(|e| live.component.call_error("authenticate", &e, deadline))?;
+            checked(&self.name, decision)
         })();
         if result.is_err() {
             self.health.record_fault();
-            *live = None;
+            live.discard();
         }
         result
     }

@@ -17,12 +17,13 @@ use wasmtime::Store;
 use wasmtime::component::ResourceAny;
 use weft_types::{Guide, GuideError, GuideStep, TokenId};
 
-use crate::bindings::guide::GuidePlugin;
+use crate::bindings::guide::{GuidePlugin, GuidePluginPre};
 use crate::bindings::guide::weft::plugin::tokenizing;
 use crate::bindings::guide::exports::weft::plugin::guide::{Constraint, Step};
 use crate::bindings::weft::plugin::types::{ConfigEntry, ConfigValue};
 use crate::error::PluginError;
 use crate::health::Health;
+use crate::rebuilt::Rebuilt;
 use crate::runtime::{GuideComponent, deadline_ticks, describe};
 use crate::sandbox::StoreState;
 
@@ -63,52 +64,24 @@ impl tokenizing::Host for StoreState {
     }
 }
 
-struct Instance {
-    component: GuideComponent,
+/// The guide's instance, rebuilt after a fault.
+type Instance = Rebuilt<GuidePluginPre<StoreState>, GuidePlugin>;
+
+/// How to build a guide instance for this vocabulary: instantiated with the
+/// tokenizer in its store (`init` asks whether the host can tokenize), then
+/// `init`ed with the vocabulary.
+fn build(
     vocab: Vec<Vec<u8>>,
     eos: Vec<TokenId>,
     config: Vec<ConfigEntry>,
     tokenize: Option<Tokenize>,
-    live: Option<(Store<StoreState>, GuidePlugin)>,
-    /// Bumped whenever the instance is discarded: sequences compiled on an
-    /// older one are gone with it.
-    generation: u64,
-}
-
-impl Instance {
-    /// The live instance, set up (instantiated and `init`ed) if need be.
-    fn live(&mut self) -> Result<&mut (Store<StoreState>, GuidePlugin), PluginError> {
-        if self.live.is_none() {
-            let c = &self.component;
-            let (vocab, eos, config, tokenize) = (&self.vocab, &self.eos, &self.config, &self.tokenize);
-            let instantiate = |pre: &crate::bindings::guide::GuidePluginPre<StoreState>, store: &mut Store<StoreState>| {
-                // `init` asks whether the host can tokenize.
-                store.data_mut().tokenize = tokenize.clone();
-                pre.instantiate(store)
-            };
-            let live = c.instance(c.limits.setup_deadline, instantiate, |plugin, store| {
-                plugin.weft_plugin_guide().call_init(store, config, vocab, eos)
-            })?;
-            self.live = Some(live);
-        }
-        Ok(self.live.as_mut().expect("set above"))
-    }
-
-    fn discard(&mut self) {
-        self.live = None;
-        self.generation += 1;
-    }
-
-    /// Drop a sequence resource of the live instance under a fresh call
-    /// deadline. A drop that fails (the destructor trapped or overran)
-    /// leaves the instance unable to be entered again: it is discarded.
-    fn drop_resource(&mut self, resource: ResourceAny) {
-        let deadline = self.component.limits.call_deadline;
-        let Some((store, _)) = self.live.as_mut() else { return };
-        store.set_epoch_deadline(deadline_ticks(deadline));
-        if resource.resource_drop(&mut *store).is_err() {
-            self.discard();
-        }
+) -> impl Fn(&GuideComponent) -> Result<(Store<StoreState>, GuidePlugin), PluginError> + Send + Sync + 'static {
+    move |c| {
+        let instantiate = |pre: &GuidePluginPre<StoreState>, store: &mut Store<StoreState>| {
+            store.data_mut().tokenize = tokenize.clone();
+            pre.instantiate(store)
+        };
+        c.instance(c.limits.setup_deadline, instantiate, |plugin, store| plugin.weft_plugin_guide().call_init(store, &config, &vocab, &eos))
     }
 }
 
@@ -143,16 +116,8 @@ impl WasmGuide {
     ) -> Result<Self, PluginError> {
         let name = component.name.clone();
         let config: Vec<ConfigEntry> = config.into_iter().map(|(key, value)| ConfigEntry { key, value }).collect();
-        let mut checker = Instance {
-            component: component.clone(),
-            vocab: vocab.clone(),
-            eos: eos.clone(),
-            config: config.clone(),
-            tokenize: tokenize.clone(),
-            live: None,
-            generation: 0,
-        };
-        let mut instance = Instance { component, vocab, eos, config, tokenize, live: None, generation: 0 };
+        let mut checker = Instance::new(component.clone(), build(vocab.clone(), eos.clone(), config.clone(), tokenize.clone()));
+        let mut instance = Instance::new(component, build(vocab, eos, config, tokenize));
         instance.live()?;
         checker.live()?;
         Ok(Self { shared: Arc::new(Mutex::new(instance)), checker: Arc::new(Mutex::new(checker)), name, health: Arc::default() })
@@ -176,7 +141,10 @@ impl WasmGuide {
         // The same compilation on the checking instance first: it is
         // deterministic, so what passes there passes on the live one.
         let (resource, _) = compile(&mut lock(&self.checker), &self.name, &constraint)?;
-        lock(&self.checker).drop_resource(resource);
+        let mut checker = lock(&self.checker);
+        let generation = checker.generation();
+        checker.drop_resource(resource, generation);
+        drop(checker);
         let (resource, generation) = compile(&mut lock(&self.shared), &self.name, &constraint)?;
         Ok(GuidedSequence {
             shared: self.shared.clone(),
@@ -201,7 +169,7 @@ fn lock(instance: &Mutex<Instance>) -> MutexGuard<'_, Instance> {
 /// instance generation it belongs to.
 fn compile(instance: &mut Instance, name: &str, constraint: &Constraint) -> Result<(ResourceAny, u64), PluginError> {
     let setup = instance.component.limits.setup_deadline;
-    let generation = instance.generation;
+    let generation = instance.generation();
     let (store, plugin) = instance.live()?;
     store.set_epoch_deadline(deadline_ticks(setup));
     let compiled = plugin.weft_plugin_guide().sequence().call_constructor(&mut *store, constraint).and_then(|resource| {
@@ -212,7 +180,7 @@ fn compile(instance: &mut Instance, name: &str, constraint: &Constraint) -> Resu
     match compiled {
         Ok((resource, None)) => Ok((resource, generation)),
         Ok((resource, Some(e))) => {
-            instance.drop_resource(resource);
+            instance.drop_resource(resource, generation);
             Err(PluginError::Refused { plugin: name.into(), phase: "compile", code: e.code, message: e.message })
         }
         Err(e) => {
@@ -258,16 +226,16 @@ impl GuidedSequence {
         if self.failed {
             return Err(fault("the sequence's guide faulted earlier".into()));
         }
-        if instance.generation != self.generation || instance.live.is_none() || self.resource.is_none() {
-            if let Err(e) = self.restore(&mut instance) {
-                self.health.record_fault();
-                self.failed = true;
-                return Err(fault(format!("rebuilding its state after the instance was discarded: {e}")));
-            }
+        if (instance.generation() != self.generation || self.resource.is_none())
+            && let Err(e) = self.restore(&mut instance)
+        {
+            self.health.record_fault();
+            self.failed = true;
+            return Err(fault(format!("rebuilding its state after the instance was discarded: {e}")));
         }
         let resource = self.resource.expect("restored above");
         let deadline = instance.component.limits.call_deadline;
-        let (store, plugin) = instance.live.as_mut().expect("checked above");
+        let (store, plugin) = instance.live().expect("restored above, on this generation");
         store.set_epoch_deadline(deadline_ticks(deadline));
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(plugin, store, resource)));
         match result {
@@ -297,7 +265,7 @@ impl GuidedSequence {
         self.resource = None;
         let (resource, generation) = compile(instance, &self.name, &self.constraint)?;
         let deadline = instance.component.limits.call_deadline;
-        let (store, plugin) = instance.live.as_mut().expect("compile set it up");
+        let (store, plugin) = instance.live()?;
         for &token in &self.committed {
             store.set_epoch_deadline(deadline_ticks(deadline));
             let replayed = plugin.weft_plugin_guide().sequence().call_commit(&mut *store, resource, token);
@@ -335,9 +303,6 @@ impl Guide for GuidedSequence {
 impl Drop for GuidedSequence {
     fn drop(&mut self) {
         let Some(resource) = self.resource.take() else { return };
-        let mut instance = lock(&self.shared);
-        if instance.generation == self.generation {
-            instance.drop_resource(resource);
-        }
+        lock(&self.shared).drop_resource(resource, self.generation);
     }
 }

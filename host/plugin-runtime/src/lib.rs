@@ -32,6 +32,7 @@ pub mod conformance;
 mod error;
 mod guide;
 mod health;
+mod rebuilt;
 pub mod limits;
 mod router;
 mod runtime;

@@ -9,13 +9,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use wasmtime::Store;
-
-use crate::bindings::router::RouterPlugin;
+use crate::bindings::router::{RouterPlugin, RouterPluginPre};
 use crate::bindings::router::exports::weft::plugin::router::{BackendState, RouteRequest};
 use crate::bindings::weft::plugin::types::{ConfigEntry, ConfigValue};
 use crate::error::PluginError;
 use crate::health::Health;
+use crate::rebuilt::Rebuilt;
 use crate::runtime::{RouterComponent, deadline_ticks};
 use crate::sandbox::StoreState;
 
@@ -43,15 +42,14 @@ pub struct Route {
 
 /// A live router instance (rebuilt after any fault).
 pub struct WasmRouter {
-    component: RouterComponent,
-    config: Vec<ConfigEntry>,
-    live: Mutex<Option<(Store<StoreState>, RouterPlugin)>>,
+    live: Mutex<Rebuilt<RouterPluginPre<StoreState>, RouterPlugin>>,
+    name: String,
     health: Arc<Health>,
 }
 
 impl std::fmt::Debug for WasmRouter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WasmRouter").field("plugin", &self.component.name).field("health", &self.health).finish()
+        f.debug_struct("WasmRouter").field("plugin", &self.name).field("health", &self.health).finish()
     }
 }
 
@@ -59,22 +57,19 @@ impl WasmRouter {
     /// Instantiate `component` and hand `config` to its `init` (a refused
     /// configuration is [`PluginError::Refused`]).
     pub fn new(component: RouterComponent, config: Vec<(String, ConfigValue)>) -> Result<Self, PluginError> {
-        let config = config.into_iter().map(|(key, value)| ConfigEntry { key, value }).collect();
-        let router = Self { component, config, live: Mutex::new(None), health: Arc::default() };
-        let first = router.instance()?;
-        *router.live.lock().unwrap_or_else(|p| p.into_inner()) = Some(first);
-        Ok(router)
+        let config: Vec<ConfigEntry> = config.into_iter().map(|(key, value)| ConfigEntry { key, value }).collect();
+        let name = component.name.clone();
+        let mut live = Rebuilt::new(component, move |c| {
+            c.instance(c.limits.call_deadline, |pre, store| pre.instantiate(store), |plugin, store| {
+                plugin.weft_plugin_router().call_init(store, &config)
+            })
+        });
+        live.live()?;
+        Ok(Self { live: Mutex::new(live), name, health: Arc::default() })
     }
 
     pub fn health(&self) -> Arc<Health> {
         Arc::clone(&self.health)
-    }
-
-    fn instance(&self) -> Result<(Store<StoreState>, RouterPlugin), PluginError> {
-        let c = &self.component;
-        c.instance(c.limits.call_deadline, |pre, store| pre.instantiate(store), |plugin, store| {
-            plugin.weft_plugin_router().call_init(store, &self.config)
-        })
     }
 
     /// The backends for a request from `tenant` for `model` with
@@ -94,11 +89,8 @@ impl WasmRouter {
 
     fn ask(&self, tenant: &str, model: &str, prompt_tokens: u32, backends: &[Backend]) -> Result<Vec<String>, String> {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        if live.is_none() {
-            *live = Some(self.instance().map_err(|e| e.to_string())?);
-        }
-        let (store, plugin) = live.as_mut().expect("set above");
-        let deadline = self.component.limits.call_deadline;
+        let deadline = live.component.limits.call_deadline;
+        let (store, plugin) = live.live().map_err(|e| e.to_string())?;
         store.set_epoch_deadline(deadline_ticks(deadline));
         let request = RouteRequest { tenant: tenant.into(), model: model.into(), prompt_tokens };
         let states: Vec<BackendState> = backends
@@ -116,8 +108,9 @@ impl WasmRouter {
             Ok(Ok(order)) => order,
             Ok(Err(e)) => return Err(format!("the router refused: {}: {}", e.code, e.message)),
             Err(e) => {
-                *live = None;
-                return Err(self.component.call_error("route", &e, deadline).to_string());
+                let error = live.component.call_error("route", &e, deadline).to_string();
+                live.discard();
+                return Err(error);
             }
         };
         checked(answer, backends)

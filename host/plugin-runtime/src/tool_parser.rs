@@ -19,11 +19,12 @@ use wasmtime::Store;
 use wasmtime::component::ResourceAny;
 
 pub use crate::bindings::tool_parser::exports::weft::plugin::tool_parser::{Call, Tool};
-use crate::bindings::tool_parser::ToolParserPlugin;
+use crate::bindings::tool_parser::{ToolParserPlugin, ToolParserPluginPre};
 use crate::bindings::tool_parser::exports::weft::plugin::tool_parser::Event;
 use crate::bindings::weft::plugin::types::{ConfigEntry, ConfigValue, PluginError as GuestError};
 use crate::error::PluginError;
 use crate::health::Health;
+use crate::rebuilt::Rebuilt;
 use crate::runtime::{ToolParserComponent, deadline_ticks};
 use crate::sandbox::StoreState;
 
@@ -44,33 +45,8 @@ pub enum ToolEvent {
     CallArguments { index: u32, text: String },
 }
 
-struct Instance {
-    component: ToolParserComponent,
-    config: Vec<ConfigEntry>,
-    live: Option<(Store<StoreState>, ToolParserPlugin)>,
-    /// Bumped whenever the instance is discarded: streams opened on an
-    /// older one are gone with it.
-    generation: u64,
-}
-
-impl Instance {
-    fn live(&mut self) -> Result<&mut (Store<StoreState>, ToolParserPlugin), PluginError> {
-        if self.live.is_none() {
-            let c = &self.component;
-            let config = &self.config;
-            let live = c.instance(c.limits.call_deadline, |pre, store| pre.instantiate(store), |plugin, store| {
-                plugin.weft_plugin_tool_parser().call_init(store, config)
-            })?;
-            self.live = Some(live);
-        }
-        Ok(self.live.as_mut().expect("set above"))
-    }
-
-    fn discard(&mut self) {
-        self.live = None;
-        self.generation += 1;
-    }
-}
+/// The parser's instance, rebuilt after a fault.
+type Instance = Rebuilt<ToolParserPluginPre<StoreState>, ToolParserPlugin>;
 
 /// A live tool-parser instance (rebuilt after any fault).
 #[derive(Clone)]
@@ -96,8 +72,12 @@ impl WasmToolParser {
     /// configuration is [`PluginError::Refused`]).
     pub fn new(component: ToolParserComponent, config: Vec<(String, ConfigValue)>) -> Result<Self, PluginError> {
         let name = component.name.clone();
-        let config = config.into_iter().map(|(key, value)| ConfigEntry { key, value }).collect();
-        let mut instance = Instance { component, config, live: None, generation: 0 };
+        let config: Vec<ConfigEntry> = config.into_iter().map(|(key, value)| ConfigEntry { key, value }).collect();
+        let mut instance = Instance::new(component, move |c| {
+            c.instance(c.limits.call_deadline, |pre, store| pre.instantiate(store), |plugin, store| {
+                plugin.weft_plugin_tool_parser().call_init(store, &config)
+            })
+        });
         instance.live()?;
         Ok(Self { shared: Arc::new(Mutex::new(instance)), health: Arc::default(), name })
     }
@@ -197,7 +177,7 @@ impl WasmToolParser {
         Ok(ToolStream {
             parser: self.clone(),
             resource: Some(resource),
-            generation: instance.generation,
+            generation: instance.generation(),
             names: tools.iter().map(|t| t.name.clone()).collect(),
             arguments: Vec::new(),
             given: 0,
@@ -257,12 +237,12 @@ impl ToolStream {
         let mut instance = lock(&parser.shared);
         let gone = |reason: &str| PluginError::Call { plugin: parser.name.clone(), phase, reason: reason.into() };
         let resource = self.resource.ok_or_else(|| gone("the answer's parser is gone"))?;
-        if instance.generation != self.generation {
+        if instance.generation() != self.generation {
             self.resource = None;
             return Err(gone("the tool-parser instance faulted earlier and was discarded with this answer's state"));
         }
         let events = parser.call(&mut instance, phase, |p, s| f(p, s, resource)).inspect_err(|_| {
-            if instance.generation != self.generation {
+            if instance.generation() != self.generation {
                 self.resource = None;
             }
         })?;
@@ -312,16 +292,6 @@ impl ToolStream {
 impl Drop for ToolStream {
     fn drop(&mut self) {
         let Some(resource) = self.resource.take() else { return };
-        let mut instance = lock(&self.parser.shared);
-        if instance.generation != self.generation {
-            return;
-        }
-        let deadline = instance.component.limits.call_deadline;
-        let Some((store, _)) = instance.live.as_mut() else { return };
-        // A failed drop leaves the instance unable to be entered again.
-        store.set_epoch_deadline(deadline_ticks(deadline));
-        if resource.resource_drop(&mut *store).is_err() {
-            instance.discard();
-        }
+        lock(&self.parser.shared).drop_resource(resource, self.generation);
     }
 }
