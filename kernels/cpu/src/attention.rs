@@ -87,6 +87,34 @@ pub fn attend_llama_cpp<'a>(
 /// Lanes of the score dot product's accumulators: ggml's f16 dot on an
 /// AVX-512 build (the build llama.cpp makes for the machines our parity
 /// references come from) keeps four 16-lane accumulators.
+/// [`attend_llama_cpp`] for `G` query heads that share one key/value head
+/// (grouped-query attention): each head gets exactly the operations it
+/// gets alone, so the results are bit-identical, but each key and value is
+/// loaded and widened once for the group, and the heads' independent
+/// accumulation chains overlap instead of waiting on each other.
+pub fn attend_group_llama_cpp<'a, const G: usize>(
+    isa: Isa,
+    qs: [&[f32]; G],
+    ctx: usize,
+    scale: f32,
+    key: impl Fn(usize) -> &'a [f16],
+    value: impl Fn(usize) -> &'a [f16],
+    outs: [&mut [f32]; G],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        // SAFETY: `Avx512Vnni` implies AVX-512 F, BW and VL, AVX2, FMA and F16C.
+        match qs[0].len() {
+            64 => return unsafe { x86::attend_group::<G, 4>(qs, ctx, scale, key, value, outs) },
+            128 => return unsafe { x86::attend_group::<G, 8>(qs, ctx, scale, key, value, outs) },
+            _ => {}
+        }
+    }
+    for (q, out) in qs.into_iter().zip(outs) {
+        attend_llama_cpp(isa, q, ctx, scale, &key, &value, out);
+    }
+}
+
 const LANES: usize = 16;
 const ACCUMULATORS: usize = 4;
 const STEP: usize = LANES * ACCUMULATORS;
@@ -223,6 +251,124 @@ mod x86 {
         for (l, a) in acc.iter().enumerate().take(lanes) {
             // SAFETY: `out` has `hd` floats.
             unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * l), _mm256_mul_ps(*a, inv)) };
+        }
+    }
+
+    /// [`round16`] in 16 lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    fn round16_zmm(v: __m512) -> __m512 {
+        _mm512_cvtph_ps(_mm512_cvtps_ph::<0>(v))
+    }
+
+    /// 16 f16 values at `p` as f32.
+    ///
+    /// # Safety
+    /// 16 values must be readable at `p`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn load16(p: *const f16) -> __m512 {
+        // SAFETY: the caller guarantees 32 readable bytes.
+        _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(p as *const __m256i) })
+    }
+
+    /// [`dot`] over `16 × L` values already widened, the same operations
+    /// in the same order: 16-lane accumulators j = 0..4 over steps of 64
+    /// (a zmm lane is `dot`'s lane `8h + i` of accumulator j), then
+    /// `(a0 + a2) + (a1 + a3)`, the halves added, and ggml's 4 → 1 sum;
+    /// the elements past the last whole step go through `f64` as in `dot`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    fn dot_widened<const L: usize>(q: &[__m512; L], k: &[__m512; L]) -> f32 {
+        let whole = L / 4 * 4;
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for step in (0..whole).step_by(4) {
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(q[step + j], k[step + j], *a);
+            }
+        }
+        let x = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
+        let x8 = _mm256_add_ps(
+            _mm512_castps512_ps256(x),
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x))),
+        );
+        let x4 = _mm_add_ps(_mm256_castps256_ps128(x8), _mm256_extractf128_ps(x8, 1));
+        let x2 = _mm_add_ps(x4, _mm_movehl_ps(x4, x4));
+        let x1 = _mm_add_ss(x2, _mm_movehdup_ps(x2));
+        let mut tail = 0f64;
+        for l in whole..L {
+            let (mut qa, mut ka) = ([0f32; 16], [0f32; 16]);
+            // SAFETY: each array holds 16 floats.
+            unsafe {
+                _mm512_storeu_ps(qa.as_mut_ptr(), q[l]);
+                _mm512_storeu_ps(ka.as_mut_ptr(), k[l]);
+            }
+            tail += qa.iter().zip(&ka).map(|(&a, &b)| (a * b) as f64).sum::<f64>();
+        }
+        (_mm_cvtss_f32(x1) as f64 + tail) as f32
+    }
+
+    /// `G` heads of `16 × L` dimensions sharing keys and values; see
+    /// [`super::attend_group_llama_cpp`]. Per head this is [`attend`] step
+    /// for step (elementwise operations are the same in 16 lanes as in 8).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW and VL, AVX2, FMA and F16C; every
+    /// query, key, value and output holds `16 × L` values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub unsafe fn attend_group<'a, const G: usize, const L: usize>(
+        qs: [&[f32]; G],
+        ctx: usize,
+        scale: f32,
+        key: impl Fn(usize) -> &'a [f16],
+        value: impl Fn(usize) -> &'a [f16],
+        outs: [&mut [f32]; G],
+    ) {
+        let hd = 16 * L;
+        assert!(qs.iter().all(|q| q.len() == hd) && outs.iter().all(|o| o.len() == hd));
+        // SAFETY (loads): every query has `hd` floats.
+        let qh: [[__m512; L]; G] =
+            std::array::from_fn(|g| std::array::from_fn(|l| round16_zmm(unsafe { _mm512_loadu_ps(qs[g].as_ptr().add(16 * l)) })));
+        let mut acc = [[_mm512_setzero_ps(); L]; G];
+        let (mut m, mut s_sum) = ([f32::NEG_INFINITY; G], [0f32; G]);
+        for p in 0..ctx {
+            let (k, v) = (key(p), value(p));
+            assert!(k.len() >= hd && v.len() >= hd);
+            // SAFETY: `k` has `hd` values.
+            let kw: [__m512; L] = std::array::from_fn(|l| unsafe { load16(k.as_ptr().add(16 * l)) });
+            let mut vs = [0f32; G];
+            for g in 0..G {
+                let s = dot_widened(&qh[g], &kw) * scale;
+                let ms;
+                (ms, vs[g]) = if s > m[g] {
+                    let old = m[g];
+                    m[g] = s;
+                    ((old - m[g]).exp(), 1.0)
+                } else {
+                    (1.0, (s - m[g]).exp())
+                };
+                if ms != 1.0 {
+                    let msv = _mm512_set1_ps(ms);
+                    for a in acc[g].iter_mut() {
+                        *a = round16_zmm(_mm512_mul_ps(*a, msv));
+                    }
+                }
+                s_sum[g] = s_sum[g].mul_add(ms, vs[g]);
+            }
+            for l in 0..L {
+                // SAFETY: `v` has `hd` values.
+                let x = unsafe { load16(v.as_ptr().add(16 * l)) };
+                for g in 0..G {
+                    acc[g][l] = round16_zmm(_mm512_fmadd_ps(x, _mm512_set1_ps(vs[g]), acc[g][l]));
+                }
+            }
+        }
+        for (g, out) in outs.into_iter().enumerate() {
+            let inv = _mm512_set1_ps(if s_sum[g] == 0.0 { 0.0 } else { 1.0 / s_sum[g] });
+            for l in 0..L {
+                // SAFETY: `out` has `hd` floats.
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * l), _mm512_mul_ps(acc[g][l], inv)) };
+            }
         }
     }
 }

@@ -19,7 +19,8 @@ pub enum Isa {
     Portable,
     /// x86-64 AVX2 with fused multiply-add (and F16C).
     Avx2Fma,
-    /// AVX2+FMA plus AVX-512 VNNI (with VL) for 8-bit integer dot products.
+    /// AVX2+FMA plus AVX-512 (F, BW, VL, VNNI) for 8-bit integer dot
+    /// products, two weight rows to a 512-bit register.
     Avx512Vnni,
 }
 
@@ -59,7 +60,11 @@ pub(crate) fn detect() -> Isa {
             && std::arch::is_x86_feature_detected!("fma")
             && std::arch::is_x86_feature_detected!("f16c")
         {
-            if std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512vl") {
+            if std::arch::is_x86_feature_detected!("avx512vnni")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+            {
                 return Isa::Avx512Vnni;
             }
             return Isa::Avx2Fma;

@@ -15,7 +15,7 @@ use crate::dequant::dequantize;
 use crate::dot::{Isa, dot_with};
 use crate::dtype::WeightType;
 use crate::pool::{parallel_for, split, threads};
-use crate::qdot::{BlockQ8, dot_rows, has_integer_kernel, quantize_row};
+use crate::qdot::{BlockQ8, block_sums, dot_row_pair, dot_rows, has_integer_kernel, quantize_row};
 
 /// A borrowed weight matrix of `rows × cols` elements in `ty`'s layout, row
 /// major (GGUF's `[cols, rows]` dimension order).
@@ -43,6 +43,10 @@ impl Matrix<'_> {
         dequantize(self.ty, self.row(r), out);
     }
 }
+
+/// Weight bytes the 512-bit path keeps in cache while it passes every
+/// token tile over them (a quarter of a typical 1-2 MiB L2).
+const WIDE_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Raw output pointer shared by tasks that write disjoint elements.
 #[derive(Clone, Copy)]
@@ -95,12 +99,46 @@ pub fn matmul_group(ws: &[Matrix], x: &[f32], n: usize, outs: &mut [&mut [f32]])
         Vec::new()
     };
     let ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+    // With 512-bit registers, integer matrices go two rows at a time over
+    // tiles of tokens.
+    let wide = isa == Isa::Avx512Vnni && ws.iter().all(|w| has_integer_kernel(w.ty));
     let total_rows: usize = ws.iter().map(|w| w.rows).sum();
     // Enough tasks to balance, few enough that each amortises its claim.
     let tasks = (threads() * 4).min(total_rows.div_ceil(4)).max(1);
     parallel_for(tasks, |task| {
         let mut scratch = Vec::new();
-        let rows = split(total_rows, tasks, task);
+        // Split on even rows so that row pairs stay within one task.
+        let pairs = split(total_rows.div_ceil(2), tasks, task);
+        let rows = 2 * pairs.start..(2 * pairs.end).min(total_rows);
+        if wide {
+            // SAFETY: `t < n` and `r < ws[wi].rows`, and this task owns
+            // its rows of every matrix (as in the loop below).
+            let put = |wi: usize, r: usize, t: usize, v: f32| unsafe { *ptrs[wi].0.add(t * ws[wi].rows + r) = v };
+            let bpr = cols / 32;
+            let act = |t: usize| &quantized[t * bpr..(t + 1) * bpr];
+            // Rows in chunks whose weights stay in L2 while every token
+            // tile passes over them, so each weight is read from memory
+            // once per call however many tokens there are.
+            let chunk = (WIDE_CHUNK_BYTES / ws[0].row_bytes()).max(2) & !1;
+            for start in rows.clone().step_by(chunk) {
+                let chunk = start..(start + chunk).min(rows.end);
+                let mut t = 0;
+                while t < n {
+                    let tile = tile_len(n - t);
+                    let put = &put;
+                    let put_tile = move |wi: usize, r: usize, k: usize, v: f32| put(wi, r, t + k, v);
+                    match tile {
+                        16 => wide_tile::<16>(ws, chunk.clone(), std::array::from_fn(|k| act(t + k)), put_tile),
+                        8 => wide_tile::<8>(ws, chunk.clone(), std::array::from_fn(|k| act(t + k)), put_tile),
+                        4 => wide_tile::<4>(ws, chunk.clone(), std::array::from_fn(|k| act(t + k)), put_tile),
+                        2 => wide_tile::<2>(ws, chunk.clone(), std::array::from_fn(|k| act(t + k)), put_tile),
+                        _ => wide_tile::<1>(ws, chunk.clone(), [act(t)], put_tile),
+                    }
+                    t += tile;
+                }
+            }
+            return;
+        }
         let mut global = rows.start;
         while global < rows.end {
             let (wi, r) = locate(ws, global);
@@ -130,6 +168,45 @@ pub fn matmul_group(ws: &[Matrix], x: &[f32], n: usize, outs: &mut [&mut [f32]])
             global += 1;
         }
     });
+}
+
+/// One tile of `T` tokens against rows `rows` of the concatenated group,
+/// two rows at a time (a row whose partner lies in another matrix or task
+/// goes alone, with the same arithmetic). `put(matrix, row, k, v)` stores
+/// token `k` of the tile.
+fn wide_tile<const T: usize>(
+    ws: &[Matrix],
+    rows: std::ops::Range<usize>,
+    acts: [&[BlockQ8]; T],
+    put: impl Fn(usize, usize, usize, f32),
+) {
+    let isa = Isa::Avx512Vnni;
+    let sums = block_sums(acts);
+    let mut global = rows.start;
+    while global < rows.end {
+        let (wi, r) = locate(ws, global);
+        let w = &ws[wi];
+        if r + 1 < w.rows && global + 1 < rows.end {
+            let v = dot_row_pair::<T>(isa, w.ty, [w.row(r), w.row(r + 1)], acts, &sums);
+            for k in 0..T {
+                put(wi, r, k, v[0][k]);
+                put(wi, r + 1, k, v[1][k]);
+            }
+            global += 2;
+        } else {
+            for (k, a) in acts.iter().enumerate() {
+                put(wi, r, k, dot_rows::<1, 1>(isa, w.ty, [w.row(r)], [a])[0][0]);
+            }
+            global += 1;
+        }
+    }
+}
+
+/// The largest token tile (16, 8, 4, 2 or 1) that fits in `left` tokens.
+/// Sixteen tokens' accumulators are as many as the 32 vector registers
+/// hold beside the weights, scales and offsets.
+fn tile_len(left: usize) -> usize {
+    [16, 8, 4, 2].into_iter().find(|&k| left >= k).unwrap_or(1)
 }
 
 /// Which matrix and row a row index of the concatenated group names.

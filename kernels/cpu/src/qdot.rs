@@ -108,6 +108,49 @@ pub fn dot_row(isa: Isa, ty: WeightType, row: &[u8], act: &[BlockQ8]) -> f32 {
     dot_rows::<1, 1>(isa, ty, [row], [act])[0][0]
 }
 
+/// Dot products of two stored weight rows with `T` tokens' activations
+/// (`out[r][t]`), for instruction sets with 512-bit registers.
+///
+/// On [`Isa::Avx512Vnni`] one 512-bit register holds both rows' eight lanes
+/// for a token (row 0 in the low half, row 1 in the high half), so each
+/// instruction does two rows' work while every lane goes through exactly
+/// the operations of [`dot_rows`]: the results are bit-identical to it. On
+/// other instruction sets this is [`dot_rows`] itself.
+///
+/// `sums[i][t]` must be `acts[t][i].sum` ([`block_sums`] builds it once for
+/// a tile of tokens, to be reused for every row): Q4_1's offsets are then
+/// computed for all `T` tokens at once.
+#[inline]
+pub fn dot_row_pair<const T: usize>(
+    isa: Isa,
+    ty: WeightType,
+    rows: [&[u8]; 2],
+    acts: [&[BlockQ8]; T],
+    sums: &[[f32; T]],
+) -> [[f32; T]; 2] {
+    debug_assert!(sums.len() == acts[0].len());
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        // SAFETY: `Avx512Vnni` is selected only when AVX-512 F, BW, VL and
+        // VNNI, AVX2, FMA and F16C are all present.
+        return unsafe {
+            match ty {
+                WeightType::Q4_1 => x86::pair_zmm::<{ x86::Q4_1 }, T>(rows, acts, sums),
+                WeightType::Q4_0 => x86::pair_zmm::<{ x86::Q4_0 }, T>(rows, acts, sums),
+                _ => x86::pair_zmm::<{ x86::Q8_0 }, T>(rows, acts, sums),
+            }
+        };
+    }
+    let _ = sums;
+    dot_rows::<2, T>(isa, ty, rows, acts)
+}
+
+/// The activation sums of `T` tokens block by block: `out[i][t] =
+/// acts[t][i].sum`, the layout [`dot_row_pair`] reads them in.
+pub fn block_sums<const T: usize>(acts: [&[BlockQ8]; T]) -> Vec<[f32; T]> {
+    (0..acts[0].len()).map(|i| std::array::from_fn(|t| acts[t][i].sum)).collect()
+}
+
 /// The vector kernels' arithmetic in plain Rust: per block, eight exact
 /// integer lane sums of four products each, scaled by `d_w·d_a` and fused
 /// into eight `f32` lane accumulators; then ggml's horizontal sum of the
@@ -325,6 +368,120 @@ mod x86 {
         for r in 0..R {
             for t in 0..T {
                 out[r][t] = hsum_f32(acc[r][t]);
+            }
+        }
+        out
+    }
+
+    /// Weight layouts of [`pair_zmm`].
+    pub const Q4_0: u8 = 0;
+    pub const Q4_1: u8 = 1;
+    pub const Q8_0: u8 = 2;
+
+    /// Two weight rows against `T` tokens, two rows to a 512-bit register.
+    ///
+    /// Per block and token, lane j of each half is the exact integer sum of
+    /// products 4j..4j+3 of that row with the token, as in `row_q4!` and
+    /// [`row_q8_0`]: VNNI multiplies unsigned by signed bytes, so signed
+    /// Q8_0 weights are shifted by 128 and Q4_0's stored +8 is kept, and the
+    /// bias times the lane sums of the activations is subtracted again (all
+    /// exact in 32 bits). `sums[i][t]` is token `t`'s activation sum of
+    /// block `i`. The lanes are then scaled by `d_w·d_a` and fused
+    /// into the accumulator in block order, summed horizontally like ggml,
+    /// and Q4_1's offsets added last: the same `f32` operations in the same
+    /// order as the 256-bit kernels, so the results are bit-identical.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, VL and VNNI, AVX2, FMA and F16C;
+    /// each row holds as many whole blocks as each activation slice.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn pair_zmm<const KIND: u8, const T: usize>(
+        rows: [&[u8]; 2],
+        acts: [&[BlockQ8]; T],
+        sums: &[[f32; T]],
+    ) -> [[f32; T]; 2] {
+        let (bb, qs, bias) = match KIND {
+            Q4_0 => (18, 2, 8i8),
+            Q4_1 => (20, 4, 0),
+            _ => (34, 2, i8::MIN),
+        };
+        let blocks = acts[0].len();
+        // Checked once here, so the loop below indexes without checks.
+        assert!(rows.iter().all(|r| r.len() >= blocks * bb) && acts.iter().all(|a| a.len() == blocks));
+        assert!(sums.len() == blocks);
+        let mask = _mm512_set1_epi8(0x0F);
+        let zero = _mm512_setzero_si512();
+        let bias = _mm512_set1_epi8(bias);
+        // Nibble shifts per 128-bit quarter: [row 0 low, row 0 high, row 1
+        // low, row 1 high].
+        let (keep, high) = (0, 0x0004_0004_0004_0004);
+        let shifts = _mm512_set_epi64(high, high, keep, keep, high, high, keep, keep);
+        // From [d0, m0, d1, m1]: each row's scale over its eight lanes.
+        let spread_d = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+        let mut acc = [_mm512_setzero_ps(); T];
+        let mut offsets = [[0f32; T]; 2];
+        for i in 0..blocks {
+            // SAFETY: block `i` lies inside each row (checked by the caller).
+            let (p0, p1) = unsafe { (rows[0].as_ptr().add(i * bb), rows[1].as_ptr().add(i * bb)) };
+            // Both rows' leading f16 pairs (d, m) at once: [d0, m0, d1, m1].
+            // SAFETY: every block starts with at least 4 bytes.
+            let dm = _mm_cvtph_ps(unsafe {
+                _mm_insert_epi32::<1>(_mm_cvtsi32_si128((p0 as *const i32).read_unaligned()), (p1 as *const i32).read_unaligned())
+            });
+            let w = if KIND == Q8_0 {
+                // SAFETY: a Q8_0 block holds 32 weight bytes after its scale.
+                let (a, b) = unsafe {
+                    (_mm256_loadu_si256(p0.add(2) as *const __m256i), _mm256_loadu_si256(p1.add(2) as *const __m256i))
+                };
+                // Flipping the sign bit adds 128: unsigned for VNNI.
+                _mm512_xor_si512(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b), bias)
+            } else {
+                // [a, a, b, b] by 128-bit quarters, then the low nibbles of
+                // the first copy of each and the high nibbles of the second.
+                // SAFETY: a Q4 block holds 16 packed bytes at `qs`.
+                let (a, b) = unsafe {
+                    (_mm_loadu_si128(p0.add(qs) as *const __m128i), _mm_loadu_si128(p1.add(qs) as *const __m128i))
+                };
+                let ab = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(a), 0xFF00, b);
+                _mm512_and_si512(_mm512_srlv_epi16(ab, shifts), mask)
+            };
+            let dw = _mm512_permutexvar_ps(spread_d, _mm512_castps128_ps512(dm));
+            // Eight tokens per inner loop: the compiler unrolls a loop of
+            // eight and keeps every accumulator in a register.
+            for group in acc.chunks_mut(8).enumerate() {
+                let (g, accs) = group;
+                for (k, acc) in accs.iter_mut().enumerate() {
+                    let a = &acts[8 * g + k][i];
+                    // SAFETY: `BlockQ8` is 32-byte aligned with `q` first.
+                    let q = _mm512_broadcast_i64x4(unsafe { _mm256_load_si256(a.q.as_ptr() as *const __m256i) });
+                    let mut lanes = _mm512_dpbusd_epi32(zero, w, q);
+                    if KIND != Q4_1 {
+                        lanes = _mm512_sub_epi32(lanes, _mm512_dpbusd_epi32(zero, bias, q));
+                    }
+                    let scale = _mm512_mul_ps(dw, _mm512_set1_ps(a.d));
+                    *acc = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(lanes), *acc);
+                }
+            }
+            if KIND == Q4_1 {
+                // The tokens side by side: this vectorises across `t`.
+                let (m0, m1) = (_mm_cvtss_f32(_mm_movehdup_ps(dm)), _mm_cvtss_f32(_mm_shuffle_ps::<3>(dm, dm)));
+                let s = &sums[i];
+                for t in 0..T {
+                    offsets[0][t] += m0 * s[t];
+                    offsets[1][t] += m1 * s[t];
+                }
+            }
+        }
+        let mut out = [[0f32; T]; 2];
+        for t in 0..T {
+            let low = _mm512_castps512_ps256(acc[t]);
+            let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[t])));
+            if KIND == Q8_0 {
+                out[0][t] = hsum_f32(low);
+                out[1][t] = hsum_f32(high);
+            } else {
+                out[0][t] = hsum_f32(low) + offsets[0][t];
+                out[1][t] = hsum_f32(high) + offsets[1][t];
             }
         }
         out

@@ -60,23 +60,27 @@ fn dot_products_agree_with_a_float64_sum_on_every_path() {
 
 #[test]
 fn a_rows_result_does_not_depend_on_the_rest_of_the_batch() {
-    let (rows, cols) = (48, 576);
-    // Q8_0 blocks with varied scales and quants.
-    let mut data = Vec::new();
-    for (i, v) in random(rows * cols / 32 * 34, 9).iter().enumerate() {
-        data.push((v * 127.0) as i8 as u8 ^ (i as u8));
-    }
-    for block in data.chunks_exact_mut(34) {
-        block[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
-    }
-    let w = Matrix { ty: WeightType::Q8_0, rows, cols, data: &data };
-    let xs = random(9 * cols, 77);
-    let mut batched = vec![0f32; 9 * rows];
-    matmul(&w, &xs, 9, &mut batched);
-    for t in 0..9 {
-        let mut single = vec![0f32; rows];
-        matmul(&w, &xs[t * cols..(t + 1) * cols], 1, &mut single);
-        assert_eq!(&batched[t * rows..(t + 1) * rows], &single[..], "token {t}");
+    let cols = 576;
+    // 31 tokens cover every token tile (16 + 8 + 4 + 2 + 1); an odd row
+    // count leaves one row outside the row pairs.
+    let n = 31;
+    let xs = random(n * cols, 77);
+    for ty in [WeightType::Q8_0, WeightType::Q4_1, WeightType::Q4_0, WeightType::F16] {
+        for rows in [48, 47] {
+            let data: Vec<u8> = if ty == WeightType::F16 {
+                random(rows * cols, 9).iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect()
+            } else {
+                (0..rows).flat_map(|r| random_row(ty, cols / 32, 1000 + r as u64)).collect()
+            };
+            let w = Matrix { ty, rows, cols, data: &data };
+            let mut batched = vec![0f32; n * rows];
+            matmul(&w, &xs, n, &mut batched);
+            for t in 0..n {
+                let mut single = vec![0f32; rows];
+                matmul(&w, &xs[t * cols..(t + 1) * cols], 1, &mut single);
+                assert_eq!(&batched[t * rows..(t + 1) * rows], &single[..], "{ty:?} {rows} rows, token {t}");
+            }
+        }
     }
 }
 
@@ -95,13 +99,13 @@ fn random_row(ty: WeightType, blocks: usize, seed: u64) -> Vec<u8> {
 
 #[test]
 fn integer_kernels_agree_across_instruction_sets_tiles_and_a_float64_reference() {
-    use weft_kernels_cpu::qdot::{BlockQ8, dot_rows, quantize_row};
+    use weft_kernels_cpu::qdot::{BlockQ8, block_sums, dot_row_pair, dot_rows, quantize_row};
     let blocks = 48;
     for ty in [WeightType::Q4_0, WeightType::Q4_1, WeightType::Q8_0] {
         let row = random_row(ty, blocks, ty.block_bytes() as u64);
         let mut w = vec![0f32; blocks * 32];
         dequantize(ty, &row, &mut w);
-        let acts: Vec<Vec<BlockQ8>> = (0..4)
+        let acts: Vec<Vec<BlockQ8>> = (0..16)
             .map(|t| {
                 let x = random(blocks * 32, 500 + t);
                 let mut q = vec![BlockQ8::default(); blocks];
@@ -109,7 +113,8 @@ fn integer_kernels_agree_across_instruction_sets_tiles_and_a_float64_reference()
                 q
             })
             .collect();
-        let refs = [&acts[0][..], &acts[1][..], &acts[2][..], &acts[3][..]];
+        let all: [&[BlockQ8]; 16] = std::array::from_fn(|t| &acts[t][..]);
+        let refs = [all[0], all[1], all[2], all[3]];
         let mut results = Vec::new();
         for isa in Isa::available() {
             let tiled = dot_rows::<1, 4>(isa, ty, [&row], refs);
@@ -119,9 +124,21 @@ fn integer_kernels_agree_across_instruction_sets_tiles_and_a_float64_reference()
             let paired = dot_rows::<2, 1>(isa, ty, [&row, &other], [refs[2]]);
             assert_eq!(paired[0][0], single[2], "{ty:?} {isa:?}: pairing rows changes nothing");
             assert_eq!(paired[1][0], dot_rows::<1, 1>(isa, ty, [&other], [refs[2]])[0][0]);
+            // Two rows to a register, in every token tile: the same bits.
+            let other_single: Vec<f32> = all.iter().map(|a| dot_rows::<1, 1>(isa, ty, [&other], [a])[0][0]).collect();
+            let single16: Vec<f32> = all.iter().map(|a| dot_rows::<1, 1>(isa, ty, [&row], [a])[0][0]).collect();
+            let pair16 = dot_row_pair::<16>(isa, ty, [&row, &other], all, &block_sums(all));
+            assert_eq!((pair16[0].to_vec(), pair16[1].to_vec()), (single16.clone(), other_single.clone()), "{ty:?} {isa:?}: pair x 16");
+            let first8: [&[BlockQ8]; 8] = std::array::from_fn(|t| all[t]);
+            let pair8 = dot_row_pair::<8>(isa, ty, [&row, &other], first8, &block_sums(first8));
+            assert_eq!((pair8[0].to_vec(), pair8[1].to_vec()), (single16[..8].to_vec(), other_single[..8].to_vec()), "{ty:?} {isa:?}: pair x 8");
+            let pair2 = dot_row_pair::<2>(isa, ty, [&other, &row], [all[5], all[6]], &block_sums([all[5], all[6]]));
+            assert_eq!(pair2, [[other_single[5], other_single[6]], [single16[5], single16[6]]], "{ty:?} {isa:?}: pair x 2");
+            let pair1 = dot_row_pair::<1>(isa, ty, [&row, &other], [all[7]], &block_sums([all[7]]));
+            assert_eq!(pair1, [[single16[7]], [other_single[7]]], "{ty:?} {isa:?}: pair x 1");
             results.push((isa, single));
         }
-        for (t, a) in acts.iter().enumerate() {
+        for (t, a) in acts.iter().take(4).enumerate() {
             // What the integer kernel computes exactly: dequantised weights
             // times dequantised 8-bit activations, with Q4_1's offset applied
             // through the block's stored activation sum (as in ggml).
@@ -217,4 +234,34 @@ fn vector_activation_quantisation_matches_the_portable_one() {
     }
     assert_eq!(b[0].q[1], 2, "1.5 rounds to even");
     assert_eq!(b[0].q[3], 4, "3.5 rounds to even");
+}
+
+#[test]
+fn grouped_query_heads_attend_exactly_as_they_do_alone() {
+    use weft_kernels_cpu::attention::{attend_group_llama_cpp, attend_llama_cpp};
+    fn check<const G: usize>(hd: usize, ctx: usize, seed: u64) {
+        let qs: Vec<Vec<f32>> = (0..G).map(|g| random(hd, seed + g as u64)).collect();
+        let keys: Vec<half::f16> = random(hd * ctx, seed + 10).into_iter().map(|v| half::f16::from_f32(v * 3.0)).collect();
+        let values: Vec<half::f16> = random(hd * ctx, seed + 11).into_iter().map(half::f16::from_f32).collect();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let key = |p: usize| &keys[p * hd..(p + 1) * hd];
+        let value = |p: usize| &values[p * hd..(p + 1) * hd];
+        for isa in Isa::available() {
+            let mut grouped = vec![vec![f32::NAN; hd]; G];
+            let mut outs = grouped.iter_mut();
+            let outs: [&mut [f32]; G] = std::array::from_fn(|_| outs.next().unwrap().as_mut_slice());
+            attend_group_llama_cpp(isa, std::array::from_fn(|g| qs[g].as_slice()), ctx, scale, key, value, outs);
+            for (g, q) in qs.iter().enumerate() {
+                let mut alone = vec![f32::NAN; hd];
+                attend_llama_cpp(isa, q, ctx, scale, key, value, &mut alone);
+                assert_eq!(grouped[g], alone, "{isa:?}: head {g} of {G}, head_dim {hd}, {ctx} positions");
+            }
+        }
+    }
+    for (hd, ctx) in [(64, 1), (64, 37), (64, 300), (128, 45), (80, 20)] {
+        check::<1>(hd, ctx, 7);
+        check::<2>(hd, ctx, 17);
+        check::<3>(hd, ctx, 27);
+        check::<4>(hd, ctx, 37);
+    }
 }

@@ -226,63 +226,79 @@ impl LlamaModel {
 
     fn attention(&self, layer: usize, batch: &ForwardBatch, q: &[f32], kv: &KvStorage, out: &mut [f32], hd: usize) {
         let c = &self.config;
-        let qd = c.q_dim();
         let group = c.heads / c.kv_heads;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let bs = kv.block_size();
         let n = batch.tokens.len();
         let out_ptr = SharedOut(out.as_mut_ptr());
-        let tasks = threads().min(n * c.heads).max(1);
+        // One item per token and key/value head: the query heads sharing
+        // that head are computed together.
+        let items = n * c.kv_heads;
+        let tasks = threads().min(items).max(1);
         parallel_for(tasks, |task| {
             let out_ptr = out_ptr;
             // Interleaved: later tokens attend over more positions, so
             // contiguous ranges would leave one task with most of the work.
-            for item in (task..n * c.heads).step_by(tasks) {
-                let (i, head) = (item / c.heads, item % c.heads);
-                // SAFETY: each (token, head) slice is written by exactly one task.
-                let oh = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(i * qd + head * hd), hd) };
-                self.attend(layer, batch, q, kv, i, head, group, scale, bs, oh);
+            for item in (task..items).step_by(tasks) {
+                let (i, kvh) = (item / c.kv_heads, item % c.kv_heads);
+                // Heads kvh·group .. (kvh+1)·group, at most four at a time.
+                let heads = kvh * group..(kvh + 1) * group;
+                for first in heads.clone().step_by(4) {
+                    let count = (heads.end - first).min(4);
+                    // SAFETY: each (token, head) slice is written by exactly
+                    // one task, and the heads of one call are distinct.
+                    let out_of = |head: usize| unsafe {
+                        std::slice::from_raw_parts_mut(out_ptr.0.add(i * c.q_dim() + head * hd), hd)
+                    };
+                    match count {
+                        4 => self.attend::<4>(layer, batch, q, kv, i, kvh, first, std::array::from_fn(|g| out_of(first + g))),
+                        3 => self.attend::<3>(layer, batch, q, kv, i, kvh, first, std::array::from_fn(|g| out_of(first + g))),
+                        2 => self.attend::<2>(layer, batch, q, kv, i, kvh, first, std::array::from_fn(|g| out_of(first + g))),
+                        _ => self.attend::<1>(layer, batch, q, kv, i, kvh, first, [out_of(first)]),
+                    }
+                }
             }
         });
     }
 
+    /// Attention of token `i` for the `G` query heads from `first`, which
+    /// all read key/value head `kvh`.
     #[allow(clippy::too_many_arguments)]
-    fn attend(
+    fn attend<const G: usize>(
         &self,
         layer: usize,
         batch: &ForwardBatch,
         q: &[f32],
         kv: &KvStorage,
         i: usize,
-        head: usize,
-        group: usize,
-        scale: f32,
-        bs: usize,
-        oh: &mut [f32],
+        kvh: usize,
+        first: usize,
+        outs: [&mut [f32]; G],
     ) {
         let c = &self.config;
         let (qd, hd) = (c.q_dim(), c.head_dim);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let bs = kv.block_size();
         let t = batch.tokens[i];
         let table = batch.block_tables[t.seq];
-        let kvh = head / group;
-        let qh = &q[i * qd + head * hd..i * qd + (head + 1) * hd];
+        let qs: [&[f32]; G] = std::array::from_fn(|g| &q[i * qd + (first + g) * hd..i * qd + (first + g + 1) * hd]);
         let kvd = kv.kv_dim();
         let at = |p: usize| {
             let start = (table[p / bs] as usize * bs + p % bs) * kvd + kvh * hd;
             start..start + hd
         };
         match kv.layer(layer) {
-            KvLayer::F16 { keys, values } => attention::attend_llama_cpp(
+            KvLayer::F16 { keys, values } => attention::attend_group_llama_cpp(
                 Isa::current(),
-                qh,
+                qs,
                 t.pos + 1,
                 scale,
                 |p| &keys[at(p)],
                 |p| &values[at(p)],
-                oh,
+                outs,
             ),
             KvLayer::F32 { keys, values } => {
-                attention::attend_exact(qh, t.pos + 1, scale, |p| &keys[at(p)], |p| &values[at(p)], oh)
+                for (qh, oh) in qs.into_iter().zip(outs) {
+                    attention::attend_exact(qh, t.pos + 1, scale, |p| &keys[at(p)], |p| &values[at(p)], oh)
+                }
             }
         }
     }
