@@ -355,19 +355,20 @@ mod x86 {
                 }
                 s_sum[g] = s_sum[g].mul_add(ms, vs[g]);
             }
-            for l in 0..L {
-                // SAFETY: `v` has `hd` values.
-                let x = unsafe { load16(v.as_ptr().add(16 * l)) };
-                for g in 0..G {
-                    acc[g][l] = round16_zmm(_mm512_fmadd_ps(x, _mm512_set1_ps(vs[g]), acc[g][l]));
+            // SAFETY: `v` has `hd` values.
+            let vw: [__m512; L] = std::array::from_fn(|l| unsafe { load16(v.as_ptr().add(16 * l)) });
+            for (head, &w) in acc.iter_mut().zip(&vs) {
+                let w = _mm512_set1_ps(w);
+                for (a, &x) in head.iter_mut().zip(&vw) {
+                    *a = round16_zmm(_mm512_fmadd_ps(x, w, *a));
                 }
             }
         }
-        for (g, out) in outs.into_iter().enumerate() {
-            let inv = _mm512_set1_ps(if s_sum[g] == 0.0 { 0.0 } else { 1.0 / s_sum[g] });
-            for l in 0..L {
+        for ((out, head), total) in outs.into_iter().zip(&acc).zip(s_sum) {
+            let inv = _mm512_set1_ps(if total == 0.0 { 0.0 } else { 1.0 / total });
+            for (l, a) in head.iter().enumerate() {
                 // SAFETY: `out` has `hd` floats.
-                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * l), _mm512_mul_ps(acc[g][l], inv)) };
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * l), _mm512_mul_ps(*a, inv)) };
             }
         }
     }

@@ -188,9 +188,9 @@ fn wide_tile<const T: usize>(
         let w = &ws[wi];
         if r + 1 < w.rows && global + 1 < rows.end {
             let v = dot_row_pair::<T>(isa, w.ty, [w.row(r), w.row(r + 1)], acts, &sums);
-            for k in 0..T {
-                put(wi, r, k, v[0][k]);
-                put(wi, r + 1, k, v[1][k]);
+            for (k, (&first, &second)) in v[0].iter().zip(&v[1]).enumerate() {
+                put(wi, r, k, first);
+                put(wi, r + 1, k, second);
             }
             global += 2;
         } else {
