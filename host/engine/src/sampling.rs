@@ -50,15 +50,10 @@ pub fn uniform(seed: u64, index: u64) -> f64 {
     (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Index of the largest logit (the lowest index among ties).
+/// Index of the largest logit (the lowest index among ties; NaN is never
+/// chosen).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
+    weft_kernels_cpu::vocab::argmax(logits) as u32
 }
 
 /// `log softmax(logits)[token]`.
@@ -117,22 +112,30 @@ pub fn adjust_logits(logits: &mut [f32], params: &SamplingParams, tokens: &[u32]
             *l += bias;
         }
     }
-    if params.repetition_penalty != 1.0 {
+    penalize_repeats(logits, params.repetition_penalty, params.presence_penalty, params.frequency_penalty, tokens, prompt_len);
+}
+
+/// The penalties for repeating a sequence's tokens, in place: CTRL's
+/// `repetition` (a positive logit divided by it, a negative one multiplied)
+/// on each distinct token of `tokens`, then `presence + frequency × count`
+/// subtracted from each distinct token generated (after `prompt_len`).
+pub fn penalize_repeats(logits: &mut [f32], repetition: f32, presence: f32, frequency: f32, tokens: &[u32], prompt_len: usize) {
+    if repetition != 1.0 {
         let mut seen: Vec<u32> = tokens.to_vec();
         seen.sort_unstable();
         seen.dedup();
         for t in seen {
             if let Some(l) = logits.get_mut(t as usize) {
-                *l = if *l > 0.0 { *l / params.repetition_penalty } else { *l * params.repetition_penalty };
+                *l = if *l > 0.0 { *l / repetition } else { *l * repetition };
             }
         }
     }
-    if params.presence_penalty != 0.0 || params.frequency_penalty != 0.0 {
+    if presence != 0.0 || frequency != 0.0 {
         let mut generated: Vec<u32> = tokens[prompt_len.min(tokens.len())..].to_vec();
         generated.sort_unstable();
         for run in generated.chunk_by(|a, b| a == b) {
             if let Some(l) = logits.get_mut(run[0] as usize) {
-                *l -= params.presence_penalty + params.frequency_penalty * run.len() as f32;
+                *l -= presence + frequency * run.len() as f32;
             }
         }
     }
@@ -147,108 +150,130 @@ pub fn adjust_logits(logits: &mut [f32], params: &SamplingParams, tokens: &[u32]
 /// `nucleus` host call is this function.
 ///
 /// Only the kept candidates are sorted: the cuts themselves take linear
-/// time (top-k by selection, min-p by filter, top-p by binning weights).
+/// time (top-k and top-p by binning, min-p by a compare).
 pub fn nucleus(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, min_p: f32) -> Vec<(u32, f64)> {
-    let mut kept = cut(logits, temperature, top_k, top_p, min_p);
-    if kept.len() > 1 {
+    WEIGHTS.with_borrow_mut(|scratch| {
+        cut(logits, temperature, top_k, top_p, min_p, scratch);
+        let mut kept: Vec<(u32, f64)> =
+            scratch.0.iter().enumerate().filter(|c| *c.1 >= 0.0).map(|(id, &w)| (id as u32, w)).collect();
         kept.sort_unstable_by(most_likely_first);
-    }
-    kept
+        kept
+    })
 }
+
+thread_local! {
+    /// The weights and depth bins of the row being sampled on this thread,
+    /// kept between rows so a step allocates nothing.
+    static WEIGHTS: std::cell::RefCell<(Vec<f64>, Vec<u16>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// The weight of a token outside the nucleus (real weights are ≥ 0).
+const CUT: f64 = -1.0;
 
 /// Highest weight first; ties by lower id, so the order is total.
 fn most_likely_first(a: &(u32, f64), b: &(u32, f64)) -> std::cmp::Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
-/// The nucleus's members in no particular order.
-fn cut(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, min_p: f32) -> Vec<(u32, f64)> {
+/// Every token's weight into `weights`, [`CUT`] for those outside the
+/// nucleus (`bins` is scratch).
+fn cut(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, min_p: f32, (weights, bins): &mut (Vec<f64>, Vec<u16>)) {
+    use weft_kernels_cpu::vocab;
     let inv_t = 1.0 / temperature as f64;
-    let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 * inv_t;
-    let weight = |l: f32| (l as f64 * inv_t - top).exp();
-    let mut kept: Vec<(u32, f64)> = if min_p > 0.0 {
-        logits.iter().enumerate().map(|(i, &l)| (i as u32, weight(l))).filter(|c| c.1 >= min_p as f64).collect()
-    } else {
-        logits.iter().enumerate().map(|(i, &l)| (i as u32, weight(l))).collect()
-    };
-    if top_k > 0 && kept.len() > top_k as usize {
-        kept.select_nth_unstable_by(top_k as usize - 1, most_likely_first);
-        kept.truncate(top_k as usize);
+    let top = vocab::max(logits) as f64 * inv_t;
+    vocab::exp_weights(logits, inv_t, top, weights);
+    if min_p > 0.0 {
+        let floor = min_p as f64;
+        weights.iter_mut().filter(|w| **w < floor).for_each(|w| *w = CUT);
     }
-    if top_p < 1.0 && kept.len() > 1 {
-        let total: f64 = kept.iter().map(|c| c.1).sum();
-        keep_top_mass(&mut kept, |id| top - logits[id as usize] as f64 * inv_t, top_p as f64 * total);
+    let kept = |weights: &[f64]| weights.iter().filter(|&&w| w >= 0.0).count();
+    let cut_k = top_k > 0 && kept(weights) > top_k as usize;
+    let cut_p = top_p < 1.0;
+    if cut_k || cut_p {
+        vocab::depth_bins(logits, inv_t, top, bins);
     }
-    kept
+    if cut_k {
+        keep_most_likely(weights, bins, |_| 1.0, |_| top_k as f64);
+    }
+    if cut_p && kept(weights) > 1 {
+        keep_most_likely(weights, bins, |w| w, |total| top_p as f64 * total);
+    }
 }
 
-/// Buckets of [`keep_top_mass`]: `1/64` nat wide over the first 64 nats
-/// below the top (weights under `e^-64` share the last one).
-const MASS_BUCKETS: usize = 64 * 64;
-
-/// Cut `kept` to the smallest most-likely-first prefix whose weight
-/// reaches `goal`, in linear time: weights are binned by how far below the
-/// top they are (`depth(id)`, in nats), the bin where the running mass
-/// reaches the goal is the only one sorted, and one pass keeps everything
-/// above its cut point. `kept` stays in its order.
-fn keep_top_mass(kept: &mut Vec<(u32, f64)>, depth: impl Fn(u32) -> f64, goal: f64) {
-    let bin = |id: u32| ((depth(id) * 64.0) as usize).min(MASS_BUCKETS - 1);
-    let mut mass = vec![0.0f64; MASS_BUCKETS];
-    for &(id, w) in kept.iter() {
-        mass[bin(id)] += w;
+/// Cut the kept tokens to the smallest most-likely-first prefix whose
+/// `measure` (1 a token for top-k, the weight for top-p) reaches `goal`
+/// (of the kept tokens' total), in linear time: tokens are binned by how
+/// far below the top they are (`bins`; a lower weight never lands in a
+/// lower bin), and the bin where the running measure reaches the goal is
+/// the only one sorted.
+fn keep_most_likely(weights: &mut [f64], bins: &[u16], measure: impl Fn(f64) -> f64, goal: impl FnOnce(f64) -> f64) {
+    let mut mass = vec![0.0f64; weft_kernels_cpu::vocab::DEPTH_BINS];
+    for (&b, &w) in bins.iter().zip(weights.iter()) {
+        if w >= 0.0 {
+            mass[b as usize] += measure(w);
+        }
     }
+    let goal = goal(mass.iter().sum());
     let mut below = 0.0;
-    let mut edge = None;
-    for (b, &m) in mass.iter().enumerate() {
-        if below + m >= goal {
-            edge = Some(b);
-            break;
+    let Some(edge) = mass.iter().position(|&m| {
+        let reached = below + m >= goal;
+        if !reached {
+            below += m;
         }
-        below += m;
+        reached
+    }) else {
+        // Rounding can leave the goal just out of reach: everything stays.
+        return;
+    };
+    // One pass cuts every bin past the edge and gathers the edge's
+    // tokens; the ones past the cut point inside it go after the sort.
+    let edge = edge as u16;
+    let mut boundary: Vec<(u32, f64)> = Vec::new();
+    for (id, (&b, w)) in (0..).zip(bins.iter().zip(weights.iter_mut())) {
+        if b > edge {
+            *w = CUT;
+        } else if b == edge && *w >= 0.0 {
+            boundary.push((id, *w));
+        }
     }
-    // Rounding can leave the goal just out of reach: then everything stays.
-    let Some(edge) = edge else { return };
-    let mut boundary: Vec<(u32, f64)> = kept.iter().copied().filter(|&(id, _)| bin(id) == edge).collect();
     boundary.sort_unstable_by(most_likely_first);
-    let Some(&(mut last)) = boundary.last() else { return };
-    for c in &boundary {
-        below += c.1;
+    let mut keep = boundary.len();
+    for (i, c) in boundary.iter().enumerate() {
+        below += measure(c.1);
         if below >= goal {
-            last = *c;
+            keep = i + 1;
             break;
         }
     }
-    kept.retain(|c| {
-        let b = bin(c.0);
-        b < edge || (b == edge && most_likely_first(c, &last).is_le())
-    });
-}
-
-/// Draw from weighted candidates with a uniform `u` in `[0, 1)`: the first
-/// whose cumulative weight exceeds `u × total`, summing in list order.
-pub fn draw(candidates: &[(u32, f64)], u: f64) -> u32 {
-    let total: f64 = candidates.iter().map(|c| c.1).sum();
-    let target = u * total;
-    let mut acc = 0.0;
-    for c in candidates {
-        acc += c.1;
-        if target < acc {
-            return c.0;
-        }
+    for &(id, _) in &boundary[keep..] {
+        weights[id as usize] = CUT;
     }
-    candidates.last().map_or(0, |c| c.0)
 }
 
 /// Draw a token from the nucleus (the same cuts as [`nucleus`]) with a
 /// uniform `u`: the kept candidates in token-id order, the first whose
-/// cumulative weight exceeds `u × total`. No sort at all when nothing is
-/// cut (temperature sampling with the OpenAI defaults), a sort of the
-/// nucleus only otherwise. The sampler plugin's `sample` host call is
-/// this function.
+/// cumulative weight exceeds `u × total` (what a guest computes from
+/// `nucleus` sorted by id, bit for bit). No sort at all: the weights are summed in place
+/// over the whole row, cut tokens adding nothing. The sampler plugin's
+/// `sample` host call is this function.
 pub fn sample_nucleus(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, min_p: f32, u: f64) -> u32 {
-    let mut kept = cut(logits, temperature, top_k, top_p, min_p);
-    kept.sort_unstable_by_key(|c| c.0);
-    draw(&kept, u)
+    WEIGHTS.with_borrow_mut(|scratch| {
+        cut(logits, temperature, top_k, top_p, min_p, scratch);
+        let weights = &mut scratch.0;
+        let last_kept = weights.iter().rposition(|&w| w >= 0.0).unwrap_or(0);
+        // Running sums replace the weights; they never decrease, so the
+        // first one past the target is found by bisection.
+        let mut total = 0.0;
+        for w in weights.iter_mut() {
+            total += w.max(0.0);
+            *w = total;
+        }
+        let target = u * total;
+        match weights.partition_point(|&sum| sum <= target) {
+            i if i < weights.len() => i as u32,
+            _ => last_kept as u32,
+        }
+    })
 }
 
 /// Choose the next token for a sequence from its logits.
@@ -257,6 +282,20 @@ pub fn sample(logits: &[f32], params: &SamplingParams, index: u64) -> u32 {
         return argmax(logits);
     }
     sample_nucleus(logits, params.temperature, params.top_k, params.top_p, params.min_p, uniform(params.seed, index))
+}
+
+/// Deterministic pseudo-random logits in [-6, 6) (xorshift from `seed`):
+/// the synthetic rows sampler benchmarks and tests run on.
+pub fn synthetic_logits(seed: u64, vocab: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..vocab)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 12.0 - 6.0
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -327,14 +366,32 @@ mod tests {
         }
     }
 
+    /// Draw from weighted candidates with a uniform `u` in `[0, 1)`: the first
+    /// whose cumulative weight exceeds `u × total`, summing in list order.
+    fn draw(candidates: &[(u32, f64)], u: f64) -> u32 {
+        let total: f64 = candidates.iter().map(|c| c.1).sum();
+        let target = u * total;
+        let mut acc = 0.0;
+        for c in candidates {
+            acc += c.1;
+            if target < acc {
+                return c.0;
+            }
+        }
+        candidates.last().map_or(0, |c| c.0)
+    }
+
     #[test]
     fn the_draw_sums_the_nucleus_in_token_order() {
-        let logits = synthetic_logits(9, 3000);
-        for i in 0..50 {
-            let u = uniform(5, i);
-            let mut by_id = nucleus(&logits, 0.8, 0, 0.9, 0.0);
+        let mut logits = synthetic_logits(9, 3000);
+        logits[17] = f32::NEG_INFINITY;
+        for (t, k, p, m) in [(0.8, 0, 0.9, 0.0), (1.0, 0, 1.0, 0.0), (1.2, 50, 0.95, 0.0), (0.6, 0, 1.0, 0.02), (1.0, 700, 0.8, 0.001)] {
+            let mut by_id = nucleus(&logits, t, k, p, m);
             by_id.sort_unstable_by_key(|c| c.0);
-            assert_eq!(sample_nucleus(&logits, 0.8, 0, 0.9, 0.0, u), draw(&by_id, u));
+            for i in 0..50 {
+                let u = uniform(5, i);
+                assert_eq!(sample_nucleus(&logits, t, k, p, m, u), draw(&by_id, u), "t {t}, k {k}, p {p}, min-p {m}");
+            }
         }
     }
 
@@ -387,18 +444,4 @@ mod tests {
         assert_ne!(uniform(42, 5), uniform(42, 6));
         assert_ne!(uniform(42, 5), uniform(43, 5));
     }
-}
-
-/// Deterministic pseudo-random logits in [-6, 6) (xorshift from `seed`):
-/// the synthetic rows sampler benchmarks and tests run on.
-pub fn synthetic_logits(seed: u64, vocab: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..vocab)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 12.0 - 6.0
-        })
-        .collect()
 }

@@ -17,6 +17,7 @@ pub mod matmul;
 pub mod ops;
 pub mod pool;
 pub mod qdot;
+pub mod vocab;
 
 pub use dtype::{WeightType, WeightTypeError};
 pub use matmul::{Matrix, matmul, matmul_group};
