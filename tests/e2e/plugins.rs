@@ -158,6 +158,30 @@ fn a_batch_wide_call_naming_more_rows_than_the_batch_traps() {
 }
 
 #[test]
+fn a_sampler_that_edits_without_end_is_capped() {
+    assert_fault_is_isolated("edit-flood", "edits to row 0 in one call");
+}
+
+#[test]
+fn rows_edited_out_of_order_are_rebuilt_from_their_edits() {
+    let rt = runtime();
+    let mut sampler = faulty(&rt, "revisit");
+    let logits: Vec<Vec<f32>> = (0..5).map(|i| synthetic_logits(40 + i, 49_152)).collect();
+    let params = SamplingParams::default();
+    let rows: Vec<SampleRow<'_>> = logits.iter().map(|l| SampleRow { logits: l, params: &params, tokens: &[1, 2], prompt_len: 2 }).collect();
+    let third = |row: &[f32]| {
+        let mut ids: Vec<u32> = (0..row.len() as u32).collect();
+        ids.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+        ids[2]
+    };
+    for _ in 0..2 {
+        let chosen = sampler.sample(&rows, &[]).unwrap();
+        assert_eq!(chosen, logits.iter().map(|l| third(l)).collect::<Vec<_>>());
+    }
+    assert_eq!(sampler.health().faults(), 0);
+}
+
+#[test]
 fn a_refusing_sampler_fails_only_its_request() {
     assert_fault_is_isolated("refuse", "refuses on purpose");
 }

@@ -2,22 +2,53 @@
 //!
 //! The rows stay where the engine has them (its logits buffer, its
 //! sequences' tokens); the store holds a [`StepView`] onto them only for
-//! the duration of one `choose` call. Adjustments copy a row on first
-//! write, so the engine's raw logits (which log-probabilities are reported
-//! from) are never changed. Every argument from the guest is checked: a row
-//! or token out of range, a non-finite temperature or an oversized list
-//! traps the call.
+//! the duration of one `choose` call. The engine's raw logits (which
+//! log-probabilities are reported from) are never changed: a row's
+//! adjustments are kept as a list of edits, and the row they describe is
+//! built when it is read, in one scratch buffer shared by all rows. A
+//! guest that edits and reads the rows one after another (or edits them
+//! all, then reads them all) builds each row once in a cache-resident
+//! buffer, as the native sampler copies it once, instead of keeping a
+//! private copy per row; going back to an earlier row rebuilds it. Every argument from
+//! the guest is checked: a row or token out of range, a non-finite
+//! temperature or an oversized list traps the call.
 
 use wasmtime::component::Resource;
 use wasmtime::{Result, bail};
 use weft_types::SampleRow;
 
-use crate::bindings::weft::plugin::sampling::{Candidate, Host, HostBatch, Params};
+use crate::bindings::weft::plugin::sampling::{Candidate, Cuts, Host, HostBatch, Params};
 use crate::sandbox::StoreState;
 
 /// The resource's representation; its data is the store's [`StepView`].
 #[derive(Debug)]
 pub struct BatchHandle;
+
+/// Edits a row may collect in one call, per token of the vocabulary: a
+/// policy that bans, biases and penalises every token once stays well
+/// inside; a guest that loops on `adjust` traps instead of growing the
+/// host's memory.
+const EDITS_PER_VOCAB_ENTRY: usize = 2;
+
+/// One change a guest made to a row, replayed in order onto the raw row.
+#[derive(Debug, Clone, Copy)]
+enum Edit {
+    Add(u32, f32),
+    Penalize(u32, f32),
+    Ban(u32),
+    /// `penalize-repeats` with these strengths.
+    Repeats { repetition: f32, presence: f32, frequency: f32 },
+    /// The row's own sampling parameters (`sample-by-params`).
+    Params,
+}
+
+/// The buffers a view works in, kept by the store between calls so a step
+/// allocates nothing once the first has run.
+#[derive(Debug, Default)]
+pub struct StepBuffers {
+    edits: Vec<Vec<Edit>>,
+    scratch: Vec<f32>,
+}
 
 /// The rows of the call in progress.
 pub struct StepView {
@@ -25,10 +56,11 @@ pub struct StepView {
     len: usize,
     eos: Vec<u32>,
     vocab: usize,
-    /// Copy-on-write adjusted logits per row.
-    adjusted: Vec<Option<Vec<f32>>>,
-    /// Buffers to copy rows into before allocating new ones.
-    spare: Vec<Vec<f32>>,
+    /// Each row's edits so far, in order; none: the raw row.
+    edits: Vec<Vec<Edit>>,
+    /// The row `built` names: its raw logits with its edits applied.
+    scratch: Vec<f32>,
+    built: Option<u32>,
 }
 
 // SAFETY: the pointer is only dereferenced on the thread running the
@@ -37,24 +69,24 @@ pub struct StepView {
 unsafe impl Send for StepView {}
 
 impl StepView {
-    /// A view of `rows` for one call, copying adjusted rows into `spare`
-    /// buffers first.
+    /// A view of `rows` for one call, working in `buffers`.
     ///
     /// # Safety
     /// The caller must remove the view from the store before `rows` is
     /// dropped or mutated, on every path (including traps).
-    pub unsafe fn new(rows: &[SampleRow<'_>], eos: &[u32], spare: Vec<Vec<f32>>) -> Self {
+    pub unsafe fn new(rows: &[SampleRow<'_>], eos: &[u32], buffers: StepBuffers) -> Self {
         let vocab = rows.first().map_or(0, |r| r.logits.len());
         // Only ids the guest may hand back to `ban` without trapping.
         let eos = eos.iter().copied().filter(|&t| (t as usize) < vocab).collect();
-        Self { rows: rows.as_ptr().cast(), len: rows.len(), eos, vocab, adjusted: vec![None; rows.len()], spare }
+        let StepBuffers { mut edits, scratch } = buffers;
+        edits.iter_mut().for_each(Vec::clear);
+        edits.resize_with(rows.len(), Vec::new);
+        Self { rows: rows.as_ptr().cast(), len: rows.len(), eos, vocab, edits, scratch, built: None }
     }
 
-    /// The row buffers, for the next call's view.
-    pub fn into_spare(self) -> Vec<Vec<f32>> {
-        let mut spare = self.spare;
-        spare.extend(self.adjusted.into_iter().flatten());
-        spare
+    /// The buffers, for the next call's view.
+    pub fn into_buffers(self) -> StepBuffers {
+        StepBuffers { edits: self.edits, scratch: self.scratch }
     }
 
     fn row(&self, row: u32) -> Result<&SampleRow<'static>> {
@@ -65,25 +97,47 @@ impl StepView {
         Ok(unsafe { &*self.rows.add(row as usize) })
     }
 
-    fn logits(&self, row: u32) -> Result<&[f32]> {
+    /// The row's logits with its edits applied.
+    fn logits(&mut self, row: u32) -> Result<&[f32]> {
         let raw = self.row(row)?.logits;
-        Ok(self.adjusted[row as usize].as_deref().unwrap_or(raw))
+        if self.edits[row as usize].is_empty() {
+            return Ok(raw);
+        }
+        self.build(row)?;
+        Ok(&self.scratch)
     }
 
-    fn logits_mut(&mut self, row: u32) -> Result<&mut Vec<f32>> {
-        let raw = self.row(row)?.logits;
-        let spare = &mut self.spare;
-        Ok(self.adjusted[row as usize].get_or_insert_with(|| copy_into(spare.pop(), raw)))
+    /// Make the scratch buffer hold `row` with its edits so far.
+    fn build(&mut self, row: u32) -> Result<()> {
+        if self.built == Some(row) {
+            return Ok(());
+        }
+        let r = *self.row(row)?;
+        self.scratch.clear();
+        self.scratch.extend_from_slice(r.logits);
+        for &edit in &self.edits[row as usize] {
+            apply(&mut self.scratch, edit, &r, &self.eos);
+        }
+        self.built = Some(row);
+        Ok(())
     }
 
-    /// Apply the row's own adjustments (the native sampler's), copying the
-    /// row only when it has some.
-    fn apply_params(&mut self, row: u32) -> Result<()> {
-        let &SampleRow { params, tokens, prompt_len, .. } = self.row(row)?;
-        if params.adjusts_logits() {
-            let eos = std::mem::take(&mut self.eos);
-            weft_engine::sampling::adjust_logits(self.logits_mut(row)?, params, tokens, prompt_len, &eos);
-            self.eos = eos;
+    /// Record `edits` to `row`, applying them now only if the scratch
+    /// holds it: a policy that edits every row before choosing any builds
+    /// each row once, when it is read.
+    fn edit(&mut self, row: u32, edits: impl ExactSizeIterator<Item = Edit>) -> Result<()> {
+        let limit = EDITS_PER_VOCAB_ENTRY * self.vocab.max(1);
+        let r = *self.row(row)?;
+        let log = &mut self.edits[row as usize];
+        if log.len() + edits.len() > limit {
+            bail!("more than {limit} edits to row {row} in one call");
+        }
+        let built = self.built == Some(row);
+        for edit in edits {
+            if built {
+                apply(&mut self.scratch, edit, &r, &self.eos);
+            }
+            log.push(edit);
         }
         Ok(())
     }
@@ -96,14 +150,30 @@ impl StepView {
         Ok(())
     }
 
-    fn check_tokens(&self, tokens: &[u32], limit: usize) -> Result<()> {
-        if tokens.len() > limit {
-            bail!("{} entries in one call; the limit is {limit}", tokens.len());
+    fn check_tokens(&self, tokens: impl IntoIterator<Item = u32>, count: usize, limit: usize) -> Result<()> {
+        if count > limit {
+            bail!("{count} entries in one call; the limit is {limit}");
         }
-        if let Some(t) = tokens.iter().find(|&&t| t as usize >= self.vocab) {
+        if let Some(t) = tokens.into_iter().find(|&t| t as usize >= self.vocab) {
             bail!("token {t} is outside the vocabulary of {}", self.vocab);
         }
         Ok(())
+    }
+}
+
+/// One edit, onto `logits` (the row of `r`).
+fn apply(logits: &mut [f32], edit: Edit, r: &SampleRow<'_>, eos: &[u32]) {
+    match edit {
+        Edit::Add(t, d) => logits[t as usize] += d,
+        Edit::Penalize(t, penalty) => {
+            let l = &mut logits[t as usize];
+            *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+        }
+        Edit::Ban(t) => logits[t as usize] = f32::NEG_INFINITY,
+        Edit::Repeats { repetition, presence, frequency } => {
+            weft_engine::sampling::penalize_repeats(logits, repetition, presence, frequency, r.tokens, r.prompt_len)
+        }
+        Edit::Params => weft_engine::sampling::adjust_logits(logits, r.params, r.tokens, r.prompt_len, eos),
     }
 }
 
@@ -140,6 +210,11 @@ impl HostBatch for StoreState {
         Ok(params_of(self.view()?.row(row)?))
     }
 
+    fn all_params(&mut self, _: Resource<BatchHandle>) -> Result<Vec<Params>> {
+        let view = self.view()?;
+        (0..view.len as u32).map(|row| Ok(params_of(view.row(row)?))).collect()
+    }
+
     fn position(&mut self, _: Resource<BatchHandle>, row: u32) -> Result<u64> {
         Ok(self.view()?.row(row)?.position())
     }
@@ -164,16 +239,11 @@ impl HostBatch for StoreState {
         // sequence's length bounds a legitimate list too.
         let limit = self.host_list_entries.max(self.view()?.row(row)?.tokens.len());
         let view = self.view_mut()?;
-        let tokens: Vec<u32> = deltas.iter().map(|d| d.0).collect();
-        view.check_tokens(&tokens, limit)?;
+        view.check_tokens(deltas.iter().map(|d| d.0), deltas.len(), limit)?;
         if let Some((t, d)) = deltas.iter().find(|d| !d.1.is_finite()) {
             bail!("adjustment {d} for token {t} is not finite");
         }
-        let logits = view.logits_mut(row)?;
-        for (t, d) in deltas {
-            logits[t as usize] += d;
-        }
-        Ok(())
+        view.edit(row, deltas.into_iter().map(|(t, d)| Edit::Add(t, d)))
     }
 
     fn penalize(&mut self, _: Resource<BatchHandle>, row: u32, tokens: Vec<u32>, penalty: f32) -> Result<()> {
@@ -182,28 +252,29 @@ impl HostBatch for StoreState {
         }
         let limit = self.host_list_entries.max(self.view()?.row(row)?.tokens.len());
         let view = self.view_mut()?;
-        view.check_tokens(&tokens, limit)?;
-        let logits = view.logits_mut(row)?;
-        for t in tokens {
-            let l = &mut logits[t as usize];
-            *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+        view.check_tokens(tokens.iter().copied(), tokens.len(), limit)?;
+        view.edit(row, tokens.into_iter().map(|t| Edit::Penalize(t, penalty)))
+    }
+
+    fn penalize_repeats(&mut self, _: Resource<BatchHandle>, row: u32, repetition: f32, presence: f32, frequency: f32) -> Result<()> {
+        if !(repetition.is_finite() && repetition > 0.0) {
+            bail!("the repetition penalty must be finite and positive; given {repetition}");
         }
-        Ok(())
+        if !(presence.is_finite() && frequency.is_finite()) {
+            bail!("the presence and frequency penalties must be finite; given {presence} and {frequency}");
+        }
+        self.view_mut()?.edit(row, std::iter::once(Edit::Repeats { repetition, presence, frequency }))
     }
 
     fn ban(&mut self, _: Resource<BatchHandle>, row: u32, tokens: Vec<u32>) -> Result<()> {
         let limit = self.host_list_entries;
         let view = self.view_mut()?;
-        view.check_tokens(&tokens, limit)?;
-        let logits = view.logits_mut(row)?;
-        for t in tokens {
-            logits[t as usize] = f32::NEG_INFINITY;
-        }
-        Ok(())
+        view.check_tokens(tokens.iter().copied(), tokens.len(), limit)?;
+        view.edit(row, tokens.into_iter().map(Edit::Ban))
     }
 
     fn top_k(&mut self, _: Resource<BatchHandle>, row: u32, k: u32) -> Result<Vec<Candidate>> {
-        let logits = self.view()?.logits(row)?;
+        let logits = self.view_mut()?.logits(row)?;
         let top = weft_engine::sampling::largest(logits, k as usize);
         let max = top.first().map_or(0.0, |c| c.1 as f64);
         Ok(top.into_iter().map(|(token, logit)| Candidate { token, logit, weight: (logit as f64 - max).exp() }).collect())
@@ -211,7 +282,7 @@ impl HostBatch for StoreState {
 
     fn nucleus(&mut self, _: Resource<BatchHandle>, row: u32, temperature: f32, top_k: u32, top_p: f32, min_p: f32) -> Result<Vec<Candidate>> {
         check_cuts(temperature, top_p, min_p)?;
-        let logits = self.view()?.logits(row)?;
+        let logits = self.view_mut()?.logits(row)?;
         Ok(weft_engine::sampling::nucleus(logits, temperature, top_k, top_p, min_p)
             .into_iter()
             .map(|(token, weight)| Candidate { token, logit: logits[token as usize], weight })
@@ -222,8 +293,25 @@ impl HostBatch for StoreState {
         check_cuts(temperature, top_p, min_p)?;
         let r = self.view()?.row(row)?;
         let u = weft_engine::sampling::uniform(r.params.seed, r.position());
-        let logits = self.view()?.logits(row)?;
+        let logits = self.view_mut()?.logits(row)?;
         Ok(weft_engine::sampling::sample_nucleus(logits, temperature, top_k, top_p, min_p, u))
+    }
+
+    fn choose_rows(&mut self, _: Resource<BatchHandle>, choices: Vec<(u32, Cuts)>) -> Result<Vec<u32>> {
+        let view = self.view_mut()?;
+        view.check_rows(choices.len())?;
+        choices
+            .into_iter()
+            .map(|(row, c)| {
+                if c.temperature == 0.0 || c.top_k == 1 {
+                    return Ok(weft_engine::sampling::argmax(view.logits(row)?));
+                }
+                check_cuts(c.temperature, c.top_p, c.min_p)?;
+                let r = *view.row(row)?;
+                let u = weft_engine::sampling::uniform(r.params.seed, r.position());
+                Ok(weft_engine::sampling::sample_nucleus(view.logits(row)?, c.temperature, c.top_k, c.top_p, c.min_p, u))
+            })
+            .collect()
     }
 
     fn sample_by_params(&mut self, _: Resource<BatchHandle>, rows: Vec<u32>) -> Result<Vec<u32>> {
@@ -231,29 +319,23 @@ impl HostBatch for StoreState {
         view.check_rows(rows.len())?;
         rows.into_iter()
             .map(|row| {
-                view.apply_params(row)?;
-                let r = view.row(row)?;
+                let r = *view.row(row)?;
+                if r.params.adjusts_logits() {
+                    view.edit(row, std::iter::once(Edit::Params))?;
+                }
                 Ok(weft_engine::sampling::sample(view.logits(row)?, r.params, r.position()))
             })
             .collect()
     }
 
     fn logits(&mut self, _: Resource<BatchHandle>, row: u32) -> Result<Vec<f32>> {
-        Ok(self.view()?.logits(row)?.to_vec())
+        Ok(self.view_mut()?.logits(row)?.to_vec())
     }
 
     fn drop(&mut self, handle: Resource<BatchHandle>) -> Result<()> {
         self.table.delete(handle)?;
         Ok(())
     }
-}
-
-/// `raw` copied into `buffer` (reused when given).
-fn copy_into(buffer: Option<Vec<f32>>, raw: &[f32]) -> Vec<f32> {
-    let mut buffer = buffer.unwrap_or_default();
-    buffer.clear();
-    buffer.extend_from_slice(raw);
-    buffer
 }
 
 fn params_of(r: &SampleRow<'_>) -> Params {

@@ -80,8 +80,8 @@ impl Sampler for WasmSampler {
         };
         // SAFETY: the view is taken out of the store right after the call,
         // before `rows` can go away, whatever the call returned.
-        let spare = std::mem::take(&mut store.data_mut().spare_rows);
-        store.data_mut().step = Some(unsafe { StepView::new(rows, eos, spare) });
+        let buffers = std::mem::take(&mut store.data_mut().step_buffers);
+        store.data_mut().step = Some(unsafe { StepView::new(rows, eos, buffers) });
         let handle = match store.data_mut().table.push(BatchHandle) {
             Ok(h) => h,
             Err(e) => {
@@ -98,7 +98,7 @@ impl Sampler for WasmSampler {
             plugin.weft_plugin_sampler().call_choose(&mut *store, Resource::new_borrow(handle.rep()))
         }));
         let state = store.data_mut();
-        state.spare_rows = state.step.take().map(StepView::into_spare).unwrap_or_default();
+        state.step_buffers = state.step.take().map(StepView::into_buffers).unwrap_or_default();
         let _ = state.table.delete(handle);
         match result {
             Ok(Ok(Ok(tokens))) => match invalid_answer(&tokens, rows) {

@@ -18,7 +18,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{Deterministic, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::batch::StepView;
+use crate::batch::{StepBuffers, StepView};
 use crate::limits::{Grants, Limits};
 
 /// Import names a plugin may have besides Weft's own interfaces.
@@ -54,9 +54,9 @@ pub struct StoreState {
     pub limits: StoreLimits,
     /// The batch of the call in progress, if any.
     pub step: Option<StepView>,
-    /// Row buffers of earlier batches' adjusted logits, reused by the next
-    /// (a fresh 200 KB buffer per adjusted row costs its page faults).
-    pub spare_rows: Vec<Vec<f32>>,
+    /// The buffers of earlier batches' views, reused by the next (a fresh
+    /// 200 KB row buffer costs its page faults).
+    pub step_buffers: StepBuffers,
     /// The model's tokenizer, for a guide's `tokenize` calls.
     pub tokenize: Option<crate::guide::Tokenize>,
     pub host_list_entries: usize,
@@ -73,7 +73,7 @@ impl StoreState {
                 .trap_on_grow_failure(true)
                 .build(),
             step: None,
-            spare_rows: Vec::new(),
+            step_buffers: StepBuffers::default(),
             tokenize: None,
             host_list_entries: limits.host_list_entries,
         }

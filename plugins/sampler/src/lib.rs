@@ -2,9 +2,11 @@
 //! top-p, logit bias, repetition / presence / frequency penalties and EOS
 //! suppression, seeded and reproducible, for a whole batch per call.
 //!
-//! The policy lives here; the O(vocabulary) work (adjusting logits, the
+//! The policy lives here: which adjustments each row gets, in which order,
+//! and how it is chosen. The O(vocabulary) work (adjusting logits, the
 //! nucleus and the draw from it) is asked of the host through the `batch`
-//! resource, so a call moves a few short lists, never a full row.
+//! resource, with the batch-wide calls where there are some, so a step
+//! costs a few host calls and short lists, never a full row.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -12,7 +14,7 @@ wit_bindgen::generate!({
 });
 
 use exports::weft::plugin::sampler::Guest;
-use weft::plugin::sampling::Batch;
+use weft::plugin::sampling::{Batch, Cuts};
 use weft::plugin::types::{ConfigEntry, PluginError};
 
 struct Standard;
@@ -23,41 +25,27 @@ impl Guest for Standard {
     }
 
     fn choose(batch: &Batch) -> Result<Vec<u32>, PluginError> {
-        (0..batch.size()).map(|row| choose_row(batch, row)).collect()
-    }
-}
-
-fn choose_row(batch: &Batch, row: u32) -> Result<u32, PluginError> {
-    let p = batch.params(row);
-    if p.ignore_eos {
-        batch.ban(row, &batch.eos_tokens());
-    }
-    if !p.logit_bias.is_empty() {
-        batch.adjust(row, &p.logit_bias);
-    }
-    if p.repetition_penalty != 1.0 {
-        let mut seen = batch.history(row, u32::MAX, false);
-        seen.sort_unstable();
-        seen.dedup();
-        batch.penalize(row, &seen, p.repetition_penalty);
-    }
-    if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
-        let mut generated = batch.history(row, u32::MAX, true);
-        generated.sort_unstable();
-        let deltas: Vec<(u32, f32)> = generated
-            .chunk_by(|a, b| a == b)
-            .map(|run| (run[0], -(p.presence_penalty + p.frequency_penalty * run.len() as f32)))
+        // A handful of host calls a step, whatever the batch size: the
+        // parameters of every row in one, an edit call for each adjustment
+        // a row asks for, and every row's choice in one.
+        let mut eos = None;
+        let choices: Vec<(u32, Cuts)> = (0..)
+            .zip(batch.all_params())
+            .map(|(row, p)| {
+                if p.ignore_eos {
+                    batch.ban(row, eos.get_or_insert_with(|| batch.eos_tokens()));
+                }
+                if !p.logit_bias.is_empty() {
+                    batch.adjust(row, &p.logit_bias);
+                }
+                if p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+                    batch.penalize_repeats(row, p.repetition_penalty, p.presence_penalty, p.frequency_penalty);
+                }
+                (row, Cuts { temperature: p.temperature, top_k: p.top_k, top_p: p.top_p, min_p: p.min_p })
+            })
             .collect();
-        batch.adjust(row, &deltas);
+        Ok(batch.choose_rows(&choices))
     }
-    if p.temperature == 0.0 || p.top_k == 1 {
-        return batch.top_k(row, 1).first().map(|c| c.token).ok_or_else(|| empty(row));
-    }
-    Ok(batch.sample(row, p.temperature, p.top_k, p.top_p, p.min_p))
-}
-
-fn empty(row: u32) -> PluginError {
-    PluginError { code: "no-candidates".into(), message: format!("row {row} has no token left to choose") }
 }
 
 export!(Standard);

@@ -2,8 +2,12 @@
 //! says: `trap`, `loop` (never returns), `memory` (allocates without end),
 //! `stack` (unbounded recursion), `bad-token` (a token outside the
 //! vocabulary), `wrong-count` (one token too few), `refuse` (a plugin
-//! error), or `none` (greedy, well behaved). The fault-isolation tests
-//! deploy it to prove each failure stays inside its own request.
+//! error), `edit-flood` (adjusts one row without end), or `none` (greedy,
+//! well behaved). The fault-isolation tests deploy it to prove each
+//! failure stays inside its own request. `revisit` is no fault: it bans
+//! each row's two top tokens in two passes over the batch, then chooses
+//! every row greedily (its third token), so the host must rebuild rows
+//! from their edits.
 
 wit_bindgen::generate!({
     path: "../../../wit",
@@ -17,7 +21,8 @@ use weft::plugin::sampling::Batch;
 use weft::plugin::types::{ConfigEntry, ConfigValue, PluginError};
 
 static FAULT: AtomicU8 = AtomicU8::new(0);
-const FAULTS: [&str; 9] = ["none", "trap", "loop", "memory", "stack", "bad-token", "wrong-count", "refuse", "too-many-rows"];
+const FAULTS: [&str; 11] =
+    ["none", "trap", "loop", "memory", "stack", "bad-token", "wrong-count", "refuse", "too-many-rows", "edit-flood", "revisit"];
 
 struct Faulty;
 
@@ -63,6 +68,21 @@ impl Guest for Faulty {
                 Ok(tokens)
             }
             "too-many-rows" => Ok(batch.sample_by_params(&(0..=batch.size()).collect::<Vec<_>>())),
+            "edit-flood" => loop {
+                let deltas: Vec<(u32, f32)> = (0..4096).map(|t| (t % batch.vocab_size(), 0.5)).collect();
+                batch.adjust(0, &deltas);
+            },
+            "revisit" => {
+                for row in 0..batch.size() {
+                    batch.ban(row, &[batch.top_k(row, 1)[0].token]);
+                }
+                // Each row is read (built from its edit), banned again
+                // while it is built, and then read again after the others.
+                for row in 0..batch.size() {
+                    batch.ban(row, &[batch.top_k(row, 1)[0].token]);
+                }
+                Ok(greedy())
+            }
             "refuse" => Err(PluginError { code: "refused".into(), message: "this sampler refuses on purpose".into() }),
             _ => Ok(greedy()),
         }
