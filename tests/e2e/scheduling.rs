@@ -173,3 +173,61 @@ fn requests_beyond_the_context_or_vocabulary_are_refused_with_both_numbers() {
     assert!(err.contains("49152"), "{err}");
     assert!(engine.add_request(request(&[], SamplingParams::greedy(1))).is_err());
 }
+
+/// A CPU backend that fails its `fail_at`-th forward pass. A fake for the
+/// one fault the CPU cannot produce: a GPU's forward pass failing mid-run.
+struct FailingBackend {
+    inner: weft_engine::CpuBackend,
+    calls: usize,
+    fail_at: usize,
+}
+
+impl weft_engine::Backend for FailingBackend {
+    fn name(&self) -> String {
+        "failing-cpu".into()
+    }
+    fn config(&self) -> &weft_engine::model::ModelConfig {
+        self.inner.config()
+    }
+    fn kv_bytes_per_token(&self) -> usize {
+        self.inner.kv_bytes_per_token()
+    }
+    fn allocate_kv(&mut self, num_blocks: usize, block_size: usize) -> Result<(), weft_engine::BackendError> {
+        self.inner.allocate_kv(num_blocks, block_size)
+    }
+    fn forward(&mut self, batch: &weft_engine::model::ForwardBatch) -> Result<Vec<f32>, weft_engine::BackendError> {
+        self.calls += 1;
+        if self.calls == self.fail_at {
+            return Err(weft_engine::BackendError::new("failing-cpu", "an illegal memory access (planted)"));
+        }
+        self.inner.forward(batch)
+    }
+}
+
+#[test]
+fn a_failed_forward_pass_fails_its_step_and_the_engine_serves_on() {
+    let m = default_model();
+    let mut config = weft_engine::EngineConfig::for_model(&m.model, 64 << 20);
+    config.num_blocks = 64;
+    let backend = FailingBackend { inner: weft_engine::CpuBackend::new(m.model.clone()), calls: 0, fail_at: 3 };
+    let mut engine = Engine::with_backend(Box::new(backend), m.tokenizer.clone(), config).unwrap();
+    let greedy = SamplingParams { temperature: 0.0, max_tokens: 8, ignore_eos: true, ..SamplingParams::default() };
+    let first = engine.add_request(request(&encode(PROMPTS[0]), greedy.clone())).unwrap();
+    let second = engine.add_request(request(&encode(PROMPTS[1]), greedy.clone())).unwrap();
+    let outputs = run_to_completion(&mut engine);
+    for id in [first, second] {
+        let last = outputs.iter().rfind(|o| o.id == id).unwrap();
+        assert_eq!(last.finished, Some(StopReason::Error), "request {id} ends with the failed step");
+        let why = last.error.as_ref().unwrap().to_string();
+        assert!(why.contains("planted") && why.contains("backend"), "{why}");
+    }
+    assert_eq!(engine.stats().backend_failures, 1);
+    assert_eq!(engine.free_blocks(), 64, "the failed step's blocks return to the pool");
+
+    // The engine serves on, with the tokens a fresh engine gives.
+    let prompt = encode(PROMPTS[2]);
+    let again = engine.add_request(request(&prompt, greedy.clone())).unwrap();
+    let outputs = run_to_completion(&mut engine);
+    assert_eq!(tokens_of(&outputs, again), alone(&prompt, &greedy));
+    assert_eq!(engine.free_blocks(), 64);
+}

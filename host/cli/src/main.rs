@@ -9,6 +9,7 @@
 mod admin;
 mod bench;
 mod conformance;
+mod device;
 mod loadgen;
 mod plugin_bench;
 mod run;
@@ -65,6 +66,13 @@ pub struct ModelArgs {
     /// default) or the host's native sampler (the reference it matches).
     #[arg(long, env = "WEFT_SAMPLER", value_enum, default_value_t = SamplerKind::Builtin)]
     pub sampler: SamplerKind,
+    /// Where the model runs: cpu, cuda or cuda:N (CUDA needs a weft built
+    /// with `--features cuda`). Default cpu.
+    #[arg(long, env = "WEFT_DEVICE")]
+    pub device: Option<device::Device>,
+    /// How a GPU's KV cache stores keys and values.
+    #[arg(long, env = "WEFT_KV_CACHE_TYPE", value_enum)]
+    pub kv_cache_type: Option<device::KvCacheType>,
 }
 
 /// The samplers `--sampler` can name.

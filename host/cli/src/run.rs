@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow};
 use clap::Args;
 use weft_engine::chat_template::ChatMessage;
-use weft_engine::{Engine, EngineConfig, GenerationRequest, LoadedModel};
+use weft_engine::{Backend, Engine, EngineConfig, GenerationRequest, LoadedModel};
 use weft_types::SamplingParams;
 
 use weft_plugin_runtime::{Limits, PluginRuntime};
@@ -71,9 +71,9 @@ fn params(s: &SamplingArgs) -> Result<SamplingParams> {
 }
 
 pub fn load(store: &Store, args: &ModelArgs) -> Result<(LoadedModel, Engine)> {
-    let (_, loaded, config) = open(store, args, 256 << 20)?;
-    let engine = engine(&loaded, config, args.sampler, &plugin_runtime(store)?)?;
-    Ok((loaded, engine))
+    let opened = open(store, args, 256 << 20)?;
+    let engine = engine(&opened.loaded, opened.backend, opened.config, args.sampler, &plugin_runtime(store)?)?;
+    Ok((opened.loaded, engine))
 }
 
 /// The plugin runtime, keeping compiled components in the store's cache.
@@ -81,22 +81,42 @@ pub fn plugin_runtime(store: &Store) -> Result<PluginRuntime> {
     Ok(PluginRuntime::new(Limits::default())?.with_cache(&store.plugin_cache())?)
 }
 
-/// Load the model `args` name (returning its path too), with engine
-/// defaults for `kv_cache_bytes`.
-pub fn open(store: &Store, args: &ModelArgs, kv_cache_bytes: usize) -> Result<(PathBuf, LoadedModel, EngineConfig)> {
+/// A model loaded and placed on its device, with engine defaults.
+pub struct Opened {
+    pub path: PathBuf,
+    pub loaded: LoadedModel,
+    pub backend: Box<dyn Backend>,
+    pub config: EngineConfig,
+}
+
+/// Load the model `args` names onto the device it names, with engine
+/// defaults for a KV cache of `kv_cache_bytes`.
+pub fn open(store: &Store, args: &ModelArgs, kv_cache_bytes: usize) -> Result<Opened> {
     if let Some(n) = args.threads {
         weft_kernels_cpu::pool::set_threads(n);
     }
     let path = store.resolve(args.model.as_deref())?;
     let loaded = LoadedModel::open(&path).with_context(|| format!("loading {}", path.display()))?;
-    let config = EngineConfig::for_model(&loaded.model, kv_cache_bytes);
-    Ok((path, loaded, config))
+    let backend = crate::device::backend(
+        &loaded.model,
+        args.device.unwrap_or_default(),
+        args.kv_cache_type.unwrap_or_default(),
+    )?;
+    let config = EngineConfig::for_backend(&*backend, kv_cache_bytes);
+    Ok(Opened { path, loaded, backend, config })
 }
 
-/// An engine over `loaded` whose default sampler is `sampler` (loaded
-/// through `runtime` when it is the builtin plugin).
-pub fn engine(loaded: &LoadedModel, config: EngineConfig, sampler: SamplerKind, runtime: &PluginRuntime) -> Result<Engine> {
-    let mut engine = Engine::new(Arc::clone(&loaded.model), Arc::clone(&loaded.tokenizer), config);
+/// An engine running `loaded` on `backend` whose default sampler is
+/// `sampler` (loaded through `runtime` when it is the builtin plugin).
+pub fn engine(
+    loaded: &LoadedModel,
+    backend: Box<dyn Backend>,
+    config: EngineConfig,
+    sampler: SamplerKind,
+    runtime: &PluginRuntime,
+) -> Result<Engine> {
+    let mut engine = Engine::with_backend(backend, Arc::clone(&loaded.tokenizer), config)
+        .context("allocating the KV cache")?;
     if sampler == SamplerKind::Builtin {
         let component = runtime.load_sampler("builtin:sampler@0.1.0", weft_plugin_artifacts::SAMPLER)?;
         engine.set_sampler(Box::new(component.sampler(Vec::new())?));

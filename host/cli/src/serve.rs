@@ -79,6 +79,9 @@ pub struct ServeArgs {
 struct ServeFile {
     model: Option<String>,
     threads: Option<usize>,
+    /// "cpu", "cuda" or "cuda:N".
+    device: Option<String>,
+    kv_cache_type: Option<crate::device::KvCacheType>,
     host: Option<IpAddr>,
     port: Option<u16>,
     grpc_port: Option<u16>,
@@ -113,6 +116,13 @@ impl ServeArgs {
         let file: ServeFile = toml::from_str(&text).with_context(|| format!("in the config file {}", path.display()))?;
         self.model.model = self.model.model.or(file.model);
         self.model.threads = self.model.threads.or(file.threads);
+        if self.model.device.is_none()
+            && let Some(device) = &file.device
+        {
+            let device = device.parse().map_err(|e: String| anyhow::anyhow!("in the config file {}: device: {e}", path.display()))?;
+            self.model.device = Some(device);
+        }
+        self.model.kv_cache_type = self.model.kv_cache_type.or(file.kv_cache_type);
         self.host = self.host.or(file.host);
         self.port = self.port.or(file.port);
         self.grpc_port = self.grpc_port.or(file.grpc_port);
@@ -148,7 +158,8 @@ pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
     let (args, file_only) = args.merge_file()?;
     let host = args.host.unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let kv_cache_mib = args.kv_cache_mib.unwrap_or(256);
-    let (path, mut loaded, mut engine_config) = crate::run::open(store, &args.model, kv_cache_mib << 20)?;
+    let crate::run::Opened { path, mut loaded, backend, config: mut engine_config } =
+        crate::run::open(store, &args.model, kv_cache_mib << 20)?;
     // The API's model id is the store name (`smollm2-135m-instruct-q4_1`),
     // which clients can type, rather than the file's free-text title.
     if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
@@ -156,7 +167,8 @@ pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
     }
     engine_config.max_running = args.max_running.unwrap_or(64).max(1);
     let plugins = std::sync::Arc::new(crate::run::plugin_runtime(store)?);
-    let engine = crate::run::engine(&loaded, engine_config, args.model.sampler, &plugins)?;
+    eprintln!("weft: running on {}", backend.name());
+    let engine = crate::run::engine(&loaded, backend, engine_config, args.model.sampler, &plugins)?;
     let config = ServerConfig {
         http_addr: SocketAddr::new(host, args.port.unwrap_or(8080)),
         grpc_addr: (!args.no_grpc).then(|| SocketAddr::new(host, args.grpc_port.unwrap_or(50051))),

@@ -25,8 +25,9 @@ use thiserror::Error;
 use weft_types::{DecisionError, Guide, GuideError, GuideStep, SampleRow, Sampler, SamplerError, SamplingParams, StopReason};
 
 use crate::guide_workers::{Answer, GuideWorkers};
+use crate::backend::{Backend, BackendError, CpuBackend};
 use crate::kv_cache::{BlockPool, KvStorage, chain_next, chain_root};
-use crate::model::{BatchToken, ForwardBatch, LlamaModel};
+use crate::model::{BatchToken, ForwardBatch, LlamaModel, ModelConfig};
 use crate::sampling::{NativeSampler, argmax, logprob_of, top_logprobs};
 use crate::sequence::{PromptScore, RequestId, Sequence};
 use crate::tokenizer::Tokenizer;
@@ -55,10 +56,19 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
-    /// Defaults for `model`, with a KV cache of `kv_cache_bytes`.
+    /// Defaults for `model` on the CPU, with a KV cache of `kv_cache_bytes`.
     pub fn for_model(model: &LlamaModel, kv_cache_bytes: usize) -> Self {
+        let c = &model.config;
+        Self::for_kv(KvStorage::bytes_per_token(c.layers, c.kv_dim(), c.kv_precision()), kv_cache_bytes)
+    }
+
+    /// Defaults for `backend`, with a KV cache of `kv_cache_bytes`.
+    pub fn for_backend(backend: &dyn Backend, kv_cache_bytes: usize) -> Self {
+        Self::for_kv(backend.kv_bytes_per_token(), kv_cache_bytes)
+    }
+
+    fn for_kv(per_token: usize, kv_cache_bytes: usize) -> Self {
         let block_size = 16;
-        let per_token = KvStorage::bytes_per_token(model.config.layers, model.config.kv_dim(), model.config.kv_precision());
         Self {
             block_size,
             num_blocks: (kv_cache_bytes / (per_token * block_size)).max(1),
@@ -151,6 +161,8 @@ pub struct EngineStats {
     pub guide_failures: u64,
     /// Steps a sequence sat out because its guide was late.
     pub guide_stalls: u64,
+    /// Forward passes the backend failed (each failed its step's sequences).
+    pub backend_failures: u64,
 }
 
 /// How long a step's parts took.
@@ -169,10 +181,9 @@ pub struct StepTiming {
 
 /// Continuous-batching inference over one model.
 pub struct Engine {
-    model: Arc<LlamaModel>,
+    backend: Box<dyn Backend>,
     tokenizer: Arc<Tokenizer>,
     config: EngineConfig,
-    kv: KvStorage,
     pool: BlockPool,
     waiting: VecDeque<Sequence>,
     running: Vec<Sequence>,
@@ -195,14 +206,21 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
+    /// An engine running `model` on the CPU.
     pub fn new(model: Arc<LlamaModel>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Self {
-        let kv = KvStorage::new(model.config.layers, config.num_blocks, config.block_size, model.config.kv_dim(), model.config.kv_precision());
+        Self::with_backend(Box::new(CpuBackend::new(model)), tokenizer, config)
+            .expect("the CPU backend allocates its KV cache lazily and cannot fail")
+    }
+
+    /// An engine running its model on `backend`, whose KV storage is
+    /// allocated here for the configured pool.
+    pub fn with_backend(mut backend: Box<dyn Backend>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Result<Self, BackendError> {
+        backend.allocate_kv(config.num_blocks, config.block_size)?;
         let pool = BlockPool::new(config.num_blocks);
-        Self {
-            model,
+        Ok(Self {
+            backend,
             tokenizer,
             config,
-            kv,
             pool,
             waiting: VecDeque::new(),
             running: Vec::new(),
@@ -213,7 +231,7 @@ impl Engine {
             retired: Vec::new(),
             guide_workers: None,
             last_step: None,
-        }
+        })
     }
 
     /// Drop every request and forget the prefix cache, keeping the model,
@@ -263,8 +281,13 @@ impl Engine {
         }
     }
 
-    pub fn model(&self) -> &Arc<LlamaModel> {
-        &self.model
+    pub fn model_config(&self) -> &ModelConfig {
+        self.backend.config()
+    }
+
+    /// What runs the model ("cpu", "cuda:0 (…)").
+    pub fn backend_name(&self) -> String {
+        self.backend.name()
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
@@ -305,7 +328,7 @@ impl Engine {
 
     /// Queue a request. It starts running at a later [`Engine::step`].
     pub fn add_request(&mut self, req: GenerationRequest) -> Result<RequestId, EngineError> {
-        let vocab = self.model.config.vocab_size;
+        let vocab = self.backend.config().vocab_size;
         if req.prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -313,7 +336,7 @@ impl Engine {
             return Err(EngineError::TokenOutOfRange { token, position, vocab });
         }
         let total = req.prompt.len() + req.params.max_tokens as usize;
-        let context = self.model.config.context_length;
+        let context = self.backend.config().context_length;
         let capacity = self.config.num_blocks * self.config.block_size;
         for (limit, what) in [(context, "the model's context length"), (capacity, "the KV cache capacity")] {
             if total > limit {
@@ -402,7 +425,10 @@ impl Engine {
             }
         }
         let forward_start = Instant::now();
-        let (flags, logits) = self.forward(&plan);
+        let (flags, logits) = match self.forward(&plan) {
+            Ok(done) => done,
+            Err(e) => return self.fail_step(&plan, &e),
+        };
         let forward_end = Instant::now();
         let forward = forward_end - forward_start;
         // Wait for this step's answers, up to the grace period.
@@ -447,7 +473,7 @@ impl Engine {
         }
 
         // Prompt scores, and which logits row each sampling sequence uses.
-        let vocab = self.model.config.vocab_size;
+        let vocab = self.backend.config().vocab_size;
         let mut rows = logits.chunks_exact(vocab);
         let mut flags = flags.into_iter();
         let mut outputs = Vec::with_capacity(plan.len());
@@ -615,7 +641,7 @@ impl Engine {
                     out.tokens.clear();
                     break;
                 }
-                Self::accept_token(&self.tokenizer, &self.model, seq, token, out);
+                Self::accept_token(&self.tokenizer, self.backend.config(), seq, token, out);
                 accepted += 1;
             }
             if out.error.is_none() {
@@ -628,7 +654,35 @@ impl Engine {
             }
         }
 
-        // Retire finished sequences.
+        self.retire_finished();
+        outputs.retain(|o| o.finished.is_some() || !o.tokens.is_empty() || !o.prompt_scores.is_empty());
+        outputs
+    }
+
+    /// End every sequence of a step whose forward pass failed: their
+    /// blocks go back to the pool (none of this step's blocks were named
+    /// for the prefix cache) and the rest of the engine keeps serving.
+    fn fail_step(&mut self, plan: &[(usize, usize)], e: &BackendError) -> Vec<Output> {
+        self.stats.backend_failures += 1;
+        let outputs = plan
+            .iter()
+            .map(|&(i, _)| {
+                let seq = &mut self.running[i];
+                seq.finished = Some(StopReason::Error);
+                Output {
+                    id: seq.id,
+                    prompt_tokens: seq.prompt_len,
+                    finished: seq.finished,
+                    error: Some(DecisionError::Backend(e.to_string())),
+                    ..Output::default()
+                }
+            })
+            .collect();
+        self.retire_finished();
+        outputs
+    }
+
+    fn retire_finished(&mut self) {
         let mut k = 0;
         while k < self.running.len() {
             if self.running[k].finished.is_some() {
@@ -642,14 +696,12 @@ impl Engine {
         if !self.retired.is_empty() {
             self.drop_unused_samplers();
         }
-        outputs.retain(|o| o.finished.is_some() || !o.tokens.is_empty() || !o.prompt_scores.is_empty());
-        outputs
     }
 
     /// The forward pass for `plan`: `(position, has logits)` of every token
     /// in the batch, and the logits (none when every planned sequence only
     /// takes a late guide's answer).
-    fn forward(&mut self, plan: &[(usize, usize)]) -> (Vec<(usize, bool)>, Vec<f32>) {
+    fn forward(&mut self, plan: &[(usize, usize)]) -> Result<(Vec<(usize, bool)>, Vec<f32>), BackendError> {
         let mut batch = ForwardBatch::default();
         for (slot, &(i, n)) in plan.iter().enumerate() {
             let seq = &self.running[i];
@@ -665,9 +717,9 @@ impl Engine {
         }
         let flags = batch.tokens.iter().map(|t| (t.pos, t.logits)).collect();
         if batch.tokens.is_empty() {
-            return (flags, Vec::new());
+            return Ok((flags, Vec::new()));
         }
-        (flags, self.model.forward(&batch, &mut self.kv))
+        Ok((flags, self.backend.forward(&batch)?))
     }
 
     fn guide_workers(&mut self) -> &GuideWorkers {
@@ -692,7 +744,7 @@ impl Engine {
         }
     }
 
-    fn accept_token(tokenizer: &Tokenizer, model: &LlamaModel, seq: &mut Sequence, token: u32, out: &mut Output) {
+    fn accept_token(tokenizer: &Tokenizer, model: &ModelConfig, seq: &mut Sequence, token: u32, out: &mut Output) {
         let eog = tokenizer.is_eog(token);
         seq.tokens.push(token);
         if eog {
@@ -702,7 +754,7 @@ impl Engine {
             let delta = seq.decoder.push(tokenizer, token).unwrap_or_default();
             out.text.push_str(&seq.push_text(&delta));
             if seq.finished.is_none()
-                && (seq.generated() >= seq.params.max_tokens as usize || seq.tokens.len() >= model.config.context_length)
+                && (seq.generated() >= seq.params.max_tokens as usize || seq.tokens.len() >= model.context_length)
             {
                 seq.finished = Some(StopReason::Length);
                 out.text.push_str(&seq.flush());

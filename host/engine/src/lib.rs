@@ -10,6 +10,7 @@
 //! traits in `weft-types`; a test checks from `cargo metadata` that wasmtime,
 //! hyper, tonic and axum are not in this crate's dependency closure.
 
+pub mod backend;
 pub mod chat_template;
 pub mod engine;
 pub mod gguf;
@@ -22,6 +23,7 @@ pub mod sampling;
 mod sequence;
 pub mod tokenizer;
 
+pub use backend::{Backend, BackendError, CpuBackend};
 pub use engine::{DEFAULT_SAMPLER, Engine, EngineConfig, EngineError, EngineStats, GenerationRequest, Output, SamplerId, StepTiming};
 pub use loader::{LoadError, LoadedModel};
 pub use sequence::{PromptScore, RequestId};

@@ -226,7 +226,10 @@ impl IntoResponse for ApiError {
 
 impl From<weft_types::DecisionError> for ApiError {
     fn from(e: weft_types::DecisionError) -> Self {
-        Self::PluginFailed(e.to_string())
+        match e {
+            weft_types::DecisionError::Backend(_) => Self::Internal(e.to_string()),
+            _ => Self::PluginFailed(e.to_string()),
+        }
     }
 }
 

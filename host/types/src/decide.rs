@@ -85,11 +85,14 @@ pub trait Guide: Send + std::fmt::Debug {
     fn commit(&mut self, token: TokenId) -> Result<(), GuideError>;
 }
 
-/// Why a plugin decision failed a sequence.
+/// Why a sequence failed during a step: a plugin decision, or the backend.
 #[derive(Clone, Debug, Error, PartialEq)]
 pub enum DecisionError {
     #[error(transparent)]
     Sampler(#[from] SamplerError),
     #[error(transparent)]
     Guide(#[from] GuideError),
+    /// The device running the model failed the step (not a plugin's fault).
+    #[error("the model backend failed: {0}")]
+    Backend(String),
 }

@@ -1,10 +1,12 @@
-//! Paged-attention decode launches (`kernels/attention.cu`).
+//! The paged KV cache on the device and attention over it
+//! (`kernels/attention.cu`).
 //!
-//! The block tables and sequence lengths come from the host scheduler and are
-//! checked here before upload: every block a sequence uses must exist in the
-//! cache, so the kernels never read outside it.
+//! Block tables, slots and lengths come from the host scheduler and are
+//! checked here before upload: every block a query row uses and every slot a
+//! step writes must exist in the cache, so the kernels never touch memory
+//! outside it.
 
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
 
 use crate::error::{CudaError, Result, driver};
 use crate::runtime::ATTENTION;
@@ -12,7 +14,7 @@ use crate::{CudaKernels, DEFAULT_SHARED_BYTES, arg_i32, arg_u32, launch_cfg};
 
 /// Largest query-heads-per-kv-head ratio the kernel handles (Llama 2 70B has 8).
 pub const MAX_GROUP: usize = 16;
-/// Largest head dimension the kernel handles; it must also be a multiple of 32.
+/// Largest head dimension the kernel handles.
 pub const MAX_HEAD_DIM: usize = 256;
 /// Grid y and z limit.
 const MAX_GRID_YZ: usize = 65_535;
@@ -35,6 +37,75 @@ impl KvCacheShape {
     }
 }
 
+/// How a [`PagedKv`] stores keys and values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KvType {
+    F32,
+    /// IEEE half: the CPU backend's default and llama.cpp's.
+    F16,
+    /// OCP FP8 E4M3 without a scale (saturating at ±448): half of F16's
+    /// memory, at an accuracy cost measured by `weft parity`.
+    E4M3,
+}
+
+impl KvType {
+    pub fn bytes(self) -> usize {
+        match self {
+            KvType::F32 => 4,
+            KvType::F16 => 2,
+            KvType::E4M3 => 1,
+        }
+    }
+
+    pub(crate) fn define(self) -> &'static str {
+        match self {
+            KvType::F32 => "WEFT_KV_F32",
+            KvType::F16 => "WEFT_KV_F16",
+            KvType::E4M3 => "WEFT_KV_E4M3",
+        }
+    }
+
+    pub const ALL: [KvType; 3] = [KvType::F32, KvType::F16, KvType::E4M3];
+}
+
+/// Keys and values of every layer in device memory, in blocks.
+#[derive(Debug)]
+pub struct PagedKv {
+    ty: KvType,
+    shape: KvCacheShape,
+    /// Per layer: (keys, values), `shape.elements() × ty.bytes()` bytes each.
+    layers: Vec<(CudaSlice<u8>, CudaSlice<u8>)>,
+}
+
+impl PagedKv {
+    pub fn kv_type(&self) -> KvType {
+        self.ty
+    }
+    pub fn shape(&self) -> &KvCacheShape {
+        &self.shape
+    }
+    pub fn layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Layer `i`'s (keys, values) as raw bytes of the cache's type (for
+    /// tests and diagnostics).
+    pub fn layer_bytes(&self, i: usize) -> Option<(&CudaSlice<u8>, &CudaSlice<u8>)> {
+        self.layers.get(i).map(|(k, v)| (k, v))
+    }
+}
+
+/// Query rows of one attention call: row r reads the block table of row
+/// `row_seq[r]` of `block_tables` (`max_blocks_per_seq` entries each) and
+/// attends to the first `lens[r]` cached tokens of that sequence.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionRows<'a> {
+    pub row_seq: &'a [u32],
+    pub lens: &'a [u32],
+    pub block_tables: &'a [u32],
+    pub max_blocks_per_seq: usize,
+}
+
 /// The sequences of one decode step: sequence s has `seq_lens[s]` cached
 /// tokens (its new token included) in blocks
 /// `block_tables[s * max_blocks_per_seq ..][.. ceil(seq_lens[s] / block_size)]`.
@@ -46,7 +117,7 @@ pub struct DecodeBatch<'a> {
 }
 
 impl CudaKernels {
-    /// Attention of one query token per sequence over its paged K/V:
+    /// Attention of one query token per sequence over its paged f32 K/V:
     /// `q` and `out` are `n_seqs × n_heads × head_dim`; scores are scaled by
     /// 1/sqrt(head_dim) and softmax-normalised over all cached tokens.
     #[allow(clippy::too_many_arguments)]
@@ -60,6 +131,99 @@ impl CudaKernels {
         batch: &DecodeBatch<'_>,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
+        let row_seq: Vec<u32> = (0..batch.seq_lens.len() as u32).collect();
+        let rows = AttentionRows {
+            row_seq: &row_seq,
+            lens: batch.seq_lens,
+            block_tables: batch.block_tables,
+            max_blocks_per_seq: batch.max_blocks_per_seq,
+        };
+        self.attend(q, k_cache, v_cache, KvType::F32, shape.elements(), shape, n_heads, &rows, out)
+    }
+
+    /// A KV cache of `layers` layers of `shape`, stored as `ty`, zeroed.
+    pub fn paged_kv(&self, ty: KvType, shape: KvCacheShape, layers: usize) -> Result<PagedKv> {
+        let bytes = shape.elements() * ty.bytes();
+        let layers = (0..layers)
+            .map(|_| Ok((self.zeros::<u8>(bytes)?, self.zeros::<u8>(bytes)?)))
+            .collect::<Result<_>>()?;
+        Ok(PagedKv { ty, shape, layers })
+    }
+
+    /// Store `tokens` keys and values (`tokens × n_kv_heads × head_dim`
+    /// floats each) of `layer` at cache slots `slots` (slot = block ×
+    /// block_size + offset), converted to the cache's type.
+    pub fn kv_write(
+        &self,
+        kv: &mut PagedKv,
+        layer: usize,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        slots: &[u32],
+    ) -> Result<()> {
+        const OP: &str = "kv write";
+        let shape = kv.shape;
+        let kv_dim = shape.n_kv_heads * shape.head_dim;
+        let capacity = shape.num_blocks * shape.block_size;
+        if layer >= kv.layers.len() {
+            return Err(CudaError::invalid(OP, format!("layer {layer} of {}", kv.layers.len())));
+        }
+        if let Some(&bad) = slots.iter().find(|&&s| s as usize >= capacity) {
+            return Err(CudaError::invalid(OP, format!("slot {bad}; the cache has {capacity} slots")));
+        }
+        if slots.is_empty() {
+            return Ok(());
+        }
+        self.check_buf(OP, "k", k, slots.len() * kv_dim)?;
+        self.check_buf(OP, "v", v, slots.len() * kv_dim)?;
+        let slots_dev = self.upload(slots)?;
+        let kv_dim_i = arg_i32(OP, "kv_dim", kv_dim)?;
+        let f = self.function(ATTENTION, Some(kv.ty.define()), "kv_write")?;
+        let cfg = launch_cfg((arg_u32(OP, "tokens", slots.len())?, 1, 1), 128, 0);
+        let (kc, vc) = &mut kv.layers[layer];
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(k).arg(v).arg(&slots_dev).arg(kc).arg(vc).arg(&kv_dim_i);
+        // SAFETY: k and v hold tokens*kv_dim floats (checked); every slot is
+        // below the cache's capacity, whose buffers hold capacity*kv_dim
+        // elements of the cache's type.
+        unsafe { b.launch(cfg) }.map_err(driver("launching kv_write"))?;
+        Ok(())
+    }
+
+    /// Attention of `rows` query rows over `layer` of `kv`: `q` and `out`
+    /// are `rows × n_heads × head_dim`.
+    pub fn paged_attention(
+        &self,
+        q: &CudaSlice<f32>,
+        kv: &PagedKv,
+        layer: usize,
+        n_heads: usize,
+        rows: &AttentionRows<'_>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let (kc, vc) = kv.layers.get(layer).ok_or_else(|| {
+            CudaError::invalid("paged attention", format!("layer {layer} of {}", kv.layers.len()))
+        })?;
+        let bytes = kv.shape.elements() * kv.ty.bytes();
+        self.attend(q, kc, vc, kv.ty, bytes, &kv.shape, n_heads, rows, out)
+    }
+
+    /// The launch behind every attention call. The caches hold
+    /// `shape.elements()` values of `ty`, which is `cache_len` elements of
+    /// `K` (f32 values, or bytes).
+    #[allow(clippy::too_many_arguments)]
+    fn attend<K: DeviceRepr>(
+        &self,
+        q: &CudaSlice<f32>,
+        k_cache: &CudaSlice<K>,
+        v_cache: &CudaSlice<K>,
+        ty: KvType,
+        cache_len: usize,
+        shape: &KvCacheShape,
+        n_heads: usize,
+        rows: &AttentionRows<'_>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
         const OP: &str = "paged attention";
         let KvCacheShape {
             num_blocks,
@@ -67,9 +231,15 @@ impl CudaKernels {
             n_kv_heads,
             head_dim,
         } = *shape;
-        let n_seqs = batch.seq_lens.len();
+        let n_seqs = rows.lens.len();
         if n_seqs == 0 {
             return Ok(());
+        }
+        if rows.row_seq.len() != n_seqs {
+            return Err(CudaError::invalid(
+                OP,
+                format!("{} row_seq entries for {n_seqs} rows", rows.row_seq.len()),
+            ));
         }
         if n_kv_heads == 0
             || !n_heads.is_multiple_of(n_kv_heads)
@@ -82,43 +252,43 @@ impl CudaKernels {
                 ),
             ));
         }
-        if head_dim == 0 || !head_dim.is_multiple_of(32) || head_dim > MAX_HEAD_DIM {
+        if head_dim == 0 || head_dim > MAX_HEAD_DIM {
             return Err(CudaError::invalid(
                 OP,
-                format!("head_dim {head_dim} must be a multiple of 32 up to {MAX_HEAD_DIM}"),
+                format!("head_dim {head_dim} must be between 1 and {MAX_HEAD_DIM}"),
             ));
         }
         if block_size == 0 || n_seqs > MAX_GRID_YZ {
             return Err(CudaError::invalid(
                 OP,
                 format!(
-                    "block_size {block_size} must be ≥ 1 and sequences ({n_seqs}) ≤ {MAX_GRID_YZ}"
+                    "block_size {block_size} must be ≥ 1 and rows ({n_seqs}) ≤ {MAX_GRID_YZ}"
                 ),
             ));
         }
-        let mb = batch.max_blocks_per_seq;
-        if batch.block_tables.len() != n_seqs * mb {
+        let mb = rows.max_blocks_per_seq;
+        if mb == 0 || !rows.block_tables.len().is_multiple_of(mb) {
             return Err(CudaError::invalid(
                 OP,
                 format!(
-                    "block_tables has {} entries; {n_seqs} sequences × {mb} blocks need {}",
-                    batch.block_tables.len(),
-                    n_seqs * mb
+                    "block_tables has {} entries, not a whole number of tables of {mb}",
+                    rows.block_tables.len()
                 ),
             ));
         }
+        let tables_n = rows.block_tables.len() / mb;
         let mut max_len = 0usize;
-        for (s, &len) in batch.seq_lens.iter().enumerate() {
-            let len = len as usize;
-            if len == 0 || len > mb * block_size {
+        for (s, (&len, &table)) in rows.lens.iter().zip(rows.row_seq).enumerate() {
+            let (len, table) = (len as usize, table as usize);
+            if len == 0 || len > mb * block_size || table >= tables_n {
                 return Err(CudaError::invalid(
                     OP,
                     format!(
-                        "sequence {s} has length {len}; it must be between 1 and {mb} blocks × {block_size} tokens"
+                        "row {s} reads table {table} of {tables_n} and length {len}; it must be between 1 and {mb} blocks × {block_size} tokens"
                     ),
                 ));
             }
-            let used = &batch.block_tables[s * mb..s * mb + len.div_ceil(block_size)];
+            let used = &rows.block_tables[table * mb..table * mb + len.div_ceil(block_size)];
             if let Some(&bad) = used.iter().find(|&&b| b as usize >= num_blocks) {
                 return Err(CudaError::invalid(
                     OP,
@@ -128,12 +298,13 @@ impl CudaKernels {
             max_len = max_len.max(len);
         }
         self.check_buf(OP, "q", q, n_seqs * n_heads * head_dim)?;
-        self.check_buf(OP, "k_cache", k_cache, shape.elements())?;
-        self.check_buf(OP, "v_cache", v_cache, shape.elements())?;
+        self.check_buf(OP, "k_cache", k_cache, cache_len)?;
+        self.check_buf(OP, "v_cache", v_cache, cache_len)?;
         self.check_buf(OP, "out", out, n_seqs * n_heads * head_dim)?;
 
         let group = n_heads / n_kv_heads;
-        let threads = head_dim.max(128);
+        // Whole warps (the kernel reduces with full-warp shuffles).
+        let threads = head_dim.max(128).next_multiple_of(32);
         // Partition length: the longest that still gives two blocks per SM,
         // so one long sequence is spread over the whole GPU; then shrunk until
         // the block's shared memory fits the default limit.
@@ -164,8 +335,9 @@ impl CudaKernels {
             ));
         }
 
-        let lens = self.upload(batch.seq_lens)?;
-        let tables = self.upload(batch.block_tables)?;
+        let lens = self.upload(rows.lens)?;
+        let row_seq = self.upload(rows.row_seq)?;
+        let tables = self.upload(rows.block_tables)?;
         let partials = n_seqs * n_heads * n_parts;
         // SAFETY (all three): plain device allocations; the kernels write every
         // partition they later read (partitions below each sequence's length).
@@ -187,14 +359,14 @@ impl CudaKernels {
         );
         let scale = 1.0f32 / (head_dim as f32).sqrt();
 
-        let f = self.function(ATTENTION, None, "paged_attn_partial")?;
+        let f = self.function(ATTENTION, Some(ty.define()), "paged_attn_partial")?;
         let cfg = launch_cfg(
             (n_kv_heads as u32, n_seqs as u32, n_parts as u32),
             threads as u32,
             arg_u32(OP, "shared memory", smem(part_len))?,
         );
         let mut b = self.stream.launch_builder(&f);
-        b.arg(q).arg(k_cache).arg(v_cache).arg(&tables).arg(&lens);
+        b.arg(q).arg(k_cache).arg(v_cache).arg(&tables).arg(&row_seq).arg(&lens);
         b.arg(&part_m).arg(&part_l).arg(&part_acc);
         b.arg(&nh)
             .arg(&nkv)
@@ -205,12 +377,13 @@ impl CudaKernels {
             .arg(&np)
             .arg(&scale);
         // SAFETY: q/out hold n_seqs*n_heads*head_dim floats, the caches
-        // shape.elements(), every block id read is < num_blocks and every
+        // shape.elements() values of ty (checked above), every table
+        // row read exists, every block id read is < num_blocks and every
         // table index < max_blocks_per_seq (checked above); the workspace is
         // sized n_seqs*n_heads*n_parts(*head_dim).
         unsafe { b.launch(cfg) }.map_err(driver("launching paged_attn_partial"))?;
 
-        let f = self.function(ATTENTION, None, "paged_attn_reduce")?;
+        let f = self.function(ATTENTION, Some(ty.define()), "paged_attn_reduce")?;
         let cfg = launch_cfg((n_heads as u32, n_seqs as u32, 1), head_dim as u32, 0);
         let mut b = self.stream.launch_builder(&f);
         b.arg(&part_m)

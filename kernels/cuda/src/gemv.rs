@@ -209,12 +209,7 @@ impl CudaKernels {
         self.check_buf(OP, "out", out, ids.len() * table.cols)?;
         let ids_dev = self.upload(ids)?;
         let f = self.function(GEMV, Some(table.ty.define()), "embed_rows")?;
-        let chunk = if matches!(table.ty, WeightType::Q4K | WeightType::Q6K) {
-            16
-        } else {
-            8
-        };
-        let blocks = arg_u32(OP, "blocks", (table.cols / chunk).div_ceil(128))?;
+        let blocks = arg_u32(OP, "blocks", (table.cols / table.ty.chunk()).div_ceil(128))?;
         let cols_i = arg_i32(OP, "cols", table.cols)?;
         let row_bytes = table.ty.row_bytes(table.cols) as i64;
         // grid.y is limited to 65535, so long prompts go in pieces.
@@ -235,6 +230,32 @@ impl CudaKernels {
             // holds n*cols floats.
             unsafe { b.launch(cfg) }.map_err(driver("launching embed_rows"))?;
             start += n;
+        }
+        Ok(())
+    }
+
+    /// `out = W` as `rows × cols` f32 values (for [`CudaKernels::gemm_f32`]
+    /// over more tokens than the GEMV kernels serve well).
+    pub fn dequantize(&self, w: &DeviceMatrix, out: &mut CudaSlice<f32>) -> Result<()> {
+        const OP: &str = "dequantize";
+        self.check_buf(OP, "weights", &w.data, w.bytes())?;
+        self.check_buf(OP, "out", out, w.rows * w.cols)?;
+        let f = self.function(GEMV, Some(w.ty.define()), "dequant_rows")?;
+        let blocks = arg_u32(OP, "blocks", (w.cols / w.ty.chunk()).div_ceil(128))?;
+        let cols_i = arg_i32(OP, "cols", w.cols)?;
+        let row_bytes = w.ty.row_bytes(w.cols) as i64;
+        const MAX_Y: usize = 65_535;
+        let mut first = 0;
+        while first < w.rows {
+            let n = (w.rows - first).min(MAX_Y);
+            let first_i = arg_i32(OP, "first row", first)?;
+            let cfg = launch_cfg((blocks, n as u32, 1), 128, 0);
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&w.data).arg(&mut *out).arg(&cols_i).arg(&row_bytes).arg(&first_i);
+            // SAFETY: rows first..first+n exist in the weights (checked size)
+            // and out holds rows*cols floats.
+            unsafe { b.launch(cfg) }.map_err(driver("launching dequant_rows"))?;
+            first += n;
         }
         Ok(())
     }

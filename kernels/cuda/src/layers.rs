@@ -181,4 +181,72 @@ impl CudaKernels {
         unsafe { b.launch(cfg) }.map_err(driver("launching swiglu"))?;
         Ok(())
     }
+
+    /// `x[i] += y[i]` for i < n.
+    pub fn add(&self, x: &mut CudaSlice<f32>, y: &CudaSlice<f32>, n: usize) -> Result<()> {
+        const OP: &str = "add";
+        if n == 0 {
+            return Ok(());
+        }
+        self.check_buf(OP, "x", x, n)?;
+        self.check_buf(OP, "y", y, n)?;
+        let f = self.function(LAYERS, None, "add_f32")?;
+        let blocks = n.div_ceil(256).min(self.sm_count() as usize * 16);
+        let cfg = launch_cfg((blocks as u32, 1, 1), 256, 0);
+        let n_i = n as i64;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x).arg(y).arg(&n_i);
+        // SAFETY: both buffers hold at least n floats (checked).
+        unsafe { b.launch(cfg) }.map_err(driver("launching add"))?;
+        Ok(())
+    }
+
+    /// `x[r] += bias` for each of `rows` rows of `bias.len()` floats.
+    pub fn add_bias(&self, x: &mut CudaSlice<f32>, bias: &CudaSlice<f32>, rows: usize) -> Result<()> {
+        const OP: &str = "add_bias";
+        let dim = bias.len();
+        if rows == 0 || dim == 0 {
+            return Ok(());
+        }
+        self.check_buf(OP, "x", x, rows * dim)?;
+        let f = self.function(LAYERS, None, "add_bias_f32")?;
+        let cfg = launch_cfg((arg_u32(OP, "rows", rows)?, 1, 1), 128, 0);
+        let dim_i = arg_i32(OP, "dim", dim)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x).arg(bias).arg(&dim_i);
+        // SAFETY: x holds rows*dim floats (checked), bias dim.
+        unsafe { b.launch(cfg) }.map_err(driver("launching add_bias"))?;
+        Ok(())
+    }
+
+    /// `out[i] = x[rows[i]]` for rows of `dim` floats; every index must be
+    /// below `x_rows`.
+    pub fn gather_rows(
+        &self,
+        x: &CudaSlice<f32>,
+        x_rows: usize,
+        rows: &[u32],
+        dim: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        const OP: &str = "gather_rows";
+        if rows.is_empty() || dim == 0 {
+            return Ok(());
+        }
+        if let Some(&bad) = rows.iter().find(|&&r| r as usize >= x_rows) {
+            return Err(CudaError::invalid(OP, format!("row {bad} of {x_rows}")));
+        }
+        self.check_buf(OP, "x", x, x_rows * dim)?;
+        self.check_buf(OP, "out", out, rows.len() * dim)?;
+        let rows_dev = self.upload(rows)?;
+        let f = self.function(LAYERS, None, "gather_rows_f32")?;
+        let cfg = launch_cfg((arg_u32(OP, "rows", rows.len())?, 1, 1), 128, 0);
+        let dim_i = arg_i32(OP, "dim", dim)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x).arg(&rows_dev).arg(out).arg(&dim_i);
+        // SAFETY: every row index is below x_rows (checked); x holds
+        // x_rows*dim floats and out rows.len()*dim.
+        unsafe { b.launch(cfg) }.map_err(driver("launching gather_rows"))?;
+        Ok(())
+    }
 }

@@ -7,13 +7,15 @@
 //! and caches them per process and device, and exposes each kernel as a
 //! method that checks every size, index and buffer before it launches.
 //!
-//! Kernels: RMSNorm, RoPE (adjacent and NeoX pairs), SwiGLU, embedding
-//! lookup and (batched) GEMV over GGUF block formats kept quantised on the
-//! device, paged-attention decode with GQA, top-k with log-softmax over
-//! vocabulary rows, and cuBLAS SGEMM for large f32 products.
+//! Kernels: RMSNorm, RoPE (adjacent and NeoX pairs), SwiGLU, residual and
+//! bias adds, row gathers, embedding lookup, (batched) GEMV over GGUF block
+//! formats kept quantised on the device and their dequantisation for cuBLAS
+//! SGEMM over many tokens, a paged KV cache in f32, f16 or FP8 E4M3 with
+//! GQA attention of any query rows over it (decode and prefill), and top-k
+//! with log-softmax over vocabulary rows.
 //!
-//! Deliberately not here: model structure, scheduling, KV-cache allocation
-//! policy and the engine's backend trait (the engine owns those), and any
+//! Deliberately not here: model structure, scheduling and KV-cache
+//! allocation policy (the engine and `weft-backend-cuda` own those), and any
 //! multi-stream or CUDA-graph machinery: every call is enqueued on the
 //! device's default stream, in order.
 
@@ -33,7 +35,7 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, ValidAsZeroBits,
 };
 
-pub use attention::{DecodeBatch, KvCacheShape};
+pub use attention::{AttentionRows, DecodeBatch, KvCacheShape, KvType, PagedKv};
 pub use error::{CudaError, Result};
 #[doc(hidden)]
 pub use gemv::GemvPath;
@@ -128,6 +130,22 @@ impl CudaKernels {
         self.stream
             .clone_dtoh(buf)
             .map_err(driver("copying device data to the host"))
+    }
+
+    /// Copy the first `len` elements of a device buffer into a new host
+    /// vector (waits for the stream).
+    pub fn download_prefix<T: DeviceRepr + Default + Clone>(&self, buf: &CudaSlice<T>, len: usize) -> Result<Vec<T>> {
+        if len > buf.len() {
+            return Err(CudaError::invalid(
+                "download",
+                format!("{len} elements asked of a buffer of {}", buf.len()),
+            ));
+        }
+        let mut host = vec![T::default(); len];
+        self.stream
+            .memcpy_dtoh(&buf.slice(0..len), &mut host)
+            .map_err(driver("copying device data to the host"))?;
+        Ok(host)
     }
 
     /// A new zeroed device buffer of `len` elements.

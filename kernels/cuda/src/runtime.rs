@@ -481,13 +481,6 @@ fn all_modules() -> Vec<(Source, ModuleKey)> {
             },
         ),
         (
-            ATTENTION,
-            ModuleKey {
-                name: ATTENTION.name,
-                define: None,
-            },
-        ),
-        (
             SAMPLE,
             ModuleKey {
                 name: SAMPLE.name,
@@ -495,6 +488,15 @@ fn all_modules() -> Vec<(Source, ModuleKey)> {
             },
         ),
     ];
+    for ty in crate::KvType::ALL {
+        v.push((
+            ATTENTION,
+            ModuleKey {
+                name: ATTENTION.name,
+                define: Some(ty.define()),
+            },
+        ));
+    }
     for ty in crate::WeightType::ALL {
         v.push((
             GEMV,

@@ -69,6 +69,11 @@ impl WeightType {
         cols / self.block_len() * self.block_bytes()
     }
 
+    /// Elements one thread decodes at a time in the row kernels (`WT::CHUNK`).
+    pub(crate) fn chunk(self) -> usize {
+        if matches!(self, WeightType::Q4K | WeightType::Q6K) { 16 } else { 8 }
+    }
+
     pub(crate) fn define(self) -> &'static str {
         match self {
             WeightType::F32 => "WEFT_WT_F32",

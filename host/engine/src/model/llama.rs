@@ -23,19 +23,21 @@ use super::weights::{Weight, WeightSource};
 use super::ModelError;
 use crate::kv_cache::{KvLayer, KvStorage};
 
-struct Layer {
-    attn_norm: Vec<f32>,
-    wq: Weight,
-    wk: Weight,
-    wv: Weight,
-    bq: Option<Vec<f32>>,
-    bk: Option<Vec<f32>>,
-    bv: Option<Vec<f32>>,
-    wo: Weight,
-    ffn_norm: Vec<f32>,
-    gate: Weight,
-    up: Weight,
-    down: Weight,
+/// One decoder layer's weights (public for backends that upload them).
+#[derive(Debug)]
+pub struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub wq: Weight,
+    pub wk: Weight,
+    pub wv: Weight,
+    pub bq: Option<Vec<f32>>,
+    pub bk: Option<Vec<f32>>,
+    pub bv: Option<Vec<f32>>,
+    pub wo: Weight,
+    pub ffn_norm: Vec<f32>,
+    pub gate: Weight,
+    pub up: Weight,
+    pub down: Weight,
 }
 
 /// One token of a forward batch.
@@ -156,6 +158,29 @@ impl LlamaModel {
         }
         let rope = Rope::new(&config);
         Ok(Self { embed, layers, norm: vector(naming.global("norm"), h)?, output, rope, config })
+    }
+
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    /// The token embedding table (`vocab_size × hidden`).
+    pub fn embedding(&self) -> &Weight {
+        &self.embed
+    }
+
+    /// The final RMSNorm's weight.
+    pub fn output_norm(&self) -> &[f32] {
+        &self.norm
+    }
+
+    /// The output projection (`vocab_size × hidden`; the embedding when tied).
+    pub fn output(&self) -> &Weight {
+        &self.output
+    }
+
+    pub fn rope(&self) -> &Rope {
+        &self.rope
     }
 
     /// Run one step. Returns the logits of the tokens marked `logits`, in

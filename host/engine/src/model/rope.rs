@@ -69,6 +69,15 @@ impl Rope {
         Self { inv_freq, layout: config.rope_layout, head_dim: config.head_dim, ggml }
     }
 
+    /// Inverse frequencies with every scaling applied (angle = pos × f).
+    pub fn inv_freq(&self) -> &[f64] {
+        &self.inv_freq
+    }
+
+    pub fn layout(&self) -> RopeLayout {
+        self.layout
+    }
+
     /// `(sin, cos)` of every rotation angle at `pos`; compute once per token
     /// and pass to [`Rope::rotate`] for every layer and head.
     pub fn angles(&self, pos: usize) -> Vec<(f32, f32)> {

@@ -1,11 +1,14 @@
-// Paged attention for decode: one query token per sequence against its
-// cached keys and values, read through a block table.
+// The paged KV cache: writing a step's keys and values into their slots,
+// and attention of query rows over them, read through block tables.
 //
 // Cache layout (both K and V): [block][token in block][kv head][head_dim],
-// f32. Grouped-query attention: query head h reads kv head h / (n_heads /
-// n_kv_heads). The query attends to every cached token of its sequence
-// (positions 0 .. seq_len-1, the query's own K/V included, which is causal
-// for the last token). Scores are scaled by `scale` (1/sqrt(head_dim)).
+// stored as KV_T: f32 (default), IEEE half (-DWEFT_KV_F16) or FP8 E4M3
+// (-DWEFT_KV_E4M3, no scale). Grouped-query attention: query head h reads kv
+// head h / (n_heads / n_kv_heads). Query row r belongs to the sequence whose
+// block table is row row_seq[r] and attends to its first lens[r] cached
+// tokens (the row's own key included, so a decode token or a prefill token at
+// position lens[r] - 1 is causal). Scores are scaled by `scale`
+// (1/sqrt(head_dim)).
 //
 // Two kernels, flash-decoding style: paged_attn_partial splits each
 // sequence into partitions of part_len tokens and writes, per (sequence,
@@ -18,14 +21,40 @@
 #define WEFT_MAX_GROUP 16
 #define WEFT_MAX_HEAD_DIM 256
 
-// grid: (n_kv_heads, n_seqs, n_parts); block: max(128, head_dim) threads.
+#if defined(WEFT_KV_F16)
+typedef u16 KV_T;
+__device__ __forceinline__ float kv_load(const KV_T* p, i64 i) { return f16_to_f32(p[i]); }
+__device__ __forceinline__ KV_T kv_store(float f) { return f32_to_f16(f); }
+#elif defined(WEFT_KV_E4M3)
+typedef u8 KV_T;
+__device__ __forceinline__ float kv_load(const KV_T* p, i64 i) { return e4m3_to_f32(p[i]); }
+__device__ __forceinline__ KV_T kv_store(float f) { return f32_to_e4m3(f); }
+#else
+typedef float KV_T;
+__device__ __forceinline__ float kv_load(const KV_T* p, i64 i) { return p[i]; }
+__device__ __forceinline__ KV_T kv_store(float f) { return f; }
+#endif
+
+// kc[slots[t]], vc[slots[t]] = k[t], v[t] (kv_dim values each, converted to
+// KV_T). grid: (tokens); block: any.
+extern "C" __global__ void kv_write(const float* __restrict__ k, const float* __restrict__ v,
+                                    const u32* __restrict__ slots, KV_T* __restrict__ kc,
+                                    KV_T* __restrict__ vc, int kv_dim) {
+    const i64 src = (i64)blockIdx.x * kv_dim, dst = (i64)slots[blockIdx.x] * kv_dim;
+    for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+        kc[dst + i] = kv_store(k[src + i]);
+        vc[dst + i] = kv_store(v[src + i]);
+    }
+}
+
+// grid: (n_kv_heads, n_rows, n_parts); block: max(128, head_dim) threads.
 // dynamic shared memory: G * (head_dim + part_len + blockDim.x) floats.
 extern "C" __global__ void paged_attn_partial(
-    const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc,
-    const u32* __restrict__ block_tables, const u32* __restrict__ seq_lens, float* __restrict__ part_m,
-    float* __restrict__ part_l, float* __restrict__ part_acc, int n_heads, int n_kv, int head_dim,
-    int block_size, int max_blocks, int part_len, int n_parts, float scale) {
-    const int kvh = blockIdx.x, seq = blockIdx.y, part = blockIdx.z;
+    const float* __restrict__ q, const KV_T* __restrict__ kc, const KV_T* __restrict__ vc,
+    const u32* __restrict__ block_tables, const u32* __restrict__ row_seq, const u32* __restrict__ seq_lens,
+    float* __restrict__ part_m, float* __restrict__ part_l, float* __restrict__ part_acc, int n_heads, int n_kv,
+    int head_dim, int block_size, int max_blocks, int part_len, int n_parts, float scale) {
+    const int kvh = blockIdx.x, seq = blockIdx.y, part = blockIdx.z;  // seq: the query row
     const int G = n_heads / n_kv;
     const int len = (int)seq_lens[seq];
     const int t0 = part * part_len;
@@ -42,21 +71,21 @@ extern "C" __global__ void paged_attn_partial(
     for (int i = tid; i < G * head_dim; i += blockDim.x) q_s[i] = qh[i] * scale;
     __syncthreads();
 
-    const u32* table = block_tables + (i64)seq * max_blocks;
-    const int per_lane = head_dim >> 5;  // head_dim is a multiple of 32, <= 256
+    const u32* table = block_tables + (i64)row_seq[seq] * max_blocks;
+    const int per_lane = (head_dim + 31) >> 5;  // head_dim <= 256; lanes past it hold 0
     // Scores: a warp per token, lanes across head_dim (coalesced K rows).
     for (int t = t0 + warp; t < t1; t += nwarps) {
         const i64 blk = table[t / block_size];
-        const float* kp = kc + ((blk * block_size + t % block_size) * n_kv + kvh) * (i64)head_dim;
+        const KV_T* kp = kc + ((blk * block_size + t % block_size) * n_kv + kvh) * (i64)head_dim;
         float kr[WEFT_MAX_HEAD_DIM / 32];
 #pragma unroll
         for (int i = 0; i < WEFT_MAX_HEAD_DIM / 32; i++)
-            if (i < per_lane) kr[i] = kp[lane + 32 * i];
+            if (i < per_lane) kr[i] = lane + 32 * i < head_dim ? kv_load(kp, lane + 32 * i) : 0.f;
         for (int g = 0; g < G; g++) {
             float s = 0.f;
 #pragma unroll
             for (int i = 0; i < WEFT_MAX_HEAD_DIM / 32; i++)
-                if (i < per_lane) s = fmaf(q_s[g * head_dim + lane + 32 * i], kr[i], s);
+                if (i < per_lane && lane + 32 * i < head_dim) s = fmaf(q_s[g * head_dim + lane + 32 * i], kr[i], s);
             s = warp_sum(s);
             if (lane == 0) sc[g * part_len + (t - t0)] = s;
         }
@@ -93,7 +122,7 @@ extern "C" __global__ void paged_attn_partial(
     if (sub < nsub) {
         for (int t = t0 + sub; t < t1; t += nsub) {
             const i64 blk = table[t / block_size];
-            const float v = vc[((blk * block_size + t % block_size) * n_kv + kvh) * (i64)head_dim + d];
+            const float v = kv_load(vc, ((blk * block_size + t % block_size) * n_kv + kvh) * (i64)head_dim + d);
 #pragma unroll
             for (int g = 0; g < WEFT_MAX_GROUP; g++)
                 if (g < G) acc[g] = fmaf(sc[g * part_len + (t - t0)], v, acc[g]);

@@ -24,6 +24,13 @@ __device__ __forceinline__ float f16_to_f32(u16 h) {
     return f;
 }
 
+// float -> IEEE half, rounding to nearest even (as the CPU cache's f16).
+__device__ __forceinline__ u16 f32_to_f16(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
 // bfloat16 -> float; exact (bf16 is the high half of a float).
 __device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
 
@@ -33,6 +40,37 @@ __device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u
 template <int K>
 __device__ __forceinline__ float byte_magic(u32 w) {
     return __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7540 | K));
+}
+
+// OCP FP8 E4M3 (1 sign, 4 exponent bits with bias 7, 3 mantissa bits; no
+// infinities, S.1111.111 is NaN, largest finite 448) -> float; exact.
+__device__ __forceinline__ float e4m3_to_f32(u8 b) {
+    const int e = (b >> 3) & 15, m = b & 7;
+    float v;
+    if (e == 0) v = (float)m * 0.001953125f;  // subnormal: m * 2^-9
+    else if (e == 15 && m == 7) v = __int_as_float(0x7fc00000);
+    else v = ldexpf(1.0f + (float)m * 0.125f, e - 7);
+    return (b & 0x80) ? -v : v;
+}
+
+// float -> E4M3, rounding to nearest even and saturating to +-448 (NaN stays
+// NaN), as PTX cvt.rn.satfinite.e4m3x2 does.
+__device__ __forceinline__ u8 f32_to_e4m3(float x) {
+    const u8 sign = (__float_as_uint(x) >> 24) & 0x80;
+    const float a = fabsf(x);
+    if (a != a) return sign | 0x7f;
+    if (a >= 448.0f) return sign | 0x7e;  // saturate (infinities too)
+    if (a < 0.015625f) return sign | (u8)rintf(a * 512.0f);  // subnormals; 8 rounds up to 2^-6
+    int e;
+    const float fr = frexpf(a, &e);  // a = fr * 2^e, fr in [0.5, 1)
+    float m = rintf(fr * 16.0f) - 8.0f;
+    int E = e + 6;
+    if (m == 8.0f) {
+        m = 0.0f;
+        E++;
+    }
+    if (E > 15 || (E == 15 && m > 6.0f)) return sign | 0x7e;
+    return sign | (u8)(E << 3) | (u8)m;
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -498,16 +498,11 @@ WEFT_GEMV_STAGED(8, 4)
 
 // ---------------------------------------------------------------- embedding
 
-// out[t, :] = dequantised row ids[t] of W. grid: (ceil(chunks / 128), tokens);
-// block: 128. Ids were checked against the row count on the host.
-extern "C" __global__ void embed_rows(const u8* __restrict__ W, const u32* __restrict__ ids,
-                                      float* __restrict__ out, int cols, i64 row_bytes) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= cols / WT::CHUNK) return;
-    const typename WT::Raw raw = WT::load(W + (i64)ids[blockIdx.y] * row_bytes, c);
+// Chunk c of the quantised row `src`, dequantised into the f32 row `o`.
+__device__ __forceinline__ void dequant_chunk(const u8* __restrict__ src, int c, float* __restrict__ o) {
+    const typename WT::Raw raw = WT::load(src, c);
     float q[WT::CHUNK], s[WT::NG], m[WT::NG];
     WT::decode(raw, q, s, m);
-    float* o = out + (i64)blockIdx.y * cols;
 #pragma unroll
     for (int g = 0; g < WT::NG; g++) {
         const int base = WT::xoff(c, g);
@@ -518,4 +513,24 @@ extern "C" __global__ void embed_rows(const u8* __restrict__ W, const u32* __res
             o[base + e] = v;
         }
     }
+}
+
+// out[t, :] = dequantised row ids[t] of W. grid: (ceil(chunks / 128), tokens);
+// block: 128. Ids were checked against the row count on the host.
+extern "C" __global__ void embed_rows(const u8* __restrict__ W, const u32* __restrict__ ids,
+                                      float* __restrict__ out, int cols, i64 row_bytes) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols / WT::CHUNK) return;
+    dequant_chunk(W + (i64)ids[blockIdx.y] * row_bytes, c, out + (i64)blockIdx.y * cols);
+}
+
+// out[r] = dequantised row r of W, for r = first_row + blockIdx.y:
+// whole matrices expanded to f32 for a cuBLAS GEMM over many tokens.
+// grid: (ceil(cols / CHUNK / 128), rows in this launch); block: 128.
+extern "C" __global__ void dequant_rows(const u8* __restrict__ W, float* __restrict__ out, int cols,
+                                        i64 row_bytes, int first_row) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols / WT::CHUNK) return;
+    const i64 row = (i64)first_row + blockIdx.y;
+    dequant_chunk(W + row * row_bytes, c, out + row * cols);
 }

@@ -65,3 +65,22 @@ extern "C" __global__ void swiglu_f32(const float* __restrict__ gate, const floa
         out[i] = g / (1.0f + expf(-g)) * up[i];
     }
 }
+
+// x[i] += y[i] for i < n (the residual stream). grid-stride; any launch.
+extern "C" __global__ void add_f32(float* __restrict__ x, const float* __restrict__ y, i64 n) {
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) x[i] += y[i];
+}
+
+// x[r, :] += bias for every row r of width dim. grid: rows; block: any.
+extern "C" __global__ void add_bias_f32(float* __restrict__ x, const float* __restrict__ bias, int dim) {
+    float* row = x + (i64)blockIdx.x * dim;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) row[i] += bias[i];
+}
+
+// out[r, :] = x[rows[r], :] (rows of width dim). grid: rows out; block: any.
+extern "C" __global__ void gather_rows_f32(const float* __restrict__ x, const u32* __restrict__ rows,
+                                           float* __restrict__ out, int dim) {
+    const float* src = x + (i64)rows[blockIdx.x] * dim;
+    float* dst = out + (i64)blockIdx.x * dim;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = src[i];
+}

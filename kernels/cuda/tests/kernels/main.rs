@@ -11,6 +11,7 @@ mod bench;
 mod blas;
 mod common;
 mod gemv;
+mod kv;
 mod layers;
 mod sample;
 mod sources;

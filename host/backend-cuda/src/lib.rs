@@ -1,0 +1,344 @@
+//! Weft's CUDA backend: the engine's [`Backend`] on one NVIDIA GPU.
+//!
+//! [`CudaBackend::new`] uploads a loaded [`LlamaModel`] once, quantised
+//! formats as they are (the kernels dequantise on the fly), and keeps the
+//! paged KV cache in device memory in f32, f16 or FP8 E4M3. A step is the
+//! CPU forward pass's sequence of operations on the device: embedding,
+//! then per layer RMSNorm, the Q/K/V projections, RoPE, the KV write,
+//! paged attention over every query row (decode and prefill alike), the
+//! output projection, the SwiGLU MLP, residual adds; then the final norm
+//! and the logits of the rows that want them, copied to the host.
+//!
+//! Linear layers use the GEMV kernels (weights read once per launch of up
+//! to 8 tokens) for small batches and, from [`GEMM_MIN_TOKENS`] tokens, a
+//! dequantised f32 copy of the weight in a reused scratch buffer and cuBLAS
+//! SGEMM.
+//!
+//! The engine's thread waits in [`Backend::forward`] while the device
+//! works, so the guide workers computing masks on the CPU run under the
+//! GPU's forward pass (see the engine's `guide_workers`).
+
+use std::sync::Arc;
+
+use thiserror::Error;
+use weft_engine::model::{ForwardBatch, LlamaModel, ModelConfig, RopeLayout as HostRopeLayout, Weight};
+use weft_engine::{Backend, BackendError};
+use weft_kernels_cpu::WeightType as HostType;
+use weft_kernels_cuda::{
+    AttentionRows, CudaError, CudaKernels, DeviceBuffer, DeviceMatrix, KvCacheShape, KvType, PagedKv, RopeLayout,
+    RopeTable, WeightType,
+};
+
+pub use weft_kernels_cuda::KvType as KvCacheType;
+
+/// From this many tokens in a step, linear layers run as a dequantised
+/// SGEMM instead of GEMV launches of at most 8 tokens each.
+pub const GEMM_MIN_TOKENS: usize = 32;
+
+/// What can go wrong opening the backend.
+#[derive(Debug, Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Cuda(#[from] CudaError),
+    #[error("tensor {name}: {reason}")]
+    Unsupported { name: String, reason: String },
+}
+
+/// How to open the backend.
+#[derive(Clone, Copy, Debug)]
+pub struct CudaOptions {
+    /// The device ordinal (`cuda:N`).
+    pub device: usize,
+    /// How the KV cache stores keys and values; `None` follows the model
+    /// (f16 for GGUF models as llama.cpp, f32 for float32 references).
+    pub kv: Option<KvType>,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        Self { device: 0, kv: None }
+    }
+}
+
+struct DeviceLayer {
+    attn_norm: DeviceBuffer<f32>,
+    wq: DeviceMatrix,
+    wk: DeviceMatrix,
+    wv: DeviceMatrix,
+    bq: Option<DeviceBuffer<f32>>,
+    bk: Option<DeviceBuffer<f32>>,
+    bv: Option<DeviceBuffer<f32>>,
+    wo: DeviceMatrix,
+    ffn_norm: DeviceBuffer<f32>,
+    gate: DeviceMatrix,
+    up: DeviceMatrix,
+    down: DeviceMatrix,
+}
+
+/// Activations of one step, sized for `tokens` tokens and grown on demand.
+struct Workspace {
+    tokens: usize,
+    x: DeviceBuffer<f32>,
+    xn: DeviceBuffer<f32>,
+    q: DeviceBuffer<f32>,
+    k: DeviceBuffer<f32>,
+    v: DeviceBuffer<f32>,
+    attn: DeviceBuffer<f32>,
+    proj: DeviceBuffer<f32>,
+    gate: DeviceBuffer<f32>,
+    up: DeviceBuffer<f32>,
+    /// silu(gate) · up.
+    act: DeviceBuffer<f32>,
+}
+
+impl Workspace {
+    fn new(k: &CudaKernels, c: &ModelConfig, tokens: usize) -> Result<Self, CudaError> {
+        let (h, qd, kvd, f) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn);
+        Ok(Self {
+            tokens,
+            x: k.zeros(tokens * h)?,
+            xn: k.zeros(tokens * h)?,
+            q: k.zeros(tokens * qd)?,
+            k: k.zeros(tokens * kvd)?,
+            v: k.zeros(tokens * kvd)?,
+            attn: k.zeros(tokens * qd)?,
+            proj: k.zeros(tokens * h)?,
+            gate: k.zeros(tokens * f)?,
+            up: k.zeros(tokens * f)?,
+            act: k.zeros(tokens * f)?,
+        })
+    }
+}
+
+/// A model resident on one GPU.
+pub struct CudaBackend {
+    kernels: CudaKernels,
+    config: ModelConfig,
+    layers: Vec<DeviceLayer>,
+    embed: DeviceMatrix,
+    norm: DeviceBuffer<f32>,
+    output: DeviceMatrix,
+    rope: RopeTable,
+    kv_type: KvType,
+    kv: Option<PagedKv>,
+    work: Option<Workspace>,
+    /// The dequantised weight of the SGEMM path, as large as the largest matrix.
+    gemm_scratch: Option<DeviceBuffer<f32>>,
+    name: String,
+}
+
+impl CudaBackend {
+    /// Upload `model` to device `options.device`.
+    pub fn new(model: &LlamaModel, options: CudaOptions) -> Result<Self, OpenError> {
+        let kernels = CudaKernels::new(options.device)?;
+        let k = &kernels;
+        let matrix = |w: &Weight| -> Result<DeviceMatrix, OpenError> {
+            let ty = device_type(w.ty).ok_or_else(|| OpenError::Unsupported {
+                name: w.name.clone(),
+                reason: format!("{} weights are not supported by the CUDA kernels", w.ty.name()),
+            })?;
+            Ok(k.upload_matrix(ty, w.rows, w.cols, w.bytes())?)
+        };
+        let vector = |v: &[f32]| k.upload(v);
+        let optional = |v: &Option<Vec<f32>>| v.as_deref().map(vector).transpose();
+        let layers = model
+            .layers()
+            .iter()
+            .map(|l| {
+                Ok(DeviceLayer {
+                    attn_norm: vector(&l.attn_norm)?,
+                    wq: matrix(&l.wq)?,
+                    wk: matrix(&l.wk)?,
+                    wv: matrix(&l.wv)?,
+                    bq: optional(&l.bq)?,
+                    bk: optional(&l.bk)?,
+                    bv: optional(&l.bv)?,
+                    wo: matrix(&l.wo)?,
+                    ffn_norm: vector(&l.ffn_norm)?,
+                    gate: matrix(&l.gate)?,
+                    up: matrix(&l.up)?,
+                    down: matrix(&l.down)?,
+                })
+            })
+            .collect::<Result<Vec<_>, OpenError>>()?;
+        let layout = match model.rope().layout() {
+            HostRopeLayout::Interleaved => RopeLayout::Adjacent,
+            HostRopeLayout::Halves => RopeLayout::NeoX,
+        };
+        let rope = k.rope_table_from_inv_freq(model.rope().inv_freq(), layout)?;
+        let config = model.config.clone();
+        let kv_type = options.kv.unwrap_or(match config.kv_precision() {
+            weft_engine::kv_cache::KvPrecision::F16 => KvType::F16,
+            weft_engine::kv_cache::KvPrecision::F32 => KvType::F32,
+        });
+        let name = format!("cuda:{} ({}, {}, KV {kv_type:?})", options.device, k.device_name(), k.arch());
+        Ok(Self {
+            embed: matrix(model.embedding())?,
+            norm: vector(model.output_norm())?,
+            output: matrix(model.output())?,
+            layers,
+            rope,
+            kv_type,
+            kv: None,
+            work: None,
+            gemm_scratch: None,
+            config,
+            name,
+            kernels,
+        })
+    }
+
+    /// The kernels' handle (the device, its stream), for benchmarks.
+    pub fn kernels(&self) -> &CudaKernels {
+        &self.kernels
+    }
+
+    fn step(&mut self, kv: &mut PagedKv, batch: &ForwardBatch) -> Result<Vec<f32>, CudaError> {
+        let c = &self.config;
+        let n = batch.tokens.len();
+        let h = c.hidden;
+        let bs = kv.shape().block_size;
+
+        let ids: Vec<u32> = batch.tokens.iter().map(|t| t.token).collect();
+        let positions: Vec<u32> = batch.tokens.iter().map(|t| t.pos as u32).collect();
+        let slots: Vec<u32> =
+            batch.tokens.iter().map(|t| batch.block_tables[t.seq][t.pos / bs] * bs as u32 + (t.pos % bs) as u32).collect();
+        let max_blocks = batch.block_tables.iter().map(|t| t.len()).max().unwrap_or(1).max(1);
+        let mut tables = vec![0u32; batch.block_tables.len() * max_blocks];
+        for (row, table) in tables.chunks_exact_mut(max_blocks).zip(&batch.block_tables) {
+            row[..table.len()].copy_from_slice(table);
+        }
+        let row_seq: Vec<u32> = batch.tokens.iter().map(|t| t.seq as u32).collect();
+        let lens: Vec<u32> = batch.tokens.iter().map(|t| t.pos as u32 + 1).collect();
+        let rows = AttentionRows { row_seq: &row_seq, lens: &lens, block_tables: &tables, max_blocks_per_seq: max_blocks };
+
+        let k = &self.kernels;
+        if self.work.as_ref().is_none_or(|w| w.tokens < n) {
+            self.work = None; // free the smaller one first
+            self.work = Some(Workspace::new(k, c, n.next_power_of_two())?);
+        }
+        let w = self.work.as_mut().expect("allocated above");
+        let scratch = &mut self.gemm_scratch;
+
+        k.embed(&self.embed, &ids, &mut w.x)?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            k.rms_norm(&w.x, &layer.attn_norm, &mut w.xn, n, h, c.rms_eps)?;
+            linear(k, scratch, &layer.wq, &w.xn, &mut w.q, n)?;
+            linear(k, scratch, &layer.wk, &w.xn, &mut w.k, n)?;
+            linear(k, scratch, &layer.wv, &w.xn, &mut w.v, n)?;
+            for (out, bias) in [(&mut w.q, &layer.bq), (&mut w.k, &layer.bk), (&mut w.v, &layer.bv)] {
+                if let Some(b) = bias {
+                    k.add_bias(out, b, n)?;
+                }
+            }
+            k.rope(&mut w.q, &positions, c.heads, c.head_dim, &self.rope)?;
+            k.rope(&mut w.k, &positions, c.kv_heads, c.head_dim, &self.rope)?;
+            k.kv_write(kv, li, &w.k, &w.v, &slots)?;
+            k.paged_attention(&w.q, kv, li, c.heads, &rows, &mut w.attn)?;
+            linear(k, scratch, &layer.wo, &w.attn, &mut w.proj, n)?;
+            k.add(&mut w.x, &w.proj, n * h)?;
+
+            k.rms_norm(&w.x, &layer.ffn_norm, &mut w.xn, n, h, c.rms_eps)?;
+            linear(k, scratch, &layer.gate, &w.xn, &mut w.gate, n)?;
+            linear(k, scratch, &layer.up, &w.xn, &mut w.up, n)?;
+            k.swiglu(&w.gate, &w.up, &mut w.act, n * c.ffn)?;
+            linear(k, scratch, &layer.down, &w.act, &mut w.proj, n)?;
+            k.add(&mut w.x, &w.proj, n * h)?;
+        }
+
+        let wanted: Vec<u32> = (0..n as u32).filter(|&i| batch.tokens[i as usize].logits).collect();
+        if wanted.is_empty() {
+            k.synchronize()?;
+            return Ok(Vec::new());
+        }
+        let m = wanted.len();
+        // Gather into proj, normalise into xn, project into fresh logits.
+        k.gather_rows(&w.x, n, &wanted, h, &mut w.proj)?;
+        k.rms_norm(&w.proj, &self.norm, &mut w.xn, m, h, c.rms_eps)?;
+        let mut logits = k.zeros::<f32>(m * c.vocab_size)?;
+        linear(k, scratch, &self.output, &w.xn, &mut logits, m)?;
+        let host = k.download_prefix(&logits, m * c.vocab_size)?;
+        k.synchronize()?;
+        Ok(host)
+    }
+}
+
+/// `y = W · x` for `n` tokens: GEMV launches for small batches, else the
+/// weight dequantised into `scratch` and cuBLAS SGEMM.
+fn linear(
+    k: &CudaKernels,
+    scratch: &mut Option<DeviceBuffer<f32>>,
+    w: &DeviceMatrix,
+    x: &DeviceBuffer<f32>,
+    y: &mut DeviceBuffer<f32>,
+    n: usize,
+) -> Result<(), CudaError> {
+    if n < GEMM_MIN_TOKENS {
+        return k.gemv(w, x, y, n);
+    }
+    let len = w.rows() * w.cols();
+    if scratch.as_ref().is_none_or(|s| s.len() < len) {
+        *scratch = None;
+        *scratch = Some(k.zeros(len)?);
+    }
+    let s = scratch.as_mut().expect("allocated above");
+    k.dequantize(w, s)?;
+    k.gemm_f32(x, s, y, n, w.rows(), w.cols())
+}
+
+/// The device kernels' name for a host weight format, if they read it.
+fn device_type(ty: HostType) -> Option<WeightType> {
+    Some(match ty {
+        HostType::F32 => WeightType::F32,
+        HostType::F16 => WeightType::F16,
+        HostType::BF16 => WeightType::BF16,
+        HostType::Q8_0 => WeightType::Q8_0,
+        HostType::Q4_0 => WeightType::Q4_0,
+        HostType::Q4_1 => WeightType::Q4_1,
+        HostType::Q4K => WeightType::Q4K,
+        HostType::Q6K => WeightType::Q6K,
+        HostType::Q5_0 | HostType::Q5_1 | HostType::Q5K => return None,
+    })
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn kv_bytes_per_token(&self) -> usize {
+        2 * self.config.layers * self.config.kv_dim() * self.kv_type.bytes()
+    }
+
+    fn allocate_kv(&mut self, num_blocks: usize, block_size: usize) -> Result<(), BackendError> {
+        let c = &self.config;
+        let shape = KvCacheShape { num_blocks, block_size, n_kv_heads: c.kv_heads, head_dim: c.head_dim };
+        self.kv = None;
+        self.kv = Some(self.kernels.paged_kv(self.kv_type, shape, c.layers).map_err(|e| self.error(e))?);
+        Ok(())
+    }
+
+    fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<f32>, BackendError> {
+        let Some(mut kv) = self.kv.take() else {
+            return Err(BackendError::new(self.name.clone(), "forward before allocate_kv"));
+        };
+        let logits = self.step(&mut kv, batch);
+        self.kv = Some(kv);
+        logits.map_err(|e| self.error(e))
+    }
+}
+
+impl CudaBackend {
+    fn error(&self, e: CudaError) -> BackendError {
+        BackendError::new(self.name.clone(), e)
+    }
+}
+
+/// Open `model` on the GPU as a boxed [`Backend`] for the engine.
+pub fn open(model: &Arc<LlamaModel>, options: CudaOptions) -> Result<Box<dyn Backend>, OpenError> {
+    Ok(Box::new(CudaBackend::new(model, options)?))
+}

@@ -1,0 +1,82 @@
+//! Opening the backend or skipping, the default model, and logits of a
+//! single sequence through any backend.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use weft_backend_cuda::{CudaBackend, CudaOptions, KvCacheType, OpenError};
+use weft_engine::model::{BatchToken, ForwardBatch, LlamaModel};
+use weft_engine::{Backend, LoadedModel};
+
+fn require_gpu() -> bool {
+    std::env::var("WEFT_REQUIRE_GPU").is_ok_and(|v| v == "1")
+}
+
+/// `model` on cuda:0 with a KV cache of `kv`, or None (after printing why)
+/// where this machine has no usable CUDA.
+pub fn cuda(test: &str, model: &LlamaModel, kv: Option<KvCacheType>) -> Option<CudaBackend> {
+    match CudaBackend::new(model, CudaOptions { device: 0, kv }) {
+        Ok(b) => {
+            eprintln!("{test}: on {}", b.name());
+            Some(b)
+        }
+        Err(OpenError::Cuda(e)) if e.is_unavailable() && !require_gpu() => {
+            eprintln!("skipping {test}: {e}");
+            None
+        }
+        Err(e) => panic!("{test}: {e}"),
+    }
+}
+
+/// Whether a GPU test can run at all (checked before loading a model).
+pub fn have_gpu(test: &str) -> bool {
+    match weft_kernels_cuda::CudaKernels::new(0) {
+        Ok(_) => true,
+        Err(e) if e.is_unavailable() && !require_gpu() => {
+            eprintln!("skipping {test}: {e}");
+            false
+        }
+        Err(e) => panic!("{test}: {e}"),
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The default model, from `$WEFT_TEST_MODEL` (scripts/gpu-check.sh sets it).
+pub fn default_model() -> &'static LoadedModel {
+    static MODEL: OnceLock<LoadedModel> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let path = std::env::var_os("WEFT_TEST_MODEL")
+            .expect("WEFT_TEST_MODEL names the default model's GGUF file (scripts/gpu-check.sh sets it)");
+        LoadedModel::open(&PathBuf::from(path)).expect("the default model loads")
+    })
+}
+
+/// Logits at every position of `tokens`, one sequence from an empty cache,
+/// in one forward pass.
+pub fn all_logits(backend: &mut dyn Backend, tokens: &[u32]) -> Vec<f32> {
+    let bs = 16;
+    let blocks = tokens.len().div_ceil(bs);
+    backend.allocate_kv(blocks, bs).unwrap();
+    let table: Vec<u32> = (0..blocks as u32).collect();
+    let batch = ForwardBatch {
+        tokens: tokens.iter().enumerate().map(|(pos, &token)| BatchToken { token, pos, seq: 0, logits: true }).collect(),
+        block_tables: vec![&table],
+    };
+    backend.forward(&batch).unwrap()
+}
+
+/// ‖a − b‖ / ‖b‖ in f64.
+pub fn relative_error(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    assert!(a.iter().all(|v| v.is_finite()), "non-finite output");
+    let diff: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>().sqrt();
+    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
+    diff / norm
+}
+
+pub fn shared(model: &LoadedModel) -> Arc<LlamaModel> {
+    Arc::clone(&model.model)
+}

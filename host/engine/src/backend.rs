@@ -1,0 +1,91 @@
+//! The seam between the scheduler and the hardware that runs the model.
+//!
+//! The engine decides *what* to compute each step (which tokens, which
+//! positions, which KV blocks); a [`Backend`] computes it and owns what that
+//! needs: the weights in the form its kernels read, and the storage behind
+//! the KV blocks the engine's pool hands out. [`CpuBackend`] is the model's
+//! own forward pass over host memory; the CUDA backend lives in its own crate
+//! (`weft-backend-cuda`), so this crate never links a GPU library.
+
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::kv_cache::KvStorage;
+use crate::model::{ForwardBatch, LlamaModel, ModelConfig};
+
+/// A failure of the device under a step (the CPU backend has none).
+#[derive(Debug, Error)]
+#[error("{backend}: {message}")]
+pub struct BackendError {
+    pub backend: String,
+    pub message: String,
+}
+
+impl BackendError {
+    pub fn new(backend: impl Into<String>, message: impl ToString) -> Self {
+        Self { backend: backend.into(), message: message.to_string() }
+    }
+}
+
+/// Runs a model's forward pass over the paged KV cache.
+///
+/// The engine calls [`Backend::allocate_kv`] once, before any step, with the
+/// pool's geometry; block ids in every later [`ForwardBatch`] are below
+/// `num_blocks`, every token id is below the vocabulary and every block table
+/// covers its token's position.
+pub trait Backend: Send {
+    /// What runs the model, for logs and `/admin`: "cpu", "cuda:0 (NVIDIA H100 …)".
+    fn name(&self) -> String;
+
+    fn config(&self) -> &ModelConfig;
+
+    /// Bytes one token's keys and values take across all layers.
+    fn kv_bytes_per_token(&self) -> usize;
+
+    /// Reserve storage for `num_blocks` blocks of `block_size` token slots.
+    fn allocate_kv(&mut self, num_blocks: usize, block_size: usize) -> Result<(), BackendError>;
+
+    /// Run one step: write the batch's keys and values into their slots,
+    /// then return the logits of the tokens marked `logits`, in batch order,
+    /// `vocab_size` each.
+    fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<f32>, BackendError>;
+}
+
+/// The model on the host's cores ([`LlamaModel::forward`]).
+pub struct CpuBackend {
+    model: Arc<LlamaModel>,
+    kv: Option<KvStorage>,
+}
+
+impl CpuBackend {
+    pub fn new(model: Arc<LlamaModel>) -> Self {
+        Self { model, kv: None }
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.model.config
+    }
+
+    fn kv_bytes_per_token(&self) -> usize {
+        let c = &self.model.config;
+        KvStorage::bytes_per_token(c.layers, c.kv_dim(), c.kv_precision())
+    }
+
+    fn allocate_kv(&mut self, num_blocks: usize, block_size: usize) -> Result<(), BackendError> {
+        let c = &self.model.config;
+        self.kv = Some(KvStorage::new(c.layers, num_blocks, block_size, c.kv_dim(), c.kv_precision()));
+        Ok(())
+    }
+
+    fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<f32>, BackendError> {
+        let kv = self.kv.as_mut().ok_or_else(|| BackendError::new("cpu", "forward before allocate_kv"))?;
+        Ok(self.model.forward(batch, kv))
+    }
+}
