@@ -1,65 +1,133 @@
 #!/usr/bin/env bash
 # GPU validation for Weft, run on the GPU machine. It builds nothing: the
-# executables are built on a development machine and carried over in .gpu/:
+# executables are built and packed on a development machine by
+# scripts/gpu-pack.sh (read its header for the two device calls that carry
+# them and the default model over).
 #
-#   cargo test -p weft-kernels-cuda --release --no-run   # prints the path of
-#   cp target/release/deps/kernels-<hash> .gpu/kernels   # the test executable
-#
-# Usage: bash scripts/gpu-check.sh            (logs go to $OUT, else .gpu/logs)
+# Usage: bash scripts/gpu-check.sh     (logs and summary.md go to $OUT, else .gpu/logs)
+#        STEPS="kernels backend bench peer" picks steps (default: all four).
 #
 # Steps:
-#   1. CUDA kernel tests, each in its own process (a kernel fault cannot
-#      take the others down), with WEFT_REQUIRE_GPU=1 so that a missing GPU
-#      is a failure, not a skip;
-#   2. the GEMV timing harness (8B shapes, GB/s vs device-to-device copy);
-#   3. a summary table (printed last, also written to summary.md).
+#   kernels  every CUDA kernel test against its f64 reference, each in its
+#            own process (a kernel fault cannot take the others down), then
+#            the GEMV timing harness (copy bandwidth, 8B shapes);
+#   backend  the CUDA backend: tiny Hugging Face Llamas against transformers
+#            run on this GPU (scripts/gpu/hf_references.py), the default model
+#            against the CPU backend (argmax agreement, perplexity; f16 and FP8
+#            KV caches), continuous batching on the GPU;
+#   bench    `weft bench --device cuda`: the default model, and random-BF16
+#            models of the default model's and Llama-3-8B's shapes, decode at
+#            batch 1/16/64/256 and prefill 512;
+#   peer     the same random-weight shapes through transformers' generate
+#            (scripts/gpu/hf_bench.py), and the table of ratios with the
+#            batch-1 roofline (weight bytes per step / measured copy bandwidth).
 #
-# Not yet here (placeholders for later work by others; nothing is faked):
-#   - model-level parity: CUDA backend vs the CPU backend (teacher-forced
-#     argmax agreement, perplexity) and vs PyTorch/transformers;
-#   - the engine benchmark (`weft bench`: decode tokens/s at batch 1/16/64/256,
-#     prefill, HF transformers peer, roofline ratio).
+# WEFT_REQUIRE_GPU=1 is set: a test that finds no GPU fails instead of skipping.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
-BIN_DIR=.gpu
-LOG_DIR=${OUT:-$BIN_DIR/logs}
+LOG_DIR=${OUT:-.gpu/logs}
+STEPS=${STEPS-kernels backend bench peer}
 mkdir -p "$LOG_DIR"
 export LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export WEFT_REQUIRE_GPU=1
+# libnvrtc and libcublas from the image's Python CUDA wheels, after the
+# system's own.
+for d in $(python3 -c 'import glob, site; print(" ".join(d for p in site.getsitepackages() for d in glob.glob(p + "/nvidia/*/lib")))' 2>/dev/null); do
+    LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d
+done
+has_step() { [[ " $STEPS " == *" $1 "* ]]; }
 
-TESTS="$BIN_DIR/kernels"
-if [[ ! -x "$TESTS" ]]; then
-    echo "gpu-check: $TESTS not found; build it on a dev machine (see the header of this script)" >&2
-    exit 2
+BIN=.gpu/bin
+if [[ -f .gpu/bin.tar.xz ]]; then
+    tar -C .gpu -xJf .gpu/bin.tar.xz
 fi
+for exe in weft kernels backend; do
+    if [[ ! -x $BIN/$exe ]]; then
+        echo "gpu-check: $BIN/$exe not found; run scripts/gpu-pack.sh on a development machine and carry .gpu/bin.tar.xz" >&2
+        exit 2
+    fi
+done
+
+# The default model: two parts joined (see scripts/gpu-pack.sh), or $WEFT_TEST_MODEL.
+MODEL=${WEFT_TEST_MODEL:-}
+if [[ -z $MODEL && -f /root/weft-gpu/model.part-0 && -f .gpu/model.part-1 ]]; then
+    MODEL=/root/weft-gpu/smollm2-135m-instruct-q4_1.gguf
+    cat /root/weft-gpu/model.part-0 .gpu/model.part-1 > "$MODEL"
+    if [[ $(sha256sum "$MODEL" | awk '{ print $1 }') != $(cat .gpu/model.sha256) ]]; then
+        echo "gpu-check: the joined model's sha256 differs from .gpu/model.sha256; skipping the default model" >&2
+        MODEL=
+    fi
+fi
+export WEFT_TEST_MODEL=$MODEL
 
 {
     echo "date: $(date -u +%FT%TZ)"
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
+    echo "default model: ${MODEL:-(not carried: its steps are skipped)}"
 } 2>&1 | tee "$LOG_DIR/device.txt"
 
-# 1. Kernel tests, one process per test.
-: > "$LOG_DIR/kernel-tests.log"
-: > "$LOG_DIR/test-status.txt"
 fail=0
-for t in $("$TESTS" --list 2>/dev/null | sed -n 's/: test$//p' | grep -v '^bench::'); do
-    start=$(date +%s.%N)
-    "$TESTS" --exact "$t" --nocapture --test-threads=1 >> "$LOG_DIR/kernel-tests.log" 2>&1
-    rc=$?
-    secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
-    if [[ $rc -eq 0 ]]; then status=pass; else status=FAIL; fail=1; fi
-    echo "$t $status ${secs}s" | tee -a "$LOG_DIR/test-status.txt"
-done
+: > "$LOG_DIR/test-status.txt"
+# Run each test of executable $1 (filtered by $2) in its own process.
+run_tests() {
+    local exe=$1 filter=$2 log=$3
+    for t in $("$exe" --list 2>/dev/null | sed -n 's/: test$//p' | grep -v '^bench::' | grep -E "$filter"); do
+        local start rc secs status
+        start=$(date +%s.%N)
+        "$exe" --exact "$t" --nocapture --test-threads=1 >> "$log" 2>&1
+        rc=$?
+        secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+        if [[ $rc -eq 0 ]]; then status=pass; else status=FAIL; fail=1; fi
+        echo "$(basename "$exe")::$t $status ${secs}s" | tee -a "$LOG_DIR/test-status.txt"
+    done
+}
 
-# 2. Timing harness.
-"$TESTS" --ignored --exact bench::gemv_bandwidth_at_8b_shapes --nocapture --test-threads=1 \
-    > "$LOG_DIR/gemv-bench.log" 2>&1
-bench_rc=$?
+bench_rc=0
+if has_step kernels; then
+    : > "$LOG_DIR/kernel-tests.log"
+    run_tests $BIN/kernels . "$LOG_DIR/kernel-tests.log"
+    $BIN/kernels --ignored --exact bench::gemv_bandwidth_at_8b_shapes --nocapture --test-threads=1 \
+        > "$LOG_DIR/gemv-bench.log" 2>&1
+    bench_rc=$?
+fi
 
-# 3. Summary.
+if has_step backend; then
+    : > "$LOG_DIR/backend-tests.log"
+    if python3 scripts/gpu/hf_references.py "$LOG_DIR/hf-references" >> "$LOG_DIR/backend-tests.log" 2>&1; then
+        export WEFT_HF_REFERENCES=$LOG_DIR/hf-references
+    else
+        echo "gpu-check: transformers on the GPU failed (see backend-tests.log); comparing with the committed CPU references" | tee -a "$LOG_DIR/backend-tests.log"
+    fi
+    if [[ -n $MODEL ]]; then
+        run_tests $BIN/backend . "$LOG_DIR/backend-tests.log"
+    else
+        run_tests $BIN/backend '^transformers::' "$LOG_DIR/backend-tests.log"
+    fi
+fi
+
+# Engine benchmarks: JSON lines, one per model.
+if has_step bench; then
+    : > "$LOG_DIR/bench.jsonl"
+    bench() {
+        $BIN/weft bench --device cuda --json --sampler native --rounds 2 --decode-tokens 64 "$@" \
+            >> "$LOG_DIR/bench.jsonl" 2>> "$LOG_DIR/bench.log" || { echo "gpu-check: weft bench $* failed" | tee -a "$LOG_DIR/bench.log"; fail=1; }
+    }
+    [[ -n $MODEL ]] && bench --model "$MODEL" --batch 1,16,64,256 --prefill 512 --kv-cache-mib 2048
+    bench --synthetic smollm2-135m --batch 1,16,64,256 --prefill 512 --kv-cache-mib 2048
+    bench --synthetic llama3-8b --batch 1,16,64,256 --prefill 512 --kv-cache-mib 8192 --kv-cache-type f16
+fi
+if has_step peer; then
+    : > "$LOG_DIR/peer.jsonl"
+    for shape in smollm2-135m llama3-8b; do
+        python3 scripts/gpu/hf_bench.py "$shape" --batch 1,16,64,256 --prefill 512 --rounds 2 \
+            >> "$LOG_DIR/peer.jsonl" 2>> "$LOG_DIR/peer.log" || { echo "gpu-check: hf_bench $shape failed" | tee -a "$LOG_DIR/peer.log"; fail=1; }
+    done
+fi
+
+# Summary.
 {
-    echo "## CUDA kernel tests ($(sed -n 3p "$LOG_DIR/device.txt"))"
+    echo "## Weft GPU check ($(sed -n 3p "$LOG_DIR/device.txt"))"
     echo
     echo "| test | status | time |"
     echo "|---|---|---|"
@@ -67,19 +135,52 @@ bench_rc=$?
     echo
     echo "| kernel | case | rel. error | bound |"
     echo "|---|---|---|---|"
-    grep '^RESULT ' "$LOG_DIR/kernel-tests.log" | sed -E \
-        's/^RESULT kernel=(.*) case=(.*) rel_err=([^ ]*) tol=([^ ]*) .*/| \1 | \2 | \3 | \4 |/'
+    cat "$LOG_DIR"/kernel-tests.log "$LOG_DIR"/backend-tests.log 2>/dev/null | grep '^RESULT kernel=' | sed -E \
+        's/^RESULT kernel=(.*) case=(.*) rel_err=([^ ]*) tol=([^ ]*).*/| \1 | \2 | \3 | \4 |/'
     echo
-    echo "## GEMV timing (kernel time from CUDA events; weights rotate past L2)"
+    echo "### Model parity and batching"
     echo
-    grep '^BENCH copy' "$LOG_DIR/gemv-bench.log" || echo "(no copy measurement: harness exit $bench_rc)"
+    grep -h '^RESULT \(parity\|engine\)' "$LOG_DIR"/backend-tests.log 2>/dev/null | sed 's/^RESULT /- /'
     echo
-    grep '^|' "$LOG_DIR/gemv-bench.log" || echo "(no GEMV rows: harness exit $bench_rc)"
+    echo "### GEMV timing (kernel time from CUDA events; weights rotate past L2)"
+    echo
+    grep -h '^BENCH copy' "$LOG_DIR/gemv-bench.log" 2>/dev/null || echo "(no copy measurement)"
+    echo
+    grep -h '^|' "$LOG_DIR/gemv-bench.log" 2>/dev/null
+    echo
+    echo "### Engine throughput against transformers, and the batch-1 roofline"
+    echo
+    python3 - "$LOG_DIR" <<'PY'
+import json, os, re, sys
+d = sys.argv[1]
+def lines(name):
+    p = os.path.join(d, name)
+    return [json.loads(l) for l in open(p) if l.strip()] if os.path.exists(p) else []
+weft, peer = lines("bench.jsonl"), {p["model"]: p for p in lines("peer.jsonl")}
+copy = None
+p = os.path.join(d, "gemv-bench.log")
+if os.path.exists(p):
+    m = re.search(r"^BENCH copy .* GB/s=([0-9.]+)", open(p).read(), re.M)
+    copy = float(m.group(1)) if m else None
+print("| model | figure | weft tok/s | transformers tok/s | weft ÷ transformers | % of roofline |")
+print("|---|---|---|---|---|---|")
+for w in weft:
+    hf = peer.get(w["model"], {}).get("tokens_per_second", {})
+    for fig, tps in w["tokens_per_second"].items():
+        ratio = f"{tps / hf[fig]:.2f}" if fig in hf else "—"
+        roof = "—"
+        if fig == "decode batch 1" and copy:
+            # Every weight matrix is read once per step (KV traffic at these
+            # lengths is below 0.1% of it); copy GB/s counts read + write.
+            roof = f"{100 * tps / (copy * 1e9 / w['weight_bytes']):.1f}%"
+        hf_tps = f"{hf[fig]:.1f}" if fig in hf else "—"
+        print(f"| {w['model']} | {fig} | {tps:.1f} | {hf_tps} | {ratio} | {roof} |")
+PY
 } > "$LOG_DIR/summary.md"
 cat "$LOG_DIR/summary.md"
 
 if [[ $fail -ne 0 || $bench_rc -ne 0 ]]; then
-    echo "gpu-check: FAILED (tests: $([[ $fail -eq 0 ]] && echo ok || echo failed), bench exit $bench_rc); logs in $LOG_DIR"
+    echo "gpu-check: FAILED (tests or benchmarks: $([[ $fail -eq 0 ]] && echo ok || echo failed), GEMV harness exit $bench_rc); logs in $LOG_DIR"
     exit 1
 fi
 echo "gpu-check: all passed; logs in $LOG_DIR"

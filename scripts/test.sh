@@ -37,6 +37,18 @@ fi
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
 cargo build --release -p weft
 ./target/release/weft pull
+# NVRTC alone (no GPU, no driver) lets the test suite compile every CUDA
+# kernel source for sm_90 (weft-kernels-cuda's `sources` test); the CUDA
+# tests that need a device skip. Fetched once, by pip, into target/nvrtc.
+nvrtc=target/nvrtc/nvidia/cu13/lib
+if [ ! -f "$nvrtc/libnvrtc.so.13" ]; then
+    if python3 -m pip download -q --no-deps --disable-pip-version-check -d target/nvrtc-wheel nvidia-cuda-nvrtc==13.0.88; then
+        python3 -m zipfile -e target/nvrtc-wheel/nvidia_cuda_nvrtc-13.0.88-*.whl target/nvrtc
+    else
+        echo "NVRTC could not be fetched: the CUDA kernel-source test will skip" >&2
+    fi
+fi
+export LD_LIBRARY_PATH="$PWD/$nvrtc${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # The guest crates (plugins/*, tests/plugins/*) are wasm32-wasip2 components,
 # built and tested through the plugin runtime; compiling them for the host
 # as well would only cost minutes (llguidance, RSA and P-256 twice).

@@ -45,19 +45,13 @@ pub enum OpenError {
 }
 
 /// How to open the backend.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct CudaOptions {
     /// The device ordinal (`cuda:N`).
     pub device: usize,
     /// How the KV cache stores keys and values; `None` follows the model
     /// (f16 for GGUF models as llama.cpp, f32 for float32 references).
     pub kv: Option<KvType>,
-}
-
-impl Default for CudaOptions {
-    fn default() -> Self {
-        Self { device: 0, kv: None }
-    }
 }
 
 struct DeviceLayer {

@@ -39,6 +39,13 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Benchmark a model of this shape with random BF16 weights instead of
+    /// --model: llama3-8b, smollm2-135m or tiny. Prompts are random token ids.
+    #[arg(long, value_name = "SHAPE")]
+    pub synthetic: Option<weft_engine::model::synthetic::Shape>,
+    /// KV cache size (the largest decode batch needs room for every sequence).
+    #[arg(long, default_value_t = 256)]
+    pub kv_cache_mib: usize,
     /// Measure the sampler plugin against the native sampler instead.
     #[arg(long)]
     pub plugins: bool,
@@ -64,6 +71,20 @@ fn request(prompt: Vec<u32>, max_tokens: u32, tenant: String) -> GenerationReque
         tenant,
         ..GenerationRequest::new(Vec::new(), SamplingParams::default())
     }
+}
+
+/// `n` token ids in `0..vocab` from a fixed xorshift stream (prompts for
+/// random-weight models).
+fn random_tokens(vocab: usize, n: usize) -> Vec<u32> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % vocab as u64) as u32
+        })
+        .collect()
 }
 
 fn prefill_tps(engine: &mut Engine, tokens: &[u32], round: usize) -> Result<f64> {
@@ -102,8 +123,20 @@ pub fn bench(store: &Store, args: BenchArgs) -> Result<()> {
     if args.plugins {
         return crate::plugin_bench::run(&args.batch, args.json, args.component.as_deref());
     }
-    let (loaded, mut engine) = crate::run::load(store, &args.model)?;
-    let corpus = loaded.tokenizer.encode(TEXT, false)?;
+    let opened = match args.synthetic {
+        Some(shape) => crate::run::open_synthetic(&args.model, shape, args.kv_cache_mib << 20)?,
+        None => crate::run::open(store, &args.model, args.kv_cache_mib << 20)?,
+    };
+    let loaded = opened.loaded;
+    let corpus = match args.synthetic {
+        Some(_) => random_tokens(loaded.model.config.vocab_size, 1 << 14),
+        None => loaded.tokenizer.encode(TEXT, false)?,
+    };
+    let device = opened.backend.name();
+    let mut config = opened.config;
+    config.max_running = config.max_running.max(args.batch.iter().copied().max().unwrap_or(1));
+    let mut engine = crate::run::engine(&loaded, opened.backend, config, args.model.sampler, &crate::run::plugin_runtime(store)?)?;
+    let weight_bytes = loaded.model.matrix_bytes();
     let threads = weft_kernels_cpu::pool::threads();
     let mut rows = Vec::new();
     for &n in &args.prefill {
@@ -118,9 +151,17 @@ pub fn bench(store: &Store, args: BenchArgs) -> Result<()> {
     }
     if args.json {
         let figures: serde_json::Map<String, serde_json::Value> = rows.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-        println!("{}", json!({ "model": loaded.name, "threads": threads, "tokens_per_second": figures }));
+        println!(
+            "{}",
+            json!({ "model": loaded.name, "device": device, "threads": threads, "weight_bytes": weight_bytes, "tokens_per_second": figures })
+        );
     } else {
-        println!("model {} · {threads} threads · median of {} rounds", loaded.name, args.rounds);
+        println!(
+            "model {} · {device} · {threads} threads · {:.3} GB of weight matrices · median of {} rounds",
+            loaded.name,
+            weight_bytes as f64 / 1e9,
+            args.rounds
+        );
         println!("{:<20} {:>12}", "figure", "tokens/s");
         for (k, v) in rows {
             println!("{k:<20} {v:>12.1}");

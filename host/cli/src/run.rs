@@ -7,6 +7,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow};
 use clap::Args;
 use weft_engine::chat_template::ChatMessage;
+use weft_engine::model::synthetic::{Shape, random_model};
+use weft_engine::tokenizer::Tokenizer;
 use weft_engine::{Backend, Engine, EngineConfig, GenerationRequest, LoadedModel};
 use weft_types::SamplingParams;
 
@@ -97,6 +99,27 @@ pub fn open(store: &Store, args: &ModelArgs, kv_cache_bytes: usize) -> Result<Op
     }
     let path = store.resolve(args.model.as_deref())?;
     let loaded = LoadedModel::open(&path).with_context(|| format!("loading {}", path.display()))?;
+    place(path, loaded, args, kv_cache_bytes)
+}
+
+/// A model of `shape` with random BF16 weights (for benchmarks), placed
+/// like [`open`] places a real one.
+pub fn open_synthetic(args: &ModelArgs, shape: Shape, kv_cache_bytes: usize) -> Result<Opened> {
+    if let Some(n) = args.threads {
+        weft_kernels_cpu::pool::set_threads(n);
+    }
+    let model = random_model(shape, 0x5eed).with_context(|| format!("making a random {shape} model"))?;
+    let loaded = LoadedModel {
+        // The name scripts/gpu/hf_bench.py reports for the same shape.
+        name: format!("random {shape} (BF16)"),
+        model: Arc::new(model),
+        tokenizer: Arc::new(Tokenizer::placeholder()),
+        template: None,
+    };
+    place(PathBuf::new(), loaded, args, kv_cache_bytes)
+}
+
+fn place(path: PathBuf, loaded: LoadedModel, args: &ModelArgs, kv_cache_bytes: usize) -> Result<Opened> {
     let backend = crate::device::backend(
         &loaded.model,
         args.device.unwrap_or_default(),

@@ -32,6 +32,9 @@ use crate::sampling::{NativeSampler, argmax, logprob_of, top_logprobs};
 use crate::sequence::{PromptScore, RequestId, Sequence};
 use crate::tokenizer::Tokenizer;
 
+/// `(position, has logits)` of every token of a step, in batch order.
+type TokenFlags = Vec<(usize, bool)>;
+
 /// How long a step with nothing to compute waits for a late guide.
 const GUIDE_POLL: Duration = Duration::from_millis(10);
 
@@ -701,7 +704,7 @@ impl Engine {
     /// The forward pass for `plan`: `(position, has logits)` of every token
     /// in the batch, and the logits (none when every planned sequence only
     /// takes a late guide's answer).
-    fn forward(&mut self, plan: &[(usize, usize)]) -> Result<(Vec<(usize, bool)>, Vec<f32>), BackendError> {
+    fn forward(&mut self, plan: &[(usize, usize)]) -> Result<(TokenFlags, Vec<f32>), BackendError> {
         let mut batch = ForwardBatch::default();
         for (slot, &(i, n)) in plan.iter().enumerate() {
             let seq = &self.running[i];

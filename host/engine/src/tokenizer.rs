@@ -158,7 +158,21 @@ impl Tokenizer {
     /// Load a Hugging Face `tokenizer.json`. End-of-generation ids come from
     /// the model's config (`eos_token_id`, which may be a list).
     pub fn from_file(path: &Path, eos: &[u32], bos: Option<u32>) -> Result<Self, TokenizerError> {
-        let with_special = tokenizers::Tokenizer::from_file(path).map_err(lib)?;
+        Self::from_hf(tokenizers::Tokenizer::from_file(path).map_err(lib)?, eos, bos)
+    }
+
+    /// A tokenizer of one word (`<unk>`, id 0) for models with random
+    /// weights (`model::synthetic`): it encodes any text as `<unk>`s and
+    /// decodes other ids as nothing. Benchmarks feed such models token ids.
+    pub fn placeholder() -> Self {
+        let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
+            "pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
+            "model":{"type":"WordLevel","vocab":{"<unk>":0},"unk_token":"<unk>"}}"#;
+        let t: tokenizers::Tokenizer = json.parse().expect("the placeholder tokenizer's JSON is valid");
+        Self::from_hf(t, &[], None).expect("the placeholder tokenizer builds")
+    }
+
+    fn from_hf(with_special: tokenizers::Tokenizer, eos: &[u32], bos: Option<u32>) -> Result<Self, TokenizerError> {
         let mut plain = with_special.clone();
         // Re-encoding through a tokenizer without added tokens treats the
         // special markers as text.

@@ -183,6 +183,17 @@ impl LlamaModel {
         &self.rope
     }
 
+    /// Bytes of every weight matrix a decode step reads once (the
+    /// embedding table is only gathered from, unless it is also the output).
+    pub fn matrix_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down].iter().map(|w| w.bytes().len()).sum::<usize>())
+            .sum();
+        layers + self.output.bytes().len()
+    }
+
     /// Run one step. Returns the logits of the tokens marked `logits`, in
     /// batch order, each `vocab_size` long.
     ///

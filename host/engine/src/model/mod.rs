@@ -3,11 +3,13 @@
 //! `config` turns GGUF metadata or a Hugging Face `config.json` into one
 //! [`ModelConfig`]; `weights` loads tensors from either source without
 //! copying (both are memory-mapped); `rope` holds rotary position encoding;
-//! `llama` is the forward pass over a batch of tokens with a paged KV cache.
+//! `llama` is the forward pass over a batch of tokens with a paged KV cache;
+//! `synthetic` makes models of a real shape with random weights (benchmarks).
 
 pub mod config;
 pub mod llama;
 pub mod rope;
+pub mod synthetic;
 pub mod weights;
 
 use std::path::PathBuf;

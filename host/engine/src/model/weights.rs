@@ -37,6 +37,11 @@ impl std::fmt::Debug for Weight {
 }
 
 impl Weight {
+    /// A `rows × cols` tensor of `ty` at `range` of `map`.
+    pub(crate) fn mapped(name: &str, ty: WeightType, rows: usize, cols: usize, map: Arc<Mmap>, range: Range<usize>) -> Self {
+        Self { name: name.into(), ty, rows, cols, map, range }
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.map[self.range.clone()]
     }
