@@ -10,9 +10,11 @@
 //! and the logits of the rows that want them, copied to the host.
 //!
 //! Linear layers use the GEMV kernels (weights read once per launch of up
-//! to 8 tokens) for small batches and, from [`GEMM_MIN_TOKENS`] tokens, a
-//! dequantised f32 copy of the weight in a reused scratch buffer and cuBLAS
-//! SGEMM.
+//! to 8 tokens) for small batches; from [`GEMM_MIN_TOKENS`] tokens, BF16 and
+//! F16 weights go to cuBLAS GemmEx on tensor cores (activations rounded to
+//! the weight's type, f32 accumulation) and quantised or F32 weights are
+//! dequantised to f32 in a reused scratch buffer for cuBLAS SGEMM (full
+//! f32: the quantised default model keeps its parity with the CPU).
 //!
 //! The engine's thread waits in [`Backend::forward`] while the device
 //! works, so the guide workers computing masks on the CPU run under the
@@ -31,8 +33,8 @@ use weft_kernels_cuda::{
 
 pub use weft_kernels_cuda::KvType as KvCacheType;
 
-/// From this many tokens in a step, linear layers run as a dequantised
-/// SGEMM instead of GEMV launches of at most 8 tokens each.
+/// From this many tokens in a step, linear layers run as a GEMM instead of
+/// GEMV launches of at most 8 tokens each.
 pub const GEMM_MIN_TOKENS: usize = 32;
 
 /// What can go wrong opening the backend.
@@ -116,8 +118,7 @@ pub struct CudaBackend {
     kv_type: KvType,
     kv: Option<PagedKv>,
     work: Option<Workspace>,
-    /// The dequantised weight of the SGEMM path, as large as the largest matrix.
-    gemm_scratch: Option<DeviceBuffer<f32>>,
+    gemm_scratch: GemmScratch,
     name: String,
 }
 
@@ -175,7 +176,7 @@ impl CudaBackend {
             kv_type,
             kv: None,
             work: None,
-            gemm_scratch: None,
+            gemm_scratch: GemmScratch::default(),
             config,
             name,
             kernels,
@@ -257,11 +258,33 @@ impl CudaBackend {
     }
 }
 
-/// `y = W · x` for `n` tokens: GEMV launches for small batches, else the
-/// weight dequantised into `scratch` and cuBLAS SGEMM.
+/// Buffers of the GEMM paths, grown on demand and reused.
+#[derive(Default)]
+struct GemmScratch {
+    /// A dequantised weight (SGEMM path), as large as the largest matrix.
+    weight: Option<DeviceBuffer<f32>>,
+    /// Activations rounded to 16 bits (GemmEx path).
+    x16: Option<DeviceBuffer<u16>>,
+}
+
+/// A device buffer of at least `len` elements in `slot`, (re)allocated when
+/// smaller.
+fn at_least<'a, T: weft_kernels_cuda::cudarc::driver::DeviceRepr + weft_kernels_cuda::cudarc::driver::ValidAsZeroBits>(
+    k: &CudaKernels,
+    slot: &'a mut Option<DeviceBuffer<T>>,
+    len: usize,
+) -> Result<&'a mut DeviceBuffer<T>, CudaError> {
+    if slot.as_ref().is_none_or(|s| s.len() < len) {
+        *slot = None; // free the smaller one first
+        *slot = Some(k.zeros(len)?);
+    }
+    Ok(slot.as_mut().expect("allocated above"))
+}
+
+/// `y = W · x` for `n` tokens (see the module documentation for the paths).
 fn linear(
     k: &CudaKernels,
-    scratch: &mut Option<DeviceBuffer<f32>>,
+    scratch: &mut GemmScratch,
     w: &DeviceMatrix,
     x: &DeviceBuffer<f32>,
     y: &mut DeviceBuffer<f32>,
@@ -270,14 +293,13 @@ fn linear(
     if n < GEMM_MIN_TOKENS {
         return k.gemv(w, x, y, n);
     }
-    let len = w.rows() * w.cols();
-    if scratch.as_ref().is_none_or(|s| s.len() < len) {
-        *scratch = None;
-        *scratch = Some(k.zeros(len)?);
+    if matches!(w.weight_type(), WeightType::BF16 | WeightType::F16) {
+        let x16 = at_least(k, &mut scratch.x16, n * w.cols())?;
+        return k.gemm_half(x, w, y, n, x16);
     }
-    let s = scratch.as_mut().expect("allocated above");
-    k.dequantize(w, s)?;
-    k.gemm_f32(x, s, y, n, w.rows(), w.cols())
+    let dense = at_least(k, &mut scratch.weight, w.rows() * w.cols())?;
+    k.dequantize(w, dense)?;
+    k.gemm_f32(x, dense, y, n, w.rows(), w.cols())
 }
 
 /// The device kernels' name for a host weight format, if they read it.

@@ -16,6 +16,11 @@ use crate::{CudaKernels, DEFAULT_SHARED_BYTES, arg_i32, arg_u32, launch_cfg};
 pub const MAX_GROUP: usize = 16;
 /// Largest head dimension the kernel handles.
 pub const MAX_HEAD_DIM: usize = 256;
+/// The prefill kernel's query rows per tile, key tile and largest head_dim
+/// (`PF_TQ`, `PF_TK`, `PF_MAX_HEAD_DIM` in attention.cu).
+const PREFILL_TILE_ROWS: usize = 16;
+const PREFILL_TILE_TOKENS: usize = 32;
+const PREFILL_MAX_HEAD_DIM: usize = 128;
 /// Grid y and z limit.
 const MAX_GRID_YZ: usize = 65_535;
 
@@ -302,6 +307,33 @@ impl CudaKernels {
         self.check_buf(OP, "v_cache", v_cache, cache_len)?;
         self.check_buf(OP, "out", out, n_seqs * n_heads * head_dim)?;
 
+        let scale = 1.0f32 / (head_dim as f32).sqrt();
+        if head_dim <= PREFILL_MAX_HEAD_DIM
+            && let Some(tiles) = prefill_tiles(rows)
+        {
+            let (nh, nkv, hd, bs, mbi) = (
+                arg_i32(OP, "n_heads", n_heads)?,
+                arg_i32(OP, "n_kv_heads", n_kv_heads)?,
+                arg_i32(OP, "head_dim", head_dim)?,
+                arg_i32(OP, "block_size", block_size)?,
+                arg_i32(OP, "max_blocks_per_seq", mb)?,
+            );
+            let n_tiles = tiles.len() / 4;
+            let tiles = self.upload(&tiles)?;
+            let tables = self.upload(rows.block_tables)?;
+            let f = self.function(ATTENTION, Some(ty.define()), "paged_attn_prefill")?;
+            let smem = arg_u32(OP, "shared memory", 2 * PREFILL_TILE_TOKENS * head_dim * 4)?;
+            let cfg = launch_cfg((n_heads as u32, arg_u32(OP, "tiles", n_tiles)?, 1), 128, smem);
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(q).arg(k_cache).arg(v_cache).arg(&tables).arg(&tiles).arg(out);
+            b.arg(&nh).arg(&nkv).arg(&hd).arg(&bs).arg(&mbi).arg(&scale);
+            // SAFETY: the tiles cover rows checked above (table rows, lengths
+            // and the blocks they read are inside the cache and the tables);
+            // q/out hold rows*n_heads*head_dim floats; head_dim ≤ 128.
+            unsafe { b.launch(cfg) }.map_err(driver("launching paged_attn_prefill"))?;
+            return Ok(());
+        }
+
         let group = n_heads / n_kv_heads;
         // Whole warps (the kernel reduces with full-warp shuffles).
         let threads = head_dim.max(128).next_multiple_of(32);
@@ -357,7 +389,6 @@ impl CudaKernels {
             arg_i32(OP, "partition length", part_len)?,
             arg_i32(OP, "partitions", n_parts)?,
         );
-        let scale = 1.0f32 / (head_dim as f32).sqrt();
 
         let f = self.function(ATTENTION, Some(ty.define()), "paged_attn_partial")?;
         let cfg = launch_cfg(
@@ -395,5 +426,55 @@ impl CudaKernels {
         // SAFETY: as above; the reduce reads the partitions the first kernel wrote.
         unsafe { b.launch(cfg) }.map_err(driver("launching paged_attn_reduce"))?;
         Ok(())
+    }
+}
+
+/// The query rows as prefill tiles — runs of up to [`PREFILL_TILE_ROWS`]
+/// consecutive rows of one sequence whose lengths grow by one — flattened
+/// as (table row, first row, count, first length); `None` when every run is
+/// a single row (a decode step: the partitioned kernel spreads long
+/// sequences over the GPU instead).
+fn prefill_tiles(rows: &AttentionRows<'_>) -> Option<Vec<u32>> {
+    let mut tiles: Vec<u32> = Vec::new();
+    let mut longest = 0;
+    for (r, (&seq, &len)) in rows.row_seq.iter().zip(rows.lens).enumerate() {
+        let n = tiles.len();
+        let extends = n >= 4
+            && tiles[n - 4] == seq
+            && (tiles[n - 2] as usize) < PREFILL_TILE_ROWS
+            && tiles[n - 1] + tiles[n - 2] == len;
+        if extends {
+            tiles[n - 2] += 1;
+            longest = longest.max(tiles[n - 2]);
+        } else {
+            tiles.extend([seq, r as u32, 1, len]);
+            longest = longest.max(1);
+        }
+    }
+    (longest >= 2).then_some(tiles)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefill_rows_group_into_tiles_and_decode_rows_do_not() {
+        let tables = [0u32; 8];
+        let rows = |row_seq: &'static [u32], lens: &'static [u32]| AttentionRows {
+            row_seq,
+            lens,
+            block_tables: &tables,
+            max_blocks_per_seq: 4,
+        };
+        // A decode step: one row per sequence.
+        assert_eq!(prefill_tiles(&rows(&[0, 1], &[7, 30])), None);
+        // A decode row, then a 3-token prefill chunk at positions 4..6.
+        assert_eq!(prefill_tiles(&rows(&[0, 1, 1, 1], &[9, 5, 6, 7])), Some(vec![0, 0, 1, 9, 1, 1, 3, 5]));
+        // 18 rows of one chunk: a tile of 16, then 2.
+        let lens: Vec<u32> = (1..=18).collect();
+        let seqs = vec![0u32; 18];
+        let r = AttentionRows { row_seq: &seqs, lens: &lens, block_tables: &tables, max_blocks_per_seq: 8 };
+        assert_eq!(prefill_tiles(&r), Some(vec![0, 0, 16, 1, 0, 16, 2, 17]));
     }
 }

@@ -4,11 +4,15 @@
 
 use std::sync::Arc;
 
-use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys as bsys};
-use cudarc::driver::CudaSlice;
+use std::ffi::c_void;
 
-use crate::error::{CudaError, Result};
-use crate::{CudaKernels, arg_i32};
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, result as bresult, sys as bsys};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
+
+use crate::error::{CudaError, Result, driver};
+use crate::runtime::LAYERS;
+use crate::weights::{DeviceMatrix, WeightType};
+use crate::{CudaKernels, arg_i32, launch_cfg};
 
 impl CudaKernels {
     fn blas(&self) -> Result<Arc<CudaBlas>> {
@@ -82,5 +86,78 @@ impl CudaKernels {
             phase: "running SGEMM",
             source,
         })
+    }
+
+    /// `y = x · wᵀ` for `w` stored as F16 or BF16 (`m × k`, row-major) on
+    /// tensor cores: `x` (`n × k` f32) is rounded to w's type into
+    /// `scratch` (at least `n × k` elements), cuBLAS GemmEx multiplies and
+    /// accumulates in f32 into `y` (`n × m`). Operands are 16-bit, so
+    /// expect ~1e-3 relative error against an f32 product.
+    pub fn gemm_half(
+        &self,
+        x: &CudaSlice<f32>,
+        w: &DeviceMatrix,
+        y: &mut CudaSlice<f32>,
+        n: usize,
+        scratch: &mut CudaSlice<u16>,
+    ) -> Result<()> {
+        const OP: &str = "gemm_half";
+        let (m, k) = (w.rows(), w.cols());
+        let data_type = match w.weight_type() {
+            WeightType::BF16 => bsys::cudaDataType::CUDA_R_16BF,
+            WeightType::F16 => bsys::cudaDataType::CUDA_R_16F,
+            other => return Err(CudaError::invalid(OP, format!("{other:?} weights need dequantize + gemm_f32"))),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        self.check_buf(OP, "x", x, n * k)?;
+        self.check_buf(OP, "w", &w.data, w.bytes())?;
+        self.check_buf(OP, "y", y, n * m)?;
+        self.check_buf(OP, "scratch", scratch, n * k)?;
+        let (n_i, m_i, k_i) = (arg_i32(OP, "n", n)?, arg_i32(OP, "m", m)?, arg_i32(OP, "k", k)?);
+
+        let f = self.function(LAYERS, None, "f32_to_16")?;
+        let len = (n * k) as i64;
+        let bf16 = i32::from(data_type == bsys::cudaDataType::CUDA_R_16BF);
+        let blocks = (n * k).div_ceil(256).min(self.sm_count() as usize * 16) as u32;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x).arg(&mut *scratch).arg(&len).arg(&bf16);
+        // SAFETY: x and scratch hold at least n*k elements (checked).
+        unsafe { b.launch(launch_cfg((blocks, 1, 1), 256, 0)) }.map_err(driver("launching f32_to_16"))?;
+
+        let blas = self.blas()?;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (a, _a) = w.data.device_ptr(&self.stream);
+        let (bx, _b) = scratch.device_ptr(&self.stream);
+        let (c, _c) = y.device_ptr_mut(&self.stream);
+        // Column-major: yᵀ (m × n) = wᵀᵀ (m × k) · xᵀ (k × n); the row-major w
+        // and x read as column-major k × m and k × n (as gemm_f32).
+        // SAFETY: w holds m*k 16-bit values, scratch n*k and y n*m floats
+        // (checked); alpha and beta are f32 as CUBLAS_COMPUTE_32F requires.
+        unsafe {
+            bresult::gemm_ex(
+                *blas.handle(),
+                bsys::cublasOperation_t::CUBLAS_OP_T,
+                bsys::cublasOperation_t::CUBLAS_OP_N,
+                m_i,
+                n_i,
+                k_i,
+                (&alpha as *const f32).cast::<c_void>(),
+                a as *const c_void,
+                data_type,
+                k_i,
+                bx as *const c_void,
+                data_type,
+                k_i,
+                (&beta as *const f32).cast::<c_void>(),
+                c as *mut c_void,
+                bsys::cudaDataType::CUDA_R_32F,
+                m_i,
+                bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|source| CudaError::Cublas { phase: "running GemmEx", source })
     }
 }

@@ -13,7 +13,10 @@ use weft_engine::model::{LlamaModel, ModelConfig};
 
 use crate::common::{all_logits, cuda, relative_error, repo_root};
 
-fn check(name: &str) {
+/// `tol`: 1e-4 where every product is in f32; 1e-2 (the bound for 16-bit
+/// operands) where the 40-token prompt's linear layers run on GemmEx with
+/// activations rounded to the weights' BF16/F16.
+fn check(name: &str, tol: f64) {
     let test = format!("transformers::{name}");
     let dir = repo_root().join("tests/data/hf-tiny").join(name);
     let config = ModelConfig::from_hf_config(&dir.join("config.json")).unwrap();
@@ -38,21 +41,21 @@ fn check(name: &str) {
 
     let got = all_logits(&mut backend, &ids);
     let rel = relative_error(&got, &expected);
-    println!("RESULT kernel=model case=hf-tiny/{name} rel_err={rel:.3e} tol=1e-4 ({})", references.display());
-    assert!(rel < 1e-4, "{name}: relative error {rel:e} against transformers");
+    println!("RESULT kernel=model case=hf-tiny/{name} rel_err={rel:.3e} tol={tol:.0e} ({})", references.display());
+    assert!(rel < tol, "{name}: relative error {rel:e} against transformers");
 }
 
 #[test]
 fn gqa_f32_llama_matches_transformers() {
-    check("gqa-f32");
+    check("gqa-f32", 1e-4);
 }
 
 #[test]
 fn bf16_llama_with_llama3_rope_scaling_and_tied_embeddings_matches_transformers() {
-    check("gqa-llama3-rope-bf16");
+    check("gqa-llama3-rope-bf16", 1e-2);
 }
 
 #[test]
 fn f16_mha_llama_with_linear_rope_scaling_matches_transformers() {
-    check("mha-linear-rope-f16");
+    check("mha-linear-rope-f16", 1e-2);
 }

@@ -159,3 +159,96 @@ extern "C" __global__ void paged_attn_reduce(const float* __restrict__ part_m, c
     }
     out[((i64)seq * n_heads + h) * head_dim + d] = a / L;
 }
+
+// Prefill attention, flash style: a block takes one query head and a tile of
+// up to PF_TQ consecutive query rows of one sequence (positions first_len-1,
+// first_len, ...; row r attends to first_len + r tokens), walks the
+// sequence's keys and values in tiles of PF_TK tokens staged once in shared
+// memory for every row of the tile, and keeps each row's softmax online
+// (running max, sum and weighted values in registers). A warp owns four
+// rows; lanes split head_dim (at most 128 here).
+//
+// tiles: n_tiles × (table row, first query row, row count, first length).
+// grid: (n_heads, n_tiles); block: 128 threads; dynamic shared memory:
+// 2 * PF_TK * head_dim floats.
+#define PF_TQ 16
+#define PF_TK 32
+#define PF_MAX_HEAD_DIM 128
+extern "C" __global__ void paged_attn_prefill(const float* __restrict__ q, const KV_T* __restrict__ kc,
+                                              const KV_T* __restrict__ vc, const u32* __restrict__ block_tables,
+                                              const u32* __restrict__ tiles, float* __restrict__ out, int n_heads,
+                                              int n_kv, int head_dim, int block_size, int max_blocks, float scale) {
+    const int h = blockIdx.x;
+    const u32* tile = tiles + 4 * (i64)blockIdx.y;
+    const int table_row = (int)tile[0], first_row = (int)tile[1], count = (int)tile[2], first_len = (int)tile[3];
+    const int kvh = h / (n_heads / n_kv);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    extern __shared__ float sm[];
+    float* ks = sm;                     // [PF_TK][head_dim]
+    float* vs = sm + PF_TK * head_dim;  // [PF_TK][head_dim]
+    const u32* table = block_tables + (i64)table_row * max_blocks;
+    const int per_lane = (head_dim + 31) >> 5;
+
+    float qr[4][PF_MAX_HEAD_DIM / 32], acc[4][PF_MAX_HEAD_DIM / 32], m[4], l[4];
+    int len[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const int r = warp * 4 + j;
+        len[j] = r < count ? first_len + r : 0;  // 0: no row (warp-uniform)
+        m[j] = neg_inf();
+        l[j] = 0.f;
+#pragma unroll
+        for (int i = 0; i < PF_MAX_HEAD_DIM / 32; i++) {
+            const int d = lane + 32 * i;
+            acc[j][i] = 0.f;
+            qr[j][i] = (len[j] > 0 && i < per_lane && d < head_dim)
+                           ? q[((i64)(first_row + r) * n_heads + h) * head_dim + d] * scale
+                           : 0.f;
+        }
+    }
+    const int max_len = first_len + count - 1;
+    for (int t0 = 0; t0 < max_len; t0 += PF_TK) {
+        const int nt = min(PF_TK, max_len - t0);
+        __syncthreads();  // the previous tile is no longer read
+        for (int i = threadIdx.x; i < nt * head_dim; i += blockDim.x) {
+            const int tt = i / head_dim, d = i - tt * head_dim, t = t0 + tt;
+            const i64 blk = table[t / block_size];
+            const i64 at = ((blk * block_size + t % block_size) * n_kv + kvh) * (i64)head_dim + d;
+            ks[i] = kv_load(kc, at);
+            vs[i] = kv_load(vc, at);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int visible = min(nt, len[j] - t0);  // warp-uniform
+            for (int tt = 0; tt < visible; tt++) {
+                float s = 0.f;
+#pragma unroll
+                for (int i = 0; i < PF_MAX_HEAD_DIM / 32; i++) {
+                    const int d = lane + 32 * i;
+                    if (i < per_lane && d < head_dim) s = fmaf(qr[j][i], ks[tt * head_dim + d], s);
+                }
+                s = warp_sum(s);
+                const float mn = fmaxf(m[j], s);
+                const float c = expf(m[j] - mn), p = expf(s - mn);
+                l[j] = fmaf(l[j], c, p);
+#pragma unroll
+                for (int i = 0; i < PF_MAX_HEAD_DIM / 32; i++) {
+                    const int d = lane + 32 * i;
+                    if (i < per_lane && d < head_dim) acc[j][i] = fmaf(acc[j][i], c, p * vs[tt * head_dim + d]);
+                }
+                m[j] = mn;
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        if (len[j] == 0) continue;
+        const int r = warp * 4 + j;
+#pragma unroll
+        for (int i = 0; i < PF_MAX_HEAD_DIM / 32; i++) {
+            const int d = lane + 32 * i;
+            if (i < per_lane && d < head_dim) out[((i64)(first_row + r) * n_heads + h) * head_dim + d] = acc[j][i] / l[j];
+        }
+    }
+}

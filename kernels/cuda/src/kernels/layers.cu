@@ -84,3 +84,17 @@ extern "C" __global__ void gather_rows_f32(const float* __restrict__ x, const u3
     float* dst = out + (i64)blockIdx.x * dim;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = src[i];
 }
+
+// out[i] = x[i] rounded to nearest even as bfloat16 (bf16 = 1) or IEEE half
+// (bf16 = 0), for tensor-core GEMMs over 16-bit weights. grid-stride.
+extern "C" __global__ void f32_to_16(const float* __restrict__ x, u16* __restrict__ out, i64 n, int bf16) {
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        const float v = x[i];
+        if (bf16) {
+            const u32 b = __float_as_uint(v);
+            out[i] = v != v ? (u16)0x7fc0 : (u16)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+        } else {
+            out[i] = f32_to_f16(v);
+        }
+    }
+}

@@ -116,7 +116,9 @@ fn kv_write_stores_each_type_exactly_and_touches_no_other_slot() {
 }
 
 /// Query rows over a cache filled by `kv_write`: sequence s has `lens[s]`
-/// tokens and contributes `rows_per_seq` rows at its last positions.
+/// tokens and contributes `rows_per_seq` rows at its last positions (one
+/// row each: the partitioned decode kernel; more: the tiled prefill kernel,
+/// which takes head_dim up to 128).
 fn attention_case(ty: KvType, n_heads: usize, n_kv: usize, hd: usize, lens: &[usize], rows_per_seq: usize, seed: u64) {
     let k = gpu("paged_attention_rows").expect("checked by caller");
     let mut rng = Rng::new(seed);
@@ -152,7 +154,8 @@ fn attention_case(ty: KvType, n_heads: usize, n_kv: usize, hd: usize, lens: &[us
     let mut row_seq = Vec::new();
     let mut row_len = Vec::new();
     for (s, &l) in lens.iter().enumerate() {
-        for r in 0..rows_per_seq.min(l) {
+        // A prefill chunk's last rows, in position order (one row: decode).
+        for r in (0..rows_per_seq.min(l)).rev() {
             row_seq.push(s as u32);
             row_len.push((l - r) as u32);
         }
@@ -202,6 +205,10 @@ fn attention_over_query_rows_matches_f64_reference_for_every_kv_type() {
         // The tiny Hugging Face fixtures' head_dim 16, and 8B's 128 with GQA 4.
         attention_case(ty, 4, 2, 16, &[20, 5], 20, seed + 1);
         attention_case(ty, 32, 8, 128, &[700, 64], 3, seed + 2);
+        // Decode rows (the partitioned kernel), and head_dim 256 prefill
+        // rows (past the tiled kernel's 128: the partitioned kernel too).
+        attention_case(ty, 9, 3, 64, &[1, 37, 1300], 1, seed + 3);
+        attention_case(ty, 8, 1, 256, &[40], 5, seed + 4);
     }
 }
 
