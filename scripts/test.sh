@@ -65,3 +65,27 @@ if [ ! -x target/jsenv/node_modules/.bin/componentize-js ]; then
     npm install --silent --no-audit --no-fund --prefix target/jsenv @bytecodealliance/componentize-js@0.23.0
 fi
 target/pyenv/bin/python -m pytest -q tests/python
+
+# The CUDA backend without a GPU: the default build answers that it lacks
+# CUDA support; the `cuda` build (which must build on machines without
+# CUDA) says that no driver was found. Both refuse with a clear error.
+expect_refusal() {
+    local want=$1
+    shift
+    local out
+    if out=$("$@" 2>&1); then
+        echo "expected '$*' to refuse without a GPU; it succeeded" >&2
+        exit 1
+    fi
+    if ! grep -q "$want" <<<"$out"; then
+        echo "'$*' refused, but without '$want':" >&2
+        echo "$out" >&2
+        exit 1
+    fi
+}
+expect_refusal "not compiled with CUDA support" ./target/release/weft generate --device cuda --prompt hi
+cargo build --release --features cuda -p weft
+expect_refusal "no CUDA driver found" env LD_LIBRARY_PATH= ./target/release/weft generate --device cuda --prompt hi
+# Leave the default build in place for the README's commands.
+cargo build --release -p weft
+echo "CUDA build: refuses cleanly without a GPU"
