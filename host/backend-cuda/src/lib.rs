@@ -119,6 +119,8 @@ pub struct CudaBackend {
     kv: Option<PagedKv>,
     work: Option<Workspace>,
     gemm_scratch: GemmScratch,
+    /// Logits of the rows that want them, grown on demand.
+    logits: Option<DeviceBuffer<f32>>,
     name: String,
 }
 
@@ -177,6 +179,7 @@ impl CudaBackend {
             kv: None,
             work: None,
             gemm_scratch: GemmScratch::default(),
+            logits: None,
             config,
             name,
             kernels,
@@ -208,6 +211,11 @@ impl CudaBackend {
         let rows = AttentionRows { row_seq: &row_seq, lens: &lens, block_tables: &tables, max_blocks_per_seq: max_blocks };
 
         let k = &self.kernels;
+        // The step's indices go to the device once, for every layer.
+        let ids = k.token_ids(&self.embed, &ids)?;
+        let positions = k.upload(&positions)?;
+        let slots = k.kv_slots(kv, &slots)?;
+        let plan = k.plan_attention(kv.kv_type(), kv.shape(), c.heads, &rows)?;
         if self.work.as_ref().is_none_or(|w| w.tokens < n) {
             self.work = None; // free the smaller one first
             self.work = Some(Workspace::new(k, c, n.next_power_of_two())?);
@@ -215,7 +223,7 @@ impl CudaBackend {
         let w = self.work.as_mut().expect("allocated above");
         let scratch = &mut self.gemm_scratch;
 
-        k.embed(&self.embed, &ids, &mut w.x)?;
+        k.embed_at(&self.embed, &ids, &mut w.x)?;
         for (li, layer) in self.layers.iter().enumerate() {
             k.rms_norm(&w.x, &layer.attn_norm, &mut w.xn, n, h, c.rms_eps)?;
             linear(k, scratch, &layer.wq, &w.xn, &mut w.q, n)?;
@@ -226,10 +234,10 @@ impl CudaBackend {
                     k.add_bias(out, b, n)?;
                 }
             }
-            k.rope(&mut w.q, &positions, c.heads, c.head_dim, &self.rope)?;
-            k.rope(&mut w.k, &positions, c.kv_heads, c.head_dim, &self.rope)?;
-            k.kv_write(kv, li, &w.k, &w.v, &slots)?;
-            k.paged_attention(&w.q, kv, li, c.heads, &rows, &mut w.attn)?;
+            k.rope_at(&mut w.q, &positions, n, c.heads, c.head_dim, &self.rope)?;
+            k.rope_at(&mut w.k, &positions, n, c.kv_heads, c.head_dim, &self.rope)?;
+            k.kv_write_at(kv, li, &w.k, &w.v, &slots)?;
+            k.paged_attention_planned(&w.q, kv, li, &plan, &mut w.attn)?;
             linear(k, scratch, &layer.wo, &w.attn, &mut w.proj, n)?;
             k.add(&mut w.x, &w.proj, n * h)?;
 
@@ -250,9 +258,9 @@ impl CudaBackend {
         // Gather into proj, normalise into xn, project into fresh logits.
         k.gather_rows(&w.x, n, &wanted, h, &mut w.proj)?;
         k.rms_norm(&w.proj, &self.norm, &mut w.xn, m, h, c.rms_eps)?;
-        let mut logits = k.zeros::<f32>(m * c.vocab_size)?;
-        linear(k, scratch, &self.output, &w.xn, &mut logits, m)?;
-        let host = k.download_prefix(&logits, m * c.vocab_size)?;
+        let logits = at_least(k, &mut self.logits, m * c.vocab_size)?;
+        linear(k, scratch, &self.output, &w.xn, logits, m)?;
+        let host = k.download_prefix(logits, m * c.vocab_size)?;
         k.synchronize()?;
         Ok(host)
     }

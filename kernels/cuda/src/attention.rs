@@ -111,6 +111,55 @@ pub struct AttentionRows<'a> {
     pub max_blocks_per_seq: usize,
 }
 
+/// Cache slots of a step's tokens, checked and on the device
+/// ([`CudaKernels::kv_slots`]).
+#[derive(Debug)]
+pub struct KvSlots {
+    shape: KvCacheShape,
+    len: usize,
+    slots: Option<CudaSlice<u32>>,
+}
+
+/// A step's attention rows, checked, on the device, with the kernels chosen
+/// and their workspace allocated ([`CudaKernels::plan_attention`]): runs of
+/// prefill rows go to the tiled kernel, single rows (decode) to the
+/// partitioned one.
+#[derive(Debug)]
+pub struct AttentionPlan {
+    ty: KvType,
+    shape: KvCacheShape,
+    n_heads: usize,
+    rows: usize,
+    max_blocks: usize,
+    tables: Option<CudaSlice<u32>>,
+    prefill: Option<PrefillPart>,
+    decode: Option<DecodePart>,
+}
+
+/// `paged_attn_prefill` over tiles of (table row, first row, count, first length).
+#[derive(Debug)]
+struct PrefillPart {
+    tiles: CudaSlice<u32>,
+    n_tiles: usize,
+}
+
+/// `paged_attn_partial` then `paged_attn_reduce` over `n` rows: grid row i
+/// is query row `row_ids[i]`.
+#[derive(Debug)]
+struct DecodePart {
+    n: usize,
+    row_ids: CudaSlice<u32>,
+    row_seq: CudaSlice<u32>,
+    lens: CudaSlice<u32>,
+    part_len: usize,
+    n_parts: usize,
+    threads: usize,
+    smem: usize,
+    part_m: CudaSlice<f32>,
+    part_l: CudaSlice<f32>,
+    part_acc: CudaSlice<f32>,
+}
+
 /// The sequences of one decode step: sequence s has `seq_lens[s]` cached
 /// tokens (its new token included) in blocks
 /// `block_tables[s * max_blocks_per_seq ..][.. ceil(seq_lens[s] / block_size)]`.
@@ -143,7 +192,8 @@ impl CudaKernels {
             block_tables: batch.block_tables,
             max_blocks_per_seq: batch.max_blocks_per_seq,
         };
-        self.attend(q, k_cache, v_cache, KvType::F32, shape.elements(), shape, n_heads, &rows, out)
+        let plan = self.plan_attention(KvType::F32, shape, n_heads, &rows)?;
+        self.attend(q, k_cache, v_cache, &plan, out)
     }
 
     /// A KV cache of `layers` layers of `shape`, stored as `ty`, zeroed.
@@ -153,6 +203,16 @@ impl CudaKernels {
             .map(|_| Ok((self.zeros::<u8>(bytes)?, self.zeros::<u8>(bytes)?)))
             .collect::<Result<_>>()?;
         Ok(PagedKv { ty, shape, layers })
+    }
+
+    /// Check `slots` (slot = block × block_size + offset) against `kv`'s
+    /// capacity and upload them, once per step, for [`Self::kv_write_at`].
+    pub fn kv_slots(&self, kv: &PagedKv, slots: &[u32]) -> Result<KvSlots> {
+        let capacity = kv.shape.num_blocks * kv.shape.block_size;
+        if let Some(&bad) = slots.iter().find(|&&s| s as usize >= capacity) {
+            return Err(CudaError::invalid("kv write", format!("slot {bad}; the cache has {capacity} slots")));
+        }
+        Ok(KvSlots { shape: kv.shape, len: slots.len(), slots: (!slots.is_empty()).then(|| self.upload(slots)).transpose()? })
     }
 
     /// Store `tokens` keys and values (`tokens × n_kv_heads × head_dim`
@@ -166,31 +226,40 @@ impl CudaKernels {
         v: &CudaSlice<f32>,
         slots: &[u32],
     ) -> Result<()> {
+        let slots = self.kv_slots(kv, slots)?;
+        self.kv_write_at(kv, layer, k, v, &slots)
+    }
+
+    /// [`Self::kv_write`] at slots uploaded by [`Self::kv_slots`].
+    pub fn kv_write_at(
+        &self,
+        kv: &mut PagedKv,
+        layer: usize,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        slots: &KvSlots,
+    ) -> Result<()> {
         const OP: &str = "kv write";
         let shape = kv.shape;
         let kv_dim = shape.n_kv_heads * shape.head_dim;
-        let capacity = shape.num_blocks * shape.block_size;
         if layer >= kv.layers.len() {
             return Err(CudaError::invalid(OP, format!("layer {layer} of {}", kv.layers.len())));
         }
-        if let Some(&bad) = slots.iter().find(|&&s| s as usize >= capacity) {
-            return Err(CudaError::invalid(OP, format!("slot {bad}; the cache has {capacity} slots")));
+        if slots.shape != shape {
+            return Err(CudaError::invalid(OP, "the slots were checked against another cache"));
         }
-        if slots.is_empty() {
-            return Ok(());
-        }
-        self.check_buf(OP, "k", k, slots.len() * kv_dim)?;
-        self.check_buf(OP, "v", v, slots.len() * kv_dim)?;
-        let slots_dev = self.upload(slots)?;
+        let Some(slots_dev) = &slots.slots else { return Ok(()) };
+        self.check_buf(OP, "k", k, slots.len * kv_dim)?;
+        self.check_buf(OP, "v", v, slots.len * kv_dim)?;
         let kv_dim_i = arg_i32(OP, "kv_dim", kv_dim)?;
         let f = self.function(ATTENTION, Some(kv.ty.define()), "kv_write")?;
-        let cfg = launch_cfg((arg_u32(OP, "tokens", slots.len())?, 1, 1), 128, 0);
+        let cfg = launch_cfg((arg_u32(OP, "tokens", slots.len)?, 1, 1), 128, 0);
         let (kc, vc) = &mut kv.layers[layer];
         let mut b = self.stream.launch_builder(&f);
-        b.arg(k).arg(v).arg(&slots_dev).arg(kc).arg(vc).arg(&kv_dim_i);
+        b.arg(k).arg(v).arg(slots_dev).arg(kc).arg(vc).arg(&kv_dim_i);
         // SAFETY: k and v hold tokens*kv_dim floats (checked); every slot is
-        // below the cache's capacity, whose buffers hold capacity*kv_dim
-        // elements of the cache's type.
+        // below the capacity of a cache of this shape (checked by kv_slots),
+        // whose buffers hold capacity*kv_dim elements of the cache's type.
         unsafe { b.launch(cfg) }.map_err(driver("launching kv_write"))?;
         Ok(())
     }
@@ -206,29 +275,39 @@ impl CudaKernels {
         rows: &AttentionRows<'_>,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
+        let plan = self.plan_attention(kv.ty, &kv.shape, n_heads, rows)?;
+        self.paged_attention_planned(q, kv, layer, &plan, out)
+    }
+
+    /// [`Self::paged_attention`] with rows planned by [`Self::plan_attention`]
+    /// (once per step, for every layer).
+    pub fn paged_attention_planned(
+        &self,
+        q: &CudaSlice<f32>,
+        kv: &PagedKv,
+        layer: usize,
+        plan: &AttentionPlan,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
         let (kc, vc) = kv.layers.get(layer).ok_or_else(|| {
             CudaError::invalid("paged attention", format!("layer {layer} of {}", kv.layers.len()))
         })?;
-        let bytes = kv.shape.elements() * kv.ty.bytes();
-        self.attend(q, kc, vc, kv.ty, bytes, &kv.shape, n_heads, rows, out)
+        if (plan.ty, plan.shape) != (kv.ty, kv.shape) {
+            return Err(CudaError::invalid("paged attention", "the plan was made for another cache"));
+        }
+        self.attend(q, kc, vc, plan, out)
     }
 
-    /// The launch behind every attention call. The caches hold
-    /// `shape.elements()` values of `ty`, which is `cache_len` elements of
-    /// `K` (f32 values, or bytes).
-    #[allow(clippy::too_many_arguments)]
-    fn attend<K: DeviceRepr>(
+    /// Check `rows` against a cache of `shape` stored as `ty`, split them
+    /// between the kernels (runs of prefill rows tiled, single rows
+    /// partitioned), upload the indices and allocate the workspace.
+    pub fn plan_attention(
         &self,
-        q: &CudaSlice<f32>,
-        k_cache: &CudaSlice<K>,
-        v_cache: &CudaSlice<K>,
         ty: KvType,
-        cache_len: usize,
         shape: &KvCacheShape,
         n_heads: usize,
         rows: &AttentionRows<'_>,
-        out: &mut CudaSlice<f32>,
-    ) -> Result<()> {
+    ) -> Result<AttentionPlan> {
         const OP: &str = "paged attention";
         let KvCacheShape {
             num_blocks,
@@ -238,7 +317,16 @@ impl CudaKernels {
         } = *shape;
         let n_seqs = rows.lens.len();
         if n_seqs == 0 {
-            return Ok(());
+            return Ok(AttentionPlan {
+                ty,
+                shape: *shape,
+                n_heads,
+                rows: 0,
+                max_blocks: 1,
+                tables: None,
+                prefill: None,
+                decode: None,
+            });
         }
         if rows.row_seq.len() != n_seqs {
             return Err(CudaError::invalid(
@@ -247,6 +335,7 @@ impl CudaKernels {
             ));
         }
         if n_kv_heads == 0
+            || n_heads == 0
             || !n_heads.is_multiple_of(n_kv_heads)
             || n_heads / n_kv_heads > MAX_GROUP
         {
@@ -282,7 +371,6 @@ impl CudaKernels {
             ));
         }
         let tables_n = rows.block_tables.len() / mb;
-        let mut max_len = 0usize;
         for (s, (&len, &table)) in rows.lens.iter().zip(rows.row_seq).enumerate() {
             let (len, table) = (len as usize, table as usize);
             if len == 0 || len > mb * block_size || table >= tables_n {
@@ -300,40 +388,53 @@ impl CudaKernels {
                     format!("sequence {s} uses block {bad}; the cache has {num_blocks} blocks"),
                 ));
             }
-            max_len = max_len.max(len);
-        }
-        self.check_buf(OP, "q", q, n_seqs * n_heads * head_dim)?;
-        self.check_buf(OP, "k_cache", k_cache, cache_len)?;
-        self.check_buf(OP, "v_cache", v_cache, cache_len)?;
-        self.check_buf(OP, "out", out, n_seqs * n_heads * head_dim)?;
-
-        let scale = 1.0f32 / (head_dim as f32).sqrt();
-        if head_dim <= PREFILL_MAX_HEAD_DIM
-            && let Some(tiles) = prefill_tiles(rows)
-        {
-            let (nh, nkv, hd, bs, mbi) = (
-                arg_i32(OP, "n_heads", n_heads)?,
-                arg_i32(OP, "n_kv_heads", n_kv_heads)?,
-                arg_i32(OP, "head_dim", head_dim)?,
-                arg_i32(OP, "block_size", block_size)?,
-                arg_i32(OP, "max_blocks_per_seq", mb)?,
-            );
-            let n_tiles = tiles.len() / 4;
-            let tiles = self.upload(&tiles)?;
-            let tables = self.upload(rows.block_tables)?;
-            let f = self.function(ATTENTION, Some(ty.define()), "paged_attn_prefill")?;
-            let smem = arg_u32(OP, "shared memory", 2 * PREFILL_TILE_TOKENS * head_dim * 4)?;
-            let cfg = launch_cfg((n_heads as u32, arg_u32(OP, "tiles", n_tiles)?, 1), 128, smem);
-            let mut b = self.stream.launch_builder(&f);
-            b.arg(q).arg(k_cache).arg(v_cache).arg(&tables).arg(&tiles).arg(out);
-            b.arg(&nh).arg(&nkv).arg(&hd).arg(&bs).arg(&mbi).arg(&scale);
-            // SAFETY: the tiles cover rows checked above (table rows, lengths
-            // and the blocks they read are inside the cache and the tables);
-            // q/out hold rows*n_heads*head_dim floats; head_dim ≤ 128.
-            unsafe { b.launch(cfg) }.map_err(driver("launching paged_attn_prefill"))?;
-            return Ok(());
         }
 
+        // Runs of two or more rows to the tiled kernel (head_dim ≤ 128);
+        // every other row to the partitioned one.
+        let (tiled, single): (Vec<[u32; 4]>, Vec<[u32; 4]>) =
+            runs(rows).into_iter().partition(|run| run[2] >= 2 && head_dim <= PREFILL_MAX_HEAD_DIM);
+        let mut single_rows: Vec<u32> = Vec::new();
+        for run in single {
+            single_rows.extend(run[1]..run[1] + run[2]);
+        }
+        let prefill = if tiled.is_empty() {
+            None
+        } else {
+            arg_u32(OP, "tiles", tiled.len())?;
+            Some(PrefillPart { n_tiles: tiled.len(), tiles: self.upload(tiled.as_flattened())? })
+        };
+        let decode = if single_rows.is_empty() {
+            None
+        } else {
+            Some(self.plan_decode(shape, n_heads, rows, &single_rows)?)
+        };
+        Ok(AttentionPlan {
+            ty,
+            shape: *shape,
+            n_heads,
+            rows: n_seqs,
+            max_blocks: mb,
+            tables: Some(self.upload(rows.block_tables)?),
+            prefill,
+            decode,
+        })
+    }
+
+    /// The partitioned kernels' share of a plan: the rows `row_ids`.
+    fn plan_decode(
+        &self,
+        shape: &KvCacheShape,
+        n_heads: usize,
+        rows: &AttentionRows<'_>,
+        row_ids: &[u32],
+    ) -> Result<DecodePart> {
+        const OP: &str = "paged attention";
+        let KvCacheShape { n_kv_heads, head_dim, .. } = *shape;
+        let n = row_ids.len();
+        let lens: Vec<u32> = row_ids.iter().map(|&r| rows.lens[r as usize]).collect();
+        let row_seq: Vec<u32> = row_ids.iter().map(|&r| rows.row_seq[r as usize]).collect();
+        let max_len = lens.iter().copied().max().unwrap_or(1) as usize;
         let group = n_heads / n_kv_heads;
         // Whole warps (the kernel reduces with full-warp shuffles).
         let threads = head_dim.max(128).next_multiple_of(32);
@@ -343,7 +444,7 @@ impl CudaKernels {
         let want_blocks = 2 * self.sm_count() as usize;
         let mut part_len = [512usize, 256, 128, 64]
             .into_iter()
-            .find(|&p| n_kv_heads * n_seqs * max_len.div_ceil(p) >= want_blocks)
+            .find(|&p| n_kv_heads * n * max_len.div_ceil(p) >= want_blocks)
             .unwrap_or(64);
         let smem = |p: usize| group * (head_dim + p + threads) * 4;
         while smem(part_len) > DEFAULT_SHARED_BYTES && part_len > 32 {
@@ -366,92 +467,111 @@ impl CudaKernels {
                 ),
             ));
         }
-
-        let lens = self.upload(rows.lens)?;
-        let row_seq = self.upload(rows.row_seq)?;
-        let tables = self.upload(rows.block_tables)?;
-        let partials = n_seqs * n_heads * n_parts;
+        let partials = n * n_heads * n_parts;
         // SAFETY (all three): plain device allocations; the kernels write every
         // partition they later read (partitions below each sequence's length).
-        let part_m = unsafe { self.stream.alloc::<f32>(partials) }
-            .map_err(driver("allocating attention workspace"))?;
-        let part_l = unsafe { self.stream.alloc::<f32>(partials) }
-            .map_err(driver("allocating attention workspace"))?;
-        let part_acc = unsafe { self.stream.alloc::<f32>(partials * head_dim) }
-            .map_err(driver("allocating attention workspace"))?;
+        let alloc = |len: usize| unsafe { self.stream.alloc::<f32>(len) }.map_err(driver("allocating attention workspace"));
+        Ok(DecodePart {
+            n,
+            row_ids: self.upload(row_ids)?,
+            row_seq: self.upload(&row_seq)?,
+            lens: self.upload(&lens)?,
+            part_len,
+            n_parts,
+            threads,
+            smem: smem(part_len),
+            part_m: alloc(partials)?,
+            part_l: alloc(partials)?,
+            part_acc: alloc(partials * head_dim)?,
+        })
+    }
 
-        let (nh, nkv, hd, bs, mbi, pl, np) = (
+    /// The launches of a planned attention call. The caches hold
+    /// `shape.elements()` values of the plan's type, as elements of `K`
+    /// (f32 values, or bytes).
+    fn attend<K: DeviceRepr>(
+        &self,
+        q: &CudaSlice<f32>,
+        k_cache: &CudaSlice<K>,
+        v_cache: &CudaSlice<K>,
+        plan: &AttentionPlan,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        const OP: &str = "paged attention";
+        let KvCacheShape { block_size, n_kv_heads, head_dim, .. } = plan.shape;
+        let (n_seqs, n_heads) = (plan.rows, plan.n_heads);
+        let Some(tables) = &plan.tables else { return Ok(()) };
+        let cache_len = plan.shape.elements() * plan.ty.bytes() / std::mem::size_of::<K>();
+        self.check_buf(OP, "q", q, n_seqs * n_heads * head_dim)?;
+        self.check_buf(OP, "k_cache", k_cache, cache_len)?;
+        self.check_buf(OP, "v_cache", v_cache, cache_len)?;
+        self.check_buf(OP, "out", out, n_seqs * n_heads * head_dim)?;
+        let (nh, nkv, hd, bs, mbi) = (
             arg_i32(OP, "n_heads", n_heads)?,
             arg_i32(OP, "n_kv_heads", n_kv_heads)?,
             arg_i32(OP, "head_dim", head_dim)?,
             arg_i32(OP, "block_size", block_size)?,
-            arg_i32(OP, "max_blocks_per_seq", mb)?,
-            arg_i32(OP, "partition length", part_len)?,
-            arg_i32(OP, "partitions", n_parts)?,
+            arg_i32(OP, "max_blocks_per_seq", plan.max_blocks)?,
         );
+        let scale = 1.0f32 / (head_dim as f32).sqrt();
+        let define = Some(plan.ty.define());
+        if let Some(PrefillPart { tiles, n_tiles }) = &plan.prefill {
+            let f = self.function(ATTENTION, define, "paged_attn_prefill")?;
+            let smem = arg_u32(OP, "shared memory", 2 * PREFILL_TILE_TOKENS * head_dim * 4)?;
+            let cfg = launch_cfg((n_heads as u32, *n_tiles as u32, 1), 128, smem);
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(q).arg(k_cache).arg(v_cache).arg(tables).arg(tiles).arg(&mut *out);
+            b.arg(&nh).arg(&nkv).arg(&hd).arg(&bs).arg(&mbi).arg(&scale);
+            // SAFETY: the tiles cover rows checked by plan_attention (table
+            // rows, lengths and the blocks they read are inside the cache
+            // and the tables); q/out hold rows*n_heads*head_dim floats and
+            // the caches cache_len elements (checked); head_dim ≤ 128.
+            unsafe { b.launch(cfg) }.map_err(driver("launching paged_attn_prefill"))?;
+        }
+        if let Some(d) = &plan.decode {
+            let (pl, np) = (arg_i32(OP, "partition length", d.part_len)?, arg_i32(OP, "partitions", d.n_parts)?);
+            let f = self.function(ATTENTION, define, "paged_attn_partial")?;
+            let cfg = launch_cfg(
+                (n_kv_heads as u32, d.n as u32, d.n_parts as u32),
+                d.threads as u32,
+                arg_u32(OP, "shared memory", d.smem)?,
+            );
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(q).arg(k_cache).arg(v_cache).arg(tables).arg(&d.row_ids).arg(&d.row_seq).arg(&d.lens);
+            b.arg(&d.part_m).arg(&d.part_l).arg(&d.part_acc);
+            b.arg(&nh).arg(&nkv).arg(&hd).arg(&bs).arg(&mbi).arg(&pl).arg(&np).arg(&scale);
+            // SAFETY: q/out hold rows*n_heads*head_dim floats and every row id
+            // is below rows; the caches hold cache_len elements (checked);
+            // every table row read exists, every block id read is <
+            // num_blocks and every table index < max_blocks_per_seq (checked
+            // by plan_attention); the workspace is sized
+            // n*n_heads*n_parts(*head_dim).
+            unsafe { b.launch(cfg) }.map_err(driver("launching paged_attn_partial"))?;
 
-        let f = self.function(ATTENTION, Some(ty.define()), "paged_attn_partial")?;
-        let cfg = launch_cfg(
-            (n_kv_heads as u32, n_seqs as u32, n_parts as u32),
-            threads as u32,
-            arg_u32(OP, "shared memory", smem(part_len))?,
-        );
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(q).arg(k_cache).arg(v_cache).arg(&tables).arg(&row_seq).arg(&lens);
-        b.arg(&part_m).arg(&part_l).arg(&part_acc);
-        b.arg(&nh)
-            .arg(&nkv)
-            .arg(&hd)
-            .arg(&bs)
-            .arg(&mbi)
-            .arg(&pl)
-            .arg(&np)
-            .arg(&scale);
-        // SAFETY: q/out hold n_seqs*n_heads*head_dim floats, the caches
-        // shape.elements() values of ty (checked above), every table
-        // row read exists, every block id read is < num_blocks and every
-        // table index < max_blocks_per_seq (checked above); the workspace is
-        // sized n_seqs*n_heads*n_parts(*head_dim).
-        unsafe { b.launch(cfg) }.map_err(driver("launching paged_attn_partial"))?;
-
-        let f = self.function(ATTENTION, Some(ty.define()), "paged_attn_reduce")?;
-        let cfg = launch_cfg((n_heads as u32, n_seqs as u32, 1), head_dim as u32, 0);
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&part_m)
-            .arg(&part_l)
-            .arg(&part_acc)
-            .arg(&lens)
-            .arg(out);
-        b.arg(&nh).arg(&hd).arg(&pl).arg(&np);
-        // SAFETY: as above; the reduce reads the partitions the first kernel wrote.
-        unsafe { b.launch(cfg) }.map_err(driver("launching paged_attn_reduce"))?;
+            let f = self.function(ATTENTION, define, "paged_attn_reduce")?;
+            let cfg = launch_cfg((n_heads as u32, d.n as u32, 1), head_dim as u32, 0);
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&d.part_m).arg(&d.part_l).arg(&d.part_acc).arg(&d.row_ids).arg(&d.lens).arg(out);
+            b.arg(&nh).arg(&hd).arg(&pl).arg(&np);
+            // SAFETY: as above; the reduce reads the partitions the first kernel wrote.
+            unsafe { b.launch(cfg) }.map_err(driver("launching paged_attn_reduce"))?;
+        }
         Ok(())
     }
 }
 
-/// The query rows as prefill tiles — runs of up to [`PREFILL_TILE_ROWS`]
-/// consecutive rows of one sequence whose lengths grow by one — flattened
-/// as (table row, first row, count, first length); `None` when every run is
-/// a single row (a decode step: the partitioned kernel spreads long
-/// sequences over the GPU instead).
-fn prefill_tiles(rows: &AttentionRows<'_>) -> Option<Vec<u32>> {
-    let mut tiles: Vec<u32> = Vec::new();
-    let mut longest = 0;
+/// The query rows as runs — up to [`PREFILL_TILE_ROWS`] consecutive rows of
+/// one sequence whose lengths grow by one (a prefill chunk; a decode row is
+/// a run of one) — each (table row, first row, count, first length).
+fn runs(rows: &AttentionRows<'_>) -> Vec<[u32; 4]> {
+    let mut runs: Vec<[u32; 4]> = Vec::new();
     for (r, (&seq, &len)) in rows.row_seq.iter().zip(rows.lens).enumerate() {
-        let n = tiles.len();
-        let extends = n >= 4
-            && tiles[n - 4] == seq
-            && (tiles[n - 2] as usize) < PREFILL_TILE_ROWS
-            && tiles[n - 1] + tiles[n - 2] == len;
-        if extends {
-            tiles[n - 2] += 1;
-            longest = longest.max(tiles[n - 2]);
-        } else {
-            tiles.extend([seq, r as u32, 1, len]);
-            longest = longest.max(1);
+        match runs.last_mut() {
+            Some(run) if run[0] == seq && (run[2] as usize) < PREFILL_TILE_ROWS && run[3] + run[2] == len => run[2] += 1,
+            _ => runs.push([seq, r as u32, 1, len]),
         }
     }
-    (longest >= 2).then_some(tiles)
+    runs
 }
 
 #[cfg(test)]
@@ -459,7 +579,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prefill_rows_group_into_tiles_and_decode_rows_do_not() {
+    fn prefill_rows_group_into_runs_and_decode_rows_stand_alone() {
         let tables = [0u32; 8];
         let rows = |row_seq: &'static [u32], lens: &'static [u32]| AttentionRows {
             row_seq,
@@ -468,13 +588,13 @@ mod tests {
             max_blocks_per_seq: 4,
         };
         // A decode step: one row per sequence.
-        assert_eq!(prefill_tiles(&rows(&[0, 1], &[7, 30])), None);
+        assert_eq!(runs(&rows(&[0, 1], &[7, 30])), [[0, 0, 1, 7], [1, 1, 1, 30]]);
         // A decode row, then a 3-token prefill chunk at positions 4..6.
-        assert_eq!(prefill_tiles(&rows(&[0, 1, 1, 1], &[9, 5, 6, 7])), Some(vec![0, 0, 1, 9, 1, 1, 3, 5]));
-        // 18 rows of one chunk: a tile of 16, then 2.
+        assert_eq!(runs(&rows(&[0, 1, 1, 1], &[9, 5, 6, 7])), [[0, 0, 1, 9], [1, 1, 3, 5]]);
+        // 18 rows of one chunk: a run of 16, then 2.
         let lens: Vec<u32> = (1..=18).collect();
         let seqs = vec![0u32; 18];
         let r = AttentionRows { row_seq: &seqs, lens: &lens, block_tables: &tables, max_blocks_per_seq: 8 };
-        assert_eq!(prefill_tiles(&r), Some(vec![0, 0, 16, 1, 0, 16, 2, 17]));
+        assert_eq!(runs(&r), [[0, 0, 16, 1], [0, 16, 2, 17]]);
     }
 }

@@ -92,7 +92,9 @@ impl CudaKernels {
     /// tensor cores: `x` (`n × k` f32) is rounded to w's type into
     /// `scratch` (at least `n × k` elements), cuBLAS GemmEx multiplies and
     /// accumulates in f32 into `y` (`n × m`). Operands are 16-bit, so
-    /// expect ~1e-3 relative error against an f32 product.
+    /// expect ~1e-3 relative error against an f32 product; with F16 weights
+    /// an activation beyond ±65504 becomes infinite (as in llama.cpp's F16
+    /// path).
     pub fn gemm_half(
         &self,
         x: &CudaSlice<f32>,
@@ -108,7 +110,9 @@ impl CudaKernels {
             WeightType::F16 => bsys::cudaDataType::CUDA_R_16F,
             other => return Err(CudaError::invalid(OP, format!("{other:?} weights need dequantize + gemm_f32"))),
         };
-        if n == 0 {
+        // A matrix has rows and cols ≥ 1 (upload_matrix); nothing to do
+        // for no tokens.
+        if n == 0 || m == 0 || k == 0 {
             return Ok(());
         }
         self.check_buf(OP, "x", x, n * k)?;

@@ -27,6 +27,15 @@ const STAGED_NAMES: [[&str; 3]; 4] = [
     ["gemvs_b8_r1", "gemvs_b8_r2", "gemvs_b8_r4"],
 ];
 
+/// Token ids checked against an embedding table and on the device
+/// ([`CudaKernels::token_ids`]).
+#[derive(Debug)]
+pub struct TokenIds {
+    rows: usize,
+    len: usize,
+    ids: Option<CudaSlice<u32>>,
+}
+
 /// Which GEMV implementation to launch.
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,23 +200,39 @@ impl CudaKernels {
 
     /// `out[t] = dequantised row ids[t] of table` (`ids.len() × cols` floats).
     pub fn embed(&self, table: &DeviceMatrix, ids: &[u32], out: &mut CudaSlice<f32>) -> Result<()> {
-        const OP: &str = "embedding lookup";
-        if ids.is_empty() {
-            return Ok(());
-        }
+        let ids = self.token_ids(table, ids)?;
+        self.embed_at(table, &ids, out)
+    }
+
+    /// Check `ids` against `table`'s rows and upload them, once per step,
+    /// for [`Self::embed_at`].
+    pub fn token_ids(&self, table: &DeviceMatrix, ids: &[u32]) -> Result<TokenIds> {
         if let Some((t, &id)) = ids
             .iter()
             .enumerate()
             .find(|&(_, &id)| id as usize >= table.rows)
         {
             return Err(CudaError::invalid(
-                OP,
+                "embedding lookup",
                 format!("token {t} has id {id}; the table has {} rows", table.rows),
             ));
         }
+        Ok(TokenIds {
+            rows: table.rows,
+            len: ids.len(),
+            ids: (!ids.is_empty()).then(|| self.upload(ids)).transpose()?,
+        })
+    }
+
+    /// [`Self::embed`] of ids uploaded by [`Self::token_ids`].
+    pub fn embed_at(&self, table: &DeviceMatrix, ids: &TokenIds, out: &mut CudaSlice<f32>) -> Result<()> {
+        const OP: &str = "embedding lookup";
+        let Some(ids_dev) = &ids.ids else { return Ok(()) };
+        if ids.rows > table.rows {
+            return Err(CudaError::invalid(OP, "the ids were checked against a larger table"));
+        }
         self.check_buf(OP, "table", &table.data, table.bytes())?;
-        self.check_buf(OP, "out", out, ids.len() * table.cols)?;
-        let ids_dev = self.upload(ids)?;
+        self.check_buf(OP, "out", out, ids.len * table.cols)?;
         let f = self.function(GEMV, Some(table.ty.define()), "embed_rows")?;
         let blocks = arg_u32(OP, "blocks", (table.cols / table.ty.chunk()).div_ceil(128))?;
         let cols_i = arg_i32(OP, "cols", table.cols)?;
@@ -215,8 +240,8 @@ impl CudaKernels {
         // grid.y is limited to 65535, so long prompts go in pieces.
         const MAX_Y: usize = 65_535;
         let mut start = 0;
-        while start < ids.len() {
-            let n = (ids.len() - start).min(MAX_Y);
+        while start < ids.len {
+            let n = (ids.len - start).min(MAX_Y);
             let ids_piece = ids_dev.slice(start..start + n);
             let mut out_piece = out.slice_mut(start * table.cols..(start + n) * table.cols);
             let cfg = launch_cfg((blocks, n as u32, 1), 128, 0);
@@ -226,8 +251,8 @@ impl CudaKernels {
                 .arg(&mut out_piece)
                 .arg(&cols_i)
                 .arg(&row_bytes);
-            // SAFETY: every id is below the row count (checked), out_piece
-            // holds n*cols floats.
+            // SAFETY: every id is below the row count (checked by token_ids
+            // against a table at most this large), out_piece holds n*cols floats.
             unsafe { b.launch(cfg) }.map_err(driver("launching embed_rows"))?;
             start += n;
         }

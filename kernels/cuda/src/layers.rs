@@ -116,8 +116,25 @@ impl CudaKernels {
         head_dim: usize,
         table: &RopeTable,
     ) -> Result<()> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let pos = self.upload(positions)?;
+        self.rope_at(x, &pos, positions.len(), n_heads, head_dim, table)
+    }
+
+    /// [`Self::rope`] with the positions of `tokens` tokens already on the
+    /// device (uploaded once per step for every layer).
+    pub fn rope_at(
+        &self,
+        x: &mut CudaSlice<f32>,
+        positions: &CudaSlice<u32>,
+        tokens: usize,
+        n_heads: usize,
+        head_dim: usize,
+        table: &RopeTable,
+    ) -> Result<()> {
         const OP: &str = "rope";
-        let tokens = positions.len();
         if table.rot_dim > head_dim || !table.rot_dim.is_multiple_of(2) {
             return Err(CudaError::invalid(
                 OP,
@@ -131,8 +148,8 @@ impl CudaKernels {
             return Ok(());
         }
         self.check_buf(OP, "x", x, tokens * n_heads * head_dim)?;
+        self.check_buf(OP, "positions", positions, tokens)?;
         self.check_buf(OP, "RoPE table", &table.inv_freq, table.rot_dim / 2)?;
-        let pos = self.upload(positions)?;
         let f = self.function(LAYERS, None, "rope_f32")?;
         let (nh, hd, rd) = (
             arg_i32(OP, "n_heads", n_heads)?,
@@ -144,14 +161,14 @@ impl CudaKernels {
         let cfg = launch_cfg((arg_u32(OP, "tokens", tokens)?, 1, 1), 128, smem);
         let mut b = self.stream.launch_builder(&f);
         b.arg(x)
-            .arg(&pos)
+            .arg(positions)
             .arg(&table.inv_freq)
             .arg(&nh)
             .arg(&hd)
             .arg(&rd)
             .arg(&neox);
-        // SAFETY: x holds tokens*n_heads*head_dim floats, pos tokens ids and the
-        // table rot_dim/2 doubles (checked); rot_dim ≤ head_dim.
+        // SAFETY: x holds tokens*n_heads*head_dim floats, positions tokens ids
+        // and the table rot_dim/2 doubles (checked); rot_dim ≤ head_dim.
         unsafe { b.launch(cfg) }.map_err(driver("launching rope"))?;
         Ok(())
     }

@@ -35,10 +35,11 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, ValidAsZeroBits,
 };
 
-pub use attention::{AttentionRows, DecodeBatch, KvCacheShape, KvType, PagedKv};
+pub use attention::{AttentionPlan, AttentionRows, DecodeBatch, KvCacheShape, KvSlots, KvType, PagedKv};
 pub use error::{CudaError, Result};
 #[doc(hidden)]
 pub use gemv::GemvPath;
+pub use gemv::TokenIds;
 pub use layers::{RopeLayout, RopeTable};
 pub use runtime::compile_all_for_sm;
 pub use sample::TopK;

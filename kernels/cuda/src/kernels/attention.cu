@@ -7,7 +7,8 @@
 // head h / (n_heads / n_kv_heads). Query row r belongs to the sequence whose
 // block table is row row_seq[r] and attends to its first lens[r] cached
 // tokens (the row's own key included, so a decode token or a prefill token at
-// position lens[r] - 1 is causal). Scores are scaled by `scale`
+// position lens[r] - 1 is causal). The partitioned kernels take a subset of
+// the rows: grid row i is query row row_ids[i] of q and out. Scores are scaled by `scale`
 // (1/sqrt(head_dim)).
 //
 // Two kernels, flash-decoding style: paged_attn_partial splits each
@@ -51,7 +52,8 @@ extern "C" __global__ void kv_write(const float* __restrict__ k, const float* __
 // dynamic shared memory: G * (head_dim + part_len + blockDim.x) floats.
 extern "C" __global__ void paged_attn_partial(
     const float* __restrict__ q, const KV_T* __restrict__ kc, const KV_T* __restrict__ vc,
-    const u32* __restrict__ block_tables, const u32* __restrict__ row_seq, const u32* __restrict__ seq_lens,
+    const u32* __restrict__ block_tables, const u32* __restrict__ row_ids, const u32* __restrict__ row_seq,
+    const u32* __restrict__ seq_lens,
     float* __restrict__ part_m, float* __restrict__ part_l, float* __restrict__ part_acc, int n_heads, int n_kv,
     int head_dim, int block_size, int max_blocks, int part_len, int n_parts, float scale) {
     const int kvh = blockIdx.x, seq = blockIdx.y, part = blockIdx.z;  // seq: the query row
@@ -67,7 +69,7 @@ extern "C" __global__ void paged_attn_partial(
     float* sc = q_s + G * head_dim;           // [G][part_len] scores, then probabilities
     float* red = sc + G * part_len;           // [G][blockDim.x] partial P.V sums
 
-    const float* qh = q + ((i64)seq * n_heads + (i64)kvh * G) * head_dim;
+    const float* qh = q + ((i64)row_ids[seq] * n_heads + (i64)kvh * G) * head_dim;
     for (int i = tid; i < G * head_dim; i += blockDim.x) q_s[i] = qh[i] * scale;
     __syncthreads();
 
@@ -143,9 +145,9 @@ extern "C" __global__ void paged_attn_partial(
 // out[seq, h, :] = merge of the partitions of (seq, h).
 // grid: (n_heads, n_seqs); block: head_dim threads.
 extern "C" __global__ void paged_attn_reduce(const float* __restrict__ part_m, const float* __restrict__ part_l,
-                                             const float* __restrict__ part_acc, const u32* __restrict__ seq_lens,
-                                             float* __restrict__ out, int n_heads, int head_dim, int part_len,
-                                             int n_parts) {
+                                             const float* __restrict__ part_acc, const u32* __restrict__ row_ids,
+                                             const u32* __restrict__ seq_lens, float* __restrict__ out, int n_heads,
+                                             int head_dim, int part_len, int n_parts) {
     const int h = blockIdx.x, seq = blockIdx.y, d = threadIdx.x;
     const int used = ((int)seq_lens[seq] + part_len - 1) / part_len;
     const i64 base = ((i64)seq * n_heads + h) * n_parts;
@@ -157,7 +159,7 @@ extern "C" __global__ void paged_attn_reduce(const float* __restrict__ part_m, c
         L = fmaf(part_l[base + p], w, L);
         a = fmaf(part_acc[(base + p) * head_dim + d], w, a);
     }
-    out[((i64)seq * n_heads + h) * head_dim + d] = a / L;
+    out[((i64)row_ids[seq] * n_heads + h) * head_dim + d] = a / L;
 }
 
 // Prefill attention, flash style: a block takes one query head and a tile of

@@ -88,6 +88,9 @@ fn write_case(ty: KvType, seed: u64) {
     let values = rng.vec(slots.len() * kv_dim, 600.0);
     let (kd, vd) = (k.upload(&keys).unwrap(), k.upload(&values).unwrap());
     k.kv_write(&mut cache, 1, &kd, &vd, &slots).unwrap();
+    let (k0, v0) = cache.layer_bytes(0).unwrap();
+    let untouched = k.download(k0).unwrap().iter().chain(&k.download(v0).unwrap()).all(|&b| b == 0);
+    assert!(untouched, "{ty:?}: writing layer 1 changed layer 0");
     let (kc, vc) = cache.layer_bytes(1).unwrap();
     let (kc, vc) = (k.download(kc).unwrap(), k.download(vc).unwrap());
     let width = ty.bytes();
@@ -116,10 +119,10 @@ fn kv_write_stores_each_type_exactly_and_touches_no_other_slot() {
 }
 
 /// Query rows over a cache filled by `kv_write`: sequence s has `lens[s]`
-/// tokens and contributes `rows_per_seq` rows at its last positions (one
-/// row each: the partitioned decode kernel; more: the tiled prefill kernel,
-/// which takes head_dim up to 128).
-fn attention_case(ty: KvType, n_heads: usize, n_kv: usize, hd: usize, lens: &[usize], rows_per_seq: usize, seed: u64) {
+/// tokens and contributes `rows_per_seq[s]` rows at its last positions (one
+/// row: the partitioned decode kernel; more: the tiled prefill kernel, which
+/// takes head_dim up to 128; both in one call when mixed).
+fn attention_case(ty: KvType, n_heads: usize, n_kv: usize, hd: usize, lens: &[usize], rows_per_seq: &[usize], seed: u64) {
     let k = gpu("paged_attention_rows").expect("checked by caller");
     let mut rng = Rng::new(seed);
     let block = 16;
@@ -155,7 +158,7 @@ fn attention_case(ty: KvType, n_heads: usize, n_kv: usize, hd: usize, lens: &[us
     let mut row_len = Vec::new();
     for (s, &l) in lens.iter().enumerate() {
         // A prefill chunk's last rows, in position order (one row: decode).
-        for r in (0..rows_per_seq.min(l)).rev() {
+        for r in (0..rows_per_seq[s].min(l)).rev() {
             row_seq.push(s as u32);
             row_len.push((l - r) as u32);
         }
@@ -201,14 +204,20 @@ fn attention_over_query_rows_matches_f64_reference_for_every_kv_type() {
     for (i, ty) in KvType::ALL.into_iter().enumerate() {
         let seed = 100 + 10 * i as u64;
         // SmolLM2-135M's heads; prefill rows of three sequences.
-        attention_case(ty, 9, 3, 64, &[1, 37, 300], 12, seed);
+        attention_case(ty, 9, 3, 64, &[1, 37, 300], &[12, 12, 12], seed);
         // The tiny Hugging Face fixtures' head_dim 16, and 8B's 128 with GQA 4.
-        attention_case(ty, 4, 2, 16, &[20, 5], 20, seed + 1);
-        attention_case(ty, 32, 8, 128, &[700, 64], 3, seed + 2);
-        // Decode rows (the partitioned kernel), and head_dim 256 prefill
-        // rows (past the tiled kernel's 128: the partitioned kernel too).
-        attention_case(ty, 9, 3, 64, &[1, 37, 1300], 1, seed + 3);
-        attention_case(ty, 8, 1, 256, &[40], 5, seed + 4);
+        attention_case(ty, 4, 2, 16, &[20, 5], &[20, 20], seed + 1);
+        attention_case(ty, 32, 8, 128, &[700, 64], &[3, 3], seed + 2);
+        // Decode rows (the partitioned kernel), with head_dim 64 and 16.
+        attention_case(ty, 9, 3, 64, &[1, 37, 1300], &[1, 1, 1], seed + 3);
+        attention_case(ty, 4, 2, 16, &[20, 5, 70], &[1, 1, 1], seed + 4);
+        // Decode and prefill rows in one call (both kernels).
+        attention_case(ty, 9, 3, 64, &[900, 37, 1, 64], &[1, 17, 1, 5], seed + 5);
+        // head_dim 256 prefill rows: past the tiled kernel's 128, partitioned.
+        attention_case(ty, 8, 1, 256, &[40], &[5], seed + 6);
+        // The largest group the kernels take (16 query heads per kv head)
+        // at head_dim 128.
+        attention_case(ty, 32, 2, 128, &[1200, 3], &[1, 1], seed + 7);
     }
 }
 
@@ -216,8 +225,9 @@ fn attention_over_query_rows_matches_f64_reference_for_every_kv_type() {
 fn dequantize_matches_f64_rows_for_every_weight_type() {
     let Some(k) = gpu("dequantize_matches_f64_rows_for_every_weight_type") else { return };
     let mut rng = Rng::new(7);
-    for ty in WeightType::ALL {
-        let (rows, cols) = (67, 512);
+    for (i, ty) in WeightType::ALL.into_iter().enumerate() {
+        // One type with more rows than one launch's grid (65535) takes.
+        let (rows, cols) = if i == 0 { (65_600, 256) } else { (67, 512) };
         let bytes = random_matrix(&mut rng, ty, rows, cols);
         let w = k.upload_matrix(ty, rows, cols, &bytes).unwrap();
         let mut out = poisoned(k, rows * cols);
