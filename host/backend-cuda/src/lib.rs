@@ -20,6 +20,7 @@
 //! works, so the guide workers computing masks on the CPU run under the
 //! GPU's forward pass (see the engine's `guide_workers`).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -27,8 +28,8 @@ use weft_engine::model::{ForwardBatch, LlamaModel, ModelConfig, RopeLayout as Ho
 use weft_engine::{Backend, BackendError};
 use weft_kernels_cpu::WeightType as HostType;
 use weft_kernels_cuda::{
-    AttentionRows, CudaError, CudaKernels, DeviceBuffer, DeviceMatrix, KvCacheShape, KvType, PagedKv, RopeLayout,
-    RopeTable, WeightType,
+    AttentionPlan, AttentionRows, CudaError, CudaKernels, DeviceBuffer, DeviceMatrix, Graph, KvCacheShape, KvSlots,
+    KvType, PagedKv, RopeLayout, RopeTable, TokenIds, WeightType,
 };
 
 pub use weft_kernels_cuda::KvType as KvCacheType;
@@ -47,13 +48,22 @@ pub enum OpenError {
 }
 
 /// How to open the backend.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct CudaOptions {
     /// The device ordinal (`cuda:N`).
     pub device: usize,
     /// How the KV cache stores keys and values; `None` follows the model
     /// (f16 for GGUF models as llama.cpp, f32 for float32 references).
     pub kv: Option<KvType>,
+    /// Capture decode steps of fewer than [`GEMM_MIN_TOKENS`] sequences as
+    /// CUDA graphs and replay them (one launch instead of ~15 per layer).
+    pub graphs: bool,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        Self { device: 0, kv: None, graphs: true }
+    }
 }
 
 struct DeviceLayer {
@@ -121,13 +131,19 @@ pub struct CudaBackend {
     gemm_scratch: GemmScratch,
     /// Logits of the rows that want them, grown on demand.
     logits: Option<DeviceBuffer<f32>>,
+    /// Capture decode steps as CUDA graphs ([`CudaOptions::graphs`]).
+    graphs_on: bool,
+    /// Captured decode steps by token count.
+    graphs: HashMap<usize, Captured>,
+    /// Token counts run once already (the next one is captured).
+    warmed: HashSet<usize>,
     name: String,
 }
 
 impl CudaBackend {
     /// Upload `model` to device `options.device`.
     pub fn new(model: &LlamaModel, options: CudaOptions) -> Result<Self, OpenError> {
-        let kernels = CudaKernels::new(options.device)?;
+        let kernels = CudaKernels::with_own_stream(options.device)?;
         let k = &kernels;
         let matrix = |w: &Weight| -> Result<DeviceMatrix, OpenError> {
             let ty = device_type(w.ty).ok_or_else(|| OpenError::Unsupported {
@@ -180,6 +196,9 @@ impl CudaBackend {
             work: None,
             gemm_scratch: GemmScratch::default(),
             logits: None,
+            graphs_on: options.graphs,
+            graphs: HashMap::new(),
+            warmed: HashSet::new(),
             config,
             name,
             kernels,
@@ -192,38 +211,104 @@ impl CudaBackend {
     }
 
     fn step(&mut self, kv: &mut PagedKv, batch: &ForwardBatch) -> Result<Vec<f32>, CudaError> {
-        let c = &self.config;
-        let n = batch.tokens.len();
-        let h = c.hidden;
-        let bs = kv.shape().block_size;
-
-        let ids: Vec<u32> = batch.tokens.iter().map(|t| t.token).collect();
-        let positions: Vec<u32> = batch.tokens.iter().map(|t| t.pos as u32).collect();
-        let slots: Vec<u32> =
-            batch.tokens.iter().map(|t| batch.block_tables[t.seq][t.pos / bs] * bs as u32 + (t.pos % bs) as u32).collect();
-        let max_blocks = batch.block_tables.iter().map(|t| t.len()).max().unwrap_or(1).max(1);
-        let mut tables = vec![0u32; batch.block_tables.len() * max_blocks];
-        for (row, table) in tables.chunks_exact_mut(max_blocks).zip(&batch.block_tables) {
-            row[..table.len()].copy_from_slice(table);
+        let host = HostIndex::new(batch, kv.shape().block_size);
+        let (n, m) = (batch.tokens.len(), host.wanted.len());
+        // With graphs, room for the largest captured step from the start, so
+        // that growing (which moves buffers and drops graphs) is rare.
+        let floor = if self.graphs_on { GEMM_MIN_TOKENS - 1 } else { 0 };
+        self.reserve(n.max(floor), m.max(floor))?;
+        let graphable = self.graphs_on && n < GEMM_MIN_TOKENS && m == n && host.single_rows();
+        if !graphable {
+            let index = self.upload(kv, &host)?;
+            self.launch(kv, &index, n, Some(&host.wanted))?;
+            return self.logits_to_host(m);
         }
-        let row_seq: Vec<u32> = batch.tokens.iter().map(|t| t.seq as u32).collect();
-        let lens: Vec<u32> = batch.tokens.iter().map(|t| t.pos as u32 + 1).collect();
-        let rows = AttentionRows { row_seq: &row_seq, lens: &lens, block_tables: &tables, max_blocks_per_seq: max_blocks };
-
         let k = &self.kernels;
-        // The step's indices go to the device once, for every layer.
-        let ids = k.token_ids(&self.embed, &ids)?;
-        let positions = k.upload(&positions)?;
-        let slots = k.kv_slots(kv, &slots)?;
-        let plan = k.plan_attention(kv.kv_type(), kv.shape(), c.heads, &rows)?;
-        if self.work.as_ref().is_none_or(|w| w.tokens < n) {
-            self.work = None; // free the smaller one first
-            self.work = Some(Workspace::new(k, c, n.next_power_of_two())?);
+        let rows = host.rows();
+        // A decode step of a size seen before: replay its graph over the new
+        // indices, refilled in place; recapture when the launches differ.
+        if let Some(mut g) = self.graphs.remove(&n) {
+            let same = k.refill_token_ids(&mut g.index.ids, &self.embed, &host.ids)?
+                && k.refill_kv_slots(&mut g.index.slots, kv, &host.slots)?
+                && k.refill_attention(&mut g.index.plan, &rows)?;
+            if same {
+                k.refill(&mut g.index.positions, &host.positions)?;
+                k.replay(&g.graph)?;
+                self.graphs.insert(n, g);
+                return self.logits_to_host(m);
+            }
         }
-        let w = self.work.as_mut().expect("allocated above");
+        let index = self.upload(kv, &host)?;
+        if self.warmed.insert(n) {
+            // First step of this size: run it as it is (kernels compile and
+            // load outside any capture), capture the next one.
+            self.launch(kv, &index, n, None)?;
+        } else {
+            let k = self.kernels.clone();
+            let graph = k.capture(|| self.launch(kv, &index, n, None))?;
+            k.replay(&graph)?;
+            self.graphs.insert(n, Captured { graph, index });
+        }
+        self.logits_to_host(m)
+    }
+
+    /// Grow the activations to `tokens` tokens and the logits to `rows`
+    /// rows; a growth moves buffers, so captured graphs are dropped.
+    fn reserve(&mut self, tokens: usize, rows: usize) -> Result<(), CudaError> {
+        let k = &self.kernels;
+        let c = &self.config;
+        let mut moved = false;
+        if self.work.as_ref().is_none_or(|w| w.tokens < tokens) {
+            self.work = None; // free the smaller one first
+            self.work = Some(Workspace::new(k, c, tokens.next_power_of_two())?);
+            moved = true;
+        }
+        if self.logits.as_ref().is_none_or(|l| l.len() < rows * c.vocab_size) {
+            self.logits = None;
+            self.logits = Some(k.zeros(rows.next_power_of_two() * c.vocab_size)?);
+            moved = true;
+        }
+        if moved {
+            self.graphs.clear();
+        }
+        Ok(())
+    }
+
+    fn upload(&self, kv: &PagedKv, host: &HostIndex) -> Result<StepIndex, CudaError> {
+        let k = &self.kernels;
+        Ok(StepIndex {
+            ids: k.token_ids(&self.embed, &host.ids)?,
+            positions: k.upload(&host.positions)?,
+            slots: k.kv_slots(kv, &host.slots)?,
+            plan: k.plan_attention(kv.kv_type(), kv.shape(), self.config.heads, &host.rows())?,
+        })
+    }
+
+    fn logits_to_host(&self, m: usize) -> Result<Vec<f32>, CudaError> {
+        let k = &self.kernels;
+        if m == 0 {
+            k.synchronize()?;
+            return Ok(Vec::new());
+        }
+        let logits = self.logits.as_ref().expect("reserved by step");
+        let host = k.download_prefix(logits, m * self.config.vocab_size)?;
+        k.synchronize()?;
+        Ok(host)
+    }
+
+    /// Enqueue the step: the layers over `n` tokens, then the final norm and
+    /// the logits of the rows `wanted` (every row when `None`, as in a
+    /// decode step) into the logits buffer. With `wanted = None` and fewer
+    /// than [`GEMM_MIN_TOKENS`] tokens it neither allocates nor copies from
+    /// the host, so it can be captured as a graph.
+    fn launch(&mut self, kv: &mut PagedKv, index: &StepIndex, n: usize, wanted: Option<&[u32]>) -> Result<(), CudaError> {
+        let c = &self.config;
+        let h = c.hidden;
+        let k = &self.kernels;
+        let w = self.work.as_mut().expect("reserved by step");
         let scratch = &mut self.gemm_scratch;
 
-        k.embed_at(&self.embed, &ids, &mut w.x)?;
+        k.embed_at(&self.embed, &index.ids, &mut w.x)?;
         for (li, layer) in self.layers.iter().enumerate() {
             k.rms_norm(&w.x, &layer.attn_norm, &mut w.xn, n, h, c.rms_eps)?;
             linear(k, scratch, &layer.wq, &w.xn, &mut w.q, n)?;
@@ -234,10 +319,10 @@ impl CudaBackend {
                     k.add_bias(out, b, n)?;
                 }
             }
-            k.rope_at(&mut w.q, &positions, n, c.heads, c.head_dim, &self.rope)?;
-            k.rope_at(&mut w.k, &positions, n, c.kv_heads, c.head_dim, &self.rope)?;
-            k.kv_write_at(kv, li, &w.k, &w.v, &slots)?;
-            k.paged_attention_planned(&w.q, kv, li, &plan, &mut w.attn)?;
+            k.rope_at(&mut w.q, &index.positions, n, c.heads, c.head_dim, &self.rope)?;
+            k.rope_at(&mut w.k, &index.positions, n, c.kv_heads, c.head_dim, &self.rope)?;
+            k.kv_write_at(kv, li, &w.k, &w.v, &index.slots)?;
+            k.paged_attention_planned(&w.q, kv, li, &index.plan, &mut w.attn)?;
             linear(k, scratch, &layer.wo, &w.attn, &mut w.proj, n)?;
             k.add(&mut w.x, &w.proj, n * h)?;
 
@@ -249,21 +334,79 @@ impl CudaBackend {
             k.add(&mut w.x, &w.proj, n * h)?;
         }
 
-        let wanted: Vec<u32> = (0..n as u32).filter(|&i| batch.tokens[i as usize].logits).collect();
-        if wanted.is_empty() {
-            k.synchronize()?;
-            return Ok(Vec::new());
+        let m = wanted.map_or(n, <[u32]>::len);
+        if m == 0 {
+            return Ok(());
         }
-        let m = wanted.len();
-        // Gather into proj, normalise into xn, project into fresh logits.
-        k.gather_rows(&w.x, n, &wanted, h, &mut w.proj)?;
-        k.rms_norm(&w.proj, &self.norm, &mut w.xn, m, h, c.rms_eps)?;
-        let logits = at_least(k, &mut self.logits, m * c.vocab_size)?;
-        linear(k, scratch, &self.output, &w.xn, logits, m)?;
-        let host = k.download_prefix(logits, m * c.vocab_size)?;
-        k.synchronize()?;
-        Ok(host)
+        // Normalise the wanted rows into xn (gathered first unless all are
+        // wanted), then project into the logits buffer.
+        match wanted {
+            Some(rows) if rows.len() < n => {
+                k.gather_rows(&w.x, n, rows, h, &mut w.proj)?;
+                k.rms_norm(&w.proj, &self.norm, &mut w.xn, m, h, c.rms_eps)?;
+            }
+            _ => k.rms_norm(&w.x, &self.norm, &mut w.xn, m, h, c.rms_eps)?,
+        }
+        linear(k, scratch, &self.output, &w.xn, self.logits.as_mut().expect("reserved by step"), m)
     }
+}
+
+/// A step's indices on the host.
+struct HostIndex {
+    ids: Vec<u32>,
+    positions: Vec<u32>,
+    slots: Vec<u32>,
+    /// Block tables padded to the longest, `max_blocks` each.
+    tables: Vec<u32>,
+    max_blocks: usize,
+    row_seq: Vec<u32>,
+    lens: Vec<u32>,
+    /// Rows whose logits the engine wants.
+    wanted: Vec<u32>,
+}
+
+impl HostIndex {
+    fn new(batch: &ForwardBatch, bs: usize) -> Self {
+        let tokens = &batch.tokens;
+        let max_blocks = batch.block_tables.iter().map(|t| t.len()).max().unwrap_or(1).max(1);
+        let mut tables = vec![0u32; batch.block_tables.len() * max_blocks];
+        for (row, table) in tables.chunks_exact_mut(max_blocks).zip(&batch.block_tables) {
+            row[..table.len()].copy_from_slice(table);
+        }
+        Self {
+            ids: tokens.iter().map(|t| t.token).collect(),
+            positions: tokens.iter().map(|t| t.pos as u32).collect(),
+            slots: tokens.iter().map(|t| batch.block_tables[t.seq][t.pos / bs] * bs as u32 + (t.pos % bs) as u32).collect(),
+            tables,
+            max_blocks,
+            row_seq: tokens.iter().map(|t| t.seq as u32).collect(),
+            lens: tokens.iter().map(|t| t.pos as u32 + 1).collect(),
+            wanted: (0..tokens.len() as u32).filter(|&i| tokens[i as usize].logits).collect(),
+        }
+    }
+
+    fn rows(&self) -> AttentionRows<'_> {
+        AttentionRows { row_seq: &self.row_seq, lens: &self.lens, block_tables: &self.tables, max_blocks_per_seq: self.max_blocks }
+    }
+
+    /// Whether every row is its sequence's only one (a decode step).
+    fn single_rows(&self) -> bool {
+        self.row_seq.windows(2).all(|w| w[0] != w[1])
+    }
+}
+
+/// A step's indices on the device.
+struct StepIndex {
+    ids: TokenIds,
+    positions: DeviceBuffer<u32>,
+    slots: KvSlots,
+    plan: AttentionPlan,
+}
+
+/// A captured decode step and the indices it reads (refilled before each replay).
+struct Captured {
+    graph: Graph,
+    index: StepIndex,
 }
 
 /// Buffers of the GEMM paths, grown on demand and reused.
@@ -342,6 +485,8 @@ impl Backend for CudaBackend {
         let c = &self.config;
         let shape = KvCacheShape { num_blocks, block_size, n_kv_heads: c.kv_heads, head_dim: c.head_dim };
         self.kv = None;
+        self.graphs.clear();
+        self.warmed.clear();
         self.kv = Some(self.kernels.paged_kv(self.kv_type, shape, c.layers).map_err(|e| self.error(e))?);
         Ok(())
     }

@@ -51,32 +51,42 @@ pub enum KvCacheType {
     Fp8,
 }
 
-/// The backend for `model` on `device`.
-pub fn backend(model: &Arc<LlamaModel>, device: Device, kv: KvCacheType) -> Result<Box<dyn Backend>> {
-    match device {
-        Device::Cpu if kv != KvCacheType::Auto => {
+/// What `--device`, `--kv-cache-type` and `--no-cuda-graphs` chose.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Placement {
+    pub device: Device,
+    pub kv: KvCacheType,
+    /// Replay decode steps as CUDA graphs (GPU only).
+    pub graphs: bool,
+}
+
+/// The backend for `model` where `placement` puts it.
+pub fn backend(model: &Arc<LlamaModel>, placement: Placement) -> Result<Box<dyn Backend>> {
+    match placement.device {
+        Device::Cpu if placement.kv != KvCacheType::Auto => {
             bail!("--kv-cache-type chooses a GPU's KV cache; the CPU backend stores it as the model's numerics")
         }
         Device::Cpu => Ok(Box::new(CpuBackend::new(Arc::clone(model)))),
-        Device::Cuda(ordinal) => cuda(model, ordinal, kv),
+        Device::Cuda(ordinal) => cuda(model, ordinal, placement),
     }
 }
 
 #[cfg(feature = "cuda")]
-fn cuda(model: &Arc<LlamaModel>, ordinal: usize, kv: KvCacheType) -> Result<Box<dyn Backend>> {
+fn cuda(model: &Arc<LlamaModel>, ordinal: usize, placement: Placement) -> Result<Box<dyn Backend>> {
     use anyhow::Context;
     use weft_backend_cuda::{CudaOptions, KvCacheType as Kv};
-    let kv = match kv {
+    let kv = match placement.kv {
         KvCacheType::Auto => None,
         KvCacheType::F32 => Some(Kv::F32),
         KvCacheType::F16 => Some(Kv::F16),
         KvCacheType::Fp8 => Some(Kv::E4M3),
     };
-    weft_backend_cuda::open(model, CudaOptions { device: ordinal, kv }).with_context(|| format!("opening cuda:{ordinal}"))
+    weft_backend_cuda::open(model, CudaOptions { device: ordinal, kv, graphs: placement.graphs })
+        .with_context(|| format!("opening cuda:{ordinal}"))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda(_: &Arc<LlamaModel>, ordinal: usize, _: KvCacheType) -> Result<Box<dyn Backend>> {
+fn cuda(_: &Arc<LlamaModel>, ordinal: usize, _: Placement) -> Result<Box<dyn Backend>> {
     bail!("cuda:{ordinal}: this weft was not compiled with CUDA support; build it with `cargo build --release --features cuda -p weft`")
 }
 

@@ -73,6 +73,20 @@ pub struct ModelArgs {
     /// How a GPU's KV cache stores keys and values.
     #[arg(long, env = "WEFT_KV_CACHE_TYPE", value_enum)]
     pub kv_cache_type: Option<device::KvCacheType>,
+    /// Run every decode step's launches one by one instead of replaying
+    /// them as a CUDA graph.
+    #[arg(long, env = "WEFT_NO_CUDA_GRAPHS")]
+    pub no_cuda_graphs: bool,
+}
+
+impl ModelArgs {
+    pub fn placement(&self) -> device::Placement {
+        device::Placement {
+            device: self.device.unwrap_or_default(),
+            kv: self.kv_cache_type.unwrap_or_default(),
+            graphs: !self.no_cuda_graphs,
+        }
+    }
 }
 
 /// The samplers `--sampler` can name.

@@ -120,11 +120,7 @@ pub fn open_synthetic(args: &ModelArgs, shape: Shape, kv_cache_bytes: usize) -> 
 }
 
 fn place(path: PathBuf, loaded: LoadedModel, args: &ModelArgs, kv_cache_bytes: usize) -> Result<Opened> {
-    let backend = crate::device::backend(
-        &loaded.model,
-        args.device.unwrap_or_default(),
-        args.kv_cache_type.unwrap_or_default(),
-    )?;
+    let backend = crate::device::backend(&loaded.model, args.placement())?;
     let config = EngineConfig::for_backend(&*backend, kv_cache_bytes);
     Ok(Opened { path, loaded, backend, config })
 }

@@ -136,6 +136,24 @@ pub struct AttentionPlan {
     decode: Option<DecodePart>,
 }
 
+/// A plan's launch decisions and indices on the host.
+struct Layout {
+    max_blocks: usize,
+    /// Flattened (table row, first row, count, first length) runs of 2+ rows.
+    tiles: Vec<u32>,
+    decode: Option<DecodeLayout>,
+}
+
+struct DecodeLayout {
+    row_ids: Vec<u32>,
+    row_seq: Vec<u32>,
+    lens: Vec<u32>,
+    part_len: usize,
+    n_parts: usize,
+    threads: usize,
+    smem: usize,
+}
+
 /// `paged_attn_prefill` over tiles of (table row, first row, count, first length).
 #[derive(Debug)]
 struct PrefillPart {
@@ -208,11 +226,29 @@ impl CudaKernels {
     /// Check `slots` (slot = block × block_size + offset) against `kv`'s
     /// capacity and upload them, once per step, for [`Self::kv_write_at`].
     pub fn kv_slots(&self, kv: &PagedKv, slots: &[u32]) -> Result<KvSlots> {
-        let capacity = kv.shape.num_blocks * kv.shape.block_size;
-        if let Some(&bad) = slots.iter().find(|&&s| s as usize >= capacity) {
-            return Err(CudaError::invalid("kv write", format!("slot {bad}; the cache has {capacity} slots")));
-        }
+        self.kv_slots_checked(kv, slots)?;
         Ok(KvSlots { shape: kv.shape, len: slots.len(), slots: (!slots.is_empty()).then(|| self.upload(slots)).transpose()? })
+    }
+
+    /// Put a later step's `slots` into `dev` in place (same count, checked
+    /// against `kv`), for a replayed CUDA graph; false when the count differs.
+    pub fn refill_kv_slots(&self, dev: &mut KvSlots, kv: &PagedKv, slots: &[u32]) -> Result<bool> {
+        if slots.len() != dev.len || dev.shape != kv.shape {
+            return Ok(false);
+        }
+        self.kv_slots_checked(kv, slots)?;
+        if let Some(buf) = &mut dev.slots {
+            self.refill(buf, slots)?;
+        }
+        Ok(true)
+    }
+
+    fn kv_slots_checked(&self, kv: &PagedKv, slots: &[u32]) -> Result<()> {
+        let capacity = kv.shape.num_blocks * kv.shape.block_size;
+        match slots.iter().find(|&&s| s as usize >= capacity) {
+            Some(&bad) => Err(CudaError::invalid("kv write", format!("slot {bad}; the cache has {capacity} slots"))),
+            None => Ok(()),
+        }
     }
 
     /// Store `tokens` keys and values (`tokens × n_kv_heads × head_dim`
@@ -308,6 +344,84 @@ impl CudaKernels {
         n_heads: usize,
         rows: &AttentionRows<'_>,
     ) -> Result<AttentionPlan> {
+        let l = self.attention_layout(shape, n_heads, rows)?;
+        let upload = |v: &[u32]| (!v.is_empty()).then(|| self.upload(v)).transpose();
+        let prefill = match upload(&l.tiles)? {
+            Some(tiles) => Some(PrefillPart { n_tiles: l.tiles.len() / 4, tiles }),
+            None => None,
+        };
+        let decode = match &l.decode {
+            Some(d) => {
+                let partials = d.row_ids.len() * n_heads * d.n_parts;
+                // SAFETY (all three): plain device allocations; the kernels write
+                // every partition they later read (partitions below each row's length).
+                let alloc =
+                    |len: usize| unsafe { self.stream.alloc::<f32>(len) }.map_err(driver("allocating attention workspace"));
+                Some(DecodePart {
+                    n: d.row_ids.len(),
+                    row_ids: self.upload(&d.row_ids)?,
+                    row_seq: self.upload(&d.row_seq)?,
+                    lens: self.upload(&d.lens)?,
+                    part_len: d.part_len,
+                    n_parts: d.n_parts,
+                    threads: d.threads,
+                    smem: d.smem,
+                    part_m: alloc(partials)?,
+                    part_l: alloc(partials)?,
+                    part_acc: alloc(partials * shape.head_dim)?,
+                })
+            }
+            None => None,
+        };
+        Ok(AttentionPlan {
+            ty,
+            shape: *shape,
+            n_heads,
+            rows: rows.lens.len(),
+            max_blocks: l.max_blocks,
+            tables: upload(rows.block_tables)?,
+            prefill,
+            decode,
+        })
+    }
+
+    /// Put a later step's `rows` into `plan`'s device buffers, in place, when
+    /// they need the same launches (row count, table width, tiles and
+    /// partitioning); the buffers keep their addresses, so a CUDA graph
+    /// captured over the plan replays with the new rows. Returns false (and
+    /// changes nothing) when the launches would differ.
+    pub fn refill_attention(&self, plan: &mut AttentionPlan, rows: &AttentionRows<'_>) -> Result<bool> {
+        let l = self.attention_layout(&plan.shape, plan.n_heads, rows)?;
+        let same = rows.lens.len() == plan.rows
+            && l.max_blocks == plan.max_blocks
+            && plan.tables.as_ref().map_or(0, |t| t.len()) == rows.block_tables.len()
+            && plan.prefill.as_ref().map_or(0, |p| p.n_tiles) == l.tiles.len() / 4
+            && match (&plan.decode, &l.decode) {
+                (None, None) => true,
+                (Some(p), Some(d)) => {
+                    (p.n, p.part_len, p.n_parts, p.threads) == (d.row_ids.len(), d.part_len, d.n_parts, d.threads)
+                }
+                _ => false,
+            };
+        if !same {
+            return Ok(false);
+        }
+        if let Some(t) = &mut plan.tables {
+            self.refill(t, rows.block_tables)?;
+        }
+        if let Some(p) = &mut plan.prefill {
+            self.refill(&mut p.tiles, &l.tiles)?;
+        }
+        if let (Some(p), Some(d)) = (&mut plan.decode, &l.decode) {
+            self.refill(&mut p.row_ids, &d.row_ids)?;
+            self.refill(&mut p.row_seq, &d.row_seq)?;
+            self.refill(&mut p.lens, &d.lens)?;
+        }
+        Ok(true)
+    }
+
+    /// The checks and launch decisions of [`Self::plan_attention`], on the host.
+    fn attention_layout(&self, shape: &KvCacheShape, n_heads: usize, rows: &AttentionRows<'_>) -> Result<Layout> {
         const OP: &str = "paged attention";
         let KvCacheShape {
             num_blocks,
@@ -317,16 +431,7 @@ impl CudaKernels {
         } = *shape;
         let n_seqs = rows.lens.len();
         if n_seqs == 0 {
-            return Ok(AttentionPlan {
-                ty,
-                shape: *shape,
-                n_heads,
-                rows: 0,
-                max_blocks: 1,
-                tables: None,
-                prefill: None,
-                decode: None,
-            });
+            return Ok(Layout { max_blocks: 1, tiles: Vec::new(), decode: None });
         }
         if rows.row_seq.len() != n_seqs {
             return Err(CudaError::invalid(
@@ -394,41 +499,20 @@ impl CudaKernels {
         // every other row to the partitioned one.
         let (tiled, single): (Vec<[u32; 4]>, Vec<[u32; 4]>) =
             runs(rows).into_iter().partition(|run| run[2] >= 2 && head_dim <= PREFILL_MAX_HEAD_DIM);
-        let mut single_rows: Vec<u32> = Vec::new();
-        for run in single {
-            single_rows.extend(run[1]..run[1] + run[2]);
-        }
-        let prefill = if tiled.is_empty() {
-            None
-        } else {
-            arg_u32(OP, "tiles", tiled.len())?;
-            Some(PrefillPart { n_tiles: tiled.len(), tiles: self.upload(tiled.as_flattened())? })
-        };
-        let decode = if single_rows.is_empty() {
-            None
-        } else {
-            Some(self.plan_decode(shape, n_heads, rows, &single_rows)?)
-        };
-        Ok(AttentionPlan {
-            ty,
-            shape: *shape,
-            n_heads,
-            rows: n_seqs,
-            max_blocks: mb,
-            tables: Some(self.upload(rows.block_tables)?),
-            prefill,
-            decode,
-        })
+        arg_u32(OP, "tiles", tiled.len())?;
+        let row_ids: Vec<u32> = single.iter().flat_map(|run| run[1]..run[1] + run[2]).collect();
+        let decode = if row_ids.is_empty() { None } else { Some(self.decode_layout(shape, n_heads, rows, row_ids)?) };
+        Ok(Layout { max_blocks: mb, tiles: tiled.as_flattened().to_vec(), decode })
     }
 
-    /// The partitioned kernels' share of a plan: the rows `row_ids`.
-    fn plan_decode(
+    /// The partitioned kernels' share of a layout: the rows `row_ids`.
+    fn decode_layout(
         &self,
         shape: &KvCacheShape,
         n_heads: usize,
         rows: &AttentionRows<'_>,
-        row_ids: &[u32],
-    ) -> Result<DecodePart> {
+        row_ids: Vec<u32>,
+    ) -> Result<DecodeLayout> {
         const OP: &str = "paged attention";
         let KvCacheShape { n_kv_heads, head_dim, .. } = *shape;
         let n = row_ids.len();
@@ -467,23 +551,7 @@ impl CudaKernels {
                 ),
             ));
         }
-        let partials = n * n_heads * n_parts;
-        // SAFETY (all three): plain device allocations; the kernels write every
-        // partition they later read (partitions below each sequence's length).
-        let alloc = |len: usize| unsafe { self.stream.alloc::<f32>(len) }.map_err(driver("allocating attention workspace"));
-        Ok(DecodePart {
-            n,
-            row_ids: self.upload(row_ids)?,
-            row_seq: self.upload(&row_seq)?,
-            lens: self.upload(&lens)?,
-            part_len,
-            n_parts,
-            threads,
-            smem: smem(part_len),
-            part_m: alloc(partials)?,
-            part_l: alloc(partials)?,
-            part_acc: alloc(partials * head_dim)?,
-        })
+        Ok(DecodeLayout { row_ids, row_seq, lens, part_len, n_parts, threads, smem: smem(part_len) })
     }
 
     /// The launches of a planned attention call. The caches hold

@@ -207,21 +207,35 @@ impl CudaKernels {
     /// Check `ids` against `table`'s rows and upload them, once per step,
     /// for [`Self::embed_at`].
     pub fn token_ids(&self, table: &DeviceMatrix, ids: &[u32]) -> Result<TokenIds> {
-        if let Some((t, &id)) = ids
-            .iter()
-            .enumerate()
-            .find(|&(_, &id)| id as usize >= table.rows)
-        {
-            return Err(CudaError::invalid(
-                "embedding lookup",
-                format!("token {t} has id {id}; the table has {} rows", table.rows),
-            ));
-        }
+        self.check_ids(table, ids)?;
         Ok(TokenIds {
             rows: table.rows,
             len: ids.len(),
             ids: (!ids.is_empty()).then(|| self.upload(ids)).transpose()?,
         })
+    }
+
+    fn check_ids(&self, table: &DeviceMatrix, ids: &[u32]) -> Result<()> {
+        match ids.iter().enumerate().find(|&(_, &id)| id as usize >= table.rows) {
+            Some((t, &id)) => Err(CudaError::invalid(
+                "embedding lookup",
+                format!("token {t} has id {id}; the table has {} rows", table.rows),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Put a later step's `ids` into `dev` in place (same count, checked
+    /// against `table`), for a replayed CUDA graph; false when the count differs.
+    pub fn refill_token_ids(&self, dev: &mut TokenIds, table: &DeviceMatrix, ids: &[u32]) -> Result<bool> {
+        if ids.len() != dev.len || dev.rows > table.rows {
+            return Ok(false);
+        }
+        self.check_ids(table, ids)?;
+        if let Some(buf) = &mut dev.ids {
+            self.refill(buf, ids)?;
+        }
+        Ok(true)
     }
 
     /// [`Self::embed`] of ids uploaded by [`Self::token_ids`].

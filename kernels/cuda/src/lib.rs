@@ -53,6 +53,21 @@ pub use cudarc::driver::CudaSlice as DeviceBuffer;
 use error::driver;
 use runtime::{Device, ModuleKey, Source};
 
+/// A captured CUDA graph ([`CudaKernels::capture`]), replayed on the stream
+/// it was captured from.
+pub struct Graph(cudarc::driver::CudaGraph);
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Graph")
+    }
+}
+
+// SAFETY: CUDA graph objects may be used from any thread as long as calls on
+// one graph are serialised; `Graph` offers no shared (`Sync`) access, so its
+// owner's `&mut`/move discipline serialises them.
+unsafe impl Send for Graph {}
+
 /// A handle on one GPU and its compiled kernels. Cheap to clone.
 #[derive(Clone)]
 pub struct CudaKernels {
@@ -80,6 +95,52 @@ impl CudaKernels {
             stream,
             blas: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// Open device `ordinal` with a stream of this handle's own (a
+    /// non-blocking stream, which CUDA graphs can capture; the legacy
+    /// default stream of [`Self::new`] cannot be captured).
+    ///
+    /// cudarc's per-buffer event tracking is turned off for the device's
+    /// context (it would record an event per buffer per launch, and inside
+    /// a capture): every buffer of this handle must be used on its stream
+    /// only, which the backend guarantees by owning its handle alone.
+    pub fn with_own_stream(ordinal: usize) -> Result<Self> {
+        let dev = Device::get(ordinal)?;
+        // SAFETY: see above; buffers are never shared between this handle's
+        // stream and another's.
+        unsafe { dev.ctx.disable_event_tracking() };
+        let stream = dev.ctx.new_stream().map_err(driver("creating a stream"))?;
+        Ok(CudaKernels {
+            dev,
+            stream,
+            blas: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// Record what `launches` enqueues on this handle's stream as a CUDA
+    /// graph instead of running it; replay it with `CudaGraph::launch`.
+    /// Everything `launches` uses must stay allocated, at the same
+    /// addresses, for as long as the graph is replayed, and it must not
+    /// allocate, copy from host memory or synchronize.
+    pub fn capture(&self, launches: impl FnOnce() -> Result<()>) -> Result<Graph> {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(driver("beginning a graph capture"))?;
+        let recorded = launches();
+        // End the capture whatever happened, so the stream is usable again.
+        let graph = self
+            .stream
+            .end_capture(CUgraphInstantiate_flags(0))
+            .map_err(driver("ending a graph capture"))?;
+        recorded?;
+        graph.map(Graph).ok_or_else(|| CudaError::invalid("graph capture", "nothing was captured"))
+    }
+
+    /// Enqueue a graph from [`Self::capture`] on this handle's stream.
+    pub fn replay(&self, graph: &Graph) -> Result<()> {
+        graph.0.launch().map_err(driver("launching a CUDA graph"))
     }
 
     /// The device's marketing name, e.g. "NVIDIA H100 80GB HBM3".
@@ -147,6 +208,20 @@ impl CudaKernels {
             .memcpy_dtoh(&buf.slice(0..len), &mut host)
             .map_err(driver("copying device data to the host"))?;
         Ok(host)
+    }
+
+    /// Copy `host` over the start of `dev` in place (the buffer keeps its
+    /// address, so captured graphs read the new values).
+    pub fn refill<T: DeviceRepr>(&self, dev: &mut CudaSlice<T>, host: &[T]) -> Result<()> {
+        if host.len() > dev.len() {
+            return Err(CudaError::invalid(
+                "refill",
+                format!("{} elements into a buffer of {}", host.len(), dev.len()),
+            ));
+        }
+        self.stream
+            .memcpy_htod(host, &mut dev.slice_mut(0..host.len()))
+            .map_err(driver("copying host data to the device"))
     }
 
     /// A new zeroed device buffer of `len` elements.

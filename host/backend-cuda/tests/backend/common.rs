@@ -15,7 +15,7 @@ fn require_gpu() -> bool {
 /// `model` on cuda:0 with a KV cache of `kv`, or None (after printing why)
 /// where this machine has no usable CUDA.
 pub fn cuda(test: &str, model: &LlamaModel, kv: Option<KvCacheType>) -> Option<CudaBackend> {
-    match CudaBackend::new(model, CudaOptions { device: 0, kv }) {
+    match CudaBackend::new(model, CudaOptions { kv, ..CudaOptions::default() }) {
         Ok(b) => {
             eprintln!("{test}: on {}", b.name());
             Some(b)

@@ -7,11 +7,14 @@
 //! - `parity`: the default model (`WEFT_TEST_MODEL`, a GGUF path) against
 //!   the CPU backend: teacher-forced argmax agreement and perplexity, with
 //!   the KV cache in f16 and in FP8;
-//! - `engine`: the engine's continuous batching on the GPU backend.
+//! - `engine`: the engine's continuous batching on the GPU backend;
+//! - `graphs`: decode steps replayed as CUDA graphs against the same steps
+//!   launched one by one.
 //!
 //! Lines starting `RESULT ` are collected into scripts/gpu-check.sh's table.
 
 mod common;
 mod engine;
+mod graphs;
 mod parity;
 mod transformers;
