@@ -31,6 +31,10 @@ STEPS=${STEPS-kernels backend bench peer}
 mkdir -p "$LOG_DIR"
 export LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export WEFT_REQUIRE_GPU=1
+# One store and one compiled-kernel cache for every process of the run: the
+# kernels compile once, not once per test process.
+export WEFT_HOME=/root/weft-gpu/home
+export WEFT_CUDA_CACHE=$WEFT_HOME/cuda-cache
 # libnvrtc and libcublas from the image's Python CUDA wheels, after the
 # system's own.
 for d in $(python3 -c 'import glob, site; print(" ".join(d for p in site.getsitepackages() for d in glob.glob(p + "/nvidia/*/lib")))' 2>/dev/null); do

@@ -33,6 +33,9 @@ use weft_kernels_cuda::{
 };
 
 pub use weft_kernels_cuda::KvType as KvCacheType;
+/// Keep compiled kernel images in this directory between runs (see
+/// `weft_kernels_cuda::set_cache_dir`).
+pub use weft_kernels_cuda::set_cache_dir as set_kernel_cache;
 
 /// From this many tokens in a step, linear layers run as a GEMM instead of
 /// GEMV launches of at most 8 tokens each.

@@ -124,7 +124,7 @@ pub fn bench(store: &Store, args: BenchArgs) -> Result<()> {
         return crate::plugin_bench::run(&args.batch, args.json, args.component.as_deref());
     }
     let opened = match args.synthetic {
-        Some(shape) => crate::run::open_synthetic(&args.model, shape, args.kv_cache_mib << 20)?,
+        Some(shape) => crate::run::open_synthetic(store, &args.model, shape, args.kv_cache_mib << 20)?,
         None => crate::run::open(store, &args.model, args.kv_cache_mib << 20)?,
     };
     let loaded = opened.loaded;

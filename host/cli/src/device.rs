@@ -52,12 +52,14 @@ pub enum KvCacheType {
 }
 
 /// What `--device`, `--kv-cache-type` and `--no-cuda-graphs` chose.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Placement {
     pub device: Device,
     pub kv: KvCacheType,
     /// Replay decode steps as CUDA graphs (GPU only).
     pub graphs: bool,
+    /// Where compiled GPU kernels are kept between runs.
+    pub kernel_cache: Option<std::path::PathBuf>,
 }
 
 /// The backend for `model` where `placement` puts it.
@@ -67,14 +69,15 @@ pub fn backend(model: &Arc<LlamaModel>, placement: Placement) -> Result<Box<dyn 
             bail!("--kv-cache-type chooses a GPU's KV cache; the CPU backend stores it as the model's numerics")
         }
         Device::Cpu => Ok(Box::new(CpuBackend::new(Arc::clone(model)))),
-        Device::Cuda(ordinal) => cuda(model, ordinal, placement),
+        Device::Cuda(ordinal) => cuda(model, ordinal, &placement),
     }
 }
 
 #[cfg(feature = "cuda")]
-fn cuda(model: &Arc<LlamaModel>, ordinal: usize, placement: Placement) -> Result<Box<dyn Backend>> {
+fn cuda(model: &Arc<LlamaModel>, ordinal: usize, placement: &Placement) -> Result<Box<dyn Backend>> {
     use anyhow::Context;
     use weft_backend_cuda::{CudaOptions, KvCacheType as Kv};
+    weft_backend_cuda::set_kernel_cache(placement.kernel_cache.clone());
     let kv = match placement.kv {
         KvCacheType::Auto => None,
         KvCacheType::F32 => Some(Kv::F32),
@@ -86,7 +89,7 @@ fn cuda(model: &Arc<LlamaModel>, ordinal: usize, placement: Placement) -> Result
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda(_: &Arc<LlamaModel>, ordinal: usize, _: Placement) -> Result<Box<dyn Backend>> {
+fn cuda(_: &Arc<LlamaModel>, ordinal: usize, _: &Placement) -> Result<Box<dyn Backend>> {
     bail!("cuda:{ordinal}: this weft was not compiled with CUDA support; build it with `cargo build --release --features cuda -p weft`")
 }
 

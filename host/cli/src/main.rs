@@ -80,11 +80,13 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    pub fn placement(&self) -> device::Placement {
+    /// Where and how the model runs; compiled GPU kernels are kept in `store`.
+    pub fn placement(&self, store: &Store) -> device::Placement {
         device::Placement {
             device: self.device.unwrap_or_default(),
             kv: self.kv_cache_type.unwrap_or_default(),
             graphs: !self.no_cuda_graphs,
+            kernel_cache: Some(store.cuda_cache()),
         }
     }
 }

@@ -14,6 +14,7 @@ use weft_types::SamplingParams;
 
 use weft_plugin_runtime::{Limits, PluginRuntime};
 
+use crate::device::Placement;
 use crate::{ModelArgs, SamplerKind};
 use crate::store::Store;
 
@@ -99,12 +100,12 @@ pub fn open(store: &Store, args: &ModelArgs, kv_cache_bytes: usize) -> Result<Op
     }
     let path = store.resolve(args.model.as_deref())?;
     let loaded = LoadedModel::open(&path).with_context(|| format!("loading {}", path.display()))?;
-    place(path, loaded, args, kv_cache_bytes)
+    place(path, loaded, args.placement(store), kv_cache_bytes)
 }
 
 /// A model of `shape` with random BF16 weights (for benchmarks), placed
 /// like [`open`] places a real one.
-pub fn open_synthetic(args: &ModelArgs, shape: Shape, kv_cache_bytes: usize) -> Result<Opened> {
+pub fn open_synthetic(store: &Store, args: &ModelArgs, shape: Shape, kv_cache_bytes: usize) -> Result<Opened> {
     if let Some(n) = args.threads {
         weft_kernels_cpu::pool::set_threads(n);
     }
@@ -116,11 +117,11 @@ pub fn open_synthetic(args: &ModelArgs, shape: Shape, kv_cache_bytes: usize) -> 
         tokenizer: Arc::new(Tokenizer::placeholder()),
         template: None,
     };
-    place(PathBuf::new(), loaded, args, kv_cache_bytes)
+    place(PathBuf::new(), loaded, args.placement(store), kv_cache_bytes)
 }
 
-fn place(path: PathBuf, loaded: LoadedModel, args: &ModelArgs, kv_cache_bytes: usize) -> Result<Opened> {
-    let backend = crate::device::backend(&loaded.model, args.placement())?;
+fn place(path: PathBuf, loaded: LoadedModel, placement: Placement, kv_cache_bytes: usize) -> Result<Opened> {
+    let backend = crate::device::backend(&loaded.model, placement)?;
     let config = EngineConfig::for_backend(&*backend, kv_cache_bytes);
     Ok(Opened { path, loaded, backend, config })
 }

@@ -54,6 +54,11 @@ impl Store {
         self.root.join("plugin-cache")
     }
 
+    /// Where compiled CUDA kernel images are kept between runs.
+    pub fn cuda_cache(&self) -> PathBuf {
+        self.root.join("cuda-cache")
+    }
+
     fn models(&self) -> PathBuf {
         self.root.join("models")
     }

@@ -21,6 +21,7 @@
 
 mod attention;
 mod blas;
+mod disk_cache;
 mod error;
 mod gemv;
 mod layers;
@@ -35,6 +36,7 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, ValidAsZeroBits,
 };
 
+pub use disk_cache::set_cache_dir;
 pub use attention::{AttentionPlan, AttentionRows, DecodeBatch, KvCacheShape, KvSlots, KvType, PagedKv};
 pub use error::{CudaError, Result};
 #[doc(hidden)]

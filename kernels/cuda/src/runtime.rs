@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, sys as dsys};
 use cudarc::nvrtc::{Ptx, sys as nsys};
 
+use crate::disk_cache;
 use crate::error::{CudaError, Result, driver};
 
 /// One `.cu` file, embedded in the binary.
@@ -27,6 +28,9 @@ pub(crate) struct Source {
     pub name: &'static str,
     pub code: &'static str,
 }
+
+/// Options every module is compiled with (besides its target and define).
+const COMPILE_OPTIONS: &str = "--std=c++17 --fmad=true";
 
 /// Headers the sources may `#include`, served from memory.
 const HEADERS: &[(&str, &str)] = &[("common.cuh", include_str!("kernels/common.cuh"))];
@@ -257,11 +261,8 @@ pub(crate) fn compile(source: Source, key: ModuleKey, target: &Target) -> Result
     .map_err(|e| fail(format!("nvrtcCreateProgram: {e}")))?;
     let prog = Program(raw);
 
-    let mut options = vec![
-        target.option(),
-        "--std=c++17".to_string(),
-        "--fmad=true".to_string(),
-    ];
+    let mut options = vec![target.option()];
+    options.extend(COMPILE_OPTIONS.split(' ').map(str::to_string));
     if let Some(d) = key.define {
         options.push(format!("-D{d}"));
     }
@@ -336,13 +337,52 @@ fn compiled(source: Source, key: ModuleKey, target: &Target) -> Result<Arc<Image
     }
     // Compiled outside the lock: another thread may race us to the same
     // module, which costs one redundant compile and nothing else.
-    let img = Arc::new(compile(source, key, target)?);
+    let img = Arc::new(compiled_on_disk(source, key, target)?);
     cache
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .entry((key, target.clone()))
         .or_insert_with(|| img.clone());
     Ok(img)
+}
+
+/// Fetch one module from the disk cache, or compile and store it there.
+fn compiled_on_disk(source: Source, key: ModuleKey, target: &Target) -> Result<Image> {
+    let mut parts: Vec<&[u8]> = vec![source.code.as_bytes()];
+    for (name, code) in HEADERS {
+        parts.extend([name.as_bytes(), code.as_bytes()]);
+    }
+    let (label, version) = (target.label(), nvrtc_version());
+    let define = key.define.unwrap_or("");
+    parts.extend([label.as_bytes(), define.as_bytes(), version.as_bytes(), COMPILE_OPTIONS.as_bytes()]);
+    let name = disk_cache::key(&parts);
+    let tagged = |img: &Image| -> Vec<u8> {
+        match img {
+            Image::Cubin(b) => [&[0u8][..], b].concat(),
+            Image::Ptx(s) => [&[1u8][..], s.as_bytes()].concat(),
+        }
+    };
+    let cached = disk_cache::load(&name).and_then(|bytes| match bytes.split_first() {
+        Some((0, b)) => Some(Image::Cubin(b.to_vec())),
+        Some((1, b)) => String::from_utf8(b.to_vec()).ok().map(Image::Ptx),
+        _ => None,
+    });
+    if let Some(img) = cached {
+        return Ok(img);
+    }
+    let img = compile(source, key, target)?;
+    disk_cache::store(&name, &tagged(&img));
+    Ok(img)
+}
+
+/// NVRTC's version as "major.minor" (part of every disk-cache key).
+fn nvrtc_version() -> String {
+    let (mut major, mut minor): (c_int, c_int) = (0, 0);
+    // SAFETY: plain out-parameter call; NVRTC was probed before any compile.
+    match unsafe { nsys::nvrtcVersion(&mut major, &mut minor) }.result() {
+        Ok(()) => format!("{major}.{minor}"),
+        Err(_) => "unknown".into(),
+    }
 }
 
 /// A module loaded into one device's context, with its functions looked up once.
@@ -465,7 +505,8 @@ pub fn compile_all_for_sm(sm: i32) -> Result<Vec<(String, usize)>> {
     let target = Target::for_sm(sm, supported)?;
     let mut out = Vec::new();
     for (source, key) in all_modules() {
-        let img = compiled(source, key, &target)?;
+        // Past the process's cache, so that the disk cache is exercised.
+        let img = compiled_on_disk(source, key, &target)?;
         out.push((key.label(), img.len()));
     }
     Ok(out)

@@ -5,11 +5,23 @@ use weft_kernels_cuda::{CudaError, compile_all_for_sm};
 
 #[test]
 fn every_kernel_module_compiles_for_sm90() {
-    match compile_all_for_sm(90) {
+    // Compiled into an empty disk cache, then read back from it.
+    let cache = tempfile::tempdir().unwrap();
+    weft_kernels_cuda::set_cache_dir(Some(cache.path().to_path_buf()));
+    let start = std::time::Instant::now();
+    let compiled = compile_all_for_sm(90);
+    let compile_time = start.elapsed();
+    match compiled {
         Ok(mods) => {
             for (name, bytes) in &mods {
                 println!("compiled {name}: {bytes} bytes of cubin");
             }
+            let entries = std::fs::read_dir(cache.path()).unwrap().count();
+            assert_eq!(entries, mods.len(), "one disk-cache entry per module");
+            let start = std::time::Instant::now();
+            let again = compile_all_for_sm(90).unwrap();
+            println!("compiled in {compile_time:?}; read back from the disk cache in {:?}", start.elapsed());
+            assert_eq!(again, mods, "the cached images are the compiled ones");
             // layers, sample; attention per KV type; GEMV per weight type.
             assert_eq!(mods.len(), 2 + weft_kernels_cuda::KvType::ALL.len() + weft_kernels_cuda::WeightType::ALL.len());
         }
