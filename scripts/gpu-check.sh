@@ -18,9 +18,11 @@
 #   bench    `weft bench --device cuda`: the default model, and random-BF16
 #            models of the default model's and Llama-3-8B's shapes, decode at
 #            batch 1/16/64/256 and prefill 512;
-#   peer     the same random-weight shapes through transformers' generate
-#            (scripts/gpu/hf_bench.py), and the table of ratios with the
-#            batch-1 roofline (weight bytes per step / measured copy bandwidth).
+#   peer     transformers' generate on the same GPU (scripts/gpu/hf_bench.py):
+#            the default model (written by `weft export --hf`, run in BF16)
+#            and the same random-weight shapes; then the table of ratios with
+#            the batch-1 roofline (weight bytes per step / measured copy
+#            bandwidth).
 #
 # WEFT_REQUIRE_GPU=1 is set: a test that finds no GPU fails instead of skipping.
 set -uo pipefail
@@ -123,6 +125,16 @@ if has_step bench; then
 fi
 if has_step peer; then
     : > "$LOG_DIR/peer.jsonl"
+    # The default model itself, exported to a Hugging Face directory (F32,
+    # run by transformers in BF16), under the name weft bench reported.
+    if [[ -n $MODEL ]]; then
+        name=$(head -1 "$LOG_DIR/bench.jsonl" 2>/dev/null | python3 -c 'import json, sys; print(json.load(sys.stdin)["model"])' 2>/dev/null)
+        if $BIN/weft export --model "$MODEL" --hf /root/weft-gpu/default-hf >> "$LOG_DIR/peer.log" 2>&1; then
+            python3 scripts/gpu/hf_bench.py --model-dir /root/weft-gpu/default-hf --name "${name:-default}" \
+                --batch 1,16,64,256 --prefill 512 --rounds 2 >> "$LOG_DIR/peer.jsonl" 2>> "$LOG_DIR/peer.log" \
+                || { echo "gpu-check: hf_bench on the default model failed" | tee -a "$LOG_DIR/peer.log"; fail=1; }
+        fi
+    fi
     for shape in smollm2-135m llama3-8b; do
         python3 scripts/gpu/hf_bench.py "$shape" --batch 1,16,64,256 --prefill 512 --rounds 2 \
             >> "$LOG_DIR/peer.jsonl" 2>> "$LOG_DIR/peer.log" || { echo "gpu-check: hf_bench $shape failed" | tee -a "$LOG_DIR/peer.log"; fail=1; }

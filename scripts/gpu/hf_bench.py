@@ -1,5 +1,7 @@
-"""The peer for `weft bench --synthetic SHAPE`: Hugging Face transformers'
-`generate` on the same shapes with random BF16 weights, on the same GPU.
+"""The peer for `weft bench`: Hugging Face transformers' `generate` on the
+same GPU, either on the shapes of `weft bench --synthetic SHAPE` with random
+BF16 weights, or on a model directory (`--model-dir`, e.g. the default model
+written by `weft export --hf DIR`, run in BF16).
 
 Figures match weft bench's: prefill N = one prompt of N tokens, timed
 forward; decode batch B = B prompts of 32 random tokens generating
@@ -8,6 +10,7 @@ NEW tokens each (end-of-sequence off), prefill and the first token excluded
 Prints one JSON object.
 
     python3 scripts/gpu/hf_bench.py llama3-8b --batch 1,16,64,256 --prefill 512
+    python3 scripts/gpu/hf_bench.py --model-dir DIR --name "SmolLM2 135M Instruct"
 """
 
 import argparse
@@ -28,6 +31,16 @@ SHAPES = {
                          num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True,
                          theta=100000.0),
 }
+
+
+def load(model_dir):
+    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16) if int(
+        transformers.__version__.split(".")[0]) >= 5 else LlamaForCausalLM.from_pretrained(
+        model_dir, torch_dtype=torch.bfloat16)
+    model = model.to("cuda").eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model, model.config.vocab_size
 
 
 def build(shape):
@@ -79,20 +92,25 @@ def decode_tps(model, vocab, batch, new):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("shape", choices=sorted(SHAPES))
+    ap.add_argument("shape", nargs="?", choices=sorted(SHAPES))
+    ap.add_argument("--model-dir", help="a Hugging Face model directory instead of a random shape")
+    ap.add_argument("--name", help="the model name to report (weft bench's, to pair the rows)")
     ap.add_argument("--batch", default="1,16,64,256")
     ap.add_argument("--prefill", default="512")
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
-    model, vocab = build(a.shape)
+    if (a.shape is None) == (a.model_dir is None):
+        ap.error("give a shape or --model-dir")
+    model, vocab = load(a.model_dir) if a.model_dir else build(a.shape)
+    name = a.name or (f"random {a.shape} (BF16)" if a.shape else a.model_dir)
     figures = {}
     for n in [int(x) for x in a.prefill.split(",") if x]:
         figures[f"prefill {n}"] = statistics.median(prefill_tps(model, vocab, n) for _ in range(a.rounds))
     for b in [int(x) for x in a.batch.split(",") if x]:
         figures[f"decode batch {b}"] = statistics.median(
             decode_tps(model, vocab, b, a.decode_tokens) for _ in range(a.rounds))
-    print(json.dumps({"model": f"random {a.shape} (BF16)", "device": torch.cuda.get_device_name(),
+    print(json.dumps({"model": name, "device": torch.cuda.get_device_name(),
                       "peer": f"transformers {transformers.__version__}, torch {torch.__version__}",
                       "tokens_per_second": figures}))
 

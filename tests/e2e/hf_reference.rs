@@ -78,3 +78,45 @@ fn a_hugging_face_directory_loads_whole_and_greedy_decoding_follows_transformers
     assert_eq!(generated.len(), 3);
     assert_eq!(generated[0], expected);
 }
+
+#[test]
+fn the_default_model_exported_as_a_hugging_face_directory_computes_what_its_gguf_does() {
+    use weft_engine::LoadedModel;
+    use weft_engine::model::export::export_hf;
+    use weft_tests::default_model;
+
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = default_model();
+    export_hf(gguf, dir.path()).unwrap();
+    let hf = LoadedModel::open(dir.path()).unwrap();
+    assert_eq!(hf.model.config.vocab_size, gguf.model.config.vocab_size);
+
+    // The same tokens from the exported tokenizer.json.
+    let text = std::fs::read_to_string(data("ppl-text.txt")).unwrap();
+    let text = &text[..text.char_indices().nth(3000).unwrap().0];
+    let ids = gguf.tokenizer.encode(text, false).unwrap();
+    assert_eq!(hf.tokenizer.encode(text, false).unwrap(), ids);
+
+    // The same function. The GGUF path computes as llama.cpp does
+    // (activations rounded to 8 bits for the quantised products, an f16
+    // cache, pair rotation); the safetensors path in f32 with Hugging Face's
+    // rotation order. So tokens agree about as often as llama.cpp's own two
+    // attention paths do (95.6%, tests/data/llamacpp/README.md), while a
+    // wrong permutation or setting would leave little agreement; and
+    // perplexity over the text's first chunks is within 1%.
+    let ids = &ids[..256];
+    let (a, b) = (all_logits(&gguf.model, ids), all_logits(&hf.model, ids));
+    let vocab = gguf.model.config.vocab_size;
+    let argmax = |l: &[f32]| weft_engine::sampling::argmax(l);
+    let same = a.chunks_exact(vocab).zip(b.chunks_exact(vocab)).filter(|(x, y)| argmax(x) == argmax(y)).count();
+    let all = gguf.tokenizer.encode(&std::fs::read_to_string(data("ppl-text.txt")).unwrap(), false).unwrap();
+    let ppl = |m: &LoadedModel| {
+        let config = weft_engine::EngineConfig::for_model(&m.model, 64 << 20);
+        let mut engine = weft_engine::Engine::new(m.model.clone(), m.tokenizer.clone(), config);
+        weft_engine::perplexity::perplexity(&mut engine, &all, 512, Some(4)).value
+    };
+    let (p_gguf, p_hf) = (ppl(gguf), ppl(&hf));
+    eprintln!("exported vs GGUF: argmax {same}/256 agree; perplexity {p_hf:.4} vs {p_gguf:.4}");
+    assert!(same >= 230, "{same}/256 argmax agree");
+    assert!((p_hf / p_gguf - 1.0).abs() < 0.01, "perplexity {p_hf:.4} vs {p_gguf:.4}");
+}

@@ -18,7 +18,7 @@ mod store;
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::store::Store;
@@ -51,6 +51,15 @@ enum Command {
     Conformance(conformance::ConformanceArgs),
     /// Measure the engine's prefill and decode throughput, or (with --url) load-test an OpenAI-compatible server.
     Bench(bench::BenchArgs),
+    /// Write a model as a Hugging Face directory (config.json, F32 model.safetensors, tokenizer.json).
+    Export {
+        /// A model path, a pulled model's name, or `default`.
+        #[arg(long, env = "WEFT_MODEL")]
+        model: Option<String>,
+        /// The directory to write (created if missing).
+        #[arg(long, value_name = "DIR")]
+        hf: PathBuf,
+    },
 }
 
 /// Options shared by the commands that run a model.
@@ -117,6 +126,12 @@ fn main() -> Result<()> {
         Command::Plugin(args) => admin::plugin(args)?,
         Command::Bench(args) => bench::bench(&store, args)?,
         Command::Conformance(args) => conformance::conformance(args)?,
+        Command::Export { model, hf } => {
+            let path = store.resolve(model.as_deref())?;
+            let loaded = weft_engine::LoadedModel::open(&path).with_context(|| format!("loading {}", path.display()))?;
+            weft_engine::model::export::export_hf(&loaded, &hf).with_context(|| format!("exporting to {}", hf.display()))?;
+            println!("{}", hf.display());
+        }
     }
     Ok(())
 }

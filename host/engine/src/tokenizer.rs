@@ -189,6 +189,11 @@ impl Tokenizer {
         Ok(Self { with_special, plain, eog: eos.to_vec(), bos, eos: eos.first().copied(), add_bos: false, vocab_size })
     }
 
+    /// Write the tokenizer as a Hugging Face `tokenizer.json`.
+    pub fn save_hf(&self, path: &Path) -> Result<(), TokenizerError> {
+        self.with_special.save(path, false).map_err(lib)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
     }

@@ -4,9 +4,11 @@
 //! [`ModelConfig`]; `weights` loads tensors from either source without
 //! copying (both are memory-mapped); `rope` holds rotary position encoding;
 //! `llama` is the forward pass over a batch of tokens with a paged KV cache;
-//! `synthetic` makes models of a real shape with random weights (benchmarks).
+//! `synthetic` makes models of a real shape with random weights (benchmarks);
+//! `export` writes a loaded model as a Hugging Face directory.
 
 pub mod config;
+pub mod export;
 pub mod llama;
 pub mod rope;
 pub mod synthetic;
