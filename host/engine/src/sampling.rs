@@ -182,20 +182,31 @@ fn cut(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, min_p: f32, (we
     let inv_t = 1.0 / temperature as f64;
     let top = vocab::max(logits) as f64 * inv_t;
     vocab::exp_weights(logits, inv_t, top, weights);
+    // Tokens still kept: counted only after min-p, the one cut that does
+    // not know how many it leaves.
+    let mut kept = weights.len();
     if min_p > 0.0 {
         let floor = min_p as f64;
-        weights.iter_mut().filter(|w| **w < floor).for_each(|w| *w = CUT);
+        kept = 0;
+        for w in weights.iter_mut() {
+            if *w < floor {
+                *w = CUT;
+            } else {
+                kept += 1;
+            }
+        }
     }
-    let kept = |weights: &[f64]| weights.iter().filter(|&&w| w >= 0.0).count();
-    let cut_k = top_k > 0 && kept(weights) > top_k as usize;
+    let cut_k = top_k > 0 && kept > top_k as usize;
     let cut_p = top_p < 1.0;
     if cut_k || cut_p {
         vocab::depth_bins(logits, inv_t, top, bins);
     }
     if cut_k {
+        // Counting tokens is exact: exactly top_k stay.
         keep_most_likely(weights, bins, |_| 1.0, |_| top_k as f64);
+        kept = top_k as usize;
     }
-    if cut_p && kept(weights) > 1 {
+    if cut_p && kept > 1 {
         keep_most_likely(weights, bins, |w| w, |total| top_p as f64 * total);
     }
 }
@@ -278,10 +289,20 @@ pub fn sample_nucleus(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, 
 
 /// Choose the next token for a sequence from its logits.
 pub fn sample(logits: &[f32], params: &SamplingParams, index: u64) -> u32 {
-    if params.is_greedy() {
+    choose(logits, params.temperature, params.top_k, params.top_p, params.min_p, params.seed, index)
+}
+
+/// The token these cuts choose for the `index`-th token of a sequence
+/// seeded `seed`: the most likely one when the choice is greedy
+/// ([`weft_types::is_greedy_choice`]), else the nucleus draw with the
+/// `(seed, index)` uniform. [`sample`] and the sampler plugin's
+/// `choose-rows` host call both end here.
+#[allow(clippy::too_many_arguments)]
+pub fn choose(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, min_p: f32, seed: u64, index: u64) -> u32 {
+    if weft_types::is_greedy_choice(temperature, top_k) {
         return argmax(logits);
     }
-    sample_nucleus(logits, params.temperature, params.top_k, params.top_p, params.min_p, uniform(params.seed, index))
+    sample_nucleus(logits, temperature, top_k, top_p, min_p, uniform(seed, index))
 }
 
 /// Deterministic pseudo-random logits in [-6, 6) (xorshift from `seed`):

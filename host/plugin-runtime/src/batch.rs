@@ -303,13 +303,12 @@ impl HostBatch for StoreState {
         choices
             .into_iter()
             .map(|(row, c)| {
-                if c.temperature == 0.0 || c.top_k == 1 {
-                    return Ok(weft_engine::sampling::argmax(view.logits(row)?));
+                if !weft_types::is_greedy_choice(c.temperature, c.top_k) {
+                    check_cuts(c.temperature, c.top_p, c.min_p)?;
                 }
-                check_cuts(c.temperature, c.top_p, c.min_p)?;
                 let r = *view.row(row)?;
-                let u = weft_engine::sampling::uniform(r.params.seed, r.position());
-                Ok(weft_engine::sampling::sample_nucleus(view.logits(row)?, c.temperature, c.top_k, c.top_p, c.min_p, u))
+                let (seed, index) = (r.params.seed, r.position());
+                Ok(weft_engine::sampling::choose(view.logits(row)?, c.temperature, c.top_k, c.top_p, c.min_p, seed, index))
             })
             .collect()
     }

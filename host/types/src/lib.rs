@@ -9,4 +9,4 @@ pub mod decide;
 pub mod sampling;
 
 pub use decide::{DecisionError, Guide, GuideError, GuideStep, SampleRow, Sampler, SamplerError};
-pub use sampling::{SamplingParams, StopReason, TokenId};
+pub use sampling::{SamplingParams, StopReason, TokenId, is_greedy_choice};

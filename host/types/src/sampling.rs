@@ -87,7 +87,7 @@ impl SamplingParams {
 
     /// Whether this sequence picks the argmax at every step.
     pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0 || self.top_k == 1
+        is_greedy_choice(self.temperature, self.top_k)
     }
 
     /// Whether the logits are changed before the choice (bias or a penalty),
@@ -114,4 +114,11 @@ pub enum StopReason {
     /// A decision for the request failed (a plugin fault); the output
     /// carries the error.
     Error,
+}
+
+/// Whether a choice at `temperature` among the `top_k` most likely tokens
+/// (0: all) is the single most likely token: the one statement of the
+/// greedy rule, for parameters and for a sampler's own cuts alike.
+pub fn is_greedy_choice(temperature: f32, top_k: u32) -> bool {
+    temperature == 0.0 || top_k == 1
 }
