@@ -214,6 +214,9 @@ impl CudaBackend {
     }
 
     fn step(&mut self, kv: &mut PagedKv, batch: &ForwardBatch) -> Result<Vec<f32>, CudaError> {
+        if batch.tokens.is_empty() {
+            return Ok(Vec::new());
+        }
         let host = HostIndex::new(batch, kv.shape().block_size);
         let (n, m) = (batch.tokens.len(), host.wanted.len());
         // With graphs, room for the largest captured step from the start, so
@@ -242,10 +245,11 @@ impl CudaBackend {
             }
         }
         let index = self.upload(kv, &host)?;
-        if self.warmed.insert(n) {
+        if !self.warmed.contains(&n) {
             // First step of this size: run it as it is (kernels compile and
             // load outside any capture), capture the next one.
             self.launch(kv, &index, n, None)?;
+            self.warmed.insert(n);
         } else {
             let k = self.kernels.clone();
             let graph = k.capture(|| self.launch(kv, &index, n, None))?;
@@ -258,21 +262,21 @@ impl CudaBackend {
     /// Grow the activations to `tokens` tokens and the logits to `rows`
     /// rows; a growth moves buffers, so captured graphs are dropped.
     fn reserve(&mut self, tokens: usize, rows: usize) -> Result<(), CudaError> {
-        let k = &self.kernels;
         let c = &self.config;
-        let mut moved = false;
-        if self.work.as_ref().is_none_or(|w| w.tokens < tokens) {
+        let grow_work = self.work.as_ref().is_none_or(|w| w.tokens < tokens);
+        let grow_logits = self.logits.as_ref().is_none_or(|l| l.len() < rows * c.vocab_size);
+        if grow_work || grow_logits {
+            // The graphs go first: they read the buffers about to move.
+            self.graphs.clear();
+        }
+        let k = &self.kernels;
+        if grow_work {
             self.work = None; // free the smaller one first
             self.work = Some(Workspace::new(k, c, tokens.next_power_of_two())?);
-            moved = true;
         }
-        if self.logits.as_ref().is_none_or(|l| l.len() < rows * c.vocab_size) {
+        if grow_logits {
             self.logits = None;
             self.logits = Some(k.zeros(rows.next_power_of_two() * c.vocab_size)?);
-            moved = true;
-        }
-        if moved {
-            self.graphs.clear();
         }
         Ok(())
     }
@@ -371,7 +375,10 @@ struct HostIndex {
 impl HostIndex {
     fn new(batch: &ForwardBatch, bs: usize) -> Self {
         let tokens = &batch.tokens;
-        let max_blocks = batch.block_tables.iter().map(|t| t.len()).max().unwrap_or(1).max(1);
+        // Tables padded to a power of two: the width (and so the launch)
+        // changes only when the longest table doubles, not with every
+        // block a sequence takes.
+        let max_blocks = batch.block_tables.iter().map(|t| t.len()).max().unwrap_or(1).max(1).next_power_of_two();
         let mut tables = vec![0u32; batch.block_tables.len() * max_blocks];
         for (row, table) in tables.chunks_exact_mut(max_blocks).zip(&batch.block_tables) {
             row[..table.len()].copy_from_slice(table);
@@ -394,7 +401,9 @@ impl HostIndex {
 
     /// Whether every row is its sequence's only one (a decode step).
     fn single_rows(&self) -> bool {
-        self.row_seq.windows(2).all(|w| w[0] != w[1])
+        let mut seqs = self.row_seq.clone();
+        seqs.sort_unstable();
+        seqs.windows(2).all(|w| w[0] != w[1])
     }
 }
 

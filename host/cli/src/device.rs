@@ -58,7 +58,8 @@ pub struct Placement {
     pub kv: KvCacheType,
     /// Replay decode steps as CUDA graphs (GPU only).
     pub graphs: bool,
-    /// Where compiled GPU kernels are kept between runs.
+    /// Where compiled GPU kernels are kept between runs (`None`: where
+    /// `$WEFT_CUDA_CACHE` says, or nowhere).
     pub kernel_cache: Option<std::path::PathBuf>,
 }
 
@@ -77,7 +78,9 @@ pub fn backend(model: &Arc<LlamaModel>, placement: Placement) -> Result<Box<dyn 
 fn cuda(model: &Arc<LlamaModel>, ordinal: usize, placement: &Placement) -> Result<Box<dyn Backend>> {
     use anyhow::Context;
     use weft_backend_cuda::{CudaOptions, KvCacheType as Kv};
-    weft_backend_cuda::set_kernel_cache(placement.kernel_cache.clone());
+    if let Some(dir) = &placement.kernel_cache {
+        weft_backend_cuda::set_kernel_cache(Some(dir.clone()));
+    }
     let kv = match placement.kv {
         KvCacheType::Auto => None,
         KvCacheType::F32 => Some(Kv::F32),

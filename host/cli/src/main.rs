@@ -95,7 +95,8 @@ impl ModelArgs {
             device: self.device.unwrap_or_default(),
             kv: self.kv_cache_type.unwrap_or_default(),
             graphs: !self.no_cuda_graphs,
-            kernel_cache: Some(store.cuda_cache()),
+            // $WEFT_CUDA_CACHE, when set, chooses (the kernels crate reads it).
+            kernel_cache: std::env::var_os("WEFT_CUDA_CACHE").is_none().then(|| store.cuda_cache()),
         }
     }
 }

@@ -514,11 +514,15 @@ impl CudaKernels {
         row_ids: Vec<u32>,
     ) -> Result<DecodeLayout> {
         const OP: &str = "paged attention";
-        let KvCacheShape { n_kv_heads, head_dim, .. } = *shape;
+        let KvCacheShape { n_kv_heads, head_dim, block_size, .. } = *shape;
         let n = row_ids.len();
         let lens: Vec<u32> = row_ids.iter().map(|&r| rows.lens[r as usize]).collect();
         let row_seq: Vec<u32> = row_ids.iter().map(|&r| rows.row_seq[r as usize]).collect();
-        let max_len = lens.iter().copied().max().unwrap_or(1) as usize;
+        // Partitions cover the tables' capacity, not the longest row: the
+        // launch then changes only when the table width does (partitions
+        // past a row's length return at once), so a captured decode step
+        // replays over many steps of growing sequences.
+        let max_len = rows.max_blocks_per_seq * block_size;
         let group = n_heads / n_kv_heads;
         // Whole warps (the kernel reduces with full-warp shuffles).
         let threads = head_dim.max(128).next_multiple_of(32);

@@ -352,7 +352,10 @@ fn compiled_on_disk(source: Source, key: ModuleKey, target: &Target) -> Result<I
     for (name, code) in HEADERS {
         parts.extend([name.as_bytes(), code.as_bytes()]);
     }
-    let (label, version) = (target.label(), nvrtc_version());
+    // Without NVRTC's version the key would not say which compiler made an
+    // image: compile without the disk cache.
+    let Some(version) = nvrtc_version() else { return compile(source, key, target) };
+    let label = target.label();
     let define = key.define.unwrap_or("");
     parts.extend([label.as_bytes(), define.as_bytes(), version.as_bytes(), COMPILE_OPTIONS.as_bytes()]);
     let name = disk_cache::key(&parts);
@@ -376,13 +379,10 @@ fn compiled_on_disk(source: Source, key: ModuleKey, target: &Target) -> Result<I
 }
 
 /// NVRTC's version as "major.minor" (part of every disk-cache key).
-fn nvrtc_version() -> String {
+fn nvrtc_version() -> Option<String> {
     let (mut major, mut minor): (c_int, c_int) = (0, 0);
     // SAFETY: plain out-parameter call; NVRTC was probed before any compile.
-    match unsafe { nsys::nvrtcVersion(&mut major, &mut minor) }.result() {
-        Ok(()) => format!("{major}.{minor}"),
-        Err(_) => "unknown".into(),
-    }
+    unsafe { nsys::nvrtcVersion(&mut major, &mut minor) }.result().ok().map(|()| format!("{major}.{minor}"))
 }
 
 /// A module loaded into one device's context, with its functions looked up once.
