@@ -113,6 +113,7 @@ impl CudaKernels {
         // stream and another's.
         unsafe { dev.ctx.disable_event_tracking() };
         let stream = dev.ctx.new_stream().map_err(driver("creating a stream"))?;
+        keep_pool_memory(&dev.ctx);
         Ok(CudaKernels {
             dev,
             stream,
@@ -275,6 +276,27 @@ impl CudaKernels {
             ));
         }
         Ok(())
+    }
+}
+
+/// Let the device's default memory pool keep what stream-ordered frees
+/// return, instead of handing it back at every synchronisation (its default
+/// threshold of 0), so a step's short-lived buffers are reused rather than
+/// mapped again. A failure only costs that reuse, so it is ignored.
+fn keep_pool_memory(ctx: &CudaContext) {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: out-parameter call for a valid device; the attribute value
+    // is a u64 as CU_MEMPOOL_ATTR_RELEASE_THRESHOLD requires.
+    unsafe {
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS {
+            let _ = sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            );
+        }
     }
 }
 
