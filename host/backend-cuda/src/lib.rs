@@ -208,11 +208,6 @@ impl CudaBackend {
         })
     }
 
-    /// The kernels' handle (the device, its stream), for benchmarks.
-    pub fn kernels(&self) -> &CudaKernels {
-        &self.kernels
-    }
-
     fn step(&mut self, kv: &mut PagedKv, batch: &ForwardBatch) -> Result<Vec<f32>, CudaError> {
         if batch.tokens.is_empty() {
             return Ok(Vec::new());

@@ -284,15 +284,6 @@ impl Engine {
         }
     }
 
-    pub fn model_config(&self) -> &ModelConfig {
-        self.backend.config()
-    }
-
-    /// What runs the model ("cpu", "cuda:0 (…)").
-    pub fn backend_name(&self) -> String {
-        self.backend.name()
-    }
-
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
         &self.tokenizer
     }

@@ -89,10 +89,6 @@ impl PagedKv {
     pub fn shape(&self) -> &KvCacheShape {
         &self.shape
     }
-    pub fn layers(&self) -> usize {
-        self.layers.len()
-    }
-
     /// Layer `i`'s (keys, values) as raw bytes of the cache's type (for
     /// tests and diagnostics).
     pub fn layer_bytes(&self, i: usize) -> Option<(&CudaSlice<u8>, &CudaSlice<u8>)> {
