@@ -28,7 +28,7 @@ use crate::guide_workers::{Answer, GuideWorkers};
 use crate::backend::{Backend, BackendError, CpuBackend};
 use crate::kv_cache::{BlockPool, KvStorage, chain_next, chain_root};
 use crate::model::{BatchToken, ForwardBatch, LlamaModel, ModelConfig};
-use crate::sampling::{NativeSampler, argmax, logprob_of, top_logprobs};
+use crate::sampling::{NativeSampler, argmax, log_sum_exp, logprob_of, top_logprobs};
 use crate::sequence::{PromptScore, RequestId, Sequence};
 use crate::tokenizer::Tokenizer;
 
@@ -120,7 +120,9 @@ pub struct Output {
     pub id: RequestId,
     pub tokens: Vec<u32>,
     /// Log-probability of each token in `tokens` under the model's raw
-    /// distribution (before bias, penalties or temperature).
+    /// distribution (before bias, penalties or temperature) when the
+    /// request asked for log-probabilities; NaN otherwise (computing it is a
+    /// pass over the vocabulary per token).
     pub logprobs: Vec<f32>,
     /// For each token in `tokens`, the `top_logprobs` most likely tokens and
     /// their log-probabilities; empty unless the request asked for them.
@@ -483,10 +485,11 @@ impl Engine {
                 let row = rows.next().expect("one logits row per flagged token");
                 if seq.score_prompt && pos + 1 < seq.prompt_len && pos >= seq.scored {
                     let best = argmax(row);
+                    let lse = log_sum_exp(row);
                     out.prompt_scores.push(PromptScore {
-                        logprob: logprob_of(row, seq.tokens[pos + 1]),
+                        logprob: row[seq.tokens[pos + 1] as usize] - lse,
                         argmax: best,
-                        argmax_logprob: logprob_of(row, best),
+                        argmax_logprob: row[best as usize] - lse,
                     });
                     seq.scored = pos + 1;
                 }
@@ -530,7 +533,7 @@ impl Engine {
                     let reported = seq.params.logprobs || seq.params.top_logprobs > 0;
                     let run = if reported { &tokens[..1] } else { &tokens[..] };
                     out.tokens.extend_from_slice(run);
-                    out.logprobs.push(logprob_of(row, tokens[0]));
+                    out.logprobs.push(if reported { logprob_of(row, tokens[0]) } else { f32::NAN });
                     out.logprobs.resize(run.len(), f32::NAN);
                     if seq.params.top_logprobs > 0 {
                         out.top_logprobs.push(top_logprobs(row, seq.params.top_logprobs as usize));
@@ -591,7 +594,9 @@ impl Engine {
                         let params = &self.running[plan[slot].0].params;
                         let out = &mut outputs[slot];
                         out.tokens.push(token);
-                        out.logprobs.push(logprob_of(row, token));
+                        // A pass over the vocabulary per row: only when asked.
+                        let reported = params.logprobs || params.top_logprobs > 0;
+                        out.logprobs.push(if reported { logprob_of(row, token) } else { f32::NAN });
                         if params.top_logprobs > 0 {
                             out.top_logprobs.push(top_logprobs(row, params.top_logprobs as usize));
                         }

@@ -58,7 +58,12 @@ pub fn argmax(logits: &[f32]) -> u32 {
 
 /// `log softmax(logits)[token]`.
 pub fn logprob_of(logits: &[f32], token: u32) -> f32 {
-    logits[token as usize] - weft_kernels_cpu::ops::log_sum_exp(logits)
+    logits[token as usize] - log_sum_exp(logits)
+}
+
+/// `log Σ exp(l)` over a row: what every log-probability subtracts.
+pub fn log_sum_exp(logits: &[f32]) -> f32 {
+    weft_kernels_cpu::vocab::log_sum_exp(logits)
 }
 
 /// The `k` largest logits, largest first, ties by lower id: an argmax for
@@ -91,7 +96,7 @@ pub fn largest(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
 /// `log softmax(logits)` of the `k` most likely tokens, most likely first
 /// (ties by lower id).
 pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let lse = weft_kernels_cpu::ops::log_sum_exp(logits);
+    let lse = log_sum_exp(logits);
     largest(logits, k).into_iter().map(|(t, v)| (t, v - lse)).collect()
 }
 

@@ -128,13 +128,6 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
-/// `log Σ exp(x)`, computed stably.
-pub fn log_sum_exp(x: &[f32]) -> f32 {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = x.iter().map(|&v| ((v - max) as f64).exp()).sum();
-    max + sum.ln() as f32
-}
-
 /// `y += a · x`.
 pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     for (yv, &xv) in y.iter_mut().zip(x) {

@@ -137,6 +137,42 @@ pub fn exp_nonpositive(x: f64) -> f64 {
 }
 
 per_isa! {
+    /// `Σ exp(l − top)` over the row in double precision, for `top` at
+    /// least every logit: eight lane sums added in a fixed order, so every
+    /// instruction set gives the same bits (NaN and `-inf` weigh 0).
+    pub fn sum_exp_with(logits: &[f32], top: f64) -> f64 = sum_exp_portable;
+}
+
+#[inline(always)]
+fn sum_exp_portable(logits: &[f32], top: f64) -> f64 {
+    // Weights a block at a time in the plain loop the compiler vectorises
+    // (as `exp_weights`), then added into eight lanes by index.
+    let mut acc = [0.0f64; 8];
+    let mut block = [0.0f64; 64];
+    for c in logits.chunks(64) {
+        let w = &mut block[..c.len()];
+        for (w, &l) in w.iter_mut().zip(c) {
+            *w = exp_nonpositive(l as f64 - top);
+        }
+        for (i, &v) in w.iter().enumerate() {
+            acc[i % 8] += v;
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
+/// `log Σ exp(l)` over a row, stably (the largest logit subtracted first),
+/// on the best instruction set this CPU has.
+pub fn log_sum_exp(logits: &[f32]) -> f32 {
+    let top = max(logits);
+    if top == f32::INFINITY {
+        return top;
+    }
+    let sum = sum_exp_with(Isa::current(), logits, top as f64);
+    (top as f64 + sum.ln()) as f32
+}
+
+per_isa! {
     /// `out[i] = exp(logits[i]·inv_t − top)` for every entry of `out` (as
     /// long as `logits`), where `top` is the largest logit times `inv_t` (so
     /// every weight is at most 1, the top one exactly 1). `-inf` logits

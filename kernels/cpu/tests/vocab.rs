@@ -3,7 +3,9 @@
 //! seeded draw must not depend on the machine.
 
 use weft_kernels_cpu::dot::Isa;
-use weft_kernels_cpu::vocab::{DEPTH_BINS, argmax_with, depth_bins_with, exp_nonpositive, exp_weights_with, max_with};
+use weft_kernels_cpu::vocab::{
+    DEPTH_BINS, argmax_with, depth_bins_with, exp_nonpositive, exp_weights_with, log_sum_exp, max_with, sum_exp_with,
+};
 
 /// Deterministic logits in [-8, 8) with repeats and special values mixed in.
 fn row(n: usize, seed: u64) -> Vec<f32> {
@@ -97,3 +99,20 @@ fn the_largest_logit_is_found_first_among_ties_and_nan_never_wins() {
         }
     }
 }
+
+#[test]
+fn log_sum_exp_matches_a_libm_reference_with_the_same_bits_everywhere() {
+    for (n, seed) in [(49_152usize, 1u64), (257, 2), (7, 3), (1, 4)] {
+        let logits = row(n, seed);
+        let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let exact = top + logits.iter().map(|&l| (l as f64 - top).exp()).sum::<f64>().ln();
+        let ours = log_sum_exp(&logits);
+        assert!((ours as f64 - exact).abs() <= 1e-6 * exact.abs().max(1.0), "n={n}: {ours} vs {exact}");
+        let sums: Vec<u64> = Isa::available().into_iter().map(|isa| sum_exp_with(isa, &logits, top).to_bits()).collect();
+        assert!(sums.windows(2).all(|w| w[0] == w[1]), "n={n}: sums differ across instruction sets");
+    }
+    assert_eq!(log_sum_exp(&[f32::NEG_INFINITY; 3]), f32::NEG_INFINITY);
+    assert_eq!(log_sum_exp(&[0.0, f32::INFINITY]), f32::INFINITY);
+    assert_eq!(log_sum_exp(&[2.0]), 2.0);
+}
+
