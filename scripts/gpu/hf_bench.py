@@ -34,10 +34,9 @@ SHAPES = {
 
 
 def load(model_dir):
-    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16) if int(
-        transformers.__version__.split(".")[0]) >= 5 else LlamaForCausalLM.from_pretrained(
-        model_dir, torch_dtype=torch.bfloat16)
-    model = model.to("cuda").eval()
+    # transformers 5 names the argument `dtype` (4.x: `torch_dtype`).
+    dtype_arg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    model = LlamaForCausalLM.from_pretrained(model_dir, **{dtype_arg: torch.bfloat16}).to("cuda").eval()
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     return model, model.config.vocab_size

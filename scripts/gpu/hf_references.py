@@ -16,6 +16,7 @@ import os
 import sys
 
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
 from transformers import LlamaForCausalLM
 
@@ -28,7 +29,9 @@ def main(out_dir):
     torch.backends.cudnn.allow_tf32 = False
     os.makedirs(out_dir, exist_ok=True)
     for name in NAMES:
-        model = LlamaForCausalLM.from_pretrained(os.path.join(HF_TINY, name), torch_dtype=torch.float32)
+        # transformers 5 names the argument `dtype` (4.x: `torch_dtype`).
+        dtype_arg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+        model = LlamaForCausalLM.from_pretrained(os.path.join(HF_TINY, name), **{dtype_arg: torch.float32})
         model = model.to("cuda").eval()
         ids = load_file(os.path.join(HF_TINY, name + ".reference.safetensors"))["input_ids"]
         with torch.no_grad():
