@@ -62,6 +62,11 @@ impl CpuBackend {
     pub fn new(model: Arc<LlamaModel>) -> Self {
         Self { model, kv: None }
     }
+
+    /// Bytes one token's keys and values take in host storage for `config`.
+    pub fn bytes_per_token(config: &ModelConfig) -> usize {
+        KvStorage::bytes_per_token(config.layers, config.kv_dim(), config.kv_precision())
+    }
 }
 
 impl Backend for CpuBackend {
@@ -74,8 +79,7 @@ impl Backend for CpuBackend {
     }
 
     fn kv_bytes_per_token(&self) -> usize {
-        let c = &self.model.config;
-        KvStorage::bytes_per_token(c.layers, c.kv_dim(), c.kv_precision())
+        Self::bytes_per_token(&self.model.config)
     }
 
     fn allocate_kv(&mut self, num_blocks: usize, block_size: usize) -> Result<(), BackendError> {

@@ -26,7 +26,7 @@ use weft_types::{DecisionError, Guide, GuideError, GuideStep, SampleRow, Sampler
 
 use crate::guide_workers::{Answer, GuideWorkers};
 use crate::backend::{Backend, BackendError, CpuBackend};
-use crate::kv_cache::{BlockPool, KvStorage, chain_next, chain_root};
+use crate::kv_cache::{BlockPool, chain_next, chain_root};
 use crate::model::{BatchToken, ForwardBatch, LlamaModel, ModelConfig};
 use crate::sampling::{NativeSampler, argmax, log_sum_exp, logprob_of, top_logprobs};
 use crate::sequence::{PromptScore, RequestId, Sequence};
@@ -61,8 +61,7 @@ pub struct EngineConfig {
 impl EngineConfig {
     /// Defaults for `model` on the CPU, with a KV cache of `kv_cache_bytes`.
     pub fn for_model(model: &LlamaModel, kv_cache_bytes: usize) -> Self {
-        let c = &model.config;
-        Self::for_kv(KvStorage::bytes_per_token(c.layers, c.kv_dim(), c.kv_precision()), kv_cache_bytes)
+        Self::for_kv(CpuBackend::bytes_per_token(&model.config), kv_cache_bytes)
     }
 
     /// Defaults for `backend`, with a KV cache of `kv_cache_bytes`.
@@ -530,7 +529,7 @@ impl Engine {
                     // reports log-probabilities: only the first token has
                     // its row here.
                     let out = &mut outputs[slot];
-                    let reported = seq.params.logprobs || seq.params.top_logprobs > 0;
+                    let reported = seq.params.reports_logprobs();
                     let run = if reported { &tokens[..1] } else { &tokens[..] };
                     out.tokens.extend_from_slice(run);
                     out.logprobs.push(if reported { logprob_of(row, tokens[0]) } else { f32::NAN });
@@ -595,8 +594,7 @@ impl Engine {
                         let out = &mut outputs[slot];
                         out.tokens.push(token);
                         // A pass over the vocabulary per row: only when asked.
-                        let reported = params.logprobs || params.top_logprobs > 0;
-                        out.logprobs.push(if reported { logprob_of(row, token) } else { f32::NAN });
+                        out.logprobs.push(if params.reports_logprobs() { logprob_of(row, token) } else { f32::NAN });
                         if params.top_logprobs > 0 {
                             out.top_logprobs.push(top_logprobs(row, params.top_logprobs as usize));
                         }

@@ -21,11 +21,15 @@ pub struct Perplexity {
 
 /// Score `tokens` in chunks of `ctx` with `engine`.
 pub fn perplexity(engine: &mut Engine, tokens: &[u32], ctx: usize, max_chunks: Option<usize>) -> Perplexity {
-    let chunks = chunk_scores(engine, tokens, ctx, max_chunks);
+    perplexity_of(&chunk_scores(engine, tokens, ctx, max_chunks), ctx)
+}
+
+/// The perplexity of chunks already scored by [`chunk_scores`] with `ctx`.
+pub fn perplexity_of(chunks: &[Vec<PromptScore>], ctx: usize) -> Perplexity {
     let first = ctx / 2;
     let mut nll = 0f64;
     let mut count = 0usize;
-    for scores in &chunks {
+    for scores in chunks {
         // scores[i] predicts token i + 1; llama.cpp scores tokens first+1..ctx.
         for s in &scores[first..ctx - 1] {
             nll -= s.logprob as f64;

@@ -90,6 +90,12 @@ impl SamplingParams {
         is_greedy_choice(self.temperature, self.top_k)
     }
 
+    /// Whether the request reports log-probabilities (its own, or the top
+    /// alternatives'), which costs a pass over the vocabulary per token.
+    pub fn reports_logprobs(&self) -> bool {
+        self.logprobs || self.top_logprobs > 0
+    }
+
     /// Whether the logits are changed before the choice (bias or a penalty),
     /// which needs a private copy of the sequence's logits row.
     pub fn adjusts_logits(&self) -> bool {

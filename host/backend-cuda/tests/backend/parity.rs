@@ -8,7 +8,7 @@
 use std::sync::{Arc, OnceLock};
 
 use weft_backend_cuda::KvCacheType;
-use weft_engine::perplexity::{chunk_scores, perplexity};
+use weft_engine::perplexity::{chunk_scores, perplexity_of};
 use weft_engine::{Engine, EngineConfig, PromptScore};
 
 use crate::common::{cuda, default_model, have_gpu, repo_root, shared};
@@ -36,7 +36,7 @@ fn cpu_reference() -> &'static (Vec<Vec<PromptScore>>, f64) {
         let tokens = text_tokens();
         let mut engine = Engine::new(shared(m), Arc::clone(&m.tokenizer), config());
         let scores = chunk_scores(&mut engine, &tokens, CTX, None);
-        let ppl = perplexity(&mut engine, &tokens, CTX, None).value;
+        let ppl = perplexity_of(&scores, CTX).value;
         (scores, ppl)
     })
 }
@@ -50,7 +50,7 @@ fn check(test: &str, kv: Option<KvCacheType>, min_agreement: f64, max_ppl_change
     let mut engine = Engine::with_backend(Box::new(backend), Arc::clone(&m.tokenizer), config()).unwrap();
     let tokens = text_tokens();
     let gpu_scores = chunk_scores(&mut engine, &tokens, CTX, None);
-    let gpu_ppl = perplexity(&mut engine, &tokens, CTX, None).value;
+    let gpu_ppl = perplexity_of(&gpu_scores, CTX).value;
     assert_eq!(engine.free_blocks(), engine.config().num_blocks, "every block returns to the pool");
 
     let (cpu_scores, cpu_ppl) = cpu_reference();
