@@ -14,7 +14,8 @@
 #   backend  the CUDA backend: tiny Hugging Face Llamas against transformers
 #            run on this GPU (scripts/gpu/hf_references.py), the default model
 #            against the CPU backend (argmax agreement, perplexity; f16 and FP8
-#            KV caches), continuous batching on the GPU;
+#            KV caches), continuous batching on the GPU, and tokens chosen
+#            on the GPU against the host's choice over the same rows;
 #   bench    `weft bench --device cuda`: the default model, and random-BF16
 #            models of the default model's and Llama-3-8B's shapes, decode at
 #            batch 1/16/64/256 and prefill 512;
@@ -156,7 +157,7 @@ fi
     echo
     echo "### Model parity and batching"
     echo
-    grep -h '^RESULT \(parity\|engine\)' "$LOG_DIR"/backend-tests.log 2>/dev/null | sed 's/^RESULT /- /'
+    grep -h '^RESULT \(parity\|engine\|device sampling\)' "$LOG_DIR"/backend-tests.log 2>/dev/null | sed 's/^RESULT /- /'
     echo
     echo "### GEMV timing (kernel time from CUDA events; weights rotate past L2)"
     echo

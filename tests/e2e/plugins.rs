@@ -5,11 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use weft_engine::sampling::{NativeSampler, synthetic_logits};
+use weft_engine::sampling::{HostRows, NativeSampler, synthetic_logits};
 use weft_plugin_runtime::bindings::weft::plugin::types::ConfigValue;
 use weft_plugin_runtime::{Limits, PluginError, PluginRuntime, WasmSampler};
 use weft_tests::{default_model, engine_with, request, run_to_completion, tokens_of};
-use weft_types::{SampleRow, Sampler, SamplingParams, StopReason};
+use weft_types::{LogitsRows, SampleRow, Sampler, SamplingParams, StopReason};
 
 fn runtime() -> PluginRuntime {
     PluginRuntime::new(Limits::default()).expect("the plugin runtime starts")
@@ -55,8 +55,18 @@ fn builtin_sampler_plugin_chooses_exactly_the_native_tokens() {
             let params: Vec<SamplingParams> =
                 grid.iter().enumerate().map(|(i, p)| SamplingParams { seed: (round * 31 + i) as u64, ..p.clone() }).collect();
             let history: Vec<u32> = (0..40).map(|i| (i * 7 % vocab) as u32).collect();
+            // One step's rows, but the last one kept apart (as the engine
+            // keeps a row for a late guide), and a guide's mask on row 1.
+            let (step_rows, held_row) = rows_logits.split_at(grid.len() - 1);
+            let step = HostRows::new(step_rows.concat(), vocab);
+            let held = HostRows::one(held_row[0].clone());
+            let mask: Vec<u32> = (0..vocab.div_ceil(32)).map(|w| 0x5555_5555u32.rotate_left(w as u32)).collect();
             let rows: Vec<SampleRow<'_>> = (0..grid.len())
-                .map(|i| SampleRow { logits: &rows_logits[i], params: &params[i], tokens: &history[..20 + i], prompt_len: 10 })
+                .map(|i| {
+                    let (logits, row): (&dyn LogitsRows, usize) = if i + 1 < grid.len() { (&step, i) } else { (&held, 0) };
+                    let mask = (i == 1).then_some(mask.as_slice());
+                    SampleRow { logits, row, mask, params: &params[i], tokens: &history[..20 + i], prompt_len: 10 }
+                })
                 .collect();
             let ours = plugin.sample(&rows, &eos).unwrap();
             let reference = native.sample(&rows, &eos).unwrap();
@@ -168,7 +178,9 @@ fn rows_edited_out_of_order_are_rebuilt_from_their_edits() {
     let mut sampler = faulty(&rt, "revisit");
     let logits: Vec<Vec<f32>> = (0..5).map(|i| synthetic_logits(40 + i, 49_152)).collect();
     let params = SamplingParams::default();
-    let rows: Vec<SampleRow<'_>> = logits.iter().map(|l| SampleRow { logits: l, params: &params, tokens: &[1, 2], prompt_len: 2 }).collect();
+    let step = HostRows::new(logits.concat(), 49_152);
+    let rows: Vec<SampleRow<'_>> =
+        (0..5).map(|row| SampleRow { logits: &step, row, mask: None, params: &params, tokens: &[1, 2], prompt_len: 2 }).collect();
     let third = |row: &[f32]| {
         let mut ids: Vec<u32> = (0..row.len() as u32).collect();
         ids.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
@@ -190,9 +202,9 @@ fn a_refusing_sampler_fails_only_its_request() {
 fn a_faulted_instance_is_rebuilt_for_the_next_call() {
     let rt = runtime();
     let mut sampler = faulty(&rt, "trap");
-    let row_logits = synthetic_logits(1, 64);
+    let step = HostRows::one(synthetic_logits(1, 64));
     let params = SamplingParams::default();
-    let rows = [SampleRow { logits: &row_logits, params: &params, tokens: &[1, 2], prompt_len: 2 }];
+    let rows = [SampleRow { logits: &step, row: 0, mask: None, params: &params, tokens: &[1, 2], prompt_len: 2 }];
     for n in 1..=3 {
         assert!(sampler.sample(&rows, &[]).is_err());
         assert_eq!(sampler.health().faults(), n, "each call runs on a fresh instance and traps again");
@@ -232,9 +244,9 @@ fn compiled_components_are_cached_and_a_damaged_entry_is_recompiled() {
     let cached = || PluginRuntime::new(Limits::default()).unwrap().with_cache(dir.path()).unwrap();
     let chooses_natively = |rt: &PluginRuntime| {
         let mut plugin = builtin_sampler(rt);
-        let logits = synthetic_logits(3, 1000);
+        let step = HostRows::one(synthetic_logits(3, 1000));
         let params = SamplingParams { temperature: 0.9, top_p: 0.9, seed: 11, ..SamplingParams::default() };
-        let rows = [SampleRow { logits: &logits, params: &params, tokens: &[1, 2, 3], prompt_len: 1 }];
+        let rows = [SampleRow { logits: &step, row: 0, mask: None, params: &params, tokens: &[1, 2, 3], prompt_len: 1 }];
         assert_eq!(plugin.sample(&rows, &[0]).unwrap(), NativeSampler.sample(&rows, &[0]).unwrap());
     };
     chooses_natively(&cached());

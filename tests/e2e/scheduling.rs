@@ -195,7 +195,7 @@ impl weft_engine::Backend for FailingBackend {
     fn allocate_kv(&mut self, num_blocks: usize, block_size: usize) -> Result<(), weft_engine::BackendError> {
         self.inner.allocate_kv(num_blocks, block_size)
     }
-    fn forward(&mut self, batch: &weft_engine::model::ForwardBatch) -> Result<Vec<f32>, weft_engine::BackendError> {
+    fn forward(&mut self, batch: &weft_engine::model::ForwardBatch) -> Result<Box<dyn weft_types::LogitsRows>, weft_engine::BackendError> {
         self.calls += 1;
         if self.calls == self.fail_at {
             return Err(weft_engine::BackendError::new("failing-cpu", "an illegal memory access (planted)"));

@@ -7,7 +7,10 @@
 //! then per layer RMSNorm, the Q/K/V projections, RoPE, the KV write,
 //! paged attention over every query row (decode and prefill alike), the
 //! output projection, the SwiGLU MLP, residual adds; then the final norm
-//! and the logits of the rows that want them, copied to the host.
+//! and the logits of the rows that want them, which stay on the device
+//! ([`DeviceRows`]): the samplers' choices run there, and a row comes to the
+//! host only when asked for (prompt scores, log-probabilities, a plugin
+//! reading it).
 //!
 //! Linear layers use the GEMV kernels (weights read once per launch of up
 //! to 8 tokens) for small batches; from [`GEMM_MIN_TOKENS`] tokens, BF16 and
@@ -20,6 +23,7 @@
 //! works, so the guide workers computing masks on the CPU run under the
 //! GPU's forward pass (see the engine's `guide_workers`).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -27,6 +31,7 @@ use thiserror::Error;
 use weft_engine::model::{ForwardBatch, LlamaModel, ModelConfig, RopeLayout as HostRopeLayout, Weight};
 use weft_engine::{Backend, BackendError};
 use weft_kernels_cpu::WeightType as HostType;
+use weft_types::{LogitsError, LogitsRows, Pick, TokenId};
 use weft_kernels_cuda::{
     AttentionPlan, AttentionRows, CudaError, CudaKernels, DeviceBuffer, DeviceMatrix, Graph, KvCacheShape, KvSlots,
     KvType, PagedKv, RopeLayout, RopeTable, TokenIds, WeightType,
@@ -208,9 +213,10 @@ impl CudaBackend {
         })
     }
 
-    fn step(&mut self, kv: &mut PagedKv, batch: &ForwardBatch) -> Result<Vec<f32>, CudaError> {
+    /// Run `batch`; the number of logits rows it left in `self.logits`.
+    fn step(&mut self, kv: &mut PagedKv, batch: &ForwardBatch) -> Result<usize, CudaError> {
         if batch.tokens.is_empty() {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         let host = HostIndex::new(batch, kv.shape().block_size);
         let (n, m) = (batch.tokens.len(), host.wanted.len());
@@ -222,7 +228,7 @@ impl CudaBackend {
         if !graphable {
             let index = self.upload(kv, &host)?;
             self.launch(kv, &index, n, Some(&host.wanted))?;
-            return self.logits_to_host(m);
+            return Ok(m);
         }
         let k = &self.kernels;
         let rows = host.rows();
@@ -236,7 +242,7 @@ impl CudaBackend {
                 k.refill(&mut g.index.positions, &host.positions)?;
                 k.replay(&g.graph)?;
                 self.graphs.insert(n, g);
-                return self.logits_to_host(m);
+                return Ok(m);
             }
         }
         let index = self.upload(kv, &host)?;
@@ -251,7 +257,7 @@ impl CudaBackend {
             k.replay(&graph)?;
             self.graphs.insert(n, Captured { graph, index });
         }
-        self.logits_to_host(m)
+        Ok(m)
     }
 
     /// Grow the activations to `tokens` tokens and the logits to `rows`
@@ -286,16 +292,18 @@ impl CudaBackend {
         })
     }
 
-    fn logits_to_host(&self, m: usize) -> Result<Vec<f32>, CudaError> {
+    /// The step's `m` logits rows, copied out of the buffer the next step
+    /// (or graph replay) overwrites; waits for the step, so a device fault
+    /// fails the step that caused it.
+    fn step_rows(&self, m: usize) -> Result<DeviceRows, CudaError> {
         let k = &self.kernels;
-        if m == 0 {
-            k.synchronize()?;
-            return Ok(Vec::new());
-        }
-        let logits = self.logits.as_ref().expect("reserved by step");
-        let host = k.download_prefix(logits, m * self.config.vocab_size)?;
+        let vocab = self.config.vocab_size;
+        let logits = match m {
+            0 => None,
+            _ => Some(k.copy_prefix(self.logits.as_ref().expect("reserved by step"), m * vocab)?),
+        };
         k.synchronize()?;
-        Ok(host)
+        Ok(DeviceRows { kernels: k.clone(), logits, rows: m, vocab, backend: self.name.clone() })
     }
 
     /// Enqueue the step: the layers over `n` tokens, then the final norm and
@@ -498,13 +506,63 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<f32>, BackendError> {
+    fn forward(&mut self, batch: &ForwardBatch) -> Result<Box<dyn LogitsRows>, BackendError> {
         let Some(mut kv) = self.kv.take() else {
             return Err(BackendError::new(self.name.clone(), "forward before allocate_kv"));
         };
-        let logits = self.step(&mut kv, batch);
+        let rows = self.step(&mut kv, batch);
         self.kv = Some(kv);
-        logits.map_err(|e| self.error(e))
+        let rows = rows.and_then(|m| self.step_rows(m)).map_err(|e| self.error(e))?;
+        Ok(Box::new(rows))
+    }
+}
+
+/// One step's logits rows, left on the GPU.
+pub struct DeviceRows {
+    kernels: CudaKernels,
+    /// `rows × vocab` logits; none when the step wanted no rows.
+    logits: Option<DeviceBuffer<f32>>,
+    rows: usize,
+    vocab: usize,
+    backend: String,
+}
+
+impl DeviceRows {
+    fn error(&self, e: CudaError) -> LogitsError {
+        LogitsError(format!("{}: {e}", self.backend))
+    }
+
+    fn buffer(&self) -> Result<&DeviceBuffer<f32>, LogitsError> {
+        self.logits.as_ref().ok_or_else(|| LogitsError(format!("{}: the step has no logits rows", self.backend)))
+    }
+}
+
+impl LogitsRows for DeviceRows {
+    fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    fn len(&self) -> usize {
+        self.rows
+    }
+
+    fn row(&self, i: usize) -> Result<Cow<'_, [f32]>, LogitsError> {
+        let range = i * self.vocab..(i + 1) * self.vocab;
+        Ok(Cow::Owned(self.kernels.download_range(self.buffer()?, range).map_err(|e| self.error(e))?))
+    }
+
+    fn to_host(&self) -> Result<Vec<f32>, LogitsError> {
+        match &self.logits {
+            None => Ok(Vec::new()),
+            Some(logits) => self.kernels.download(logits).map_err(|e| self.error(e)),
+        }
+    }
+
+    fn choose(&self, picks: &[Pick<'_>]) -> Result<Vec<TokenId>, LogitsError> {
+        if picks.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.kernels.choose_tokens(self.buffer()?, self.rows, self.vocab, picks).map_err(|e| self.error(e))
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use weft_engine::sampling::NativeSampler;
+use weft_engine::sampling::{HostRows, NativeSampler};
 use weft_plugin_runtime::{Grants, Limits, PluginRuntime};
 use weft_types::{SampleRow, Sampler, SamplingParams};
 
@@ -84,9 +84,10 @@ pub fn run(batches: &[usize], as_json: bool, other: Option<&std::path::Path>) ->
         ("top-p", SamplingParams { temperature: 0.8, top_p: 0.95, ..SamplingParams::default() }),
     ] {
         for &b in batches {
-            let all: Vec<Vec<f32>> = (0..b as u64).map(logits).collect();
-            let rows: Vec<SampleRow<'_>> =
-                all.iter().map(|l| SampleRow { logits: l, params: &params, tokens: &history, prompt_len: 32 }).collect();
+            let step = HostRows::new((0..b as u64).flat_map(logits).collect(), VOCAB);
+            let rows: Vec<SampleRow<'_>> = (0..b)
+                .map(|row| SampleRow { logits: &step, row, mask: None, params: &params, tokens: &history, prompt_len: 32 })
+                .collect();
             let (ours, reference, overhead) = time_pairs(&mut plugin, &mut native, &rows)?;
             rows_out.push((format!("{label} batch {b}"), ours, reference, overhead));
         }

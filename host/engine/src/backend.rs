@@ -10,9 +10,11 @@
 use std::sync::Arc;
 
 use thiserror::Error;
+use weft_types::LogitsRows;
 
 use crate::kv_cache::KvStorage;
 use crate::model::{ForwardBatch, LlamaModel, ModelConfig};
+use crate::sampling::HostRows;
 
 /// A failure of the device under a step (the CPU backend has none).
 #[derive(Debug, Error)]
@@ -48,8 +50,9 @@ pub trait Backend: Send {
 
     /// Run one step: write the batch's keys and values into their slots,
     /// then return the logits of the tokens marked `logits`, in batch order,
-    /// `vocab_size` each.
-    fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<f32>, BackendError>;
+    /// `vocab_size` each, where this backend keeps them (the samplers'
+    /// choices run there too).
+    fn forward(&mut self, batch: &ForwardBatch) -> Result<Box<dyn LogitsRows>, BackendError>;
 }
 
 /// The model on the host's cores ([`LlamaModel::forward`]).
@@ -88,8 +91,8 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<f32>, BackendError> {
+    fn forward(&mut self, batch: &ForwardBatch) -> Result<Box<dyn LogitsRows>, BackendError> {
         let kv = self.kv.as_mut().ok_or_else(|| BackendError::new("cpu", "forward before allocate_kv"))?;
-        Ok(self.model.forward(batch, kv))
+        Ok(Box::new(HostRows::new(self.model.forward(batch, kv), self.model.config.vocab_size)))
     }
 }

@@ -22,13 +22,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use weft_types::{DecisionError, Guide, GuideError, GuideStep, SampleRow, Sampler, SamplerError, SamplingParams, StopReason};
+use weft_types::{DecisionError, Guide, GuideError, GuideStep, LogitsError, LogitsRows, SampleRow, Sampler, SamplerError, SamplingParams, StopReason, TokenId};
 
 use crate::guide_workers::{Answer, GuideWorkers};
 use crate::backend::{Backend, BackendError, CpuBackend};
 use crate::kv_cache::{BlockPool, chain_next, chain_root};
 use crate::model::{BatchToken, ForwardBatch, LlamaModel, ModelConfig};
-use crate::sampling::{NativeSampler, argmax, log_sum_exp, logprob_of, top_logprobs};
+use crate::sampling::{HostRows, NativeSampler, argmax, log_sum_exp, logprob_of, top_logprobs};
 use crate::sequence::{PromptScore, RequestId, Sequence};
 use crate::tokenizer::Tokenizer;
 
@@ -449,7 +449,7 @@ impl Engine {
         });
         let mut guide_steps: Vec<Option<Result<GuideStep, GuideError>>> = (0..plan.len()).map(|_| None).collect();
         // Rows kept for sequences whose late guide has answered since.
-        let mut held_rows: Vec<(usize, Vec<f32>)> = Vec::new();
+        let mut held_rows: Vec<(usize, HostRows)> = Vec::new();
         let mut late: Vec<usize> = Vec::new();
         for (slot, &(i, n)) in plan.iter().enumerate() {
             let seq = &mut self.running[i];
@@ -460,19 +460,21 @@ impl Engine {
             } else if n == 0
                 && let Some(row) = seq.held_row.take()
             {
-                held_rows.push((slot, row));
+                held_rows.push((slot, HostRows::one(row)));
             }
             if !late.contains(&slot) {
                 guide_steps[slot] = seq.guide_answer.take();
             }
         }
 
-        // Prompt scores, and which logits row each sampling sequence uses.
+        // Prompt scores, and which logits row each sampling sequence uses:
+        // one of this step's, or the one it held for its late guide. A row
+        // the device fails to hand over fails its sequence.
         let vocab = self.backend.config().vocab_size;
-        let mut rows = logits.chunks_exact(vocab);
+        let mut next_row = 0;
         let mut flags = flags.into_iter();
         let mut outputs = Vec::with_capacity(plan.len());
-        let mut sample_rows: Vec<(usize, &[f32])> = Vec::new();
+        let mut sample_rows: Vec<(usize, &dyn LogitsRows, usize)> = Vec::new();
         for (slot, &(i, n)) in plan.iter().enumerate() {
             let seq = &mut self.running[i];
             let mut out = Output { id: seq.id, prompt_tokens: seq.prompt_len, ..Output::default() };
@@ -481,63 +483,74 @@ impl Engine {
                 if !has_logits {
                     continue;
                 }
-                let row = rows.next().expect("one logits row per flagged token");
+                let row = next_row;
+                next_row += 1;
+                if seq.finished.is_some() {
+                    continue;
+                }
                 if seq.score_prompt && pos + 1 < seq.prompt_len && pos >= seq.scored {
-                    let best = argmax(row);
-                    let lse = log_sum_exp(row);
+                    let logits = match logits.row(row) {
+                        Ok(logits) => logits,
+                        Err(e) => {
+                            self.stats.backend_failures += 1;
+                            fail_sequence(seq, &mut out, e);
+                            continue;
+                        }
+                    };
+                    let best = argmax(&logits);
+                    let lse = log_sum_exp(&logits);
                     out.prompt_scores.push(PromptScore {
-                        logprob: row[seq.tokens[pos + 1] as usize] - lse,
+                        logprob: logits[seq.tokens[pos + 1] as usize] - lse,
                         argmax: best,
-                        argmax_logprob: row[best as usize] - lse,
+                        argmax_logprob: logits[best as usize] - lse,
                     });
                     seq.scored = pos + 1;
                 }
                 if pos == last {
-                    if late.contains(&slot) {
-                        seq.held_row = Some(row.to_vec());
-                    } else {
-                        sample_rows.push((slot, row));
+                    if !late.contains(&slot) {
+                        sample_rows.push((slot, &*logits, row));
+                        continue;
+                    }
+                    match logits.row(row) {
+                        Ok(logits) => seq.held_row = Some(logits.into_owned()),
+                        Err(e) => {
+                            self.stats.backend_failures += 1;
+                            fail_sequence(seq, &mut out, e);
+                        }
                     }
                 }
             }
-            if let Some((_, row)) = held_rows.iter().find(|(s, _)| *s == slot) {
-                sample_rows.push((slot, row));
+            if let Some((_, held)) = held_rows.iter().find(|(s, _)| *s == slot) {
+                sample_rows.push((slot, held, 0));
             }
             outputs.push(out);
         }
 
-        // Apply each guide's answer: a mask rules tokens out before the
-        // sampler sees the row; a forced token or the end skips the sampler.
-        let mut masked: Vec<(usize, Vec<f32>)> = Vec::new();
+        // Apply each guide's answer: a mask rules tokens out of the row the
+        // sampler sees; a forced token or the end skips the sampler.
+        let mut masks: Vec<(usize, Vec<u32>)> = Vec::new();
         let mut unsampled: Vec<usize> = Vec::new();
-        for &(slot, row) in &sample_rows {
+        for &(slot, rows, row) in &sample_rows {
             let Some(step) = guide_steps[slot].take() else { continue };
             let seq = &mut self.running[plan[slot].0];
             match step.and_then(|step| checked_step(step, vocab)) {
-                Ok(GuideStep::Mask(words)) => {
-                    let mut row = row.to_vec();
-                    for (t, logit) in row.iter_mut().enumerate() {
-                        if words[t / 32] >> (t % 32) & 1 == 0 {
-                            *logit = f32::NEG_INFINITY;
-                        }
-                    }
-                    masked.push((slot, row));
-                }
+                Ok(GuideStep::Mask(words)) => masks.push((slot, words)),
                 Ok(GuideStep::Force(tokens)) => {
                     // The whole forced run is appended now (the next step
                     // computes it like a prefill chunk), unless the request
                     // reports log-probabilities: only the first token has
                     // its row here.
                     let out = &mut outputs[slot];
+                    unsampled.push(slot);
                     let reported = seq.params.reports_logprobs();
+                    if reported && let Err(e) = report_logprobs(rows, row, tokens[0], &seq.params, out) {
+                        self.stats.backend_failures += 1;
+                        fail_sequence(seq, out, e);
+                        continue;
+                    }
                     let run = if reported { &tokens[..1] } else { &tokens[..] };
                     out.tokens.extend_from_slice(run);
-                    out.logprobs.push(if reported { logprob_of(row, tokens[0]) } else { f32::NAN });
                     out.logprobs.resize(run.len(), f32::NAN);
-                    if seq.params.top_logprobs > 0 {
-                        out.top_logprobs.push(top_logprobs(row, seq.params.top_logprobs as usize));
-                    }
-                    unsampled.push(slot);
                 }
                 Ok(GuideStep::Stop) => {
                     seq.finished = Some(StopReason::Stop);
@@ -554,29 +567,23 @@ impl Engine {
                 }
             }
         }
-        sample_rows.retain(|(slot, _)| !unsampled.contains(slot));
-        // Log-probabilities are reported from the model's own distribution.
-        let raw_rows = sample_rows.clone();
-        for (slot, row) in sample_rows.iter_mut() {
-            if let Some((_, m)) = masked.iter().find(|(s, _)| s == slot) {
-                *row = m;
-            }
-        }
+        sample_rows.retain(|(slot, ..)| !unsampled.contains(slot));
 
         // One call per sampler for all of its rows in the batch; its answer
         // is checked like user input, and a failure fails only the rows it
         // was asked about.
-        let mut sampler_ids: Vec<SamplerId> = sample_rows.iter().map(|&(slot, _)| self.running[plan[slot].0].sampler).collect();
+        let mut sampler_ids: Vec<SamplerId> = sample_rows.iter().map(|&(slot, ..)| self.running[plan[slot].0].sampler).collect();
         sampler_ids.sort_unstable();
         sampler_ids.dedup();
         for sampler_id in sampler_ids {
-            let mine: Vec<(usize, &[f32])> =
-                sample_rows.iter().copied().filter(|&(slot, _)| self.running[plan[slot].0].sampler == sampler_id).collect();
+            let mine: Vec<(usize, &dyn LogitsRows, usize)> =
+                sample_rows.iter().copied().filter(|&(slot, ..)| self.running[plan[slot].0].sampler == sampler_id).collect();
             let rows: Vec<SampleRow<'_>> = mine
                 .iter()
-                .map(|&(slot, logits)| {
+                .map(|&(slot, logits, row)| {
                     let seq = &self.running[plan[slot].0];
-                    SampleRow { logits, params: &seq.params, tokens: &seq.tokens, prompt_len: seq.prompt_len }
+                    let mask = masks.iter().find(|(s, _)| *s == slot).map(|(_, words)| words.as_slice());
+                    SampleRow { logits, row, mask, params: &seq.params, tokens: &seq.tokens, prompt_len: seq.prompt_len }
                 })
                 .collect();
             let chosen = match self.samplers[sampler_id].as_mut() {
@@ -588,21 +595,31 @@ impl Engine {
             drop(rows);
             match chosen {
                 Ok(tokens) => {
-                    for (&(slot, _), token) in mine.iter().zip(tokens) {
-                        let row = raw_rows.iter().find(|(s, _)| *s == slot).expect("every sampled row has its raw logits").1;
-                        let params = &self.running[plan[slot].0].params;
+                    for (&(slot, rows, row), token) in mine.iter().zip(tokens) {
+                        let seq = &mut self.running[plan[slot].0];
                         let out = &mut outputs[slot];
-                        out.tokens.push(token);
-                        // A pass over the vocabulary per row: only when asked.
-                        out.logprobs.push(if params.reports_logprobs() { logprob_of(row, token) } else { f32::NAN });
-                        if params.top_logprobs > 0 {
-                            out.top_logprobs.push(top_logprobs(row, params.top_logprobs as usize));
+                        // Log-probabilities come from the model's own
+                        // distribution, a pass over the vocabulary per row:
+                        // only when asked.
+                        if seq.params.reports_logprobs() {
+                            if let Err(e) = report_logprobs(rows, row, token, &seq.params, out) {
+                                self.stats.backend_failures += 1;
+                                fail_sequence(seq, out, e);
+                                continue;
+                            }
+                        } else {
+                            out.logprobs.push(f32::NAN);
                         }
+                        out.tokens.push(token);
                     }
                 }
                 Err(e) => {
-                    self.stats.sampler_failures += 1;
-                    for &(slot, _) in &mine {
+                    if matches!(e, SamplerError::Logits(_)) {
+                        self.stats.backend_failures += 1;
+                    } else {
+                        self.stats.sampler_failures += 1;
+                    }
+                    for &(slot, ..) in &mine {
                         let seq = &mut self.running[plan[slot].0];
                         seq.finished = Some(StopReason::Error);
                         outputs[slot].finished = seq.finished;
@@ -612,6 +629,7 @@ impl Engine {
             }
         }
         drop(sample_rows);
+        drop(held_rows);
         drop(logits);
 
         for (slot, &(i, n)) in plan.iter().enumerate() {
@@ -698,7 +716,7 @@ impl Engine {
     /// The forward pass for `plan`: `(position, has logits)` of every token
     /// in the batch, and the logits (none when every planned sequence only
     /// takes a late guide's answer).
-    fn forward(&mut self, plan: &[(usize, usize)]) -> Result<(TokenFlags, Vec<f32>), BackendError> {
+    fn forward(&mut self, plan: &[(usize, usize)]) -> Result<(TokenFlags, Box<dyn LogitsRows>), BackendError> {
         let mut batch = ForwardBatch::default();
         for (slot, &(i, n)) in plan.iter().enumerate() {
             let seq = &self.running[i];
@@ -714,7 +732,7 @@ impl Engine {
         }
         let flags = batch.tokens.iter().map(|t| (t.pos, t.logits)).collect();
         if batch.tokens.is_empty() {
-            return Ok((flags, Vec::new()));
+            return Ok((flags, Box::new(HostRows::new(Vec::new(), self.backend.config().vocab_size))));
         }
         Ok((flags, self.backend.forward(&batch)?))
     }
@@ -885,6 +903,25 @@ impl Engine {
 }
 
 /// Check a sampler's answer: one token per row, each in the vocabulary.
+/// Report `token`'s log-probability (and the top alternatives' when asked)
+/// from row `row` of `rows`: the model's own distribution, before any mask
+/// or edit.
+fn report_logprobs(rows: &dyn LogitsRows, row: usize, token: TokenId, params: &SamplingParams, out: &mut Output) -> Result<(), LogitsError> {
+    let logits = rows.row(row)?;
+    out.logprobs.push(logprob_of(&logits, token));
+    if params.top_logprobs > 0 {
+        out.top_logprobs.push(top_logprobs(&logits, params.top_logprobs as usize));
+    }
+    Ok(())
+}
+
+/// End `seq` because the device holding its logits failed to hand them over.
+fn fail_sequence(seq: &mut Sequence, out: &mut Output, e: LogitsError) {
+    seq.finished = Some(StopReason::Error);
+    out.finished = seq.finished;
+    out.error = Some(DecisionError::Backend(e.to_string()));
+}
+
 fn validate_choice(sampler: &str, tokens: &[u32], rows: usize, vocab: usize) -> Result<Vec<u32>, SamplerError> {
     let fault = |message: String| SamplerError::Fault { sampler: sampler.to_string(), message };
     if tokens.len() != rows {

@@ -1,14 +1,20 @@
 //! Native token sampling: logit adjustments (bias, presence / frequency /
-//! repetition penalties, EOS suppression), then greedy or temperature with
-//! top-k, min-p and top-p, with seeded, position-keyed randomness; and the
-//! log-probabilities reported to clients.
+//! repetition penalties, EOS suppression) as sparse edits, then greedy or
+//! temperature with top-k, min-p and top-p, with seeded, position-keyed
+//! randomness; the log-probabilities reported to clients; and
+//! [`HostRows`], a step's logits in host memory, where those choices run.
 //!
 //! The random draw for a sequence's `i`-th generated token is a pure
 //! function of `(seed, i)`, so a sequence replays identically after
-//! preemption, alone or inside any batch. (The plugin issue moves sampling
-//! policy into Wasm; this stays as the reference implementation.)
+//! preemption, alone or inside any batch. The native sampler and the
+//! sampler plugin's `choose-rows` both describe a choice as a
+//! [`Pick`] and hand it to the rows' owner, so on any backend the builtin
+//! plugin chooses exactly the native sampler's tokens.
 
-use weft_types::{SampleRow, Sampler, SamplerError, SamplingParams, TokenId};
+use std::borrow::Cow;
+
+use weft_types::logits::apply_mask;
+use weft_types::{Cuts, LogitEdit, LogitsError, LogitsRows, Pick, SampleRow, Sampler, SamplerError, SamplingParams, TokenId, choose_across};
 
 /// The host's own sampler: the reference the builtin sampler plugin is
 /// checked against, and the engine's default until one is set.
@@ -21,19 +27,88 @@ impl Sampler for NativeSampler {
     }
 
     fn sample(&mut self, rows: &[SampleRow<'_>], eos: &[TokenId]) -> Result<Vec<TokenId>, SamplerError> {
-        Ok(rows
+        let edits: Vec<Vec<(TokenId, LogitEdit)>> = rows
             .iter()
-            .map(|r| {
-                if r.params.adjusts_logits() {
-                    let mut adjusted = r.logits.to_vec();
-                    adjust_logits(&mut adjusted, r.params, r.tokens, r.prompt_len, eos);
-                    sample(&adjusted, r.params, r.position())
-                } else {
-                    sample(r.logits, r.params, r.position())
+            .map(|r| if r.params.adjusts_logits() { param_edits(r.params, r.tokens, r.prompt_len, eos, r.vocab()) } else { Vec::new() })
+            .collect();
+        let picks: Vec<(&dyn LogitsRows, Pick<'_>)> = rows
+            .iter()
+            .zip(&edits)
+            .map(|(r, e)| (r.logits, r.pick(e, Cuts::of(r.params), uniform(r.params.seed, r.position()))))
+            .collect();
+        Ok(choose_across(&picks)?)
+    }
+}
+
+/// One step's logits rows in host memory (the CPU backend's, or a row
+/// kept for a later step).
+#[derive(Clone, Debug)]
+pub struct HostRows {
+    data: Vec<f32>,
+    vocab: usize,
+}
+
+impl HostRows {
+    /// `data` holds whole rows of `vocab` logits.
+    pub fn new(data: Vec<f32>, vocab: usize) -> Self {
+        assert!(vocab > 0 && data.len().is_multiple_of(vocab), "{} logits are not rows of {vocab}", data.len());
+        Self { data, vocab }
+    }
+
+    /// One row.
+    pub fn one(row: Vec<f32>) -> Self {
+        let vocab = row.len();
+        Self::new(row, vocab)
+    }
+
+    fn slice(&self, i: usize) -> &[f32] {
+        &self.data[i * self.vocab..(i + 1) * self.vocab]
+    }
+}
+
+impl LogitsRows for HostRows {
+    fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    fn len(&self) -> usize {
+        self.data.len() / self.vocab
+    }
+
+    fn row(&self, i: usize) -> Result<Cow<'_, [f32]>, LogitsError> {
+        Ok(Cow::Borrowed(self.slice(i)))
+    }
+
+    fn to_host(&self) -> Result<Vec<f32>, LogitsError> {
+        Ok(self.data.clone())
+    }
+
+    fn choose(&self, picks: &[Pick<'_>]) -> Result<Vec<TokenId>, LogitsError> {
+        Ok(picks
+            .iter()
+            .map(|p| {
+                let raw = self.slice(p.row);
+                if p.mask.is_none() && p.edits.is_empty() {
+                    return choose(raw, p.cuts, p.uniform);
                 }
+                EDITED.with_borrow_mut(|row| {
+                    row.clear();
+                    row.extend_from_slice(raw);
+                    if let Some(mask) = p.mask {
+                        apply_mask(row, mask);
+                    }
+                    weft_types::logits::apply_edits(row, p.edits);
+                    choose(row, p.cuts, p.uniform)
+                })
             })
             .collect())
     }
+}
+
+thread_local! {
+    /// The edited copy of the row being chosen on this thread, kept
+    /// between rows so a step allocates nothing.
+    static EDITED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A SplitMix64 step: a fast, well-mixed 64-bit hash.
@@ -100,49 +175,41 @@ pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     largest(logits, k).into_iter().map(|(t, v)| (t, v - lse)).collect()
 }
 
-/// Apply a sequence's logit adjustments in place: EOS suppression
-/// (`ignore_eos`), `logit_bias`, the repetition penalty over prompt and
-/// output, then presence and frequency penalties over the output.
-/// `tokens` is the prompt followed by the generated tokens.
-pub fn adjust_logits(logits: &mut [f32], params: &SamplingParams, tokens: &[u32], prompt_len: usize, eog: &[u32]) {
+/// The edits a sequence's own parameters make, in the order they apply:
+/// EOS banned (`ignore_eos`), `logit_bias`, then [`repeat_edits`] with its
+/// penalties. Ids at or past `vocab` are left out. `tokens` is the prompt
+/// followed by the generated tokens.
+pub fn param_edits(params: &SamplingParams, tokens: &[u32], prompt_len: usize, eog: &[u32], vocab: usize) -> Vec<(TokenId, LogitEdit)> {
+    let mut edits = Vec::new();
     if params.ignore_eos {
-        for &t in eog {
-            if let Some(l) = logits.get_mut(t as usize) {
-                *l = f32::NEG_INFINITY;
-            }
-        }
+        edits.extend(eog.iter().map(|&t| (t, LogitEdit::Ban)));
     }
-    for &(t, bias) in &params.logit_bias {
-        if let Some(l) = logits.get_mut(t as usize) {
-            *l += bias;
-        }
-    }
-    penalize_repeats(logits, params.repetition_penalty, params.presence_penalty, params.frequency_penalty, tokens, prompt_len);
+    edits.extend(params.logit_bias.iter().map(|&(t, bias)| (t, LogitEdit::Add(bias))));
+    repeat_edits(params.repetition_penalty, params.presence_penalty, params.frequency_penalty, tokens, prompt_len, &mut edits);
+    edits.retain(|e| (e.0 as usize) < vocab);
+    edits
 }
 
-/// The penalties for repeating a sequence's tokens, in place: CTRL's
-/// `repetition` (a positive logit divided by it, a negative one multiplied)
-/// on each distinct token of `tokens`, then `presence + frequency × count`
-/// subtracted from each distinct token generated (after `prompt_len`).
-pub fn penalize_repeats(logits: &mut [f32], repetition: f32, presence: f32, frequency: f32, tokens: &[u32], prompt_len: usize) {
+/// Apply a sequence's own adjustments ([`param_edits`]) to its row.
+pub fn adjust_logits(logits: &mut [f32], params: &SamplingParams, tokens: &[u32], prompt_len: usize, eog: &[u32]) {
+    weft_types::logits::apply_edits(logits, &param_edits(params, tokens, prompt_len, eog, logits.len()));
+}
+
+/// The penalties for repeating a sequence's tokens, as edits onto `edits`:
+/// CTRL's `repetition` on each distinct token of `tokens`, then
+/// `-(presence + frequency × count)` on each distinct token generated
+/// (after `prompt_len`). 1, 0 and 0 add nothing.
+pub fn repeat_edits(repetition: f32, presence: f32, frequency: f32, tokens: &[u32], prompt_len: usize, edits: &mut Vec<(TokenId, LogitEdit)>) {
     if repetition != 1.0 {
         let mut seen: Vec<u32> = tokens.to_vec();
         seen.sort_unstable();
         seen.dedup();
-        for t in seen {
-            if let Some(l) = logits.get_mut(t as usize) {
-                *l = if *l > 0.0 { *l / repetition } else { *l * repetition };
-            }
-        }
+        edits.extend(seen.into_iter().map(|t| (t, LogitEdit::Penalize(repetition))));
     }
     if presence != 0.0 || frequency != 0.0 {
         let mut generated: Vec<u32> = tokens[prompt_len.min(tokens.len())..].to_vec();
         generated.sort_unstable();
-        for run in generated.chunk_by(|a, b| a == b) {
-            if let Some(l) = logits.get_mut(run[0] as usize) {
-                *l -= presence + frequency * run.len() as f32;
-            }
-        }
+        edits.extend(generated.chunk_by(|a, b| a == b).map(|run| (run[0], LogitEdit::Add(-(presence + frequency * run.len() as f32)))));
     }
 }
 
@@ -294,20 +361,17 @@ pub fn sample_nucleus(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, 
 
 /// Choose the next token for a sequence from its logits.
 pub fn sample(logits: &[f32], params: &SamplingParams, index: u64) -> u32 {
-    choose(logits, params.temperature, params.top_k, params.top_p, params.min_p, params.seed, index)
+    choose(logits, Cuts::of(params), uniform(params.seed, index))
 }
 
-/// The token these cuts choose for the `index`-th token of a sequence
-/// seeded `seed`: the most likely one when the choice is greedy
-/// ([`weft_types::is_greedy_choice`]), else the nucleus draw with the
-/// `(seed, index)` uniform. [`sample`] and the sampler plugin's
-/// `choose-rows` host call both end here.
-#[allow(clippy::too_many_arguments)]
-pub fn choose(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, min_p: f32, seed: u64, index: u64) -> u32 {
-    if weft_types::is_greedy_choice(temperature, top_k) {
+/// The token `cuts` choose from `logits` with the draw `u`: the most
+/// likely one when the choice is greedy ([`Cuts::is_greedy`]), else the
+/// nucleus draw. Every choice on the host ends here.
+pub fn choose(logits: &[f32], cuts: Cuts, u: f64) -> u32 {
+    if cuts.is_greedy() {
         return argmax(logits);
     }
-    sample_nucleus(logits, temperature, top_k, top_p, min_p, uniform(seed, index))
+    sample_nucleus(logits, cuts.temperature, cuts.top_k, cuts.top_p, cuts.min_p, u)
 }
 
 /// Deterministic pseudo-random logits in [-6, 6) (xorshift from `seed`):

@@ -1,21 +1,25 @@
 //! The `batch` resource: one engine step's rows as a sampler sees them.
 //!
-//! The rows stay where the engine has them (its logits buffer, its
-//! sequences' tokens); the store holds a [`StepView`] onto them only for
-//! the duration of one `choose` call. The engine's raw logits (which
-//! log-probabilities are reported from) are never changed: a row's
-//! adjustments are kept as a list of edits, and the row they describe is
-//! built when it is read, in one scratch buffer shared by all rows. A
-//! guest that edits and reads the rows one after another (or edits them
-//! all, then reads them all) builds each row once in a cache-resident
-//! buffer, as the native sampler copies it once, instead of keeping a
-//! private copy per row; going back to an earlier row rebuilds it. Every argument from
-//! the guest is checked: a row or token out of range, a non-finite
-//! temperature or an oversized list traps the call.
+//! The rows stay where the engine's backend left them (host memory, or the
+//! GPU); the store holds a [`StepView`] onto them only for the duration of
+//! one `choose` call. The raw logits (which log-probabilities are reported
+//! from) are never changed: a row's adjustments are kept as a list of
+//! sparse edits. A choice (`choose-rows`, `sample-by-params`, `sample`)
+//! hands the edits, the guide's mask and the cuts to the rows' owner, which
+//! applies them to its own copy of the row where the row is: on the CUDA
+//! backend no row crosses to the host. Reads (`logits`, `top-k`,
+//! `nucleus`) build the edited row on the host, in one scratch buffer
+//! shared by all rows; going back to an earlier row rebuilds it. Every
+//! argument from the guest is checked: a row or token out of range, a
+//! non-finite temperature or an oversized list traps the call.
+
+use std::borrow::Cow;
 
 use wasmtime::component::Resource;
 use wasmtime::{Result, bail};
-use weft_types::SampleRow;
+use weft_engine::sampling::{param_edits, repeat_edits, uniform};
+use weft_types::logits::{apply_edits, apply_mask};
+use weft_types::{LogitEdit, LogitsError, LogitsRows, Pick, SampleRow, TokenId, choose_across};
 
 use crate::bindings::weft::plugin::sampling::{Candidate, Cuts, Host, HostBatch, Params};
 use crate::sandbox::StoreState;
@@ -25,28 +29,17 @@ use crate::sandbox::StoreState;
 pub struct BatchHandle;
 
 /// Edits a row may collect in one call, per token of the vocabulary: a
-/// policy that bans, biases and penalises every token once stays well
+/// policy that bans, biases and penalises every token once (the standard
+/// penalties count one edit per distinct token they touch) stays well
 /// inside; a guest that loops on `adjust` traps instead of growing the
 /// host's memory.
-const EDITS_PER_VOCAB_ENTRY: usize = 2;
-
-/// One change a guest made to a row, replayed in order onto the raw row.
-#[derive(Debug, Clone, Copy)]
-enum Edit {
-    Add(u32, f32),
-    Penalize(u32, f32),
-    Ban(u32),
-    /// `penalize-repeats` with these strengths.
-    Repeats { repetition: f32, presence: f32, frequency: f32 },
-    /// The row's own sampling parameters (`sample-by-params`).
-    Params,
-}
+const EDITS_PER_VOCAB_ENTRY: usize = 4;
 
 /// The buffers a view works in, kept by the store between calls so a step
 /// allocates nothing once the first has run.
 #[derive(Debug, Default)]
 pub struct StepBuffers {
-    edits: Vec<Vec<Edit>>,
+    edits: Vec<Vec<(TokenId, LogitEdit)>>,
     scratch: Vec<f32>,
 }
 
@@ -57,10 +50,14 @@ pub struct StepView {
     eos: Vec<u32>,
     vocab: usize,
     /// Each row's edits so far, in order; none: the raw row.
-    edits: Vec<Vec<Edit>>,
-    /// The row `built` names: its raw logits with its edits applied.
+    edits: Vec<Vec<(TokenId, LogitEdit)>>,
+    /// The row `built` names on the host: its logits with its mask and
+    /// edits applied.
     scratch: Vec<f32>,
     built: Option<u32>,
+    /// The device holding the logits failed during this call (the guest
+    /// trapped because of it, through no fault of its own).
+    device_error: Option<LogitsError>,
 }
 
 // SAFETY: the pointer is only dereferenced on the thread running the
@@ -75,18 +72,19 @@ impl StepView {
     /// The caller must remove the view from the store before `rows` is
     /// dropped or mutated, on every path (including traps).
     pub unsafe fn new(rows: &[SampleRow<'_>], eos: &[u32], buffers: StepBuffers) -> Self {
-        let vocab = rows.first().map_or(0, |r| r.logits.len());
+        let vocab = rows.first().map_or(0, |r| r.vocab());
         // Only ids the guest may hand back to `ban` without trapping.
         let eos = eos.iter().copied().filter(|&t| (t as usize) < vocab).collect();
         let StepBuffers { mut edits, scratch } = buffers;
         edits.iter_mut().for_each(Vec::clear);
         edits.resize_with(rows.len(), Vec::new);
-        Self { rows: rows.as_ptr().cast(), len: rows.len(), eos, vocab, edits, scratch, built: None }
+        Self { rows: rows.as_ptr().cast(), len: rows.len(), eos, vocab, edits, scratch, built: None, device_error: None }
     }
 
-    /// The buffers, for the next call's view.
-    pub fn into_buffers(self) -> StepBuffers {
-        StepBuffers { edits: self.edits, scratch: self.scratch }
+    /// The buffers, for the next call's view, and the device's failure if
+    /// one ended the call.
+    pub fn finish(self) -> (StepBuffers, Option<LogitsError>) {
+        (StepBuffers { edits: self.edits, scratch: self.scratch }, self.device_error)
     }
 
     fn row(&self, row: u32) -> Result<&SampleRow<'static>> {
@@ -97,49 +95,69 @@ impl StepView {
         Ok(unsafe { &*self.rows.add(row as usize) })
     }
 
-    /// The row's logits with its edits applied.
-    fn logits(&mut self, row: u32) -> Result<&[f32]> {
-        let raw = self.row(row)?.logits;
-        if self.edits[row as usize].is_empty() {
-            return Ok(raw);
-        }
-        self.build(row)?;
-        Ok(&self.scratch)
+    /// Remember the device's failure and trap the call with it.
+    fn device_failed(&mut self, e: LogitsError) -> wasmtime::Error {
+        self.device_error = Some(e.clone());
+        wasmtime::Error::msg(e)
     }
 
-    /// Make the scratch buffer hold `row` with its edits so far.
-    fn build(&mut self, row: u32) -> Result<()> {
+    /// The row's logits on the host, with its mask and edits applied.
+    fn logits(&mut self, row: u32) -> Result<&[f32]> {
         if self.built == Some(row) {
-            return Ok(());
+            return Ok(&self.scratch);
         }
         let r = *self.row(row)?;
-        self.scratch.clear();
-        self.scratch.extend_from_slice(r.logits);
-        for &edit in &self.edits[row as usize] {
-            apply(&mut self.scratch, edit, &r, &self.eos);
+        let raw = r.logits.row(r.row).map_err(|e| self.device_failed(e))?;
+        let edits = &self.edits[row as usize];
+        if let Cow::Borrowed(raw) = raw
+            && edits.is_empty()
+            && r.mask.is_none()
+        {
+            return Ok(raw);
         }
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&raw);
+        if let Some(mask) = r.mask {
+            apply_mask(&mut self.scratch, mask);
+        }
+        apply_edits(&mut self.scratch, edits);
         self.built = Some(row);
-        Ok(())
+        Ok(&self.scratch)
     }
 
     /// Record `edits` to `row`, applying them now only if the scratch
     /// holds it: a policy that edits every row before choosing any builds
-    /// each row once, when it is read.
-    fn edit(&mut self, row: u32, edits: impl ExactSizeIterator<Item = Edit>) -> Result<()> {
+    /// no row at all when it chooses with `choose-rows`.
+    fn edit(&mut self, row: u32, edits: impl ExactSizeIterator<Item = (TokenId, LogitEdit)>) -> Result<()> {
         let limit = EDITS_PER_VOCAB_ENTRY * self.vocab.max(1);
-        let r = *self.row(row)?;
+        self.row(row)?;
         let log = &mut self.edits[row as usize];
         if log.len() + edits.len() > limit {
             bail!("more than {limit} edits to row {row} in one call");
         }
         let built = self.built == Some(row);
-        for edit in edits {
+        for (t, edit) in edits {
             if built {
-                apply(&mut self.scratch, edit, &r, &self.eos);
+                self.scratch[t as usize] = edit.apply(self.scratch[t as usize]);
             }
-            log.push(edit);
+            log.push((t, edit));
         }
         Ok(())
+    }
+
+    /// One token per `(row, cuts)`, chosen where the rows are (on the
+    /// device for the CUDA backend) with each row's edits and draw.
+    fn choose(&mut self, choices: &[(u32, weft_types::Cuts)]) -> Result<Vec<u32>> {
+        let mut picks: Vec<(&dyn LogitsRows, Pick<'_>)> = Vec::with_capacity(choices.len());
+        for &(row, cuts) in choices {
+            let r = self.row(row)?;
+            let u = uniform(r.params.seed, r.position());
+            picks.push((r.logits, r.pick(&self.edits[row as usize], cuts, u)));
+        }
+        match choose_across(&picks) {
+            Ok(tokens) => Ok(tokens),
+            Err(e) => Err(self.device_failed(e)),
+        }
     }
 
     /// A batch-wide call takes at most one entry per row of the batch.
@@ -158,22 +176,6 @@ impl StepView {
             bail!("token {t} is outside the vocabulary of {}", self.vocab);
         }
         Ok(())
-    }
-}
-
-/// One edit, onto `logits` (the row of `r`).
-fn apply(logits: &mut [f32], edit: Edit, r: &SampleRow<'_>, eos: &[u32]) {
-    match edit {
-        Edit::Add(t, d) => logits[t as usize] += d,
-        Edit::Penalize(t, penalty) => {
-            let l = &mut logits[t as usize];
-            *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
-        }
-        Edit::Ban(t) => logits[t as usize] = f32::NEG_INFINITY,
-        Edit::Repeats { repetition, presence, frequency } => {
-            weft_engine::sampling::penalize_repeats(logits, repetition, presence, frequency, r.tokens, r.prompt_len)
-        }
-        Edit::Params => weft_engine::sampling::adjust_logits(logits, r.params, r.tokens, r.prompt_len, eos),
     }
 }
 
@@ -221,7 +223,7 @@ impl HostBatch for StoreState {
 
     fn uniform(&mut self, _: Resource<BatchHandle>, row: u32) -> Result<f64> {
         let r = self.view()?.row(row)?;
-        Ok(weft_engine::sampling::uniform(r.params.seed, r.position()))
+        Ok(uniform(r.params.seed, r.position()))
     }
 
     fn history(&mut self, _: Resource<BatchHandle>, row: u32, max: u32, output_only: bool) -> Result<Vec<u32>> {
@@ -243,7 +245,7 @@ impl HostBatch for StoreState {
         if let Some((t, d)) = deltas.iter().find(|d| !d.1.is_finite()) {
             bail!("adjustment {d} for token {t} is not finite");
         }
-        view.edit(row, deltas.into_iter().map(|(t, d)| Edit::Add(t, d)))
+        view.edit(row, deltas.into_iter().map(|(t, d)| (t, LogitEdit::Add(d))))
     }
 
     fn penalize(&mut self, _: Resource<BatchHandle>, row: u32, tokens: Vec<u32>, penalty: f32) -> Result<()> {
@@ -253,7 +255,7 @@ impl HostBatch for StoreState {
         let limit = self.host_list_entries.max(self.view()?.row(row)?.tokens.len());
         let view = self.view_mut()?;
         view.check_tokens(tokens.iter().copied(), tokens.len(), limit)?;
-        view.edit(row, tokens.into_iter().map(|t| Edit::Penalize(t, penalty)))
+        view.edit(row, tokens.into_iter().map(|t| (t, LogitEdit::Penalize(penalty))))
     }
 
     fn penalize_repeats(&mut self, _: Resource<BatchHandle>, row: u32, repetition: f32, presence: f32, frequency: f32) -> Result<()> {
@@ -263,14 +265,20 @@ impl HostBatch for StoreState {
         if !(presence.is_finite() && frequency.is_finite()) {
             bail!("the presence and frequency penalties must be finite; given {presence} and {frequency}");
         }
-        self.view_mut()?.edit(row, std::iter::once(Edit::Repeats { repetition, presence, frequency }))
+        let view = self.view_mut()?;
+        let r = *view.row(row)?;
+        let mut edits = Vec::new();
+        repeat_edits(repetition, presence, frequency, r.tokens, r.prompt_len, &mut edits);
+        // The sequence's tokens are the engine's, inside the vocabulary.
+        edits.retain(|e| (e.0 as usize) < view.vocab);
+        view.edit(row, edits.into_iter())
     }
 
     fn ban(&mut self, _: Resource<BatchHandle>, row: u32, tokens: Vec<u32>) -> Result<()> {
         let limit = self.host_list_entries;
         let view = self.view_mut()?;
         view.check_tokens(tokens.iter().copied(), tokens.len(), limit)?;
-        view.edit(row, tokens.into_iter().map(Edit::Ban))
+        view.edit(row, tokens.into_iter().map(|t| (t, LogitEdit::Ban)))
     }
 
     fn top_k(&mut self, _: Resource<BatchHandle>, row: u32, k: u32) -> Result<Vec<Candidate>> {
@@ -291,40 +299,38 @@ impl HostBatch for StoreState {
 
     fn sample(&mut self, _: Resource<BatchHandle>, row: u32, temperature: f32, top_k: u32, top_p: f32, min_p: f32) -> Result<u32> {
         check_cuts(temperature, top_p, min_p)?;
-        let r = self.view()?.row(row)?;
-        let u = weft_engine::sampling::uniform(r.params.seed, r.position());
-        let logits = self.view_mut()?.logits(row)?;
-        Ok(weft_engine::sampling::sample_nucleus(logits, temperature, top_k, top_p, min_p, u))
+        let cuts = weft_types::Cuts { temperature, top_k, top_p, min_p };
+        Ok(self.view_mut()?.choose(&[(row, cuts)])?[0])
     }
 
     fn choose_rows(&mut self, _: Resource<BatchHandle>, choices: Vec<(u32, Cuts)>) -> Result<Vec<u32>> {
         let view = self.view_mut()?;
         view.check_rows(choices.len())?;
-        choices
+        let choices = choices
             .into_iter()
             .map(|(row, c)| {
                 if !weft_types::is_greedy_choice(c.temperature, c.top_k) {
                     check_cuts(c.temperature, c.top_p, c.min_p)?;
                 }
-                let r = *view.row(row)?;
-                let (seed, index) = (r.params.seed, r.position());
-                Ok(weft_engine::sampling::choose(view.logits(row)?, c.temperature, c.top_k, c.top_p, c.min_p, seed, index))
+                Ok((row, weft_types::Cuts { temperature: c.temperature, top_k: c.top_k, top_p: c.top_p, min_p: c.min_p }))
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        view.choose(&choices)
     }
 
     fn sample_by_params(&mut self, _: Resource<BatchHandle>, rows: Vec<u32>) -> Result<Vec<u32>> {
         let view = self.view_mut()?;
         view.check_rows(rows.len())?;
-        rows.into_iter()
-            .map(|row| {
-                let r = *view.row(row)?;
-                if r.params.adjusts_logits() {
-                    view.edit(row, std::iter::once(Edit::Params))?;
-                }
-                Ok(weft_engine::sampling::sample(view.logits(row)?, r.params, r.position()))
-            })
-            .collect()
+        let mut choices = Vec::with_capacity(rows.len());
+        for row in rows {
+            let r = *view.row(row)?;
+            if r.params.adjusts_logits() {
+                let edits = param_edits(r.params, r.tokens, r.prompt_len, &view.eos, view.vocab);
+                view.edit(row, edits.into_iter())?;
+            }
+            choices.push((row, weft_types::Cuts::of(r.params)));
+        }
+        view.choose(&choices)
     }
 
     fn logits(&mut self, _: Resource<BatchHandle>, row: u32) -> Result<Vec<f32>> {

@@ -8,8 +8,9 @@
 //! pre-linked template; with [`PluginRuntime::with_cache`] the compiled
 //! code is kept on disk ([`CompiledCache`]) so a restart maps it back in.
 //! [`WasmSampler`] implements `weft_types::Sampler`: one guest call per
-//! engine step for the whole batch, its logits kept in the host behind the
-//! `batch` resource ([`batch`]), its answer checked by the engine.
+//! engine step for the whole batch, its logits kept by the host where the
+//! backend left them behind the `batch` resource ([`batch`]), its answer
+//! checked by the engine.
 //! [`WasmGuide`] is a guide component set up once for the model's
 //! vocabulary; each [`GuidedSequence`] implements `weft_types::Guide` for
 //! one constrained sequence. [`WasmAuth`] asks an auth component who a

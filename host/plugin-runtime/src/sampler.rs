@@ -98,8 +98,16 @@ impl Sampler for WasmSampler {
             plugin.weft_plugin_sampler().call_choose(&mut *store, Resource::new_borrow(handle.rep()))
         }));
         let state = store.data_mut();
-        state.step_buffers = state.step.take().map(StepView::into_buffers).unwrap_or_default();
+        let (buffers, device_error) = state.step.take().map(StepView::finish).unwrap_or_default();
+        state.step_buffers = buffers;
         let _ = state.table.delete(handle);
+        if let Some(e) = device_error {
+            // The guest trapped because the device failed under a host
+            // call: not the plugin's fault, but its instance is discarded
+            // like after any trap.
+            self.live = None;
+            return Err(SamplerError::Logits(e));
+        }
         match result {
             Ok(Ok(Ok(tokens))) => match invalid_answer(&tokens, rows) {
                 None => Ok(tokens),
@@ -122,6 +130,6 @@ fn invalid_answer(tokens: &[TokenId], rows: &[SampleRow<'_>]) -> Option<String> 
     if tokens.len() != rows.len() {
         return Some(format!("returned {} tokens for {} rows", tokens.len(), rows.len()));
     }
-    let (token, row) = tokens.iter().zip(rows).find(|(t, r)| **t as usize >= r.logits.len())?;
-    Some(format!("returned token {token}, outside the vocabulary of {}", row.logits.len()))
+    let (token, row) = tokens.iter().zip(rows).find(|(t, r)| **t as usize >= r.vocab())?;
+    Some(format!("returned token {token}, outside the vocabulary of {}", row.vocab()))
 }

@@ -5,25 +5,73 @@
 //! The engine calls each decision once per step for the whole batch; the
 //! implementation's answer is validated by the engine like user input.
 
+use std::borrow::Cow;
+
 use thiserror::Error;
 
+use crate::logits::{Cuts, LogitEdit, LogitsError, LogitsRows, Pick, apply_mask};
 use crate::{SamplingParams, TokenId};
 
 /// One sequence that needs its next token this step.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct SampleRow<'a> {
-    /// The model's raw logits for the next token (one per vocabulary entry).
-    pub logits: &'a [f32],
+    /// The step's logits rows, wherever the backend keeps them.
+    pub logits: &'a dyn LogitsRows,
+    /// Which of them holds the model's raw logits for this sequence's next
+    /// token.
+    pub row: usize,
+    /// The tokens the sequence's guide allows (bit `t % 32` of word
+    /// `t / 32`), if it is guided: the sampler sees the row with the rest
+    /// ruled out.
+    pub mask: Option<&'a [u32]>,
     pub params: &'a SamplingParams,
     /// The prompt followed by the tokens generated so far.
     pub tokens: &'a [TokenId],
     pub prompt_len: usize,
 }
 
-impl SampleRow<'_> {
+impl<'a> SampleRow<'a> {
     /// Tokens generated so far: the index of the token being chosen.
     pub fn position(&self) -> u64 {
         (self.tokens.len() - self.prompt_len) as u64
+    }
+
+    pub fn vocab(&self) -> usize {
+        self.logits.vocab()
+    }
+
+    /// The row on the host, with the guide's mask applied: a copy of the
+    /// vocabulary (from the device, or to apply the mask).
+    pub fn host_logits(&self) -> Result<Cow<'a, [f32]>, LogitsError> {
+        let row = self.logits.row(self.row)?;
+        Ok(match self.mask {
+            None => row,
+            Some(mask) => {
+                let mut row = row.into_owned();
+                apply_mask(&mut row, mask);
+                Cow::Owned(row)
+            }
+        })
+    }
+
+    /// This row's choice with `edits`, by `cuts`, drawn with `uniform`.
+    pub fn pick<'e>(&self, edits: &'e [(TokenId, LogitEdit)], cuts: Cuts, uniform: f64) -> Pick<'e>
+    where
+        'a: 'e,
+    {
+        Pick { row: self.row, mask: self.mask, edits, cuts, uniform }
+    }
+}
+
+impl std::fmt::Debug for SampleRow<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SampleRow")
+            .field("row", &self.row)
+            .field("masked", &self.mask.is_some())
+            .field("params", self.params)
+            .field("tokens", &self.tokens.len())
+            .field("prompt_len", &self.prompt_len)
+            .finish()
     }
 }
 
@@ -38,6 +86,9 @@ pub enum SamplerError {
     /// The sampler refused (its own error, e.g. no candidates).
     #[error("sampler {sampler} refused: {code}: {message}")]
     Refused { sampler: String, code: String, message: String },
+    /// The device holding the logits failed (not the sampler's fault).
+    #[error(transparent)]
+    Logits(#[from] LogitsError),
 }
 
 /// Chooses the next token of every row of a batch in one call.
@@ -89,10 +140,21 @@ pub trait Guide: Send + std::fmt::Debug {
 #[derive(Clone, Debug, Error, PartialEq)]
 pub enum DecisionError {
     #[error(transparent)]
-    Sampler(#[from] SamplerError),
+    Sampler(SamplerError),
     #[error(transparent)]
     Guide(#[from] GuideError),
     /// The device running the model failed the step (not a plugin's fault).
     #[error("the model backend failed: {0}")]
     Backend(String),
+}
+
+impl From<SamplerError> for DecisionError {
+    /// A sampler's own failure, or the backend's when the device holding
+    /// the logits failed under it.
+    fn from(e: SamplerError) -> Self {
+        match e {
+            SamplerError::Logits(e) => Self::Backend(e.to_string()),
+            e => Self::Sampler(e),
+        }
+    }
 }

@@ -6,7 +6,9 @@
 //! data and traits only — no model code, no I/O.
 
 pub mod decide;
+pub mod logits;
 pub mod sampling;
 
 pub use decide::{DecisionError, Guide, GuideError, GuideStep, SampleRow, Sampler, SamplerError};
+pub use logits::{Cuts, LogitEdit, LogitsError, LogitsRows, Pick, choose_across};
 pub use sampling::{SamplingParams, StopReason, TokenId, is_greedy_choice};

@@ -200,17 +200,40 @@ impl CudaKernels {
     /// Copy the first `len` elements of a device buffer into a new host
     /// vector (waits for the stream).
     pub fn download_prefix<T: DeviceRepr + Default + Clone>(&self, buf: &CudaSlice<T>, len: usize) -> Result<Vec<T>> {
-        if len > buf.len() {
+        self.download_range(buf, 0..len)
+    }
+
+    /// Copy elements `range` of a device buffer into a new host vector
+    /// (waits for the stream).
+    pub fn download_range<T: DeviceRepr + Default + Clone>(&self, buf: &CudaSlice<T>, range: std::ops::Range<usize>) -> Result<Vec<T>> {
+        if range.start > range.end || range.end > buf.len() {
             return Err(CudaError::invalid(
                 "download",
-                format!("{len} elements asked of a buffer of {}", buf.len()),
+                format!("elements {range:?} asked of a buffer of {}", buf.len()),
             ));
         }
-        let mut host = vec![T::default(); len];
+        let mut host = vec![T::default(); range.len()];
         self.stream
-            .memcpy_dtoh(&buf.slice(0..len), &mut host)
+            .memcpy_dtoh(&buf.slice(range), &mut host)
             .map_err(driver("copying device data to the host"))?;
         Ok(host)
+    }
+
+    /// A new device buffer holding the first `len` elements of `buf`
+    /// (copied on the device, in stream order).
+    pub fn copy_prefix<T: DeviceRepr>(&self, buf: &CudaSlice<T>, len: usize) -> Result<CudaSlice<T>> {
+        if len == 0 || len > buf.len() {
+            return Err(CudaError::invalid(
+                "copy",
+                format!("a prefix of {len} elements asked of a buffer of {}", buf.len()),
+            ));
+        }
+        // SAFETY: fully written by the copy below before anything reads it.
+        let mut copy = unsafe { self.stream.alloc::<T>(len) }.map_err(driver("allocating device memory"))?;
+        self.stream
+            .memcpy_dtod(&buf.slice(0..len), &mut copy)
+            .map_err(driver("copying on the device"))?;
+        Ok(copy)
     }
 
     /// Copy `host` over the start of `dev` in place (the buffer keeps its

@@ -65,7 +65,7 @@ pub fn all_logits(backend: &mut dyn Backend, tokens: &[u32]) -> Vec<f32> {
         tokens: tokens.iter().enumerate().map(|(pos, &token)| BatchToken { token, pos, seq: 0, logits: true }).collect(),
         block_tables: vec![&table],
     };
-    backend.forward(&batch).unwrap()
+    backend.forward(&batch).unwrap().to_host().unwrap()
 }
 
 /// ‖a − b‖ / ‖b‖ in f64.

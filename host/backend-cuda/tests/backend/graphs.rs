@@ -43,7 +43,7 @@ fn step(b: &mut CudaBackend, tables: &Tables, tokens: &[(usize, usize, u32)]) ->
         tokens: tokens.iter().map(|&(seq, pos, token)| BatchToken { token, pos, seq, logits: true }).collect(),
         block_tables: tables.0.iter().map(Vec::as_slice).collect(),
     };
-    b.forward(&batch).unwrap()
+    b.forward(&batch).unwrap().to_host().unwrap()
 }
 
 #[test]

@@ -9,7 +9,9 @@
 //!   the KV cache in f16 and in FP8;
 //! - `engine`: the engine's continuous batching on the GPU backend;
 //! - `graphs`: decode steps replayed as CUDA graphs against the same steps
-//!   launched one by one.
+//!   launched one by one;
+//! - `sampling`: tokens chosen on the device against the host's choice
+//!   over the same rows.
 //!
 //! Lines starting `RESULT ` are collected into scripts/gpu-check.sh's table.
 
@@ -17,4 +19,5 @@ mod common;
 mod engine;
 mod graphs;
 mod parity;
+mod sampling;
 mod transformers;

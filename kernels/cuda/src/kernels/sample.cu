@@ -11,6 +11,14 @@
 // way and the chunks' (max, sum) pairs into log-sum-exp, and writes ids,
 // logits and logits - logsumexp.
 // NaN logits are never selected (every comparison with NaN is false).
+//
+// Choosing a token where the logits are (pick_rows, edit_rows,
+// choose_rows): each pick's row is copied with its guide mask applied, its
+// sparse edits are applied in order, and one block per pick draws the
+// token with the host's rules (weights exp(l/T - top) in double, min-p,
+// top-k and top-p cuts, then the inverse-CDF draw summing in token-id
+// order). Sums are reduced in a different order than on the host, so a
+// draw that lands within rounding of a boundary may differ.
 #include "common.cuh"
 
 #define WEFT_TOPK_THREADS 256
@@ -133,5 +141,249 @@ extern "C" __global__ void topk_stage2(const float* __restrict__ cand_v, const u
             cv[bslot] = __int_as_float(0x7fffffff);
             local_best(cv, ci, n, bv, bi, bslot);
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Choosing tokens on the device.
+
+#define WEFT_CHOOSE_THREADS 1024
+#define WEFT_EDIT_ADD 0u
+#define WEFT_EDIT_PENALIZE 1u
+
+// grid (x-blocks, picks), block 256: work[p] = logits[rows[p]] with the
+// tokens outside pick p's mask (if mask_at[p] != WEFT_NO_ID, words from
+// masks[mask_at[p]]) and NaN set to -inf.
+extern "C" __global__ void pick_rows(const float* __restrict__ logits, int vocab, const u32* __restrict__ rows,
+                                     const u32* __restrict__ mask_at, const u32* __restrict__ masks,
+                                     float* __restrict__ work) {
+    const int p = blockIdx.y;
+    const float* src = logits + (i64)rows[p] * vocab;
+    float* dst = work + (i64)p * vocab;
+    const u32 m = mask_at[p];
+    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < vocab; t += gridDim.x * blockDim.x) {
+        float v = src[t];
+        if (v != v) v = neg_inf();
+        if (m != WEFT_NO_ID && !((masks[m + (t >> 5)] >> (t & 31)) & 1u)) v = neg_inf();
+        dst[t] = v;
+    }
+}
+
+// One thread per segment: the edits of one (pick, token), applied in order
+// (kind 0: add, 1: CTRL penalty, otherwise ban). Segments name distinct
+// (pick, token) pairs, so no two threads touch one logit.
+extern "C" __global__ void edit_rows(float* __restrict__ work, int vocab, int segments, const u32* __restrict__ seg_pick,
+                                     const u32* __restrict__ seg_token, const u32* __restrict__ seg_start,
+                                     const u32* __restrict__ op_kind, const float* __restrict__ op_value) {
+    const int s = blockIdx.x * blockDim.x + threadIdx.x;
+    if (s >= segments) return;
+    float* x = work + (i64)seg_pick[s] * vocab + seg_token[s];
+    float v = *x;
+    for (u32 j = seg_start[s]; j < seg_start[s + 1]; j++) {
+        const float a = op_value[j];
+        if (op_kind[j] == WEFT_EDIT_ADD) v = v + a;
+        else if (op_kind[j] == WEFT_EDIT_PENALIZE) v = v > 0.f ? v / a : v * a;
+        else v = neg_inf();
+    }
+    *x = v;
+}
+
+// A float's order as an unsigned key: larger float, larger key.
+__device__ __forceinline__ u32 order_key(float v) {
+    const u32 b = __float_as_uint(v);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// The host's weight exp(l * inv_t - top), without contraction into an FMA.
+__device__ __forceinline__ double weight_of(float l, double inv_t, double top) {
+    return exp(__dsub_rn(__dmul_rn((double)l, inv_t), top));
+}
+
+// Exclusive prefix sums of v over the block in thread order, into
+// excl[threadIdx.x], with the whole sum in excl[blockDim.x] (excl holds
+// blockDim.x + 1 values, scratch 32). Deterministic, and thread t's range
+// [excl[t], excl[t + 1]) meets its neighbours' exactly, as each bound is
+// one stored number. Returns excl[threadIdx.x].
+__device__ __forceinline__ double block_scan(double v, double* scratch, double* excl) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
+    double x = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const double y = __shfl_up_sync(WEFT_FULL_MASK, x, o);
+        if (lane >= o) x += y;
+    }
+    double ex = __shfl_up_sync(WEFT_FULL_MASK, x, 1);
+    if (lane == 0) ex = 0.0;
+    __syncthreads();
+    if (lane == 31) scratch[warp] = x;
+    __syncthreads();
+    if (warp == 0) {
+        double s = lane < nwarps ? scratch[lane] : 0.0;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const double y = __shfl_up_sync(WEFT_FULL_MASK, s, o);
+            if (lane >= o) s += y;
+        }
+        scratch[lane] = s;
+    }
+    __syncthreads();
+    const double before = warp > 0 ? scratch[warp - 1] : 0.0;
+    excl[threadIdx.x] = before + ex;
+    if (threadIdx.x == blockDim.x - 1) excl[blockDim.x] = before + x;
+    __syncthreads();
+    return excl[threadIdx.x];
+}
+
+// Keep the smallest most-likely-first prefix of row[0..vocab) whose measure
+// (1 a token, or its weight when MASS) reaches goal; every other token
+// becomes -inf. Ties at the boundary value are kept by lower id. The
+// boundary value is found by a radix search over the order keys, 8 bits a
+// pass, with the measure histogrammed in shared memory (hist: 256).
+// Returns without cutting when rounding leaves the goal out of reach.
+template <bool MASS>
+__device__ void keep_prefix(float* row, int begin, int end, double inv_t, double top, double goal, double* hist,
+                            double* scratch, double* excl) {
+    __shared__ u32 s_digit;
+    __shared__ double s_above;
+    __shared__ bool s_reached;
+    u32 prefix = 0, decided = 0;
+    double above = 0.0;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int d = threadIdx.x; d < 256; d += blockDim.x) hist[d] = 0.0;
+        __syncthreads();
+        for (int i = begin; i < end; i++) {
+            const u32 key = order_key(row[i]);
+            if ((key & decided) == prefix) atomicAdd(&hist[(key >> shift) & 255u], MASS ? weight_of(row[i], inv_t, top) : 1.0);
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            s_reached = false;
+            double a = above;
+            for (int d = 255; d >= 0; d--) {
+                if (a + hist[d] >= goal) {
+                    s_digit = (u32)d;
+                    s_reached = true;
+                    break;
+                }
+                a += hist[d];
+            }
+            s_above = a;
+        }
+        __syncthreads();
+        if (!s_reached) return;
+        prefix |= s_digit << shift;
+        decided |= 255u << shift;
+        above = s_above;
+        __syncthreads();
+    }
+    // prefix is the boundary key: tokens above it stay; of the n_ties tokens
+    // on it, the first `need` by id stay.
+    double ties = 0.0, w = 0.0;
+    for (int i = begin; i < end; i++)
+        if (order_key(row[i]) == prefix) {
+            ties += 1.0;
+            w = MASS ? weight_of(row[i], inv_t, top) : 1.0;
+        }
+    // Every tie has the same weight: any thread holding ties shares it.
+    __shared__ double s_w;
+    if (ties > 0.0) s_w = w;
+    __syncthreads();
+    const double need = fmax(1.0, MASS ? ceil((goal - above) / s_w) : goal - above);
+    double rank = block_scan(ties, scratch, excl);
+    for (int i = begin; i < end; i++) {
+        const u32 key = order_key(row[i]);
+        if (key == prefix) {
+            if (rank >= need) row[i] = neg_inf();
+            rank += 1.0;
+        } else if (key < prefix) {
+            row[i] = neg_inf();
+        }
+    }
+    __syncthreads();
+}
+
+// One block of WEFT_CHOOSE_THREADS per pick: the token pick p chooses from
+// its prepared row work[p] (changed in place by the cuts). Greedy when
+// temperature is 0 or top_k is 1: the largest logit, lowest id on ties.
+extern "C" __global__ void __launch_bounds__(WEFT_CHOOSE_THREADS)
+    choose_rows(float* __restrict__ work, int vocab, const float* __restrict__ temperature,
+                const u32* __restrict__ top_k, const float* __restrict__ top_p, const float* __restrict__ min_p,
+                const double* __restrict__ uniform, u32* __restrict__ out) {
+    __shared__ float sv[32];
+    __shared__ u32 si[32];
+    __shared__ double hist[256];
+    __shared__ double scratch[32];
+    __shared__ double excl[WEFT_CHOOSE_THREADS + 1];
+    __shared__ u32 s_pick;
+    const int p = blockIdx.x;
+    float* row = work + (i64)p * vocab;
+    const int per = (vocab + blockDim.x - 1) / blockDim.x;
+    const int begin = min(vocab, (int)threadIdx.x * per), end = min(vocab, begin + per);
+
+    float bv = neg_inf();
+    u32 bi = WEFT_NO_ID;
+    for (int i = begin; i < end; i++)
+        if (better(row[i], (u32)i, bv, bi)) {
+            bv = row[i];
+            bi = (u32)i;
+        }
+    block_best(bv, bi, sv, si);
+    const float t = temperature[p];
+    const u32 k = top_k[p];
+    if (t == 0.f || k == 1u || bv == neg_inf()) {
+        if (threadIdx.x == 0) out[p] = bi == WEFT_NO_ID ? 0u : bi;
+        return;
+    }
+    const double inv_t = 1.0 / (double)t;
+    const double top = __dmul_rn((double)bv, inv_t);
+    const double floor_w = (double)min_p[p];
+    if (floor_w > 0.0)
+        for (int i = begin; i < end; i++)
+            if (weight_of(row[i], inv_t, top) < floor_w) row[i] = neg_inf();
+    __syncthreads();
+    if (k > 0u && k < (u32)vocab) keep_prefix<false>(row, begin, end, inv_t, top, (double)k, hist, scratch, excl);
+    if (top_p[p] < 1.f) {
+        double mass = 0.0;
+        for (int i = begin; i < end; i++) mass += weight_of(row[i], inv_t, top);
+        block_scan(mass, scratch, excl);
+        const double goal = (double)top_p[p] * excl[blockDim.x];
+        __syncthreads();
+        keep_prefix<true>(row, begin, end, inv_t, top, goal, hist, scratch, excl);
+    }
+
+    // The draw: the first token, in id order, whose running weight exceeds
+    // uniform * total. Each thread owns ids [begin, end) and the weight
+    // range [excl[t], excl[t + 1]); the one whose range holds the target
+    // walks its ids. Past the end (rounding), the last token with weight.
+    double mass = 0.0;
+    int last = -1;
+    for (int i = begin; i < end; i++) {
+        const double w = weight_of(row[i], inv_t, top);
+        mass += w;
+        if (w > 0.0) last = i;
+    }
+    if (threadIdx.x == 0) s_pick = WEFT_NO_ID;
+    const double before = block_scan(mass, scratch, excl);
+    const double target = uniform[p] * excl[blockDim.x];
+    if (before <= target && target < excl[threadIdx.x + 1]) {
+        double acc = before;
+        u32 chosen = last < 0 ? WEFT_NO_ID : (u32)last;
+        for (int i = begin; i < end; i++) {
+            acc += weight_of(row[i], inv_t, top);
+            if (acc > target) {
+                chosen = (u32)i;
+                break;
+            }
+        }
+        atomicMin(&s_pick, chosen);  // one claimant; the lowest id if rounding made two
+    }
+    __syncthreads();
+    float lv = last < 0 ? neg_inf() : 1.f;
+    u32 li = last < 0 ? WEFT_NO_ID : (u32)(vocab - 1 - last);  // lowest of these = highest id
+    block_best(lv, li, sv, si);
+    if (threadIdx.x == 0) {
+        u32 chosen = s_pick;
+        if (chosen == WEFT_NO_ID) chosen = li == WEFT_NO_ID ? bi : (u32)(vocab - 1) - li;
+        out[p] = chosen;
     }
 }
