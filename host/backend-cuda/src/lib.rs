@@ -31,10 +31,10 @@ use thiserror::Error;
 use weft_engine::model::{ForwardBatch, LlamaModel, ModelConfig, RopeLayout as HostRopeLayout, Weight};
 use weft_engine::{Backend, BackendError};
 use weft_kernels_cpu::WeightType as HostType;
-use weft_types::{LogitsError, LogitsRows, Pick, TokenId};
+use weft_types::{LogProbs, LogitsError, LogitsRows, Pick, TokenId};
 use weft_kernels_cuda::{
     AttentionPlan, AttentionRows, CudaError, CudaKernels, DeviceBuffer, DeviceMatrix, Graph, KvCacheShape, KvSlots,
-    KvType, PagedKv, RopeLayout, RopeTable, TokenIds, WeightType,
+    KvType, PagedKv, RopeLayout, RopeTable, TokenIds, TopK, WeightType,
 };
 
 pub use weft_kernels_cuda::KvType as KvCacheType;
@@ -563,6 +563,24 @@ impl LogitsRows for DeviceRows {
             return Ok(Vec::new());
         }
         self.kernels.choose_tokens(self.buffer()?, self.rows, self.vocab, picks).map_err(|e| self.error(e))
+    }
+
+    /// The top-k kernel over the one row (at least its argmax), plus the
+    /// token's own logit when it is not among them: `top + 1` values and a
+    /// log-sum-exp cross to the host instead of the row.
+    fn log_probs(&self, i: usize, token: TokenId, top: usize) -> Result<LogProbs, LogitsError> {
+        let buf = self.buffer()?;
+        let found = self.kernels.top_k_logprobs(buf, i..i + 1, self.vocab, top.max(1)).map_err(|e| self.error(e))?;
+        let TopK { ids, logprobs, logsumexp, .. } = found.into_iter().next().expect("one row asked, one answered");
+        let token_lp = match ids.iter().position(|&t| t == token) {
+            Some(at) => logprobs[at],
+            None => {
+                let at = i * self.vocab + token as usize;
+                let logit = self.kernels.download_range(buf, at..at + 1).map_err(|e| self.error(e))?[0];
+                logit - logsumexp
+            }
+        };
+        Ok(LogProbs { token: token_lp, top: ids.into_iter().zip(logprobs).take(top).collect() })
     }
 }
 

@@ -28,7 +28,7 @@ use crate::guide_workers::{Answer, GuideWorkers};
 use crate::backend::{Backend, BackendError, CpuBackend};
 use crate::kv_cache::{BlockPool, chain_next, chain_root};
 use crate::model::{BatchToken, ForwardBatch, LlamaModel, ModelConfig};
-use crate::sampling::{HostRows, NativeSampler, argmax, log_sum_exp, logprob_of, top_logprobs};
+use crate::sampling::{HostRows, NativeSampler};
 use crate::sequence::{PromptScore, RequestId, Sequence};
 use crate::tokenizer::Tokenizer;
 
@@ -489,21 +489,14 @@ impl Engine {
                     continue;
                 }
                 if seq.score_prompt && pos + 1 < seq.prompt_len && pos >= seq.scored {
-                    let logits = match logits.row(row) {
-                        Ok(logits) => logits,
+                    match logits.log_probs(row, seq.tokens[pos + 1], 1) {
+                        Ok(lp) => out.prompt_scores.push(PromptScore { logprob: lp.token, argmax: lp.top[0].0, argmax_logprob: lp.top[0].1 }),
                         Err(e) => {
                             self.stats.backend_failures += 1;
                             fail_sequence(seq, &mut out, e);
                             continue;
                         }
-                    };
-                    let best = argmax(&logits);
-                    let lse = log_sum_exp(&logits);
-                    out.prompt_scores.push(PromptScore {
-                        logprob: logits[seq.tokens[pos + 1] as usize] - lse,
-                        argmax: best,
-                        argmax_logprob: logits[best as usize] - lse,
-                    });
+                    }
                     seq.scored = pos + 1;
                 }
                 if pos == last {
@@ -907,10 +900,10 @@ impl Engine {
 /// from row `row` of `rows`: the model's own distribution, before any mask
 /// or edit.
 fn report_logprobs(rows: &dyn LogitsRows, row: usize, token: TokenId, params: &SamplingParams, out: &mut Output) -> Result<(), LogitsError> {
-    let logits = rows.row(row)?;
-    out.logprobs.push(logprob_of(&logits, token));
+    let lp = rows.log_probs(row, token, params.top_logprobs as usize)?;
+    out.logprobs.push(lp.token);
     if params.top_logprobs > 0 {
-        out.top_logprobs.push(top_logprobs(&logits, params.top_logprobs as usize));
+        out.top_logprobs.push(lp.top);
     }
     Ok(())
 }

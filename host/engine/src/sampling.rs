@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 
 use weft_types::logits::apply_mask;
-use weft_types::{Cuts, LogitEdit, LogitsError, LogitsRows, Pick, SampleRow, Sampler, SamplerError, SamplingParams, TokenId, choose_across};
+use weft_types::{Cuts, LogProbs, LogitEdit, LogitsError, LogitsRows, Pick, SampleRow, Sampler, SamplerError, SamplingParams, TokenId, choose_across};
 
 /// The host's own sampler: the reference the builtin sampler plugin is
 /// checked against, and the engine's default until one is set.
@@ -103,6 +103,13 @@ impl LogitsRows for HostRows {
             })
             .collect())
     }
+
+    fn log_probs(&self, i: usize, token: TokenId, top: usize) -> Result<LogProbs, LogitsError> {
+        let row = self.slice(i);
+        let lse = log_sum_exp(row);
+        let top = if top == 0 { Vec::new() } else { largest(row, top).into_iter().map(|(t, v)| (t, v - lse)).collect() };
+        Ok(LogProbs { token: row[token as usize] - lse, top })
+    }
 }
 
 thread_local! {
@@ -166,13 +173,6 @@ pub fn largest(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
         best.truncate(k);
     }
     best
-}
-
-/// `log softmax(logits)` of the `k` most likely tokens, most likely first
-/// (ties by lower id).
-pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let lse = log_sum_exp(logits);
-    largest(logits, k).into_iter().map(|(t, v)| (t, v - lse)).collect()
 }
 
 /// The edits a sequence's own parameters make, in the order they apply:
@@ -521,11 +521,14 @@ mod tests {
     #[test]
     fn top_logprobs_are_sorted_normalised_and_tie_stable() {
         let logits = [0.0f32, 2.0, 2.0, -1.0, 1.0];
-        let top = top_logprobs(&logits, 3);
-        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2, 4]);
-        let all: f32 = top_logprobs(&logits, 5).iter().map(|t| t.1.exp()).sum();
+        let rows = HostRows::one(logits.to_vec());
+        let lp = rows.log_probs(0, 1, 3).unwrap();
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2, 4]);
+        let all: f32 = rows.log_probs(0, 0, 5).unwrap().top.iter().map(|t| t.1.exp()).sum();
         assert!((all - 1.0).abs() < 1e-6);
-        assert!((top[0].1 - logprob_of(&logits, 1)).abs() < 1e-7);
+        assert!((lp.top[0].1 - logprob_of(&logits, 1)).abs() < 1e-7);
+        assert_eq!(lp.token, lp.top[0].1);
+        assert!(rows.log_probs(0, 3, 0).unwrap().top.is_empty());
     }
 
     #[test]

@@ -10,5 +10,5 @@ pub mod logits;
 pub mod sampling;
 
 pub use decide::{DecisionError, Guide, GuideError, GuideStep, SampleRow, Sampler, SamplerError};
-pub use logits::{Cuts, LogitEdit, LogitsError, LogitsRows, Pick, choose_across};
+pub use logits::{Cuts, LogProbs, LogitEdit, LogitsError, LogitsRows, Pick, choose_across};
 pub use sampling::{SamplingParams, StopReason, TokenId, is_greedy_choice};

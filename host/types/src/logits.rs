@@ -105,6 +105,16 @@ pub struct Pick<'a> {
     pub uniform: f64,
 }
 
+/// Log-probabilities read from one row: `log softmax(row)` at a token, and
+/// at the row's most likely tokens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogProbs {
+    pub token: f32,
+    /// The most likely tokens with theirs, most likely first (ties by
+    /// lower id).
+    pub top: Vec<(TokenId, f32)>,
+}
+
 /// The logits of one step's rows, `vocab` each, where a backend left them.
 ///
 /// Row indices are below [`LogitsRows::len`]; token ids in edits are below
@@ -133,6 +143,11 @@ pub trait LogitsRows {
 
     /// One token per pick, in order, chosen where the rows are.
     fn choose(&self, picks: &[Pick<'_>]) -> Result<Vec<TokenId>, LogitsError>;
+
+    /// Row `i`'s raw log-probability of `token` and its `top` most likely
+    /// tokens (what prompt scores and reported log-probabilities read),
+    /// computed where the row is.
+    fn log_probs(&self, i: usize, token: TokenId, top: usize) -> Result<LogProbs, LogitsError>;
 }
 
 /// One token per `(rows, pick)`, in order, with each distinct set of rows

@@ -28,15 +28,19 @@ pub struct TopK {
 }
 
 impl CudaKernels {
-    /// Top `k` of each of `rows` rows of `vocab` logits, with log-probabilities.
+    /// Top `k` of rows `rows` of `logits` (rows of `vocab`), with
+    /// log-probabilities, one [`TopK`] per row in order.
     pub fn top_k_logprobs(
         &self,
         logits: &CudaSlice<f32>,
-        rows: usize,
+        rows: std::ops::Range<usize>,
         vocab: usize,
         k: usize,
     ) -> Result<Vec<TopK>> {
         const OP: &str = "top-k";
+        self.check_buf(OP, "logits", logits, rows.end * vocab)?;
+        let first = rows.start;
+        let rows = rows.len();
         if rows == 0 {
             return Ok(Vec::new());
         }
@@ -48,7 +52,6 @@ impl CudaKernels {
                 ),
             ));
         }
-        self.check_buf(OP, "logits", logits, rows * vocab)?;
         // Chunk length: stage 2 holds chunks × k candidates (8 bytes each) in
         // shared memory, stage 1 one chunk of floats.
         let chunk = [4096usize, 8192]
@@ -97,7 +100,8 @@ impl CudaKernels {
             (chunk * 4) as u32,
         );
         let mut b = self.stream.launch_builder(&f);
-        b.arg(logits)
+        let logits = logits.slice(first * vocab..);
+        b.arg(&logits)
             .arg(&vocab_i)
             .arg(&chunk_i)
             .arg(&k_i)
@@ -105,7 +109,7 @@ impl CudaKernels {
             .arg(&cand_i)
             .arg(&chunk_m)
             .arg(&chunk_s);
-        // SAFETY: logits hold rows*vocab floats (checked); workspace sizes as allocated.
+        // SAFETY: logits hold the rows asked for (checked); workspace sizes as allocated.
         unsafe { b.launch(cfg) }.map_err(driver("launching topk_stage1"))?;
 
         let f = self.function(SAMPLE, None, "topk_stage2")?;

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use weft_backend_cuda::{CudaBackend, CudaOptions, KvCacheType, OpenError};
 use weft_engine::model::{BatchToken, ForwardBatch, LlamaModel};
 use weft_engine::{Backend, LoadedModel};
+use weft_types::LogitsRows;
 
 fn require_gpu() -> bool {
     std::env::var("WEFT_REQUIRE_GPU").is_ok_and(|v| v == "1")
@@ -55,8 +56,13 @@ pub fn default_model() -> &'static LoadedModel {
 }
 
 /// Logits at every position of `tokens`, one sequence from an empty cache,
-/// in one forward pass.
+/// in one forward pass, on the host.
 pub fn all_logits(backend: &mut dyn Backend, tokens: &[u32]) -> Vec<f32> {
+    all_logits_rows(backend, tokens).to_host().unwrap()
+}
+
+/// [`all_logits`], left where the backend keeps them.
+pub fn all_logits_rows(backend: &mut dyn Backend, tokens: &[u32]) -> Box<dyn LogitsRows> {
     let bs = 16;
     let blocks = tokens.len().div_ceil(bs);
     backend.allocate_kv(blocks, bs).unwrap();
@@ -65,7 +71,7 @@ pub fn all_logits(backend: &mut dyn Backend, tokens: &[u32]) -> Vec<f32> {
         tokens: tokens.iter().enumerate().map(|(pos, &token)| BatchToken { token, pos, seq: 0, logits: true }).collect(),
         block_tables: vec![&table],
     };
-    backend.forward(&batch).unwrap().to_host().unwrap()
+    backend.forward(&batch).unwrap()
 }
 
 /// ‖a − b‖ / ‖b‖ in f64.

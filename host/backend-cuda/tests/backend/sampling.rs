@@ -3,14 +3,14 @@
 //! or without a guide's mask and edits; for sampled picks, always a token
 //! of the host's nucleus, and the host's own token in at least 99% of
 //! draws (the device sums weights in another order, so a draw that lands
-//! within rounding of a boundary may move).
+//! within rounding of a boundary may move). Log-probabilities read on the
+//! device match the host's.
 
-use weft_engine::Backend;
 use weft_engine::sampling::{HostRows, nucleus, param_edits, uniform};
 use weft_types::logits::{apply_edits, apply_mask};
 use weft_types::{Cuts, LogitEdit, LogitsRows, Pick, SamplingParams, TokenId};
 
-use crate::common::{cuda, default_model, have_gpu};
+use crate::common::{all_logits_rows, cuda, default_model, have_gpu};
 
 const GRID: [(f32, u32, f32, f32); 8] = [
     (0.0, 0, 1.0, 0.0),
@@ -32,13 +32,7 @@ fn device_choices_match_the_hosts_over_the_parameter_grid() {
     let Some(mut backend) = cuda("sampling::grid", &m.model, None) else { return };
     let tokens = m.tokenizer.encode("The quick brown fox jumps over the lazy dog, and then it", false).unwrap();
     let vocab = m.model.config.vocab_size;
-    backend.allocate_kv(tokens.len().div_ceil(16), 16).unwrap();
-    let table: Vec<u32> = (0..tokens.len().div_ceil(16) as u32).collect();
-    let batch = weft_engine::model::ForwardBatch {
-        tokens: tokens.iter().enumerate().map(|(pos, &token)| weft_engine::model::BatchToken { token, pos, seq: 0, logits: true }).collect(),
-        block_tables: vec![&table],
-    };
-    let device = backend.forward(&batch).unwrap();
+    let device = all_logits_rows(&mut backend, &tokens);
     let host = HostRows::new(device.to_host().unwrap(), vocab);
     assert_eq!(device.len(), tokens.len());
 
@@ -95,4 +89,31 @@ fn device_choices_match_the_hosts_over_the_parameter_grid() {
     }
     println!("RESULT device sampling: {greedy}/{greedy} greedy picks exact, {same}/{sampled} sampled picks the host's token, all inside its nucleus");
     assert!(same as f64 >= 0.99 * sampled as f64, "{same}/{sampled} draws agree");
+}
+
+#[test]
+fn device_log_probabilities_match_the_hosts() {
+    if !have_gpu("sampling::log_probs") {
+        return;
+    }
+    let m = default_model();
+    let Some(mut backend) = cuda("sampling::log_probs", &m.model, None) else { return };
+    let tokens = m.tokenizer.encode("Log-probabilities of a short sentence, read where the logits are.", false).unwrap();
+    let vocab = m.model.config.vocab_size;
+    let logits = all_logits_rows(&mut backend, &tokens);
+    let host = HostRows::new(logits.to_host().unwrap(), vocab);
+    let mut worst = 0.0f32;
+    for row in 0..logits.len() {
+        // The next token (often among the top 5), and a token far down the row.
+        for token in [tokens.get(row + 1).copied().unwrap_or(0), (vocab - 1) as TokenId] {
+            let ours = logits.log_probs(row, token, 5).unwrap();
+            let reference = host.log_probs(row, token, 5).unwrap();
+            assert_eq!(ours.top.iter().map(|t| t.0).collect::<Vec<_>>(), reference.top.iter().map(|t| t.0).collect::<Vec<_>>(), "row {row}");
+            for (a, b) in std::iter::once((ours.token, reference.token)).chain(ours.top.iter().zip(&reference.top).map(|(a, b)| (a.1, b.1))) {
+                worst = worst.max((a - b).abs());
+            }
+        }
+    }
+    println!("RESULT device sampling: log-probabilities of {} rows within {worst:.1e} of the host's", logits.len());
+    assert!(worst < 1e-4, "largest difference {worst}");
 }
