@@ -23,18 +23,29 @@ const GRID: [(f32, u32, f32, f32); 8] = [
     (1.0, 1, 1.0, 0.0),
 ];
 
-#[test]
-fn device_choices_match_the_hosts_over_the_parameter_grid() {
-    if !have_gpu("sampling::grid") {
-        return;
+/// The default model's logits at every position of `text` on the GPU, the
+/// same rows on the host, and the tokens; None (after saying why) without
+/// a GPU.
+fn rows_of(test: &str, text: &str) -> Option<(Box<dyn LogitsRows>, HostRows, Vec<TokenId>)> {
+    if !have_gpu(test) {
+        return None;
     }
     let m = default_model();
-    let Some(mut backend) = cuda("sampling::grid", &m.model, None) else { return };
-    let tokens = m.tokenizer.encode("The quick brown fox jumps over the lazy dog, and then it", false).unwrap();
-    let vocab = m.model.config.vocab_size;
+    let mut backend = cuda(test, &m.model, None)?;
+    let tokens = m.tokenizer.encode(text, false).unwrap();
     let device = all_logits_rows(&mut backend, &tokens);
-    let host = HostRows::new(device.to_host().unwrap(), vocab);
+    let host = HostRows::new(device.to_host().unwrap(), m.model.config.vocab_size);
     assert_eq!(device.len(), tokens.len());
+    Some((device, host, tokens))
+}
+
+#[test]
+fn device_choices_match_the_hosts_over_the_parameter_grid() {
+    let Some((device, host, tokens)) = rows_of("sampling::grid", "The quick brown fox jumps over the lazy dog, and then it") else {
+        return;
+    };
+    let m = default_model();
+    let vocab = m.model.config.vocab_size;
 
     // Edits as a sequence's own parameters make them, and a guide's mask
     // that allows every other token (so the top token is often ruled out).
@@ -93,15 +104,9 @@ fn device_choices_match_the_hosts_over_the_parameter_grid() {
 
 #[test]
 fn device_log_probabilities_match_the_hosts() {
-    if !have_gpu("sampling::log_probs") {
-        return;
-    }
-    let m = default_model();
-    let Some(mut backend) = cuda("sampling::log_probs", &m.model, None) else { return };
-    let tokens = m.tokenizer.encode("Log-probabilities of a short sentence, read where the logits are.", false).unwrap();
-    let vocab = m.model.config.vocab_size;
-    let logits = all_logits_rows(&mut backend, &tokens);
-    let host = HostRows::new(logits.to_host().unwrap(), vocab);
+    let text = "Log-probabilities of a short sentence, read where the logits are.";
+    let Some((logits, host, tokens)) = rows_of("sampling::log_probs", text) else { return };
+    let vocab = host.vocab();
     let mut worst = 0.0f32;
     for row in 0..logits.len() {
         // The next token (often among the top 5), and a token far down the row.
