@@ -16,8 +16,9 @@
 //! to 8 tokens) for small batches; from [`GEMM_MIN_TOKENS`] tokens, BF16 and
 //! F16 weights go to cuBLAS GemmEx on tensor cores (activations rounded to
 //! the weight's type, f32 accumulation) and quantised or F32 weights are
-//! dequantised to f32 in a reused scratch buffer for cuBLAS SGEMM (full
-//! f32: the quantised default model keeps its parity with the CPU).
+//! dequantised to f32, a panel of at most 64 MiB at a time, in a reused
+//! scratch buffer for cuBLAS SGEMM (full f32: the quantised default model
+//! keeps its parity with the CPU).
 //!
 //! The engine's thread waits in [`Backend::forward`] while the device
 //! works, so the guide workers computing masks on the CPU run under the
@@ -424,10 +425,15 @@ struct Captured {
     index: StepIndex,
 }
 
+/// Most f32 values of a weight dequantised at once for SGEMM (64 MiB): a
+/// 128k × 4096 output projection goes through in 32 panels instead of a
+/// 2 GiB buffer.
+const DEQUANTIZED_PANEL_FLOATS: usize = 16 << 20;
+
 /// Buffers of the GEMM paths, grown on demand and reused.
 #[derive(Default)]
 struct GemmScratch {
-    /// A dequantised weight (SGEMM path), as large as the largest matrix.
+    /// A panel of dequantised weight rows (SGEMM path).
     weight: Option<DeviceBuffer<f32>>,
     /// Activations rounded to 16 bits (GemmEx path).
     x16: Option<DeviceBuffer<u16>>,
@@ -463,9 +469,8 @@ fn linear(
         let x16 = at_least(k, &mut scratch.x16, n * w.cols())?;
         return k.gemm_half(x, w, y, n, x16);
     }
-    let dense = at_least(k, &mut scratch.weight, w.rows() * w.cols())?;
-    k.dequantize(w, dense)?;
-    k.gemm_f32(x, dense, y, n, w.rows(), w.cols())
+    let panel = at_least(k, &mut scratch.weight, (w.rows() * w.cols()).min(DEQUANTIZED_PANEL_FLOATS))?;
+    k.gemm_dequantized(x, w, y, n, panel)
 }
 
 /// The device kernels' name for a host weight format, if they read it.

@@ -43,30 +43,39 @@ impl CudaKernels {
     /// `y = x · wᵀ` in f32 (row-major: x is `n × k`, w is `m × k`, y is `n × m`),
     /// the layout of a linear layer over `n` tokens. Uses cuBLAS SGEMM with
     /// its default (full fp32, no TF32) math mode.
+    pub fn gemm_f32(&self, x: &CudaSlice<f32>, w: &CudaSlice<f32>, y: &mut CudaSlice<f32>, n: usize, m: usize, k: usize) -> Result<()> {
+        self.gemm_f32_columns(x, w, y, n, k, 0..m, m)
+    }
+
+    /// Columns `cols` of `y = x · wᵀ`, where y's rows are `ldy` wide and
+    /// `w` holds just those columns' weights (`cols.len() × k`): one panel
+    /// of a linear layer whose weights do not fit in one dense buffer.
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm_f32(
+    pub fn gemm_f32_columns(
         &self,
         x: &CudaSlice<f32>,
         w: &CudaSlice<f32>,
         y: &mut CudaSlice<f32>,
         n: usize,
-        m: usize,
         k: usize,
+        cols: std::ops::Range<usize>,
+        ldy: usize,
     ) -> Result<()> {
         const OP: &str = "gemm_f32";
+        let m = cols.len();
+        if cols.start > cols.end || cols.end > ldy {
+            return Err(CudaError::invalid(OP, format!("columns {cols:?} of rows {ldy} wide")));
+        }
         if n == 0 || m == 0 {
             return Ok(());
         }
         self.check_buf(OP, "x", x, n * k)?;
         self.check_buf(OP, "w", w, m * k)?;
-        self.check_buf(OP, "y", y, n * m)?;
-        let (n_i, m_i, k_i) = (
-            arg_i32(OP, "n", n)?,
-            arg_i32(OP, "m", m)?,
-            arg_i32(OP, "k", k)?,
-        );
-        // Column-major view: yᵀ (m × n) = wᵀᵀ (m × k) · xᵀ (k × n), where the
-        // row-major w and x read as column-major k × m and k × n matrices.
+        self.check_buf(OP, "y", y, n * ldy)?;
+        let (n_i, m_i, k_i, ldy_i) = (arg_i32(OP, "n", n)?, arg_i32(OP, "m", m)?, arg_i32(OP, "k", k)?, arg_i32(OP, "ldy", ldy)?);
+        // Column-major view: yᵀ (m × n, leading dimension ldy) = wᵀᵀ (m × k)
+        // · xᵀ (k × n), where the row-major w and x read as column-major
+        // k × m and k × n matrices.
         let cfg = GemmConfig {
             transa: bsys::cublasOperation_t::CUBLAS_OP_T,
             transb: bsys::cublasOperation_t::CUBLAS_OP_N,
@@ -77,15 +86,36 @@ impl CudaKernels {
             lda: k_i,
             ldb: k_i,
             beta: 0.0f32,
-            ldc: m_i,
+            ldc: ldy_i,
         };
         let blas = self.blas()?;
-        // SAFETY: x, w and y hold n*k, m*k and n*m floats (checked), matching
-        // the leading dimensions above.
-        unsafe { blas.gemm(cfg, w, x, y) }.map_err(|source| CudaError::Cublas {
+        let mut out = y.slice_mut(cols.start..);
+        // SAFETY: x and w hold n*k and m*k floats, y n*ldy from column 0
+        // (checked), so every row's columns cols lie inside it.
+        unsafe { blas.gemm(cfg, w, x, &mut out) }.map_err(|source| CudaError::Cublas {
             phase: "running SGEMM",
             source,
         })
+    }
+
+    /// `y = x · Wᵀ` (`n` tokens) for quantised or F32 weights through
+    /// SGEMM, `W` dequantised into `scratch` a panel of whole rows at a
+    /// time (as many as it holds): the scratch stays bounded however large
+    /// the matrix (a 128k-entry vocabulary's output projection included).
+    pub fn gemm_dequantized(&self, x: &CudaSlice<f32>, w: &DeviceMatrix, y: &mut CudaSlice<f32>, n: usize, scratch: &mut CudaSlice<f32>) -> Result<()> {
+        let (m, k) = (w.rows(), w.cols());
+        let panel = (scratch.len() / k).min(m);
+        if panel == 0 {
+            return Err(CudaError::invalid("gemm_dequantized", format!("a scratch of {} floats holds no row of {k}", scratch.len())));
+        }
+        let mut start = 0;
+        while start < m {
+            let rows = start..(start + panel).min(m);
+            self.dequantize_rows(w, rows.clone(), scratch)?;
+            self.gemm_f32_columns(x, scratch, y, n, k, rows.clone(), m)?;
+            start = rows.end;
+        }
+        Ok(())
     }
 
     /// `y = x · wᵀ` for `w` stored as F16 or BF16 (`m × k`, row-major) on

@@ -273,26 +273,35 @@ impl CudaKernels {
         Ok(())
     }
 
-    /// `out = W` as `rows × cols` f32 values (for [`CudaKernels::gemm_f32`]
-    /// over more tokens than the GEMV kernels serve well).
+    /// `out = W` as `rows × cols` f32 values.
     pub fn dequantize(&self, w: &DeviceMatrix, out: &mut CudaSlice<f32>) -> Result<()> {
+        self.dequantize_rows(w, 0..w.rows, out)
+    }
+
+    /// Rows `rows` of `W` as f32 values, from the start of `out` (a panel
+    /// for [`CudaKernels::gemm_dequantized`]).
+    pub fn dequantize_rows(&self, w: &DeviceMatrix, rows: std::ops::Range<usize>, out: &mut CudaSlice<f32>) -> Result<()> {
         const OP: &str = "dequantize";
+        if rows.start > rows.end || rows.end > w.rows {
+            return Err(CudaError::invalid(OP, format!("rows {rows:?} of a {}-row matrix", w.rows)));
+        }
         self.check_buf(OP, "weights", &w.data, w.bytes())?;
-        self.check_buf(OP, "out", out, w.rows * w.cols)?;
+        self.check_buf(OP, "out", out, rows.len() * w.cols)?;
         let f = self.function(GEMV, Some(w.ty.define()), "dequant_rows")?;
         let blocks = arg_u32(OP, "blocks", (w.cols / w.ty.chunk()).div_ceil(128))?;
         let cols_i = arg_i32(OP, "cols", w.cols)?;
         let row_bytes = w.ty.row_bytes(w.cols) as i64;
+        let out_first = arg_i32(OP, "first row", rows.start)?;
         const MAX_Y: usize = 65_535;
-        let mut first = 0;
-        while first < w.rows {
-            let n = (w.rows - first).min(MAX_Y);
+        let mut first = rows.start;
+        while first < rows.end {
+            let n = (rows.end - first).min(MAX_Y);
             let first_i = arg_i32(OP, "first row", first)?;
             let cfg = launch_cfg((blocks, n as u32, 1), 128, 0);
             let mut b = self.stream.launch_builder(&f);
-            b.arg(&w.data).arg(&mut *out).arg(&cols_i).arg(&row_bytes).arg(&first_i);
+            b.arg(&w.data).arg(&mut *out).arg(&cols_i).arg(&row_bytes).arg(&first_i).arg(&out_first);
             // SAFETY: rows first..first+n exist in the weights (checked size)
-            // and out holds rows*cols floats.
+            // and out holds the panel's rows.len()*cols floats.
             unsafe { b.launch(cfg) }.map_err(driver("launching dequant_rows"))?;
             first += n;
         }

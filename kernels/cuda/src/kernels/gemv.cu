@@ -524,13 +524,14 @@ extern "C" __global__ void embed_rows(const u8* __restrict__ W, const u32* __res
     dequant_chunk(W + (i64)ids[blockIdx.y] * row_bytes, c, out + (i64)blockIdx.y * cols);
 }
 
-// out[r] = dequantised row r of W, for r = first_row + blockIdx.y:
-// whole matrices expanded to f32 for a cuBLAS GEMM over many tokens.
+// out[r - out_first_row] = dequantised row r of W, for r = first_row +
+// blockIdx.y: panels of rows expanded to f32 for a cuBLAS GEMM over many
+// tokens.
 // grid: (ceil(cols / CHUNK / 128), rows in this launch); block: 128.
 extern "C" __global__ void dequant_rows(const u8* __restrict__ W, float* __restrict__ out, int cols,
-                                        i64 row_bytes, int first_row) {
+                                        i64 row_bytes, int first_row, int out_first_row) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= cols / WT::CHUNK) return;
     const i64 row = (i64)first_row + blockIdx.y;
-    dequant_chunk(W + row * row_bytes, c, out + row * cols);
+    dequant_chunk(W + row * row_bytes, c, out + (row - out_first_row) * cols);
 }

@@ -88,3 +88,29 @@ fn gemm_half_matches_f64_reference_for_bf16_and_f16_weights() {
         }
     }
 }
+
+#[test]
+fn gemm_dequantized_covers_every_column_in_panels() {
+    use weft_kernels_cuda::WeightType;
+    let Some(k) = gpu("gemm_dequantized_covers_every_column_in_panels") else {
+        return;
+    };
+    let mut rng = Rng::new(0x5EED_0042);
+    let (n, m, kk) = (40usize, 1000usize, 256usize);
+    let x = rng.vec(n * kk, 1.0);
+    let w = rng.vec(m * kk, 1.0);
+    let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let wd = k.upload_matrix(WeightType::F32, m, kk, &bytes).unwrap();
+    let xd = k.upload(&x).unwrap();
+    let want = product(&x.iter().map(|&v| v as f64).collect::<Vec<_>>(), &w.iter().map(|&v| v as f64).collect::<Vec<_>>(), n, m, kk);
+    // Panels of 300 rows (the last one 100), then the whole matrix at once.
+    for panel_rows in [300usize, m] {
+        let mut scratch = poisoned(k, panel_rows * kk);
+        let mut y = poisoned(k, n * m);
+        k.gemm_dequantized(&xd, &wd, &mut y, n, &mut scratch).unwrap();
+        check("gemm_dequantized", &format!("{n}x{m}x{kk} in panels of {panel_rows}"), &k.download(&y).unwrap(), &want, 1e-5);
+    }
+    let mut too_small = poisoned(k, kk - 1);
+    let mut y = poisoned(k, n * m);
+    assert!(k.gemm_dequantized(&xd, &wd, &mut y, n, &mut too_small).is_err(), "a scratch must hold one row");
+}
