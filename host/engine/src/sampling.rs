@@ -224,19 +224,31 @@ pub fn repeat_edits(repetition: f32, presence: f32, frequency: f32, tokens: &[u3
 /// Only the kept candidates are sorted: the cuts themselves take linear
 /// time (top-k and top-p by binning, min-p by a compare).
 pub fn nucleus(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, min_p: f32) -> Vec<(u32, f64)> {
-    WEIGHTS.with_borrow_mut(|scratch| {
+    CUTS.with_borrow_mut(|scratch| {
         cut(logits, temperature, top_k, top_p, min_p, scratch);
         let mut kept: Vec<(u32, f64)> =
-            scratch.0.iter().enumerate().filter(|c| *c.1 >= 0.0).map(|(id, &w)| (id as u32, w)).collect();
+            scratch.weights.iter().enumerate().filter(|c| *c.1 >= 0.0).map(|(id, &w)| (id as u32, w)).collect();
         kept.sort_unstable_by(most_likely_first);
         kept
     })
 }
 
+/// The buffers the cuts work in for the row being sampled on a thread,
+/// kept between rows so a step allocates nothing.
+#[derive(Default)]
+struct CutScratch {
+    /// Each token's weight, [`CUT`] once cut.
+    weights: Vec<f64>,
+    /// Each token's depth bin below the top.
+    bins: Vec<u16>,
+    /// The measure of each bin.
+    mass: Vec<f64>,
+    /// The tokens of the bin a cut falls in.
+    boundary: Vec<(u32, f64)>,
+}
+
 thread_local! {
-    /// The weights and depth bins of the row being sampled on this thread,
-    /// kept between rows so a step allocates nothing.
-    static WEIGHTS: std::cell::RefCell<(Vec<f64>, Vec<u16>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    static CUTS: std::cell::RefCell<CutScratch> = std::cell::RefCell::new(CutScratch::default());
 }
 
 /// The weight of a token outside the nucleus (real weights are ≥ 0).
@@ -247,9 +259,10 @@ fn most_likely_first(a: &(u32, f64), b: &(u32, f64)) -> std::cmp::Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
-/// Every token's weight into `weights`, [`CUT`] for those outside the
-/// nucleus (`bins` is scratch).
-fn cut(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, min_p: f32, (weights, bins): &mut (Vec<f64>, Vec<u16>)) {
+/// Every token's weight into `scratch.weights`, [`CUT`] for those outside
+/// the nucleus.
+fn cut(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, min_p: f32, scratch: &mut CutScratch) {
+    let CutScratch { weights, bins, mass, boundary } = scratch;
     use weft_kernels_cpu::vocab;
     let inv_t = 1.0 / temperature as f64;
     let top = vocab::max(logits) as f64 * inv_t;
@@ -275,11 +288,11 @@ fn cut(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, min_p: f32, (we
     }
     if cut_k {
         // Counting tokens is exact: exactly top_k stay.
-        keep_most_likely(weights, bins, |_| 1.0, |_| top_k as f64);
+        keep_most_likely(weights, bins, mass, boundary, |_| 1.0, |_| top_k as f64);
         kept = top_k as usize;
     }
     if cut_p && kept > 1 {
-        keep_most_likely(weights, bins, |w| w, |total| top_p as f64 * total);
+        keep_most_likely(weights, bins, mass, boundary, |w| w, |total| top_p as f64 * total);
     }
 }
 
@@ -288,9 +301,17 @@ fn cut(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, min_p: f32, (we
 /// (of the kept tokens' total), in linear time: tokens are binned by how
 /// far below the top they are (`bins`; a lower weight never lands in a
 /// lower bin), and the bin where the running measure reaches the goal is
-/// the only one sorted.
-fn keep_most_likely(weights: &mut [f64], bins: &[u16], measure: impl Fn(f64) -> f64, goal: impl FnOnce(f64) -> f64) {
-    let mut mass = vec![0.0f64; weft_kernels_cpu::vocab::DEPTH_BINS];
+/// the only one sorted (`mass` and `boundary` are scratch).
+fn keep_most_likely(
+    weights: &mut [f64],
+    bins: &[u16],
+    mass: &mut Vec<f64>,
+    boundary: &mut Vec<(u32, f64)>,
+    measure: impl Fn(f64) -> f64,
+    goal: impl FnOnce(f64) -> f64,
+) {
+    mass.clear();
+    mass.resize(weft_kernels_cpu::vocab::DEPTH_BINS, 0.0);
     for (&b, &w) in bins.iter().zip(weights.iter()) {
         if w >= 0.0 {
             mass[b as usize] += measure(w);
@@ -311,7 +332,7 @@ fn keep_most_likely(weights: &mut [f64], bins: &[u16], measure: impl Fn(f64) -> 
     // One pass cuts every bin past the edge and gathers the edge's
     // tokens; the ones past the cut point inside it go after the sort.
     let edge = edge as u16;
-    let mut boundary: Vec<(u32, f64)> = Vec::new();
+    boundary.clear();
     for (id, (&b, w)) in (0..).zip(bins.iter().zip(weights.iter_mut())) {
         if b > edge {
             *w = CUT;
@@ -340,9 +361,9 @@ fn keep_most_likely(weights: &mut [f64], bins: &[u16], measure: impl Fn(f64) -> 
 /// over the whole row, cut tokens adding nothing. The sampler plugin's
 /// `sample` host call is this function.
 pub fn sample_nucleus(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, min_p: f32, u: f64) -> u32 {
-    WEIGHTS.with_borrow_mut(|scratch| {
+    CUTS.with_borrow_mut(|scratch| {
         cut(logits, temperature, top_k, top_p, min_p, scratch);
-        let weights = &mut scratch.0;
+        let weights = &mut scratch.weights;
         let last_kept = weights.iter().rposition(|&w| w >= 0.0).unwrap_or(0);
         // Running sums replace the weights; they never decrease, so the
         // first one past the target is found by bisection.
