@@ -10,7 +10,7 @@ use cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
 
 use crate::error::{CudaError, Result, driver};
 use crate::runtime::ATTENTION;
-use crate::{CudaKernels, DEFAULT_SHARED_BYTES, arg_i32, arg_u32, launch_cfg};
+use crate::{CudaKernels, DEFAULT_SHARED_BYTES, MAX_GRID_YZ, arg_i32, arg_u32, launch_cfg};
 
 /// Largest query-heads-per-kv-head ratio the kernel handles (Llama 2 70B has 8).
 pub const MAX_GROUP: usize = 16;
@@ -21,8 +21,6 @@ pub const MAX_HEAD_DIM: usize = 256;
 const PREFILL_TILE_ROWS: usize = 16;
 const PREFILL_TILE_TOKENS: usize = 32;
 const PREFILL_MAX_HEAD_DIM: usize = 128;
-/// Grid y and z limit.
-const MAX_GRID_YZ: usize = 65_535;
 
 /// Geometry of a paged KV cache; K and V each hold
 /// `num_blocks × block_size × n_kv_heads × head_dim` f32 values in that order.

@@ -10,7 +10,7 @@ use cudarc::driver::{CudaSlice, PushKernelArg};
 use crate::error::{CudaError, Result, driver};
 use crate::runtime::GEMV;
 use crate::weights::{DeviceMatrix, WeightType};
-use crate::{CudaKernels, arg_i32, arg_u32, launch_cfg};
+use crate::{CudaKernels, arg_i32, arg_u32, grid_y_pieces, launch_cfg};
 
 /// Kernel names by (batch index in [1, 2, 4, 8], rows-per-warp index in [1, 2, 4]).
 const NAMES: [[&str; 3]; 4] = [
@@ -251,12 +251,10 @@ impl CudaKernels {
         let blocks = arg_u32(OP, "blocks", (table.cols / table.ty.chunk()).div_ceil(128))?;
         let cols_i = arg_i32(OP, "cols", table.cols)?;
         let row_bytes = table.ty.row_bytes(table.cols) as i64;
-        // grid.y is limited to 65535, so long prompts go in pieces.
-        const MAX_Y: usize = 65_535;
-        let mut start = 0;
-        while start < ids.len {
-            let n = (ids.len - start).min(MAX_Y);
-            let ids_piece = ids_dev.slice(start..start + n);
+        // grid.y is limited, so long prompts go in pieces.
+        for piece in grid_y_pieces(ids.len) {
+            let (start, n) = (piece.start, piece.len());
+            let ids_piece = ids_dev.slice(piece);
             let mut out_piece = out.slice_mut(start * table.cols..(start + n) * table.cols);
             let cfg = launch_cfg((blocks, n as u32, 1), 128, 0);
             let mut b = self.stream.launch_builder(&f);
@@ -268,7 +266,6 @@ impl CudaKernels {
             // SAFETY: every id is below the row count (checked by token_ids
             // against a table at most this large), out_piece holds n*cols floats.
             unsafe { b.launch(cfg) }.map_err(driver("launching embed_rows"))?;
-            start += n;
         }
         Ok(())
     }
@@ -292,18 +289,15 @@ impl CudaKernels {
         let cols_i = arg_i32(OP, "cols", w.cols)?;
         let row_bytes = w.ty.row_bytes(w.cols) as i64;
         let out_first = arg_i32(OP, "first row", rows.start)?;
-        const MAX_Y: usize = 65_535;
-        let mut first = rows.start;
-        while first < rows.end {
-            let n = (rows.end - first).min(MAX_Y);
-            let first_i = arg_i32(OP, "first row", first)?;
+        for piece in grid_y_pieces(rows.len()) {
+            let n = piece.len();
+            let first_i = arg_i32(OP, "first row", rows.start + piece.start)?;
             let cfg = launch_cfg((blocks, n as u32, 1), 128, 0);
             let mut b = self.stream.launch_builder(&f);
             b.arg(&w.data).arg(&mut *out).arg(&cols_i).arg(&row_bytes).arg(&first_i).arg(&out_first);
             // SAFETY: rows first..first+n exist in the weights (checked size)
             // and out holds the panel's rows.len()*cols floats.
             unsafe { b.launch(cfg) }.map_err(driver("launching dequant_rows"))?;
-            first += n;
         }
         Ok(())
     }

@@ -350,5 +350,27 @@ pub(crate) fn launch_cfg(grid: (u32, u32, u32), block: u32, shared_mem_bytes: u3
     }
 }
 
+/// The most blocks a launch grid may have along y or z.
+pub(crate) const MAX_GRID_YZ: usize = 65_535;
+
+/// `0..total` in consecutive pieces of at most [`MAX_GRID_YZ`]: one launch
+/// each, for kernels that take one grid row per item.
+pub(crate) fn grid_y_pieces(total: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..total).step_by(MAX_GRID_YZ).map(move |start| start..(start + MAX_GRID_YZ).min(total))
+}
+
 /// Shared memory a block may use without opting in to more (all GPUs since sm_20).
 pub(crate) const DEFAULT_SHARED_BYTES: usize = 48 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_pieces_cover_everything_in_order_within_the_limit() {
+        assert_eq!(grid_y_pieces(0).count(), 0);
+        assert_eq!(grid_y_pieces(MAX_GRID_YZ).collect::<Vec<_>>(), vec![0..MAX_GRID_YZ]);
+        let pieces: Vec<_> = grid_y_pieces(2 * MAX_GRID_YZ + 7).collect();
+        assert_eq!(pieces, vec![0..MAX_GRID_YZ, MAX_GRID_YZ..2 * MAX_GRID_YZ, 2 * MAX_GRID_YZ..2 * MAX_GRID_YZ + 7]);
+    }
+}

@@ -10,7 +10,7 @@ use weft_types::{LogitEdit, Pick};
 
 use crate::error::{CudaError, Result, driver};
 use crate::runtime::SAMPLE;
-use crate::{CudaKernels, DEFAULT_SHARED_BYTES, arg_i32, arg_u32, launch_cfg};
+use crate::{CudaKernels, DEFAULT_SHARED_BYTES, MAX_GRID_YZ, arg_i32, arg_u32, launch_cfg};
 
 /// Largest k one call returns.
 pub const MAX_K: usize = 256;
@@ -44,11 +44,11 @@ impl CudaKernels {
         if rows == 0 {
             return Ok(Vec::new());
         }
-        if k == 0 || k > vocab || k > MAX_K || rows > 65_535 {
+        if k == 0 || k > vocab || k > MAX_K || rows > MAX_GRID_YZ {
             return Err(CudaError::invalid(
                 OP,
                 format!(
-                    "k = {k} must be between 1 and min(vocab {vocab}, {MAX_K}); rows ({rows}) at most 65535"
+                    "k = {k} must be between 1 and min(vocab {vocab}, {MAX_K}); rows ({rows}) at most {MAX_GRID_YZ}"
                 ),
             ));
         }
@@ -275,8 +275,8 @@ impl CudaKernels {
         if picks.is_empty() {
             return Ok(Vec::new());
         }
-        if picks.len() > 65_535 {
-            return Err(CudaError::invalid(OP, format!("{} picks; at most 65535 a call", picks.len())));
+        if picks.len() > MAX_GRID_YZ {
+            return Err(CudaError::invalid(OP, format!("{} picks; at most {MAX_GRID_YZ} a call", picks.len())));
         }
         self.check_buf(OP, "logits", logits, rows * vocab)?;
         let flat = FlatPicks::new(picks, rows, vocab)?;
