@@ -2,7 +2,7 @@
 //! chunked prefill, cancellation and batch invariance.
 
 use weft_engine::Engine;
-use weft_types::{SamplingParams, StopReason};
+use weft_types::{LogProbs, LogitsError, LogitsRows, Pick, SamplingParams, StopReason};
 use weft_tests::{default_model, engine_with, request, run_to_completion, tokens_of};
 
 const PROMPTS: [&str; 9] = [
@@ -174,12 +174,23 @@ fn requests_beyond_the_context_or_vocabulary_are_refused_with_both_numbers() {
     assert!(engine.add_request(request(&[], SamplingParams::greedy(1))).is_err());
 }
 
-/// A CPU backend that fails its `fail_at`-th forward pass. A fake for the
-/// one fault the CPU cannot produce: a GPU's forward pass failing mid-run.
+/// Where a [`FailingBackend`]'s planted fault strikes.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// The forward pass fails.
+    Forward,
+    /// The forward pass succeeds, but choosing from its rows fails.
+    Choose,
+}
+
+/// A CPU backend whose `fail_at`-th step fails. A fake for the faults the
+/// CPU cannot produce: a GPU failing mid-run, in its forward pass or under
+/// the samplers' choices.
 struct FailingBackend {
     inner: weft_engine::CpuBackend,
     calls: usize,
     fail_at: usize,
+    fault: Fault,
 }
 
 impl weft_engine::Backend for FailingBackend {
@@ -195,22 +206,54 @@ impl weft_engine::Backend for FailingBackend {
     fn allocate_kv(&mut self, num_blocks: usize, block_size: usize) -> Result<(), weft_engine::BackendError> {
         self.inner.allocate_kv(num_blocks, block_size)
     }
-    fn forward(&mut self, batch: &weft_engine::model::ForwardBatch) -> Result<Box<dyn weft_types::LogitsRows>, weft_engine::BackendError> {
+    fn forward(&mut self, batch: &weft_engine::model::ForwardBatch) -> Result<Box<dyn LogitsRows>, weft_engine::BackendError> {
         self.calls += 1;
-        if self.calls == self.fail_at {
-            return Err(weft_engine::BackendError::new("failing-cpu", "an illegal memory access (planted)"));
-        }
-        self.inner.forward(batch)
+        let rows = match self.fault {
+            Fault::Forward if self.calls == self.fail_at => {
+                return Err(weft_engine::BackendError::new("failing-cpu", "an illegal memory access (planted)"));
+            }
+            Fault::Choose if self.calls == self.fail_at => Box::new(FailingRows(self.inner.forward(batch)?)),
+            _ => self.inner.forward(batch)?,
+        };
+        Ok(rows)
     }
 }
 
-#[test]
-fn a_failed_forward_pass_fails_its_step_and_the_engine_serves_on() {
+/// Rows whose choices fail, as a device failing under the sampler would.
+struct FailingRows(Box<dyn LogitsRows>);
+
+impl LogitsRows for FailingRows {
+    fn vocab(&self) -> usize {
+        self.0.vocab()
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn row(&self, i: usize) -> Result<std::borrow::Cow<'_, [f32]>, LogitsError> {
+        self.0.row(i)
+    }
+    fn choose(&self, _: &[Pick<'_>]) -> Result<Vec<u32>, LogitsError> {
+        Err(LogitsError("an illegal memory access while choosing (planted)".into()))
+    }
+    fn log_probs(&self, i: usize, token: u32, top: usize) -> Result<LogProbs, LogitsError> {
+        self.0.log_probs(i, token, top)
+    }
+}
+
+/// An engine over the default model whose backend fails as `fault` says
+/// at its `fail_at`-th step, with 64 blocks.
+fn failing_engine(fault: Fault, fail_at: usize) -> Engine {
     let m = default_model();
     let mut config = weft_engine::EngineConfig::for_model(&m.model, 64 << 20);
     config.num_blocks = 64;
-    let backend = FailingBackend { inner: weft_engine::CpuBackend::new(m.model.clone()), calls: 0, fail_at: 3 };
-    let mut engine = Engine::with_backend(Box::new(backend), m.tokenizer.clone(), config).unwrap();
+    let backend = FailingBackend { inner: weft_engine::CpuBackend::new(m.model.clone()), calls: 0, fail_at, fault };
+    Engine::with_backend(Box::new(backend), m.tokenizer.clone(), config).unwrap()
+}
+
+/// Two requests run until `engine`'s planted fault; both end with the
+/// backend's error, their blocks return, and the engine then serves a
+/// third request as a fresh engine would.
+fn fails_both_and_serves_on(mut engine: Engine) {
     let greedy = SamplingParams { temperature: 0.0, max_tokens: 8, ignore_eos: true, ..SamplingParams::default() };
     let first = engine.add_request(request(&encode(PROMPTS[0]), greedy.clone())).unwrap();
     let second = engine.add_request(request(&encode(PROMPTS[1]), greedy.clone())).unwrap();
@@ -220,8 +263,10 @@ fn a_failed_forward_pass_fails_its_step_and_the_engine_serves_on() {
         assert_eq!(last.finished, Some(StopReason::Error), "request {id} ends with the failed step");
         let why = last.error.as_ref().unwrap().to_string();
         assert!(why.contains("planted") && why.contains("backend"), "{why}");
+        assert!(matches!(last.error, Some(weft_types::DecisionError::Backend(_))), "{why}");
     }
     assert_eq!(engine.stats().backend_failures, 1);
+    assert_eq!(engine.stats().sampler_failures, 0, "the device's failure is not the sampler's");
     assert_eq!(engine.free_blocks(), 64, "the failed step's blocks return to the pool");
 
     // The engine serves on, with the tokens a fresh engine gives.
@@ -230,4 +275,23 @@ fn a_failed_forward_pass_fails_its_step_and_the_engine_serves_on() {
     let outputs = run_to_completion(&mut engine);
     assert_eq!(tokens_of(&outputs, again), alone(&prompt, &greedy));
     assert_eq!(engine.free_blocks(), 64);
+}
+
+#[test]
+fn a_failed_forward_pass_fails_its_step_and_the_engine_serves_on() {
+    fails_both_and_serves_on(failing_engine(Fault::Forward, 3));
+}
+
+#[test]
+fn a_device_failing_under_the_samplers_fails_their_rows_as_the_backends() {
+    // The native sampler, then the builtin sampler plugin: the plugin's
+    // call traps on the failed host call, which is not counted against it.
+    fails_both_and_serves_on(failing_engine(Fault::Choose, 3));
+    let mut engine = failing_engine(Fault::Choose, 3);
+    let plugin = weft_tests::builtin_sampler();
+    let health = plugin.health();
+    engine.set_sampler(Box::new(plugin));
+    fails_both_and_serves_on(engine);
+    assert_eq!(health.faults(), 0);
+    assert!(health.calls() > 1);
 }
