@@ -158,7 +158,7 @@ fn max_tokens_and_end_of_sequence_set_the_finish_reason() {
     let chat = m.template.as_ref().unwrap().render(&[weft_engine::chat_template::ChatMessage::new("user", "Say hi.")], true).unwrap();
     let id = engine.add_request(request(&m.tokenizer.encode(&chat, true).unwrap(), SamplingParams::greedy(200))).unwrap();
     let outputs = run_to_completion(&mut engine);
-    let last = outputs.iter().filter(|o| o.id == id).last().unwrap();
+    let last = outputs.iter().rfind(|o| o.id == id).unwrap();
     assert_eq!(last.finished, Some(StopReason::Stop));
     assert!(m.tokenizer.is_eog(*tokens_of(&outputs, id).last().unwrap()));
     assert!(!outputs.iter().any(|o| o.text.contains("<|im_end|>")), "the end token's text is not emitted");
