@@ -575,7 +575,8 @@ impl LogitsRows for DeviceRows {
     /// log-sum-exp cross to the host instead of the row.
     fn log_probs(&self, i: usize, token: TokenId, top: usize) -> Result<LogProbs, LogitsError> {
         let buf = self.buffer()?;
-        let found = self.kernels.top_k_logprobs(buf, i..i + 1, self.vocab, top.max(1)).map_err(|e| self.error(e))?;
+        let k = top.clamp(1, self.vocab);
+        let found = self.kernels.top_k_logprobs(buf, i..i + 1, self.vocab, k).map_err(|e| self.error(e))?;
         let TopK { ids, logprobs, logsumexp, .. } = found.into_iter().next().expect("one row asked, one answered");
         let token_lp = match ids.iter().position(|&t| t == token) {
             Some(at) => logprobs[at],

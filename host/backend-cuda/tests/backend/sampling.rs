@@ -3,10 +3,12 @@
 //! or without a guide's mask and edits; for sampled picks, always a token
 //! of the host's nucleus, and the host's own token in at least 99% of
 //! draws (the device sums weights in another order, so a draw that lands
-//! within rounding of a boundary may move). Log-probabilities read on the
-//! device match the host's.
+//! within rounding of a boundary may move). The same holds on synthetic
+//! rows full of exact ties and signed zeros, and the device gives the
+//! same tokens every time. Log-probabilities read on the device match the
+//! host's.
 
-use weft_engine::sampling::{HostRows, nucleus, param_edits, uniform};
+use weft_engine::sampling::{HostRows, nucleus, param_edits, synthetic_logits, uniform};
 use weft_types::logits::{apply_edits, apply_mask};
 use weft_types::{Cuts, LogitEdit, LogitsRows, Pick, SamplingParams, TokenId};
 
@@ -79,12 +81,21 @@ fn device_choices_match_the_hosts_over_the_parameter_grid() {
         }
     }
     let ours = device.choose(&picks).unwrap();
-    let reference = host.choose(&picks).unwrap();
-    let (mut greedy, mut sampled, mut same) = (0, 0, 0);
-    for ((p, &o), &r) in picks.iter().zip(&ours).zip(&reference) {
+    let (sampled, same) = check_against_host(&host, &picks, &ours);
+    let greedy = picks.len() - sampled;
+    println!("RESULT device sampling: {greedy}/{greedy} greedy picks exact, {same}/{sampled} sampled picks the host's token, all inside its nucleus");
+}
+
+/// Checks the device's token for every pick against the host's: the same
+/// for a greedy pick; otherwise inside the host's nucleus of the edited
+/// row, and the host's own token for at least 99% of the picks. Returns
+/// how many picks were sampled and how many of those gave the host's token.
+fn check_against_host(host: &HostRows, picks: &[Pick<'_>], ours: &[TokenId]) -> (usize, usize) {
+    let reference = host.choose(picks).unwrap();
+    let (mut sampled, mut same) = (0, 0);
+    for ((p, &o), &r) in picks.iter().zip(ours).zip(&reference) {
         if p.cuts.is_greedy() {
             assert_eq!(o, r, "greedy pick {p:?}");
-            greedy += 1;
             continue;
         }
         let mut row = host.row(p.row).unwrap().into_owned();
@@ -98,8 +109,8 @@ fn device_choices_match_the_hosts_over_the_parameter_grid() {
         sampled += 1;
         same += usize::from(o == r);
     }
-    println!("RESULT device sampling: {greedy}/{greedy} greedy picks exact, {same}/{sampled} sampled picks the host's token, all inside its nucleus");
     assert!(same as f64 >= 0.99 * sampled as f64, "{same}/{sampled} draws agree");
+    (sampled, same)
 }
 
 #[test]
@@ -121,4 +132,42 @@ fn device_log_probabilities_match_the_hosts() {
     }
     println!("RESULT device sampling: log-probabilities of {} rows within {worst:.1e} of the host's", logits.len());
     assert!(worst < 1e-4, "largest difference {worst}");
+}
+
+/// Rows whose logits take few distinct values (ties at every cut, and
+/// zeros of both signs), from the engine's synthetic generator.
+fn tied_rows(rows: usize, vocab: usize) -> Vec<f32> {
+    (0..rows as u64)
+        .flat_map(|r| synthetic_logits(r + 1, vocab))
+        .enumerate()
+        .map(|(i, l)| {
+            let v = (l * 2.0).round() / 2.0;
+            if v == 0.0 && i % 2 == 1 { -0.0 } else { v }
+        })
+        .collect()
+}
+
+#[test]
+fn device_choices_on_tied_rows_are_the_hosts_and_repeat_exactly() {
+    if !have_gpu("sampling::ties") {
+        return;
+    }
+    let k = weft_kernels_cuda::CudaKernels::new(0).unwrap();
+    let (rows, vocab) = (8usize, 49_152usize);
+    let data = tied_rows(rows, vocab);
+    assert!(data.iter().any(|v| v.to_bits() == (-0.0f32).to_bits()) && data.iter().any(|v| v.to_bits() == 0), "zeros of both signs");
+    let host = HostRows::new(data.clone(), vocab);
+    let device = k.upload(&data).unwrap();
+    let mut picks = Vec::new();
+    for row in 0..rows {
+        for &(temperature, top_k, top_p, min_p) in &GRID {
+            for draw in 0..8u64 {
+                picks.push(Pick { row, mask: None, edits: &[], cuts: Cuts { temperature, top_k, top_p, min_p }, uniform: uniform(99 + row as u64, draw) });
+            }
+        }
+    }
+    let ours = k.choose_tokens(&device, rows, vocab, &picks).unwrap();
+    assert_eq!(k.choose_tokens(&device, rows, vocab, &picks).unwrap(), ours, "the same picks give the same tokens");
+    let (sampled, same) = check_against_host(&host, &picks, &ours);
+    println!("RESULT device sampling: tied rows, {same}/{sampled} sampled picks the host's token, all inside its nucleus, repeated exactly");
 }
