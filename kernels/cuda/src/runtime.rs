@@ -51,6 +51,10 @@ pub(crate) const SAMPLE: Source = Source {
     name: "sample.cu",
     code: include_str!("kernels/sample.cu"),
 };
+pub(crate) const CHOOSE: Source = Source {
+    name: "choose.cu",
+    code: include_str!("kernels/choose.cu"),
+};
 
 /// A source plus the preprocessor define that selects its variant (the GEMV
 /// source is compiled once per weight type).
@@ -525,6 +529,13 @@ fn all_modules() -> Vec<(Source, ModuleKey)> {
             SAMPLE,
             ModuleKey {
                 name: SAMPLE.name,
+                define: None,
+            },
+        ),
+        (
+            CHOOSE,
+            ModuleKey {
+                name: CHOOSE.name,
                 define: None,
             },
         ),

@@ -1,6 +1,6 @@
-//! Sampling support over vocabulary rows that stay on the device
-//! (`kernels/sample.cu`): top-k with log-softmax, and the choice of one
-//! token per [`Pick`] (mask, sparse edits, cuts, draw).
+//! Sampling support over vocabulary rows that stay on the device: top-k
+//! with log-softmax (`kernels/sample.cu`), and the choice of one token per
+//! [`Pick`] (mask, sparse edits, cuts, draw; `kernels/choose.cu`).
 //!
 //! Only `rows × k` candidates and one log-sum-exp per row, or one token per
 //! pick, come back to the host; the full logits stay on the device.
@@ -9,7 +9,7 @@ use cudarc::driver::{CudaSlice, PushKernelArg};
 use weft_types::{LogitEdit, Pick};
 
 use crate::error::{CudaError, Result, driver};
-use crate::runtime::SAMPLE;
+use crate::runtime::{CHOOSE, SAMPLE};
 use crate::{CudaKernels, DEFAULT_SHARED_BYTES, MAX_GRID_YZ, arg_i32, arg_u32, launch_cfg};
 
 /// Largest k one call returns.
@@ -269,7 +269,7 @@ impl CudaKernels {
     /// One token per pick, in order, chosen from `rows` rows of `vocab`
     /// logits without copying them to the host: each pick's row is copied
     /// on the device with its mask and edits applied, then cut and drawn
-    /// from by one block (see `kernels/sample.cu`).
+    /// from by one block (see `kernels/choose.cu`).
     pub fn choose_tokens(&self, logits: &CudaSlice<f32>, rows: usize, vocab: usize, picks: &[Pick<'_>]) -> Result<Vec<u32>> {
         const OP: &str = "choose";
         if picks.is_empty() {
@@ -290,7 +290,7 @@ impl CudaKernels {
         let work = unsafe { self.stream.alloc::<f32>(n * vocab) }.map_err(driver("allocating the picks' rows"))?;
         let out = unsafe { self.stream.alloc::<u32>(n) }.map_err(driver("allocating the picks' tokens"))?;
 
-        let func = self.function(SAMPLE, None, "pick_rows")?;
+        let func = self.function(CHOOSE, None, "pick_rows")?;
         let cfg = launch_cfg((vocab.div_ceil(THREADS as usize).min(64) as u32, n as u32, 1), THREADS, 0);
         let mut b = self.stream.launch_builder(&func);
         let (rows_d, mask_at, masks) = (part(1), part(2), part(3));
@@ -301,7 +301,7 @@ impl CudaKernels {
         let segments = flat.seg_pick.len();
         if segments > 0 {
             let segments_i = arg_i32(OP, "segments", segments)?;
-            let func = self.function(SAMPLE, None, "edit_rows")?;
+            let func = self.function(CHOOSE, None, "edit_rows")?;
             let cfg = launch_cfg((arg_u32(OP, "segment blocks", segments.div_ceil(THREADS as usize))?, 1, 1), THREADS, 0);
             let mut b = self.stream.launch_builder(&func);
             let (seg_pick, seg_token, seg_start, op_kind, op_value) = (part(4), part(5), part(6), part(7), part(8));
@@ -311,7 +311,7 @@ impl CudaKernels {
             unsafe { b.launch(cfg) }.map_err(driver("launching edit_rows"))?;
         }
 
-        let func = self.function(SAMPLE, None, "choose_rows")?;
+        let func = self.function(CHOOSE, None, "choose_rows")?;
         let cfg = launch_cfg((n as u32, 1, 1), CHOOSE_THREADS, 0);
         let mut b = self.stream.launch_builder(&func);
         let (temperature, top_k, top_p, min_p, uniform) = (part(9), part(10), part(11), part(12), part(0));

@@ -106,3 +106,33 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     v = lane < nwarps ? scratch[lane] : neg_inf();
     return warp_max(v);
 }
+
+// No token / no id (an unset index).
+#define WEFT_NO_ID 0xffffffffu
+
+// Better = larger value, then smaller id. NaN is never better.
+__device__ __forceinline__ bool better(float v, u32 i, float bv, u32 bi) {
+    return v > bv || (v == bv && i < bi);
+}
+
+// Block-wide argmax of (v, i); every thread gets the winner.
+__device__ __forceinline__ void block_best(float& v, u32& i, float* sv, u32* si) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(WEFT_FULL_MASK, v, o);
+        const u32 oi = __shfl_xor_sync(WEFT_FULL_MASK, i, o);
+        if (better(ov, oi, v, i)) { v = ov; i = oi; }
+    }
+    __syncthreads();
+    if (lane == 0) { sv[warp] = v; si[warp] = i; }
+    __syncthreads();
+    v = lane < nwarps ? sv[lane] : neg_inf();
+    i = lane < nwarps ? si[lane] : WEFT_NO_ID;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(WEFT_FULL_MASK, v, o);
+        const u32 oi = __shfl_xor_sync(WEFT_FULL_MASK, i, o);
+        if (better(ov, oi, v, i)) { v = ov; i = oi; }
+    }
+}

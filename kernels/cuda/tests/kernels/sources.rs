@@ -28,8 +28,8 @@ fn every_kernel_module_compiles_for_sm90() {
             println!("compiled in {compile_time:?}; read back from the disk cache in {:?}", start.elapsed());
             assert_eq!(again, mods, "the cached images are the compiled ones");
             weft_kernels_cuda::set_cache_dir(None);
-            // layers, sample; attention per KV type; GEMV per weight type.
-            assert_eq!(mods.len(), 2 + weft_kernels_cuda::KvType::ALL.len() + weft_kernels_cuda::WeightType::ALL.len());
+            // layers, sample, choose; attention per KV type; GEMV per weight type.
+            assert_eq!(mods.len(), 3 + weft_kernels_cuda::KvType::ALL.len() + weft_kernels_cuda::WeightType::ALL.len());
         }
         Err(e @ CudaError::NoNvrtc(_)) if std::env::var("WEFT_REQUIRE_GPU").is_err() => {
             eprintln!("skipping every_kernel_module_compiles_for_sm90: {e}");
