@@ -23,6 +23,9 @@ missing=()
 for tool in curl openssl npm; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
+# A C++20 compiler runs the CUDA choice kernel on CPU threads (the backend's
+# `emulated` test).
+command -v c++ >/dev/null || missing+=(g++)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         apt-get update -q && apt-get install -y -q "${missing[@]}"

@@ -86,3 +86,19 @@ pub fn relative_error(a: &[f32], b: &[f32]) -> f64 {
 pub fn shared(model: &LoadedModel) -> Arc<LlamaModel> {
     Arc::clone(&model.model)
 }
+
+/// `(temperature, top_k, top_p, min_p)` for the sampling tests: greedy
+/// both ways (temperature 0, top-k 1), plain temperature, and each cut
+/// alone and together.
+pub const CUTS: [(f32, u32, f32, f32); 10] = [
+    (0.0, 0, 1.0, 0.0),
+    (1.0, 0, 1.0, 0.0),
+    (0.7, 40, 0.9, 0.0),
+    (1.3, 0, 0.95, 0.05),
+    (0.8, 1000, 0.8, 0.01),
+    (1.0, 5, 1.0, 0.0),
+    (0.6, 0, 0.5, 0.0),
+    (1.0, 1, 1.0, 0.0),
+    (2.0, 0, 0.3, 0.0),
+    (0.9, 3, 0.99, 0.2),
+];

@@ -13,9 +13,13 @@
 //! - `sampling`: tokens chosen on the device against the host's choice
 //!   over the same rows.
 //!
+//! - `emulated` (needs no GPU): the choice kernel compiled as C++ and run
+//!   on CPU threads, against the host's choices.
+//!
 //! Lines starting `RESULT ` are collected into scripts/gpu-check.sh's table.
 
 mod common;
+mod emulated;
 mod engine;
 mod graphs;
 mod parity;

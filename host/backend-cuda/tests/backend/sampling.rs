@@ -12,18 +12,7 @@ use weft_engine::sampling::{HostRows, nucleus, param_edits, synthetic_logits, un
 use weft_types::logits::{apply_edits, apply_mask};
 use weft_types::{Cuts, LogitEdit, LogitsRows, Pick, SamplingParams, TokenId};
 
-use crate::common::{all_logits_rows, cuda, default_model, have_gpu};
-
-const GRID: [(f32, u32, f32, f32); 8] = [
-    (0.0, 0, 1.0, 0.0),
-    (1.0, 0, 1.0, 0.0),
-    (0.7, 40, 0.9, 0.0),
-    (1.3, 0, 0.95, 0.05),
-    (0.8, 1000, 0.8, 0.01),
-    (1.0, 5, 1.0, 0.0),
-    (0.6, 0, 0.5, 0.0),
-    (1.0, 1, 1.0, 0.0),
-];
+use crate::common::{CUTS, all_logits_rows, cuda, default_model, have_gpu};
 
 /// The default model's logits at every position of `text` on the GPU, the
 /// same rows on the host, and the tokens; None (after saying why) without
@@ -64,7 +53,7 @@ fn device_choices_match_the_hosts_over_the_parameter_grid() {
     let mask: Vec<u32> = (0..vocab.div_ceil(32)).map(|w| if w % 3 == 0 { 0x5555_5555 } else { 0xaaaa_aaaa }).collect();
     let mut picks = Vec::new();
     for row in 0..device.len() {
-        for &(temperature, top_k, top_p, min_p) in &GRID {
+        for &(temperature, top_k, top_p, min_p) in &CUTS {
             for with_edits in [false, true] {
                 for masked in [false, true] {
                     for draw in 0..4u64 {
@@ -160,7 +149,7 @@ fn device_choices_on_tied_rows_are_the_hosts_and_repeat_exactly() {
     let device = k.upload(&data).unwrap();
     let mut picks = Vec::new();
     for row in 0..rows {
-        for &(temperature, top_k, top_p, min_p) in &GRID {
+        for &(temperature, top_k, top_p, min_p) in &CUTS {
             for draw in 0..8u64 {
                 picks.push(Pick { row, mask: None, edits: &[], cuts: Cuts { temperature, top_k, top_p, min_p }, uniform: uniform(99 + row as u64, draw) });
             }

@@ -1,0 +1,119 @@
+// One CUDA thread block on CPU threads, to check a kernel's logic where
+// there is no GPU: each CUDA thread is a std::thread, __syncthreads is a
+// barrier over the block, a warp shuffle exchanges values through a
+// per-warp buffer between two warp barriers, __shared__ variables are
+// function statics (shared by the block's threads; blocks run one after
+// another), and atomics are std::atomic_ref. The __d*_rn intrinsics are
+// plain IEEE operations (compile with -ffp-contract=off). What this does
+// not model: the GPU's memory ordering, timing and occupancy; inline PTX
+// (compiled out, so kernels that use it cannot run here).
+//
+// Used by the backend's `emulated` test with kernels/cuda/src/kernels/
+// choose.cu; needs C++20 (<barrier>, std::atomic_ref).
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+
+struct Dim3 {
+    unsigned x = 0, y = 0, z = 0;
+};
+inline thread_local Dim3 threadIdx, blockIdx;
+inline Dim3 blockDim, gridDim;
+
+#define __device__
+#define __global__
+#define __forceinline__ inline
+#define __restrict__
+#define __launch_bounds__(...)
+#define __shared__ static
+#define asm(...)
+
+namespace emu {
+inline std::barrier<>* block_barrier;
+inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+inline uint64_t warp_values[32][32];
+
+inline void warp_sync() { warp_barriers[threadIdx.x >> 5]->arrive_and_wait(); }
+
+// Every lane publishes v; returns lane `from`'s value (or v when `from`
+// is outside the warp).
+template <class T>
+T exchange(T v, int from) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    uint64_t bits = 0;
+    memcpy(&bits, &v, sizeof(T));
+    warp_sync();
+    warp_values[warp][lane] = bits;
+    warp_sync();
+    T out = v;
+    if (from >= 0 && from < 32) {
+        const uint64_t got = warp_values[warp][from];
+        memcpy(&out, &got, sizeof(T));
+    }
+    warp_sync();
+    return out;
+}
+
+// Run `kernel` as block `block` of `threads` threads (a multiple of 32).
+inline void run_block(unsigned block, unsigned threads, const std::function<void()>& kernel) {
+    blockDim.x = threads;
+    gridDim.x = block + 1;
+    std::barrier<> barrier(threads);
+    block_barrier = &barrier;
+    warp_barriers.clear();
+    for (unsigned w = 0; w < threads / 32; w++) warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
+    std::vector<std::thread> pool;
+    for (unsigned t = 0; t < threads; t++)
+        pool.emplace_back([&, t] {
+            threadIdx.x = t;
+            blockIdx.x = block;
+            kernel();
+        });
+    for (auto& t : pool) t.join();
+}
+}  // namespace emu
+
+inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
+template <class T>
+T __shfl_xor_sync(unsigned, T v, int o) {
+    return emu::exchange(v, (int)(threadIdx.x & 31) ^ o);
+}
+template <class T>
+T __shfl_up_sync(unsigned, T v, int o) {
+    const int lane = threadIdx.x & 31;
+    return lane >= o ? emu::exchange(v, lane - o) : emu::exchange(v, -1);
+}
+
+inline float __int_as_float(int x) { float f; memcpy(&f, &x, 4); return f; }
+inline float __uint_as_float(unsigned x) { float f; memcpy(&f, &x, 4); return f; }
+inline unsigned __float_as_uint(float f) { unsigned x; memcpy(&x, &f, 4); return x; }
+inline int __float_as_int(float f) { int x; memcpy(&x, &f, 4); return x; }
+inline double __longlong_as_double(long long x) { double d; memcpy(&d, &x, 8); return d; }
+inline long long __double_as_longlong(double d) { long long x; memcpy(&x, &d, 8); return x; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
+inline unsigned long long __double2ull_rn(double x) { return (unsigned long long)std::nearbyint(x); }
+inline unsigned __byte_perm(unsigned, unsigned, unsigned) { return 0; }
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+    return std::atomic_ref<unsigned long long>(*p).fetch_add(v);
+}
+inline unsigned atomicMin(unsigned* p, unsigned v) {
+    std::atomic_ref<unsigned> a(*p);
+    unsigned old = a.load();
+    while (v < old && !a.compare_exchange_weak(old, v)) {
+    }
+    return old;
+}
+using std::max;
+using std::min;
+inline unsigned long long max(unsigned long long a, unsigned long long b) { return a > b ? a : b; }
