@@ -3,13 +3,15 @@
 // barrier over the block, a warp shuffle exchanges values through a
 // per-warp buffer between two warp barriers, __shared__ variables are
 // function statics (shared by the block's threads; blocks run one after
-// another), and atomics are std::atomic_ref. The __d*_rn intrinsics are
+// another), an `extern __shared__` array is rewritten to point at
+// emu::dynamic_shared, and atomics are std::atomic_ref. The __d*_rn intrinsics are
 // plain IEEE operations (compile with -ffp-contract=off). What this does
 // not model: the GPU's memory ordering, timing and occupancy; inline PTX
 // (compiled out, so kernels that use it cannot run here).
 //
-// Used by the backend's `emulated` test with kernels/cuda/src/kernels/
-// choose.cu; needs C++20 (<barrier>, std::atomic_ref).
+// Used by the backend's `emulated` tests (choose.cu's choice kernel,
+// attention.cu's f32 attention kernels); needs C++20 (<barrier>,
+// std::atomic_ref).
 #pragma once
 
 #include <algorithm>
@@ -26,8 +28,8 @@
 struct Dim3 {
     unsigned x = 0, y = 0, z = 0;
 };
-inline thread_local Dim3 threadIdx, blockIdx;
-inline Dim3 blockDim, gridDim;
+inline thread_local Dim3 threadIdx;
+inline Dim3 blockIdx, blockDim, gridDim;
 
 #define __device__
 #define __global__
@@ -38,6 +40,9 @@ inline Dim3 blockDim, gridDim;
 #define asm(...)
 
 namespace emu {
+// A kernel's `extern __shared__` array (the harness rewrites the
+// declaration to point here; 64 KiB, as a launch may ask).
+alignas(16) inline unsigned char dynamic_shared[64 << 10];
 inline std::barrier<>* block_barrier;
 inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
 inline uint64_t warp_values[32][32];
@@ -63,22 +68,31 @@ T exchange(T v, int from) {
     return out;
 }
 
-// Run `kernel` as block `block` of `threads` threads (a multiple of 32).
-inline void run_block(unsigned block, unsigned threads, const std::function<void()>& kernel) {
-    blockDim.x = threads;
-    gridDim.x = block + 1;
+// Run `kernel` as block `block` of a grid `grid`, with `threads` threads
+// (a last warp may be partial).
+inline void run_block(Dim3 block, Dim3 grid, unsigned threads, const std::function<void()>& kernel) {
+    blockIdx = block;
+    gridDim = grid;
+    blockDim = Dim3{threads, 1, 1};
     std::barrier<> barrier(threads);
     block_barrier = &barrier;
     warp_barriers.clear();
-    for (unsigned w = 0; w < threads / 32; w++) warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
+    for (unsigned w = 0; w * 32 < threads; w++)
+        warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32u, threads - 32 * w)));
     std::vector<std::thread> pool;
     for (unsigned t = 0; t < threads; t++)
         pool.emplace_back([&, t] {
             threadIdx.x = t;
-            blockIdx.x = block;
             kernel();
         });
     for (auto& t : pool) t.join();
+}
+
+// Every block of `grid`, one after another.
+inline void run_grid(Dim3 grid, unsigned threads, const std::function<void()>& kernel) {
+    for (unsigned z = 0; z < std::max(grid.z, 1u); z++)
+        for (unsigned y = 0; y < std::max(grid.y, 1u); y++)
+            for (unsigned x = 0; x < std::max(grid.x, 1u); x++) run_block(Dim3{x, y, z}, grid, threads, kernel);
 }
 }  // namespace emu
 

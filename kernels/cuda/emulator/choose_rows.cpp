@@ -45,7 +45,7 @@ int main() {
     for (uint32_t p = 0; p < picks; p++) memcpy(&work[(size_t)p * vocab], &logits[(size_t)row[p] * vocab], 4 * vocab);
     std::vector<uint32_t> out(picks, WEFT_NO_ID);
     for (uint32_t p = 0; p < picks; p++)
-        emu::run_block(p, THREADS, [&] {
+        emu::run_block(Dim3{p, 0, 0}, Dim3{picks, 1, 1}, THREADS, [&] {
             choose_rows(work.data(), (int)vocab, temperature.data(), top_k.data(), top_p.data(), min_p.data(),
                         uniform.data(), out.data());
         });

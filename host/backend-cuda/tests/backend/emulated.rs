@@ -1,13 +1,16 @@
-//! The choice kernel (`choose_rows` in kernels/cuda/src/kernels/choose.cu)
-//! compiled as C++ and run on CPU threads (kernels/cuda/emulator/block.h:
-//! one thread per CUDA thread, barriers and warp shuffles emulated),
-//! against the host's choices. It checks the kernel's logic where there is
-//! no GPU: radix cuts, ties, the scans and the draw; not the GPU's memory
-//! model or speed, which the `sampling` tests check on a GPU. Skips (saying
-//! why) where no C++20 compiler answers to `c++`; scripts/test.sh installs
-//! one.
+//! Kernels compiled as C++ and run on CPU threads
+//! (kernels/cuda/emulator/block.h: one thread per CUDA thread, barriers
+//! and warp shuffles emulated), against references on the host: the
+//! choice kernel (`choose_rows` in choose.cu) against the host's choices,
+//! and the f32-cache attention kernels (`paged_attn_prefill`, and
+//! `paged_attn_partial` with `paged_attn_reduce`) against attention in
+//! f64. They check the kernels' logic where there is no GPU (tiling,
+//! partitions, cuts, ties, scans, the draw); not the GPU's memory model or
+//! speed, which the GPU tests check. They skip (saying why) where no C++20
+//! compiler answers to `c++`; scripts/test.sh installs one.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use weft_engine::sampling::{HostRows, nucleus, param_edits, synthetic_logits, uniform};
@@ -16,43 +19,71 @@ use weft_types::{Cuts, LogitsRows, Pick, SamplingParams, TokenId};
 
 use crate::common::CUTS;
 
-const SOURCES: [(&str, &str); 4] = [
+const SOURCES: [(&str, &str); 6] = [
     ("block.h", include_str!("../../../../kernels/cuda/emulator/block.h")),
     ("choose_rows.cpp", include_str!("../../../../kernels/cuda/emulator/choose_rows.cpp")),
+    ("attention.cpp", include_str!("../../../../kernels/cuda/emulator/attention.cpp")),
     ("choose.cu", include_str!("../../../../kernels/cuda/src/kernels/choose.cu")),
+    ("attention.cu", include_str!("../../../../kernels/cuda/src/kernels/attention.cu")),
     ("common.cuh", include_str!("../../../../kernels/cuda/src/kernels/common.cuh")),
 ];
 
-/// Threads per emulated block: 8 warps (the GPU runs 32), enough for every
-/// cross-warp path of the scans, and 4× fewer OS threads.
+/// Threads per emulated choice block: 8 warps (the GPU runs 32), enough
+/// for every cross-warp path of the scans, and 4× fewer OS threads.
 const THREADS: u32 = 256;
 
-/// The kernel compiled for this machine's CPU, or None where there is no
-/// C++20 compiler.
-fn build() -> Option<(tempfile::TempDir, std::path::PathBuf)> {
+/// A kernel source as the emulator compiles it: its `extern __shared__`
+/// array pointed at the emulator's dynamic shared memory.
+fn for_cpu(source: &str) -> String {
+    source
+        .lines()
+        .map(|line| match line.trim().strip_prefix("extern __shared__ ").and_then(|d| d.strip_suffix("[];")) {
+            Some(decl) => {
+                let (ty, name) = decl.split_once(' ').expect("extern __shared__ <type> <name>[];");
+                format!("    {ty}* {name} = ({ty}*)emu::dynamic_shared;")
+            }
+            None => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The emulator program `program` (`choose_rows` or `attention`) compiled
+/// for this machine's CPU, in a temporary directory kept alive by the
+/// first value, or None where there is no C++20 compiler.
+fn build(program: &str) -> Option<(tempfile::TempDir, PathBuf)> {
     let dir = tempfile::tempdir().unwrap();
     for (name, text) in SOURCES {
-        std::fs::write(dir.path().join(name), text).unwrap();
+        std::fs::write(dir.path().join(name), for_cpu(text)).unwrap();
     }
-    let exe = dir.path().join("choose_rows");
+    let exe = dir.path().join(program);
     let compiled = Command::new("c++")
         .args(["-std=c++20", "-O2", "-ffp-contract=off", "-pthread", "-w", &format!("-DTHREADS={THREADS}"), "-o"])
         .arg(&exe)
-        .arg(dir.path().join("choose_rows.cpp"))
+        .arg(dir.path().join(format!("{program}.cpp")))
         .output();
     match compiled {
         Ok(out) if out.status.success() => Some((dir, exe)),
-        Ok(out) => panic!("the emulated kernel does not compile:\n{}", String::from_utf8_lossy(&out.stderr)),
+        Ok(out) => panic!("the emulated {program} does not compile:\n{}", String::from_utf8_lossy(&out.stderr)),
         Err(e) => {
-            eprintln!("skipping emulated::choose_rows: no C++ compiler (`c++`: {e})");
+            eprintln!("skipping emulated::{program}: no C++ compiler (`c++`: {e})");
             None
         }
     }
 }
 
+/// `exe` with `input` on stdin; its stdout.
+fn run_program(exe: &Path, input: &[u8]) -> Vec<u8> {
+    let mut child = Command::new(exe).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
 /// `choose_rows` over `rows` (prepared rows of `vocab`) for `picks` (no
 /// masks or edits: the rows carry them).
-fn run(exe: &std::path::Path, rows: &[f32], vocab: usize, picks: &[Pick<'_>]) -> Vec<TokenId> {
+fn run(exe: &Path, rows: &[f32], vocab: usize, picks: &[Pick<'_>]) -> Vec<TokenId> {
     let mut input = Vec::new();
     for v in [(rows.len() / vocab) as u32, vocab as u32, picks.len() as u32] {
         input.extend(v.to_le_bytes());
@@ -66,16 +97,12 @@ fn run(exe: &std::path::Path, rows: &[f32], vocab: usize, picks: &[Pick<'_>]) ->
         input.extend(p.uniform.to_le_bytes());
         input.extend((p.row as u32).to_le_bytes());
     }
-    let mut child = Command::new(exe).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(&input).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    out.stdout.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
+    run_program(exe, &input).chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
 }
 
 #[test]
 fn the_choice_kernel_on_cpu_threads_chooses_the_hosts_tokens() {
-    let Some((_dir, exe)) = build() else { return };
+    let Some((_dir, exe)) = build("choose_rows") else { return };
     // Rows of every kind the cuts meet: plain, few distinct values with
     // zeros of both signs (ties at every boundary), peaked, mostly banned,
     // and one masked and edited as a guide and penalties would.
@@ -129,4 +156,147 @@ fn the_choice_kernel_on_cpu_threads_chooses_the_hosts_tokens() {
     }
     println!("emulated choose_rows: {same}/{sampled} sampled picks the host's token, all inside its nucleus, repeated exactly");
     assert!(same as f64 >= 0.99 * sampled as f64, "{same}/{sampled} draws agree");
+}
+
+/// A paged f32 KV cache and query rows for the attention kernels: each
+/// sequence's blocks scattered over the cache, every value random.
+struct Attention {
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+    block_size: usize,
+    num_blocks: usize,
+    max_blocks: usize,
+    tables: Vec<Vec<u32>>,
+    q_rows: usize,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl Attention {
+    fn new(seed: u64, (n_heads, n_kv, head_dim, block_size): (usize, usize, usize, usize), seq_lens: &[usize], q_rows: usize) -> Self {
+        let random = |salt: u64, n: usize| synthetic_logits(seed * 7 + salt, n).into_iter().map(|x| x / 6.0).collect::<Vec<f32>>();
+        let needs: Vec<usize> = seq_lens.iter().map(|l| l.div_ceil(block_size)).collect();
+        let num_blocks = needs.iter().sum::<usize>() + 3;
+        let max_blocks = *needs.iter().max().unwrap();
+        // Blocks handed out in a scrambled order (7 is coprime with the count).
+        let mut next = (0..num_blocks as u32).cycle().step_by(7).take(num_blocks);
+        let tables = needs.iter().map(|&n| (0..max_blocks).map(|i| if i < n { next.next().unwrap() } else { 0 }).collect()).collect();
+        let cache = num_blocks * block_size * n_kv * head_dim;
+        Self {
+            n_heads,
+            n_kv,
+            head_dim,
+            block_size,
+            num_blocks,
+            max_blocks,
+            tables,
+            q_rows,
+            q: random(1, q_rows * n_heads * head_dim),
+            k: random(2, cache),
+            v: random(3, cache),
+        }
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
+    }
+
+    /// The harness input up to its mode-specific part.
+    fn input(&self, mode: u32) -> Vec<u8> {
+        let mut input = Vec::new();
+        let head = [mode as usize, self.n_heads, self.n_kv, self.head_dim, self.block_size, self.max_blocks, self.num_blocks, self.tables.len(), self.q_rows];
+        input.extend(head.iter().flat_map(|&v| (v as u32).to_le_bytes()));
+        input.extend(self.scale().to_le_bytes());
+        for values in [&self.q, &self.k, &self.v] {
+            input.extend(values.iter().flat_map(|x| x.to_le_bytes()));
+        }
+        input.extend(self.tables.iter().flatten().flat_map(|b| b.to_le_bytes()));
+        input
+    }
+
+    /// Attention in f64 of query row `row` over the first `len` tokens of
+    /// sequence `seq`: `n_heads × head_dim` values.
+    fn reference(&self, row: usize, seq: usize, len: usize) -> Vec<f64> {
+        let (hd, group) = (self.head_dim, self.n_heads / self.n_kv);
+        let at = |t: usize, kvh: usize| {
+            let slot = self.tables[seq][t / self.block_size] as usize * self.block_size + t % self.block_size;
+            (slot * self.n_kv + kvh) * hd
+        };
+        let mut out = Vec::with_capacity(self.n_heads * hd);
+        for h in 0..self.n_heads {
+            let q = &self.q[(row * self.n_heads + h) * hd..][..hd];
+            let scores: Vec<f64> = (0..len)
+                .map(|t| q.iter().zip(&self.k[at(t, h / group)..][..hd]).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * self.scale() as f64)
+                .collect();
+            let top = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let weights: Vec<f64> = scores.iter().map(|s| (s - top).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            for d in 0..hd {
+                out.push((0..len).map(|t| weights[t] * self.v[at(t, h / group) + d] as f64).sum::<f64>() / total);
+            }
+        }
+        out
+    }
+
+    /// The harness's output for `rows` `(row, seq, len)`, each against its
+    /// reference: the largest relative error over the rows.
+    fn check(&self, out: &[u8], rows: &[(usize, usize, usize)]) -> f64 {
+        let out: Vec<f32> = out.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let width = self.n_heads * self.head_dim;
+        rows.iter()
+            .map(|&(row, seq, len)| {
+                let got = &out[row * width..][..width];
+                assert!(got.iter().all(|v| v.is_finite()), "row {row} not (fully) written");
+                let want = self.reference(row, seq, len);
+                let diff: f64 = got.iter().zip(&want).map(|(&g, w)| (g as f64 - w).powi(2)).sum::<f64>().sqrt();
+                diff / want.iter().map(|w| w * w).sum::<f64>().sqrt()
+            })
+            .fold(0.0, f64::max)
+    }
+}
+
+/// `(n_heads, n_kv, head_dim, block_size)`: grouped 2, 4 and 16 to one,
+/// head_dim 16 to the kernels' largest.
+const SHAPES: [(usize, usize, usize, usize); 4] = [(4, 2, 64, 16), (8, 2, 128, 8), (2, 2, 16, 16), (16, 1, 64, 16)];
+
+#[test]
+fn the_prefill_attention_kernel_on_cpu_threads_matches_f64_attention() {
+    let Some((_dir, exe)) = build("attention") else { return };
+    for (i, &shape) in SHAPES.iter().enumerate() {
+        // Sequence 0: a 40-token prompt from the start (rows 0..40); sequence
+        // 1: a 20-token chunk at positions 30..50 (rows 40..60) over 30
+        // cached tokens. Tiles of at most 16 rows: (table, first row, rows,
+        // first row's length).
+        let a = Attention::new(i as u64, shape, &[40, 50], 60);
+        let tiles: [[u32; 4]; 5] = [[0, 0, 16, 1], [0, 16, 16, 17], [0, 32, 8, 33], [1, 40, 16, 31], [1, 56, 4, 47]];
+        let mut input = a.input(0);
+        input.extend((tiles.len() as u32).to_le_bytes());
+        input.extend(tiles.iter().flatten().flat_map(|v| v.to_le_bytes()));
+        let rows: Vec<(usize, usize, usize)> = (0..40).map(|r| (r, 0, r + 1)).chain((0..20).map(|r| (40 + r, 1, 31 + r))).collect();
+        let err = a.check(&run_program(&exe, &input), &rows);
+        println!("emulated paged_attn_prefill {shape:?}: relative error {err:.1e}");
+        assert!(err < 1e-5, "{shape:?}: relative error {err}");
+    }
+}
+
+#[test]
+fn the_decode_attention_kernels_on_cpu_threads_match_f64_attention() {
+    let Some((_dir, exe)) = build("attention") else { return };
+    for (i, &shape) in SHAPES.iter().chain(&[(4, 4, 256, 16)]).enumerate() {
+        // Three decode rows, listed out of order (row_ids) over three
+        // sequences (row_seq), of 1, 37 and 130 tokens: one, one and three
+        // partitions of 64.
+        let a = Attention::new(10 + i as u64, shape, &[37, 1, 130], 3);
+        let (row_ids, row_seq, lens) = ([2u32, 0, 1], [1u32, 0, 2], [1u32, 37, 130]);
+        let mut input = a.input(1);
+        for v in [3u32, 64, 3].iter().chain(&row_ids).chain(&row_seq).chain(&lens) {
+            input.extend(v.to_le_bytes());
+        }
+        let rows: Vec<(usize, usize, usize)> = (0..3).map(|r| (row_ids[r] as usize, row_seq[r] as usize, lens[r] as usize)).collect();
+        let err = a.check(&run_program(&exe, &input), &rows);
+        println!("emulated paged_attn_partial + reduce {shape:?}: relative error {err:.1e}");
+        assert!(err < 1e-5, "{shape:?}: relative error {err}");
+    }
 }

@@ -13,8 +13,9 @@
 //! - `sampling`: tokens chosen on the device against the host's choice
 //!   over the same rows.
 //!
-//! - `emulated` (needs no GPU): the choice kernel compiled as C++ and run
-//!   on CPU threads, against the host's choices.
+//! - `emulated` (needs no GPU): kernel sources compiled as C++ and run on
+//!   CPU threads: the choice kernel against the host's choices, the
+//!   attention kernels against f64 attention.
 //!
 //! Lines starting `RESULT ` are collected into scripts/gpu-check.sh's table.
 

@@ -1,0 +1,62 @@
+// attention.cu's f32-cache kernels on CPU threads (block.h): prefill tiles
+// (paged_attn_prefill) or partitioned decode rows (paged_attn_partial then
+// paged_attn_reduce), launched as the kernel crate launches them.
+// stdin (little-endian u32 unless noted): mode (0 prefill, 1 decode),
+// n_heads, n_kv, head_dim, block_size, max_blocks, num_blocks, n_tables,
+// q_rows; f32 scale; f32 q[q_rows][n_heads][head_dim]; f32 k and v caches
+// [num_blocks][block_size][n_kv][head_dim]; tables[n_tables][max_blocks];
+// then for prefill: n_tiles, tiles[n_tiles][4]; for decode: n_rows,
+// part_len, n_parts, row_ids[n_rows], row_seq[n_rows], lens[n_rows].
+// stdout: f32 out[q_rows][n_heads][head_dim] (NaN where nothing wrote).
+// Build: c++ -std=c++20 -O2 -ffp-contract=off -pthread
+#include "block.h"
+#include <cstdio>
+#include "attention.cu"
+
+template <class T>
+static std::vector<T> read(size_t n) {
+    std::vector<T> v(n);
+    if (fread(v.data(), sizeof(T), n, stdin) != n) {
+        fprintf(stderr, "attention: short input\n");
+        exit(2);
+    }
+    return v;
+}
+
+int main() {
+    const auto h = read<uint32_t>(9);
+    const uint32_t mode = h[0], n_heads = h[1], n_kv = h[2], head_dim = h[3], block_size = h[4], max_blocks = h[5],
+                   num_blocks = h[6], n_tables = h[7], q_rows = h[8];
+    const float scale = read<float>(1)[0];
+    const auto q = read<float>((size_t)q_rows * n_heads * head_dim);
+    const size_t cache = (size_t)num_blocks * block_size * n_kv * head_dim;
+    const auto kc = read<float>(cache), vc = read<float>(cache);
+    const auto tables = read<uint32_t>((size_t)n_tables * max_blocks);
+    std::vector<float> out(q.size(), std::nanf(""));
+    if (mode == 0) {
+        const uint32_t n_tiles = read<uint32_t>(1)[0];
+        const auto tiles = read<uint32_t>(4 * (size_t)n_tiles);
+        emu::run_grid(Dim3{n_heads, n_tiles, 1}, 128, [&] {
+            paged_attn_prefill(q.data(), kc.data(), vc.data(), tables.data(), tiles.data(), out.data(), n_heads, n_kv,
+                               head_dim, block_size, max_blocks, scale);
+        });
+    } else {
+        const auto d = read<uint32_t>(3);
+        const uint32_t n_rows = d[0], part_len = d[1], n_parts = d[2];
+        const auto row_ids = read<uint32_t>(n_rows), row_seq = read<uint32_t>(n_rows), lens = read<uint32_t>(n_rows);
+        const size_t parts = (size_t)n_rows * n_heads * n_parts;
+        std::vector<float> part_m(parts, std::nanf("")), part_l(parts, std::nanf("")), part_acc(parts * head_dim, std::nanf(""));
+        const unsigned threads = std::max(128u, head_dim);
+        emu::run_grid(Dim3{n_kv, n_rows, n_parts}, threads, [&] {
+            paged_attn_partial(q.data(), kc.data(), vc.data(), tables.data(), row_ids.data(), row_seq.data(),
+                               lens.data(), part_m.data(), part_l.data(), part_acc.data(), n_heads, n_kv, head_dim,
+                               block_size, max_blocks, part_len, n_parts, scale);
+        });
+        emu::run_grid(Dim3{n_heads, n_rows, 1}, head_dim, [&] {
+            paged_attn_reduce(part_m.data(), part_l.data(), part_acc.data(), row_ids.data(), lens.data(), out.data(),
+                              n_heads, head_dim, part_len, n_parts);
+        });
+    }
+    fwrite(out.data(), 4, out.size(), stdout);
+    return 0;
+}
