@@ -146,8 +146,9 @@ __device__ __forceinline__ double block_scan(double v, double* scratch, double* 
 // becomes -inf. Ties at the boundary value are kept by lower id. The
 // boundary value is found by a radix search over the order keys, 8 bits a
 // pass, with the measure histogrammed in shared memory (hist: 256) by
-// integer atomics: exact, so each pass's buckets sum to the bucket above
-// them and the search is the same on every run.
+// integer atomics (one per run of a digit in a thread's range): exact, so
+// each pass's buckets sum to the bucket above them and the search is the
+// same on every run.
 template <bool MASS>
 __device__ void keep_prefix(float* row, int begin, int end, double inv_t, double top, double share, u64* hist,
                             double* scratch, double* excl) {
@@ -158,10 +159,23 @@ __device__ void keep_prefix(float* row, int begin, int end, double inv_t, double
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int d = threadIdx.x; d < 256; d += blockDim.x) hist[d] = 0ull;
         __syncthreads();
+        // Runs of one digit in the thread's range go in as one atomic: in
+        // the first pass nearly every token shares the top byte, and one
+        // atomic per token would serialise the block on a few bins.
+        u32 run_digit = 0;
+        u64 run = 0;
         for (int i = begin; i < end; i++) {
             const u32 key = order_key(row[i]);
-            if ((key & decided) == prefix) atomicAdd(&hist[(key >> shift) & 255u], measure_of(MASS, row[i], inv_t, top));
+            if ((key & decided) != prefix) continue;
+            const u32 digit = (key >> shift) & 255u;
+            if (digit != run_digit) {
+                if (run > 0) atomicAdd(&hist[run_digit], run);
+                run_digit = digit;
+                run = 0;
+            }
+            run += measure_of(MASS, row[i], inv_t, top);
         }
+        if (run > 0) atomicAdd(&hist[run_digit], run);
         __syncthreads();
         if (threadIdx.x == 0) {
             if (shift == 24) {
