@@ -1,10 +1,11 @@
-// attention.cu's f32-cache kernels on CPU threads (block.h): prefill tiles
+// attention.cu's kernels on CPU threads (block.h), for the cache type the
+// build selects (-DWEFT_KV_F16, -DWEFT_KV_E4M3, else f32): prefill tiles
 // (paged_attn_prefill) or partitioned decode rows (paged_attn_partial then
 // paged_attn_reduce), launched as the kernel crate launches them.
 // stdin (little-endian u32 unless noted): mode (0 prefill, 1 decode),
 // n_heads, n_kv, head_dim, block_size, max_blocks, num_blocks, n_tables,
-// q_rows; f32 scale; f32 q[q_rows][n_heads][head_dim]; f32 k and v caches
-// [num_blocks][block_size][n_kv][head_dim]; tables[n_tables][max_blocks];
+// q_rows; f32 scale; f32 q[q_rows][n_heads][head_dim]; k and v caches
+// [num_blocks][block_size][n_kv][head_dim] in the cache type; tables[n_tables][max_blocks];
 // then for prefill: n_tiles, tiles[n_tiles][4]; for decode: n_rows,
 // part_len, n_parts, row_ids[n_rows], row_seq[n_rows], lens[n_rows].
 // stdout: f32 out[q_rows][n_heads][head_dim] (NaN where nothing wrote).
@@ -30,7 +31,7 @@ int main() {
     const float scale = read<float>(1)[0];
     const auto q = read<float>((size_t)q_rows * n_heads * head_dim);
     const size_t cache = (size_t)num_blocks * block_size * n_kv * head_dim;
-    const auto kc = read<float>(cache), vc = read<float>(cache);
+    const auto kc = read<KV_T>(cache), vc = read<KV_T>(cache);
     const auto tables = read<uint32_t>((size_t)n_tables * max_blocks);
     std::vector<float> out(q.size(), std::nanf(""));
     if (mode == 0) {

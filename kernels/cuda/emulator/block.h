@@ -5,9 +5,10 @@
 // function statics (shared by the block's threads; blocks run one after
 // another), an `extern __shared__` array is rewritten to point at
 // emu::dynamic_shared, and atomics are std::atomic_ref. The __d*_rn intrinsics are
-// plain IEEE operations (compile with -ffp-contract=off). What this does
-// not model: the GPU's memory ordering, timing and occupancy; inline PTX
-// (compiled out, so kernels that use it cannot run here).
+// plain IEEE operations (compile with -ffp-contract=off), and half
+// conversions _Float16's. What this does not model: the GPU's memory
+// ordering, timing and occupancy; other inline PTX (compiled out, so
+// kernels that use it cannot run here).
 //
 // Used by the backend's `emulated` tests (choose.cu's choice kernel,
 // attention.cu's f32 attention kernels); needs C++20 (<barrier>,
@@ -31,6 +32,7 @@ struct Dim3 {
 inline thread_local Dim3 threadIdx;
 inline Dim3 blockIdx, blockDim, gridDim;
 
+#define WEFT_ON_CPU
 #define __device__
 #define __global__
 #define __forceinline__ inline
@@ -38,6 +40,20 @@ inline Dim3 blockIdx, blockDim, gridDim;
 #define __launch_bounds__(...)
 #define __shared__ static
 #define asm(...)
+
+// common.cuh's half conversions, which use PTX on the GPU (round to
+// nearest even, as cvt.rn.f16.f32).
+inline float f16_to_f32(unsigned short h) {
+    _Float16 x;
+    memcpy(&x, &h, 2);
+    return (float)x;
+}
+inline unsigned short f32_to_f16(float f) {
+    const _Float16 x = (_Float16)f;
+    unsigned short h;
+    memcpy(&h, &x, 2);
+    return h;
+}
 
 namespace emu {
 // A kernel's `extern __shared__` array (the harness rewrites the

@@ -2,9 +2,9 @@
 //! (kernels/cuda/emulator/block.h: one thread per CUDA thread, barriers
 //! and warp shuffles emulated), against references on the host: the
 //! choice kernel (`choose_rows` in choose.cu) against the host's choices,
-//! and the f32-cache attention kernels (`paged_attn_prefill`, and
-//! `paged_attn_partial` with `paged_attn_reduce`) against attention in
-//! f64. They check the kernels' logic where there is no GPU (tiling,
+//! and the attention kernels (`paged_attn_prefill`, and
+//! `paged_attn_partial` with `paged_attn_reduce`) over f32, f16 and FP8
+//! E4M3 caches against attention in f64. They check the kernels' logic where there is no GPU (tiling,
 //! partitions, cuts, ties, scans, the draw); not the GPU's memory model or
 //! speed, which the GPU tests check. They skip (saying why) where no C++20
 //! compiler answers to `c++`; scripts/test.sh installs one.
@@ -49,16 +49,18 @@ fn for_cpu(source: &str) -> String {
 }
 
 /// The emulator program `program` (`choose_rows` or `attention`) compiled
-/// for this machine's CPU, in a temporary directory kept alive by the
-/// first value, or None where there is no C++20 compiler.
-fn build(program: &str) -> Option<(tempfile::TempDir, PathBuf)> {
+/// for this machine's CPU with `defines`, in a temporary directory kept
+/// alive by the first value, or None where there is no C++20 compiler.
+fn build(program: &str, defines: &[&str]) -> Option<(tempfile::TempDir, PathBuf)> {
     let dir = tempfile::tempdir().unwrap();
     for (name, text) in SOURCES {
         std::fs::write(dir.path().join(name), for_cpu(text)).unwrap();
     }
     let exe = dir.path().join(program);
     let compiled = Command::new("c++")
-        .args(["-std=c++20", "-O2", "-ffp-contract=off", "-pthread", "-w", &format!("-DTHREADS={THREADS}"), "-o"])
+        .args(["-std=c++20", "-O2", "-ffp-contract=off", "-pthread", "-w", &format!("-DTHREADS={THREADS}")])
+        .args(defines.iter().map(|d| format!("-D{d}")))
+        .arg("-o")
         .arg(&exe)
         .arg(dir.path().join(format!("{program}.cpp")))
         .output();
@@ -102,7 +104,7 @@ fn run(exe: &Path, rows: &[f32], vocab: usize, picks: &[Pick<'_>]) -> Vec<TokenI
 
 #[test]
 fn the_choice_kernel_on_cpu_threads_chooses_the_hosts_tokens() {
-    let Some((_dir, exe)) = build("choose_rows") else { return };
+    let Some((_dir, exe)) = build("choose_rows", &[]) else { return };
     // Rows of every kind the cuts meet: plain, few distinct values with
     // zeros of both signs (ties at every boundary), peaked, mostly banned,
     // and one masked and edited as a guide and penalties would.
@@ -158,7 +160,52 @@ fn the_choice_kernel_on_cpu_threads_chooses_the_hosts_tokens() {
     assert!(same as f64 >= 0.99 * sampled as f64, "{same}/{sampled} draws agree");
 }
 
-/// A paged f32 KV cache and query rows for the attention kernels: each
+/// How the emulated kernels' cache stores keys and values (the define that
+/// selects it, as the kernel crate compiles attention.cu per type).
+#[derive(Clone, Copy, Debug)]
+enum Cache {
+    F32,
+    F16,
+    E4m3,
+}
+
+impl Cache {
+    fn define(self) -> &'static [&'static str] {
+        match self {
+            Cache::F32 => &[],
+            Cache::F16 => &["WEFT_KV_F16"],
+            Cache::E4m3 => &["WEFT_KV_E4M3"],
+        }
+    }
+
+    /// `n` random values in this type: their bytes, and the f32 values they
+    /// stand for (what the reference computes with).
+    fn random(self, seed: u64, n: usize) -> (Vec<u8>, Vec<f32>) {
+        let x: Vec<f32> = synthetic_logits(seed, n).into_iter().map(|x| x / 6.0).collect();
+        match self {
+            Cache::F32 => (x.iter().flat_map(|v| v.to_le_bytes()).collect(), x),
+            Cache::F16 => {
+                let h: Vec<half::f16> = x.iter().map(|&v| half::f16::from_f32(v)).collect();
+                (h.iter().flat_map(|v| v.to_le_bytes()).collect(), h.iter().map(|v| v.to_f32()).collect())
+            }
+            Cache::E4m3 => {
+                // Codes of magnitude below 2 (exponent field 0..=7), both signs.
+                let codes: Vec<u8> = x.iter().map(|&v| ((v.to_bits() >> 9) as u8 & 0x3f) | if v < 0.0 { 0x80 } else { 0 }).collect();
+                let decoded = codes
+                    .iter()
+                    .map(|&b| {
+                        let (e, m) = ((b >> 3) & 15, (b & 7) as f32);
+                        let v = if e == 0 { m / 512.0 } else { (1.0 + m / 8.0) * 2f32.powi(e as i32 - 7) };
+                        if b & 0x80 != 0 { -v } else { v }
+                    })
+                    .collect();
+                (codes, decoded)
+            }
+        }
+    }
+}
+
+/// A paged KV cache and query rows for the attention kernels: each
 /// sequence's blocks scattered over the cache, every value random.
 struct Attention {
     n_heads: usize,
@@ -170,13 +217,15 @@ struct Attention {
     tables: Vec<Vec<u32>>,
     q_rows: usize,
     q: Vec<f32>,
+    /// The caches' bytes in the cache type, and the values they stand for.
+    k_bytes: Vec<u8>,
+    v_bytes: Vec<u8>,
     k: Vec<f32>,
     v: Vec<f32>,
 }
 
 impl Attention {
-    fn new(seed: u64, (n_heads, n_kv, head_dim, block_size): (usize, usize, usize, usize), seq_lens: &[usize], q_rows: usize) -> Self {
-        let random = |salt: u64, n: usize| synthetic_logits(seed * 7 + salt, n).into_iter().map(|x| x / 6.0).collect::<Vec<f32>>();
+    fn new(cache_type: Cache, seed: u64, (n_heads, n_kv, head_dim, block_size): (usize, usize, usize, usize), seq_lens: &[usize], q_rows: usize) -> Self {
         let needs: Vec<usize> = seq_lens.iter().map(|l| l.div_ceil(block_size)).collect();
         let num_blocks = needs.iter().sum::<usize>() + 3;
         let max_blocks = *needs.iter().max().unwrap();
@@ -184,6 +233,8 @@ impl Attention {
         let mut next = (0..num_blocks as u32).cycle().step_by(7).take(num_blocks);
         let tables = needs.iter().map(|&n| (0..max_blocks).map(|i| if i < n { next.next().unwrap() } else { 0 }).collect()).collect();
         let cache = num_blocks * block_size * n_kv * head_dim;
+        let (k_bytes, k) = cache_type.random(seed * 7 + 2, cache);
+        let (v_bytes, v) = cache_type.random(seed * 7 + 3, cache);
         Self {
             n_heads,
             n_kv,
@@ -193,9 +244,11 @@ impl Attention {
             max_blocks,
             tables,
             q_rows,
-            q: random(1, q_rows * n_heads * head_dim),
-            k: random(2, cache),
-            v: random(3, cache),
+            q: Cache::F32.random(seed * 7 + 1, q_rows * n_heads * head_dim).1,
+            k_bytes,
+            v_bytes,
+            k,
+            v,
         }
     }
 
@@ -209,9 +262,9 @@ impl Attention {
         let head = [mode as usize, self.n_heads, self.n_kv, self.head_dim, self.block_size, self.max_blocks, self.num_blocks, self.tables.len(), self.q_rows];
         input.extend(head.iter().flat_map(|&v| (v as u32).to_le_bytes()));
         input.extend(self.scale().to_le_bytes());
-        for values in [&self.q, &self.k, &self.v] {
-            input.extend(values.iter().flat_map(|x| x.to_le_bytes()));
-        }
+        input.extend(self.q.iter().flat_map(|x| x.to_le_bytes()));
+        input.extend(&self.k_bytes);
+        input.extend(&self.v_bytes);
         input.extend(self.tables.iter().flatten().flat_map(|b| b.to_le_bytes()));
         input
     }
@@ -262,41 +315,51 @@ impl Attention {
 const SHAPES: [(usize, usize, usize, usize); 4] = [(4, 2, 64, 16), (8, 2, 128, 8), (2, 2, 16, 16), (16, 1, 64, 16)];
 
 #[test]
-fn the_prefill_attention_kernel_on_cpu_threads_matches_f64_attention() {
-    let Some((_dir, exe)) = build("attention") else { return };
-    for (i, &shape) in SHAPES.iter().enumerate() {
+fn the_attention_kernels_on_cpu_threads_match_f64_attention_for_every_cache_type() {
+    // Every shape over the f32 cache; the 16-bit and 8-bit caches change
+    // only how a value is loaded, so two shapes each.
+    for (cache, shapes) in [(Cache::F32, &SHAPES[..]), (Cache::F16, &SHAPES[..2]), (Cache::E4m3, &SHAPES[..2])] {
+        let Some((_dir, exe)) = build("attention", cache.define()) else { return };
+        prefill(cache, &exe, shapes);
+        decode(cache, &exe, shapes);
+    }
+}
+
+/// Prefill tiles (`paged_attn_prefill`) against f64 attention.
+fn prefill(cache: Cache, exe: &Path, shapes: &[(usize, usize, usize, usize)]) {
+    for (i, &shape) in shapes.iter().enumerate() {
         // Sequence 0: a 40-token prompt from the start (rows 0..40); sequence
         // 1: a 20-token chunk at positions 30..50 (rows 40..60) over 30
         // cached tokens. Tiles of at most 16 rows: (table, first row, rows,
         // first row's length).
-        let a = Attention::new(i as u64, shape, &[40, 50], 60);
+        let a = Attention::new(cache, i as u64, shape, &[40, 50], 60);
         let tiles: [[u32; 4]; 5] = [[0, 0, 16, 1], [0, 16, 16, 17], [0, 32, 8, 33], [1, 40, 16, 31], [1, 56, 4, 47]];
         let mut input = a.input(0);
         input.extend((tiles.len() as u32).to_le_bytes());
         input.extend(tiles.iter().flatten().flat_map(|v| v.to_le_bytes()));
         let rows: Vec<(usize, usize, usize)> = (0..40).map(|r| (r, 0, r + 1)).chain((0..20).map(|r| (40 + r, 1, 31 + r))).collect();
-        let err = a.check(&run_program(&exe, &input), &rows);
-        println!("emulated paged_attn_prefill {shape:?}: relative error {err:.1e}");
-        assert!(err < 1e-5, "{shape:?}: relative error {err}");
+        let err = a.check(&run_program(exe, &input), &rows);
+        println!("emulated paged_attn_prefill, {cache:?} cache, {shape:?}: relative error {err:.1e}");
+        assert!(err < 1e-5, "{cache:?} cache, {shape:?}: relative error {err}");
     }
 }
 
-#[test]
-fn the_decode_attention_kernels_on_cpu_threads_match_f64_attention() {
-    let Some((_dir, exe)) = build("attention") else { return };
-    for (i, &shape) in SHAPES.iter().chain(&[(4, 4, 256, 16)]).enumerate() {
+/// Partitioned decode rows (`paged_attn_partial`, `paged_attn_reduce`)
+/// against f64 attention.
+fn decode(cache: Cache, exe: &Path, shapes: &[(usize, usize, usize, usize)]) {
+    for (i, &shape) in shapes.iter().chain(&[(4, 4, 256, 16)]).enumerate() {
         // Three decode rows, listed out of order (row_ids) over three
         // sequences (row_seq), of 1, 37 and 130 tokens: one, one and three
         // partitions of 64.
-        let a = Attention::new(10 + i as u64, shape, &[37, 1, 130], 3);
+        let a = Attention::new(cache, 10 + i as u64, shape, &[37, 1, 130], 3);
         let (row_ids, row_seq, lens) = ([2u32, 0, 1], [1u32, 0, 2], [1u32, 37, 130]);
         let mut input = a.input(1);
         for v in [3u32, 64, 3].iter().chain(&row_ids).chain(&row_seq).chain(&lens) {
             input.extend(v.to_le_bytes());
         }
         let rows: Vec<(usize, usize, usize)> = (0..3).map(|r| (row_ids[r] as usize, row_seq[r] as usize, lens[r] as usize)).collect();
-        let err = a.check(&run_program(&exe, &input), &rows);
-        println!("emulated paged_attn_partial + reduce {shape:?}: relative error {err:.1e}");
-        assert!(err < 1e-5, "{shape:?}: relative error {err}");
+        let err = a.check(&run_program(exe, &input), &rows);
+        println!("emulated paged_attn_partial + reduce, {cache:?} cache, {shape:?}: relative error {err:.1e}");
+        assert!(err < 1e-5, "{cache:?} cache, {shape:?}: relative error {err}");
     }
 }

@@ -17,6 +17,10 @@ typedef long long i64;
 
 __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
 
+#ifdef WEFT_ON_CPU
+// kernels/cuda/emulator runs these sources on CPU threads, without PTX: its
+// block.h supplies the same conversions.
+#else
 // IEEE half -> float; exact (every half is representable as a float).
 __device__ __forceinline__ float f16_to_f32(u16 h) {
     float f;
@@ -30,6 +34,7 @@ __device__ __forceinline__ u16 f32_to_f16(float f) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
+#endif
 
 // bfloat16 -> float; exact (bf16 is the high half of a float).
 __device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
