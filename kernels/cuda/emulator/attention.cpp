@@ -11,40 +11,29 @@
 // stdout: f32 out[q_rows][n_heads][head_dim] (NaN where nothing wrote).
 // Build: c++ -std=c++20 -O2 -ffp-contract=off -pthread
 #include "block.h"
-#include <cstdio>
 #include "attention.cu"
 
-template <class T>
-static std::vector<T> read(size_t n) {
-    std::vector<T> v(n);
-    if (fread(v.data(), sizeof(T), n, stdin) != n) {
-        fprintf(stderr, "attention: short input\n");
-        exit(2);
-    }
-    return v;
-}
-
 int main() {
-    const auto h = read<uint32_t>(9);
+    const auto h = emu::read<uint32_t>(9);
     const uint32_t mode = h[0], n_heads = h[1], n_kv = h[2], head_dim = h[3], block_size = h[4], max_blocks = h[5],
                    num_blocks = h[6], n_tables = h[7], q_rows = h[8];
-    const float scale = read<float>(1)[0];
-    const auto q = read<float>((size_t)q_rows * n_heads * head_dim);
+    const float scale = emu::read<float>(1)[0];
+    const auto q = emu::read<float>((size_t)q_rows * n_heads * head_dim);
     const size_t cache = (size_t)num_blocks * block_size * n_kv * head_dim;
-    const auto kc = read<KV_T>(cache), vc = read<KV_T>(cache);
-    const auto tables = read<uint32_t>((size_t)n_tables * max_blocks);
+    const auto kc = emu::read<KV_T>(cache), vc = emu::read<KV_T>(cache);
+    const auto tables = emu::read<uint32_t>((size_t)n_tables * max_blocks);
     std::vector<float> out(q.size(), std::nanf(""));
     if (mode == 0) {
-        const uint32_t n_tiles = read<uint32_t>(1)[0];
-        const auto tiles = read<uint32_t>(4 * (size_t)n_tiles);
+        const uint32_t n_tiles = emu::read<uint32_t>(1)[0];
+        const auto tiles = emu::read<uint32_t>(4 * (size_t)n_tiles);
         emu::run_grid(Dim3{n_heads, n_tiles, 1}, 128, [&] {
             paged_attn_prefill(q.data(), kc.data(), vc.data(), tables.data(), tiles.data(), out.data(), n_heads, n_kv,
                                head_dim, block_size, max_blocks, scale);
         });
     } else {
-        const auto d = read<uint32_t>(3);
+        const auto d = emu::read<uint32_t>(3);
         const uint32_t n_rows = d[0], part_len = d[1], n_parts = d[2];
-        const auto row_ids = read<uint32_t>(n_rows), row_seq = read<uint32_t>(n_rows), lens = read<uint32_t>(n_rows);
+        const auto row_ids = emu::read<uint32_t>(n_rows), row_seq = emu::read<uint32_t>(n_rows), lens = emu::read<uint32_t>(n_rows);
         const size_t parts = (size_t)n_rows * n_heads * n_parts;
         std::vector<float> part_m(parts, std::nanf("")), part_l(parts, std::nanf("")), part_acc(parts * head_dim, std::nanf(""));
         const unsigned threads = std::max(128u, head_dim);

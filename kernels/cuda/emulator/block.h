@@ -10,9 +10,9 @@
 // ordering, timing and occupancy; other inline PTX (compiled out, so
 // kernels that use it cannot run here).
 //
-// Used by the backend's `emulated` tests (choose.cu's choice kernel,
-// attention.cu's f32 attention kernels); needs C++20 (<barrier>,
-// std::atomic_ref).
+// Used by the backend's `emulated` tests (choose.cu's kernels through
+// choose_tokens.cpp, attention.cu's through attention.cpp); needs C++20
+// (<barrier>, std::atomic_ref).
 #pragma once
 
 #include <algorithm>
@@ -20,6 +20,8 @@
 #include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -82,6 +84,18 @@ T exchange(T v, int from) {
     }
     warp_sync();
     return out;
+}
+
+// The next `n` values of type T from stdin (a harness's input); exits on
+// short input.
+template <class T>
+std::vector<T> read(size_t n) {
+    std::vector<T> v(n);
+    if (fread(v.data(), sizeof(T), n, stdin) != n) {
+        fprintf(stderr, "emulator: short input\n");
+        exit(2);
+    }
+    return v;
 }
 
 // Run `kernel` as block `block` of a grid `grid`, with `threads` threads

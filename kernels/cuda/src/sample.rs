@@ -220,18 +220,33 @@ impl FlatPicks {
     }
 }
 
-/// Where each of [`FlatPicks`]' arrays starts in its packed upload.
-struct Packed {
-    words: Vec<u32>,
-    /// Start of each array, in the order of [`FlatPicks::pack`].
-    at: [usize; 13],
+/// The one upload [`CudaKernels::choose_tokens`] makes for its picks: every
+/// array the three kernels read, packed in 32-bit words. Public so that
+/// the kernels can be run on CPU threads with exactly these arrays
+/// (kernels/cuda/emulator/choose_tokens.cpp).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedPicks {
+    pub words: Vec<u32>,
+    /// Start of each array in `words`: uniforms (f64), rows, mask offsets,
+    /// masks, segment picks, segment tokens, segment starts, edit kinds,
+    /// edit values (f32), temperatures (f32), top-k, top-p (f32), min-p
+    /// (f32).
+    pub at: [usize; 13],
+    /// Edited (pick, token) pairs: the `edit_rows` threads.
+    pub segments: usize,
+}
+
+/// [`PackedPicks`] for `picks` over `rows` rows of `vocab` logits,
+/// checked as [`CudaKernels::choose_tokens`] checks them.
+pub fn pack_picks(picks: &[Pick<'_>], rows: usize, vocab: usize) -> Result<PackedPicks> {
+    Ok(FlatPicks::new(picks, rows, vocab)?.pack())
 }
 
 impl FlatPicks {
     /// Every array in one buffer of 32-bit words (floats by their bits),
     /// each starting at an even word so the doubles stay 8-byte aligned:
     /// one upload a step instead of thirteen.
-    fn pack(&self) -> Packed {
+    fn pack(&self) -> PackedPicks {
         let mut words: Vec<u32> = Vec::new();
         let mut at = [0; 13];
         let mut push = |i: usize, part: &mut dyn Iterator<Item = u32>| {
@@ -261,7 +276,7 @@ impl FlatPicks {
         // The kernels never read past an array's own entries; one spare
         // word keeps an empty last array's view inside the buffer.
         words.push(0);
-        Packed { words, at }
+        PackedPicks { words, at, segments: self.seg_pick.len() }
     }
 }
 
@@ -279,8 +294,7 @@ impl CudaKernels {
             return Err(CudaError::invalid(OP, format!("{} picks; at most {MAX_GRID_YZ} a call", picks.len())));
         }
         self.check_buf(OP, "logits", logits, rows * vocab)?;
-        let flat = FlatPicks::new(picks, rows, vocab)?;
-        let Packed { words, at } = flat.pack();
+        let PackedPicks { words, at, segments } = pack_picks(picks, rows, vocab)?;
         let buf = self.upload(&words)?;
         let part = |i: usize| buf.slice(at[i]..);
         let n = picks.len();
@@ -298,7 +312,6 @@ impl CudaKernels {
         // SAFETY: rows are below `rows` and masks hold every row's words from its offset (checked in FlatPicks::new).
         unsafe { b.launch(cfg) }.map_err(driver("launching pick_rows"))?;
 
-        let segments = flat.seg_pick.len();
         if segments > 0 {
             let segments_i = arg_i32(OP, "segments", segments)?;
             let func = self.function(CHOOSE, None, "edit_rows")?;
@@ -362,7 +375,8 @@ mod tests {
         let edits = [(3, LogitEdit::Add(0.5))];
         let picks = [Pick { row: 2, mask: None, edits: &edits, cuts, uniform: 0.3 }; 3];
         let f = FlatPicks::new(&picks, 3, 100).unwrap();
-        let Packed { words, at } = f.pack();
+        let PackedPicks { words, at, segments } = f.pack();
+        assert_eq!(segments, 3);
         assert!(at.iter().all(|a| a % 2 == 0), "{at:?}");
         let u = f64::from_bits(words[at[0]] as u64 | (words[at[0] + 1] as u64) << 32);
         assert_eq!(u, 0.3);

@@ -102,3 +102,9 @@ pub const CUTS: [(f32, u32, f32, f32); 10] = [
     (2.0, 0, 0.3, 0.0),
     (0.9, 3, 0.99, 0.2),
 ];
+
+/// A pick in a line: its row, whether it is masked, how many edits, its
+/// cuts and draw (a pick's Debug prints the whole mask).
+pub fn pick_summary(p: &weft_types::Pick<'_>) -> String {
+    format!("row {}, masked {}, {} edits, {:?}, uniform {}", p.row, p.mask.is_some(), p.edits.len(), p.cuts, p.uniform)
+}

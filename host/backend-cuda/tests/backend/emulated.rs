@@ -1,7 +1,8 @@
 //! Kernels compiled as C++ and run on CPU threads
 //! (kernels/cuda/emulator/block.h: one thread per CUDA thread, barriers
 //! and warp shuffles emulated), against references on the host: the
-//! choice kernel (`choose_rows` in choose.cu) against the host's choices,
+//! choice kernels (choose.cu, from the upload `choose_tokens` makes)
+//! against the host's choices,
 //! and the attention kernels (`paged_attn_prefill`, and
 //! `paged_attn_partial` with `paged_attn_reduce`) over f32, f16 and FP8
 //! E4M3 caches against attention in f64. They check the kernels' logic where there is no GPU (tiling,
@@ -17,11 +18,11 @@ use weft_engine::sampling::{HostRows, nucleus, param_edits, synthetic_logits, un
 use weft_types::logits::{apply_edits, apply_mask};
 use weft_types::{Cuts, LogitsRows, Pick, SamplingParams, TokenId};
 
-use crate::common::CUTS;
+use crate::common::{CUTS, pick_summary};
 
 const SOURCES: [(&str, &str); 6] = [
     ("block.h", include_str!("../../../../kernels/cuda/emulator/block.h")),
-    ("choose_rows.cpp", include_str!("../../../../kernels/cuda/emulator/choose_rows.cpp")),
+    ("choose_tokens.cpp", include_str!("../../../../kernels/cuda/emulator/choose_tokens.cpp")),
     ("attention.cpp", include_str!("../../../../kernels/cuda/emulator/attention.cpp")),
     ("choose.cu", include_str!("../../../../kernels/cuda/src/kernels/choose.cu")),
     ("attention.cu", include_str!("../../../../kernels/cuda/src/kernels/attention.cu")),
@@ -48,7 +49,7 @@ fn for_cpu(source: &str) -> String {
         .join("\n")
 }
 
-/// The emulator program `program` (`choose_rows` or `attention`) compiled
+/// The emulator program `program` (`choose_tokens` or `attention`) compiled
 /// for this machine's CPU with `defines`, in a temporary directory kept
 /// alive by the first value, or None where there is no C++20 compiler.
 fn build(program: &str, defines: &[&str]) -> Option<(tempfile::TempDir, PathBuf)> {
@@ -83,38 +84,41 @@ fn run_program(exe: &Path, input: &[u8]) -> Vec<u8> {
     out.stdout
 }
 
-/// `choose_rows` over `rows` (prepared rows of `vocab`) for `picks` (no
-/// masks or edits: the rows carry them).
-fn run(exe: &Path, rows: &[f32], vocab: usize, picks: &[Pick<'_>]) -> Vec<TokenId> {
+/// The choice kernels over `rows` (rows of `vocab` logits) for `picks`,
+/// from the packed upload `choose_tokens` makes.
+fn choose_on_cpu(exe: &Path, rows: &[f32], vocab: usize, picks: &[Pick<'_>]) -> Vec<TokenId> {
+    let packed = weft_kernels_cuda::pack_picks(picks, rows.len() / vocab, vocab).unwrap();
     let mut input = Vec::new();
-    for v in [(rows.len() / vocab) as u32, vocab as u32, picks.len() as u32] {
-        input.extend(v.to_le_bytes());
+    for v in [rows.len() / vocab, vocab, picks.len(), packed.segments, packed.words.len()] {
+        input.extend((v as u32).to_le_bytes());
     }
     input.extend(rows.iter().flat_map(|v| v.to_le_bytes()));
-    for p in picks {
-        input.extend(p.cuts.temperature.to_le_bytes());
-        input.extend(p.cuts.top_k.to_le_bytes());
-        input.extend(p.cuts.top_p.to_le_bytes());
-        input.extend(p.cuts.min_p.to_le_bytes());
-        input.extend(p.uniform.to_le_bytes());
-        input.extend((p.row as u32).to_le_bytes());
-    }
+    input.extend(packed.words.iter().flat_map(|w| w.to_le_bytes()));
+    input.extend(packed.at.iter().flat_map(|&a| (a as u32).to_le_bytes()));
     run_program(exe, &input).chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
 }
 
 #[test]
-fn the_choice_kernel_on_cpu_threads_chooses_the_hosts_tokens() {
-    let Some((_dir, exe)) = build("choose_rows", &[]) else { return };
+fn the_choice_kernels_on_cpu_threads_choose_the_hosts_tokens() {
+    let Some((_dir, exe)) = build("choose_tokens", &[]) else { return };
     // Rows of every kind the cuts meet: plain, few distinct values with
-    // zeros of both signs (ties at every boundary), peaked, mostly banned,
-    // and one masked and edited as a guide and penalties would.
+    // zeros of both signs (ties at every boundary), peaked, mostly banned;
+    // and every row also picked through a guide's mask and the edits a
+    // sequence's penalties and bias make.
     let vocab = 4099;
     let history: Vec<TokenId> = (0..60).map(|i| (i * 37 % vocab) as TokenId).collect();
-    let params = SamplingParams { repetition_penalty: 1.3, presence_penalty: 0.4, frequency_penalty: 0.2, logit_bias: vec![(5, 3.0)], ..SamplingParams::default() };
+    let params = SamplingParams {
+        repetition_penalty: 1.3,
+        presence_penalty: 0.4,
+        frequency_penalty: 0.2,
+        logit_bias: vec![(5, 3.0), (9, -100.0)],
+        ignore_eos: true,
+        ..SamplingParams::default()
+    };
     let edits = param_edits(&params, &history, 20, &[2], vocab);
     let mask: Vec<u32> = (0..vocab.div_ceil(32)).map(|w| 0x0f0f_0f0fu32.rotate_left(w as u32)).collect();
     let mut rows = Vec::new();
-    for kind in 0..5u64 {
+    for kind in 0..4u64 {
         let mut row = synthetic_logits(kind + 11, vocab);
         match kind {
             1 => row.iter_mut().enumerate().for_each(|(i, l)| {
@@ -123,10 +127,6 @@ fn the_choice_kernel_on_cpu_threads_chooses_the_hosts_tokens() {
             }),
             2 => row.iter_mut().for_each(|l| *l *= 3.0),
             3 => row.iter_mut().enumerate().filter(|(i, _)| i % 3 != 0).for_each(|(_, l)| *l = f32::NEG_INFINITY),
-            4 => {
-                apply_mask(&mut row, &mask);
-                apply_edits(&mut row, &edits);
-            }
             _ => {}
         }
         rows.extend(row);
@@ -134,29 +134,36 @@ fn the_choice_kernel_on_cpu_threads_chooses_the_hosts_tokens() {
     let host = HostRows::new(rows.clone(), vocab);
     let mut picks = Vec::new();
     for row in 0..host.len() {
-        for &(temperature, top_k, top_p, min_p) in &CUTS {
-            for draw in 0..4u64 {
-                let cuts = Cuts { temperature, top_k, top_p, min_p };
-                picks.push(Pick { row, mask: None, edits: &[], cuts, uniform: uniform(row as u64 + 3, draw) });
+        for (&(temperature, top_k, top_p, min_p), draw) in CUTS.iter().zip(0u64..) {
+            let cuts = Cuts { temperature, top_k, top_p, min_p };
+            for (mask, edits) in [(None, &[][..]), (Some(&mask[..]), &edits[..])] {
+                for again in 0..2 {
+                    picks.push(Pick { row, mask, edits, cuts, uniform: uniform(row as u64 + 3, 2 * draw + again) });
+                }
             }
         }
     }
-    let ours = run(&exe, &rows, vocab, &picks);
-    assert_eq!(run(&exe, &rows, vocab, &picks), ours, "the same picks give the same tokens");
+    let ours = choose_on_cpu(&exe, &rows, vocab, &picks);
+    assert_eq!(choose_on_cpu(&exe, &rows, vocab, &picks), ours, "the same picks give the same tokens");
     let reference = host.choose(&picks).unwrap();
     let (mut sampled, mut same) = (0, 0);
     for ((p, &o), &r) in picks.iter().zip(&ours).zip(&reference) {
         if p.cuts.is_greedy() {
-            assert_eq!(o, r, "greedy pick {p:?}");
+            assert_eq!(o, r, "greedy pick {}", pick_summary(p));
             continue;
         }
+        let mut row = host.row(p.row).unwrap().into_owned();
+        if let Some(mask) = p.mask {
+            apply_mask(&mut row, mask);
+        }
+        apply_edits(&mut row, p.edits);
         let c = p.cuts;
-        let kept = nucleus(&host.row(p.row).unwrap(), c.temperature, c.top_k, c.top_p, c.min_p);
-        assert!(kept.iter().any(|k| k.0 == o), "token {o} is outside the host's nucleus of {} for {p:?}", kept.len());
+        let kept = nucleus(&row, c.temperature, c.top_k, c.top_p, c.min_p);
+        assert!(kept.iter().any(|k| k.0 == o), "token {o} is outside the host's nucleus of {} for {}", kept.len(), pick_summary(p));
         sampled += 1;
         same += usize::from(o == r);
     }
-    println!("emulated choose_rows: {same}/{sampled} sampled picks the host's token, all inside its nucleus, repeated exactly");
+    println!("emulated choice kernels: {same}/{sampled} sampled picks the host's token, all inside its nucleus, repeated exactly");
     assert!(same as f64 >= 0.99 * sampled as f64, "{same}/{sampled} draws agree");
 }
 

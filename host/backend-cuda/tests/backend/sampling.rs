@@ -12,7 +12,7 @@ use weft_engine::sampling::{HostRows, nucleus, param_edits, synthetic_logits, un
 use weft_types::logits::{apply_edits, apply_mask};
 use weft_types::{Cuts, LogitEdit, LogitsRows, Pick, SamplingParams, TokenId};
 
-use crate::common::{CUTS, all_logits_rows, cuda, default_model, have_gpu};
+use crate::common::{CUTS, all_logits_rows, cuda, default_model, have_gpu, pick_summary};
 
 /// The default model's logits at every position of `text` on the GPU, the
 /// same rows on the host, and the tokens; None (after saying why) without
@@ -84,7 +84,7 @@ fn check_against_host(host: &HostRows, picks: &[Pick<'_>], ours: &[TokenId]) -> 
     let (mut sampled, mut same) = (0, 0);
     for ((p, &o), &r) in picks.iter().zip(ours).zip(&reference) {
         if p.cuts.is_greedy() {
-            assert_eq!(o, r, "greedy pick {p:?}");
+            assert_eq!(o, r, "greedy pick {}", pick_summary(p));
             continue;
         }
         let mut row = host.row(p.row).unwrap().into_owned();
@@ -94,7 +94,7 @@ fn check_against_host(host: &HostRows, picks: &[Pick<'_>], ours: &[TokenId]) -> 
         apply_edits(&mut row, p.edits);
         let c = p.cuts;
         let kept = nucleus(&row, c.temperature, c.top_k, c.top_p, c.min_p);
-        assert!(kept.iter().any(|k| k.0 == o), "token {o} is outside the host's nucleus of {} for {p:?}", kept.len());
+        assert!(kept.iter().any(|k| k.0 == o), "token {o} is outside the host's nucleus of {} for {}", kept.len(), pick_summary(p));
         sampled += 1;
         same += usize::from(o == r);
     }
