@@ -600,3 +600,39 @@ impl CudaBackend {
 pub fn open(model: &Arc<LlamaModel>, options: CudaOptions) -> Result<Box<dyn Backend>, OpenError> {
     Ok(Box::new(CudaBackend::new(model, options)?))
 }
+
+#[cfg(test)]
+mod tests {
+    use weft_engine::model::BatchToken;
+
+    use super::*;
+
+    #[test]
+    fn a_steps_host_index_names_each_tokens_slot_length_and_logits_row() {
+        // Sequence 0 decodes position 5 (blocks 7 then 2 of size 4);
+        // sequence 1 prefills positions 0..3 (block 9), wanting the last.
+        let (t0, t1) = ([7u32, 2], [9u32]);
+        let token = |token, pos, seq, logits| BatchToken { token, pos, seq, logits };
+        let batch = ForwardBatch {
+            tokens: vec![token(11, 5, 0, true), token(20, 0, 1, false), token(21, 1, 1, false), token(22, 2, 1, true)],
+            block_tables: vec![&t0, &t1],
+        };
+        let index = HostIndex::new(&batch, 4);
+        assert_eq!(index.ids, [11, 20, 21, 22]);
+        assert_eq!(index.positions, [5, 0, 1, 2]);
+        assert_eq!(index.slots, [2 * 4 + 1, 9 * 4, 9 * 4 + 1, 9 * 4 + 2]);
+        assert_eq!(index.max_blocks, 2);
+        assert_eq!(index.tables, [7, 2, 9, 0]);
+        assert_eq!((index.row_seq.as_slice(), index.lens.as_slice()), ([0, 1, 1, 1].as_slice(), [6, 1, 2, 3].as_slice()));
+        assert_eq!(index.wanted, [0, 3]);
+        assert!(!index.single_rows(), "sequence 1 has three rows");
+
+        // A decode step: one row per sequence; a 3-block table pads to 4.
+        let (t0, t1) = ([1u32, 2, 3], [4u32]);
+        let batch = ForwardBatch { tokens: vec![token(1, 9, 0, true), token(2, 0, 1, true)], block_tables: vec![&t0, &t1] };
+        let index = HostIndex::new(&batch, 4);
+        assert!(index.single_rows());
+        assert_eq!((index.max_blocks, index.tables.as_slice()), (4, [1, 2, 3, 0, 4, 0, 0, 0].as_slice()));
+        assert_eq!(index.slots, [3 * 4 + 1, 4 * 4]);
+    }
+}
