@@ -2,7 +2,7 @@
 //! chunked prefill, cancellation and batch invariance.
 
 use weft_engine::Engine;
-use weft_types::{LogProbs, LogitsError, LogitsRows, Pick, SamplingParams, StopReason};
+use weft_types::{LogProbs, LogitEdit, LogitsError, LogitsRows, Pick, SamplingParams, StopReason};
 use weft_tests::{default_model, engine_with, request, run_to_completion, tokens_of};
 
 const PROMPTS: [&str; 9] = [
@@ -237,6 +237,9 @@ impl LogitsRows for FailingRows {
     }
     fn log_probs(&self, i: usize, token: u32, top: usize) -> Result<LogProbs, LogitsError> {
         self.0.log_probs(i, token, top)
+    }
+    fn top_k(&self, i: usize, mask: Option<&[u32]>, edits: &[(u32, LogitEdit)], k: usize) -> Result<Vec<(u32, f32)>, LogitsError> {
+        self.0.top_k(i, mask, edits, k)
     }
 }
 

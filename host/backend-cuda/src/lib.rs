@@ -32,7 +32,7 @@ use thiserror::Error;
 use weft_engine::model::{ForwardBatch, LlamaModel, ModelConfig, RopeLayout as HostRopeLayout, Weight};
 use weft_engine::{Backend, BackendError};
 use weft_kernels_cpu::WeightType as HostType;
-use weft_types::{LogProbs, LogitsError, LogitsRows, Pick, TokenId};
+use weft_types::{LogProbs, LogitEdit, LogitsError, LogitsRows, Pick, TokenId};
 use weft_kernels_cuda::{
     AttentionPlan, AttentionRows, CudaError, CudaKernels, DeviceBuffer, DeviceMatrix, Graph, KvCacheShape, KvSlots,
     KvType, PagedKv, RopeLayout, RopeTable, TokenIds, TopK, WeightType,
@@ -568,6 +568,29 @@ impl LogitsRows for DeviceRows {
             return Ok(Vec::new());
         }
         self.kernels.choose_tokens(self.buffer()?, self.rows, self.vocab, picks).map_err(|e| self.error(e))
+    }
+
+    /// The top-k kernel over the edited row (past its largest k, the row is
+    /// edited and ranked on the host).
+    fn top_k(&self, i: usize, mask: Option<&[u32]>, edits: &[(TokenId, LogitEdit)], k: usize) -> Result<Vec<(TokenId, f32)>, LogitsError> {
+        let k = k.min(self.vocab);
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        if k > weft_kernels_cuda::MAX_TOP_K {
+            let mut row = self.row(i)?.into_owned();
+            if let Some(mask) = mask {
+                weft_types::logits::apply_mask(&mut row, mask);
+            }
+            weft_types::logits::apply_edits(&mut row, edits);
+            return Ok(weft_engine::sampling::largest(&row, k));
+        }
+        // Cuts and draw are not used: only the edited row is.
+        let cuts = weft_types::Cuts { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0 };
+        let pick = Pick { row: i, mask, edits, cuts, uniform: 0.0 };
+        let found = self.kernels.top_k_of_picks(self.buffer()?, self.rows, self.vocab, &[pick], k).map_err(|e| self.error(e))?;
+        let TopK { ids, logits, .. } = found.into_iter().next().expect("one pick asked, one answered");
+        Ok(ids.into_iter().zip(logits).collect())
     }
 
     /// The top-k kernel over the one row (at least its argmax), plus the

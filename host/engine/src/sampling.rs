@@ -64,6 +64,24 @@ impl HostRows {
     fn slice(&self, i: usize) -> &[f32] {
         &self.data[i * self.vocab..(i + 1) * self.vocab]
     }
+
+    /// `f` of row `i` with `mask` and then `edits` applied: the row itself
+    /// when there are none, else an edited copy in the thread's scratch.
+    fn edited<T>(&self, i: usize, mask: Option<&[u32]>, edits: &[(TokenId, LogitEdit)], f: impl FnOnce(&[f32]) -> T) -> T {
+        let raw = self.slice(i);
+        if mask.is_none() && edits.is_empty() {
+            return f(raw);
+        }
+        EDITED.with_borrow_mut(|row| {
+            row.clear();
+            row.extend_from_slice(raw);
+            if let Some(mask) = mask {
+                apply_mask(row, mask);
+            }
+            weft_types::logits::apply_edits(row, edits);
+            f(row)
+        })
+    }
 }
 
 impl LogitsRows for HostRows {
@@ -84,24 +102,11 @@ impl LogitsRows for HostRows {
     }
 
     fn choose(&self, picks: &[Pick<'_>]) -> Result<Vec<TokenId>, LogitsError> {
-        Ok(picks
-            .iter()
-            .map(|p| {
-                let raw = self.slice(p.row);
-                if p.mask.is_none() && p.edits.is_empty() {
-                    return choose(raw, p.cuts, p.uniform);
-                }
-                EDITED.with_borrow_mut(|row| {
-                    row.clear();
-                    row.extend_from_slice(raw);
-                    if let Some(mask) = p.mask {
-                        apply_mask(row, mask);
-                    }
-                    weft_types::logits::apply_edits(row, p.edits);
-                    choose(row, p.cuts, p.uniform)
-                })
-            })
-            .collect())
+        Ok(picks.iter().map(|p| self.edited(p.row, p.mask, p.edits, |row| choose(row, p.cuts, p.uniform))).collect())
+    }
+
+    fn top_k(&self, i: usize, mask: Option<&[u32]>, edits: &[(TokenId, LogitEdit)], k: usize) -> Result<Vec<(TokenId, f32)>, LogitsError> {
+        Ok(self.edited(i, mask, edits, |row| largest(row, k)))
     }
 
     fn log_probs(&self, i: usize, token: TokenId, top: usize) -> Result<LogProbs, LogitsError> {

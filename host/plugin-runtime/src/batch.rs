@@ -5,11 +5,12 @@
 //! one `choose` call. The raw logits (which log-probabilities are reported
 //! from) are never changed: a row's adjustments are kept as a list of
 //! sparse edits. A choice (`choose-rows`, `sample-by-params`, `sample`)
-//! hands the edits, the guide's mask and the cuts to the rows' owner, which
-//! applies them to its own copy of the row where the row is: on the CUDA
-//! backend no row crosses to the host. Reads (`logits`, `top-k`,
-//! `nucleus`) build the edited row on the host, in one scratch buffer
-//! shared by all rows; going back to an earlier row rebuilds it. Every
+//! and `top-k` hand the edits, the guide's mask (and the cuts) to the
+//! rows' owner, which applies them to its own copy of the row where the
+//! row is: on the CUDA backend no row crosses to the host. Reads of a
+//! whole row (`logits`, `nucleus`) build the edited row on the host, in
+//! one scratch buffer shared by all rows; going back to an earlier row
+//! rebuilds it. Every
 //! argument from the guest is checked: a row or token out of range, a
 //! non-finite temperature or an oversized list traps the call.
 
@@ -143,6 +144,16 @@ impl StepView {
             log.push((t, edit));
         }
         Ok(())
+    }
+
+    /// The row's `k` largest logits with its mask and edits applied: from
+    /// the scratch when it holds the row, else where the rows are.
+    fn top_k(&mut self, row: u32, k: usize) -> Result<Vec<(TokenId, f32)>> {
+        if self.built == Some(row) {
+            return Ok(weft_engine::sampling::largest(&self.scratch, k));
+        }
+        let r = *self.row(row)?;
+        r.logits.top_k(r.row, r.mask, &self.edits[row as usize], k).map_err(|e| self.device_failed(e))
     }
 
     /// One token per `(row, cuts)`, chosen where the rows are (on the
@@ -282,8 +293,7 @@ impl HostBatch for StoreState {
     }
 
     fn top_k(&mut self, _: Resource<BatchHandle>, row: u32, k: u32) -> Result<Vec<Candidate>> {
-        let logits = self.view_mut()?.logits(row)?;
-        let top = weft_engine::sampling::largest(logits, k as usize);
+        let top = self.view_mut()?.top_k(row, k as usize)?;
         let max = top.first().map_or(0.0, |c| c.1 as f64);
         Ok(top.into_iter().map(|(token, logit)| Candidate { token, logit, weight: (logit as f64 - max).exp() }).collect())
     }

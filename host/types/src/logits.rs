@@ -148,6 +148,11 @@ pub trait LogitsRows {
     /// tokens (what prompt scores and reported log-probabilities read),
     /// computed where the row is.
     fn log_probs(&self, i: usize, token: TokenId, top: usize) -> Result<LogProbs, LogitsError>;
+
+    /// The `k` largest logits of row `i` with `mask` and then `edits`
+    /// applied, largest first (ties by lower id), computed where the row
+    /// is (a sampler plugin's `top-k`).
+    fn top_k(&self, i: usize, mask: Option<&[u32]>, edits: &[(TokenId, LogitEdit)], k: usize) -> Result<Vec<(TokenId, f32)>, LogitsError>;
 }
 
 /// One token per `(rows, pick)`, in order, with each distinct set of rows

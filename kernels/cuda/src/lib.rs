@@ -44,7 +44,7 @@ pub use gemv::GemvPath;
 pub use gemv::TokenIds;
 pub use layers::{RopeLayout, RopeTable};
 pub use runtime::compile_all_for_sm;
-pub use sample::{PackedPicks, TopK, pack_picks};
+pub use sample::{MAX_K as MAX_TOP_K, PackedPicks, TopK, pack_picks};
 pub use weights::{DeviceMatrix, WeightType};
 
 /// The CUDA binding this crate is built on, for callers that need its types.

@@ -290,19 +290,52 @@ impl CudaKernels {
         if picks.is_empty() {
             return Ok(Vec::new());
         }
+        let prepared = self.edited_rows(logits, rows, vocab, picks)?;
+        let (n, part) = (picks.len(), |i: usize| prepared.upload.slice(prepared.at[i]..));
+        let vocab_i = arg_i32(OP, "vocab", vocab)?;
+        // SAFETY: written by choose_rows (one token per block) before it is read.
+        let out = unsafe { self.stream.alloc::<u32>(n) }.map_err(driver("allocating the picks' tokens"))?;
+        let func = self.function(CHOOSE, None, "choose_rows")?;
+        let cfg = launch_cfg((n as u32, 1, 1), CHOOSE_THREADS, 0);
+        let mut b = self.stream.launch_builder(&func);
+        let (temperature, top_k, top_p, min_p, uniform) = (part(9), part(10), part(11), part(12), part(0));
+        b.arg(&prepared.work).arg(&vocab_i).arg(&temperature).arg(&top_k).arg(&top_p).arg(&min_p).arg(&uniform).arg(&out);
+        // SAFETY: n blocks, each on its own row of work; one output each.
+        unsafe { b.launch(cfg) }.map_err(driver("launching choose_rows"))?;
+        let tokens = self.download(&out)?;
+        if let Some(p) = tokens.iter().position(|&t| t as usize >= vocab) {
+            return Err(CudaError::invalid(OP, format!("the kernel left pick {p} without a token ({})", tokens[p])));
+        }
+        Ok(tokens)
+    }
+
+    /// The `k` largest logits (largest first, ties by lower id) of each
+    /// pick's row with its mask and edits applied, and the row's
+    /// log-sum-exp after them; the picks' cuts and draws are not used.
+    pub fn top_k_of_picks(&self, logits: &CudaSlice<f32>, rows: usize, vocab: usize, picks: &[Pick<'_>], k: usize) -> Result<Vec<TopK>> {
+        if picks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prepared = self.edited_rows(logits, rows, vocab, picks)?;
+        self.top_k_logprobs(&prepared.work, 0..picks.len(), vocab, k)
+    }
+
+    /// Each pick's row, masked and edited, in a new buffer of
+    /// `picks × vocab` (`pick_rows`, then `edit_rows`), with the packed
+    /// upload the later kernels read their arrays from.
+    fn edited_rows(&self, logits: &CudaSlice<f32>, rows: usize, vocab: usize, picks: &[Pick<'_>]) -> Result<EditedRows> {
+        const OP: &str = "choose";
         if picks.len() > MAX_GRID_YZ {
             return Err(CudaError::invalid(OP, format!("{} picks; at most {MAX_GRID_YZ} a call", picks.len())));
         }
         self.check_buf(OP, "logits", logits, rows * vocab)?;
         let PackedPicks { words, at, segments } = pack_picks(picks, rows, vocab)?;
-        let buf = self.upload(&words)?;
-        let part = |i: usize| buf.slice(at[i]..);
+        let upload = self.upload(&words)?;
+        let part = |i: usize| upload.slice(at[i]..);
         let n = picks.len();
         let vocab_i = arg_i32(OP, "vocab", vocab)?;
-        // SAFETY (both): every element is written by a kernel below (work
-        // by pick_rows, out by choose_rows) before it is read.
+        // SAFETY: every element is written by pick_rows before it is read.
         let work = unsafe { self.stream.alloc::<f32>(n * vocab) }.map_err(driver("allocating the picks' rows"))?;
-        let out = unsafe { self.stream.alloc::<u32>(n) }.map_err(driver("allocating the picks' tokens"))?;
 
         let func = self.function(CHOOSE, None, "pick_rows")?;
         let cfg = launch_cfg((vocab.div_ceil(THREADS as usize).min(64) as u32, n as u32, 1), THREADS, 0);
@@ -323,20 +356,15 @@ impl CudaKernels {
             // SAFETY: segment picks are below n, tokens below vocab, starts index the op arrays.
             unsafe { b.launch(cfg) }.map_err(driver("launching edit_rows"))?;
         }
-
-        let func = self.function(CHOOSE, None, "choose_rows")?;
-        let cfg = launch_cfg((n as u32, 1, 1), CHOOSE_THREADS, 0);
-        let mut b = self.stream.launch_builder(&func);
-        let (temperature, top_k, top_p, min_p, uniform) = (part(9), part(10), part(11), part(12), part(0));
-        b.arg(&work).arg(&vocab_i).arg(&temperature).arg(&top_k).arg(&top_p).arg(&min_p).arg(&uniform).arg(&out);
-        // SAFETY: n blocks, each on its own row of work; one output each.
-        unsafe { b.launch(cfg) }.map_err(driver("launching choose_rows"))?;
-        let tokens = self.download(&out)?;
-        if let Some(p) = tokens.iter().position(|&t| t as usize >= vocab) {
-            return Err(CudaError::invalid(OP, format!("the kernel left pick {p} without a token ({})", tokens[p])));
-        }
-        Ok(tokens)
+        Ok(EditedRows { work, upload, at })
     }
+}
+
+/// [`CudaKernels::edited_rows`]' result.
+struct EditedRows {
+    work: CudaSlice<f32>,
+    upload: CudaSlice<u32>,
+    at: [usize; 13],
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@
 //! draws (the device sums weights in another order, so a draw that lands
 //! within rounding of a boundary may move). The same holds on synthetic
 //! rows full of exact ties and signed zeros, and the device gives the
-//! same tokens every time. Log-probabilities read on the device match the
-//! host's.
+//! same tokens every time. Log-probabilities read on the device, and a
+//! plugin's top-k over an edited row, match the host's.
 
 use weft_engine::sampling::{HostRows, nucleus, param_edits, synthetic_logits, uniform};
 use weft_types::logits::{apply_edits, apply_mask};
@@ -159,4 +159,26 @@ fn device_choices_on_tied_rows_are_the_hosts_and_repeat_exactly() {
     assert_eq!(k.choose_tokens(&device, rows, vocab, &picks).unwrap(), ours, "the same picks give the same tokens");
     let (sampled, same) = check_against_host(&host, &picks, &ours);
     println!("RESULT device sampling: tied rows, {same}/{sampled} sampled picks the host's token, all inside its nucleus, repeated exactly");
+}
+
+#[test]
+fn a_plugins_top_k_runs_on_the_device_as_on_the_host() {
+    let Some((device, host, tokens)) = rows_of("sampling::top_k", "A sampler plugin asks for the most likely tokens of a row.") else {
+        return;
+    };
+    let vocab = host.vocab();
+    let params = SamplingParams { repetition_penalty: 1.5, logit_bias: vec![(tokens[0], 50.0)], ..SamplingParams::default() };
+    let edits = param_edits(&params, &tokens, 2, &[], vocab);
+    let mask: Vec<u32> = (0..vocab.div_ceil(32)).map(|w| if w % 2 == 0 { u32::MAX } else { 0x0000_ffff }).collect();
+    for row in 0..device.len() {
+        for (mask, edits) in [(None, &[][..]), (Some(&mask[..]), &edits[..])] {
+            for k in [1, 5, 40, 300] {
+                let ours = device.top_k(row, mask, edits, k).unwrap();
+                let reference = host.top_k(row, mask, edits, k).unwrap();
+                assert_eq!(ours.iter().map(|t| t.0).collect::<Vec<_>>(), reference.iter().map(|t| t.0).collect::<Vec<_>>(), "row {row}, k {k}");
+                assert!(ours.iter().zip(&reference).all(|(a, b)| a.1 == b.1), "the edited logits themselves, row {row}, k {k}");
+            }
+        }
+    }
+    println!("RESULT device sampling: a plugin's top-k over {} rows, raw and masked-and-edited, k up to 300, the host's tokens and logits", device.len());
 }
