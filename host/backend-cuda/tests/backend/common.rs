@@ -7,7 +7,9 @@ use std::sync::{Arc, OnceLock};
 use weft_backend_cuda::{CudaBackend, CudaOptions, KvCacheType, OpenError};
 use weft_engine::model::{BatchToken, ForwardBatch, LlamaModel};
 use weft_engine::{Backend, LoadedModel};
-use weft_types::LogitsRows;
+use weft_engine::sampling::{HostRows, nucleus};
+use weft_types::logits::{apply_edits, apply_mask};
+use weft_types::{LogitsRows, Pick};
 
 fn require_gpu() -> bool {
     std::env::var("WEFT_REQUIRE_GPU").is_ok_and(|v| v == "1")
@@ -105,6 +107,33 @@ pub const CUTS: [(f32, u32, f32, f32); 10] = [
 
 /// A pick in a line: its row, whether it is masked, how many edits, its
 /// cuts and draw (a pick's Debug prints the whole mask).
-pub fn pick_summary(p: &weft_types::Pick<'_>) -> String {
+pub fn pick_summary(p: &Pick<'_>) -> String {
     format!("row {}, masked {}, {} edits, {:?}, uniform {}", p.row, p.mask.is_some(), p.edits.len(), p.cuts, p.uniform)
+}
+
+/// Checks the device's token for every pick against the host's: the same
+/// for a greedy pick; otherwise inside the host's nucleus of the edited
+/// row, and the host's own token for at least 99% of the picks. Returns
+/// how many picks were sampled and how many of those gave the host's token.
+pub fn check_against_host(host: &HostRows, picks: &[Pick<'_>], ours: &[u32]) -> (usize, usize) {
+    let reference = host.choose(picks).unwrap();
+    let (mut sampled, mut same) = (0, 0);
+    for ((p, &o), &r) in picks.iter().zip(ours).zip(&reference) {
+        if p.cuts.is_greedy() {
+            assert_eq!(o, r, "greedy pick {}", pick_summary(p));
+            continue;
+        }
+        let mut row = host.row(p.row).unwrap().into_owned();
+        if let Some(mask) = p.mask {
+            apply_mask(&mut row, mask);
+        }
+        apply_edits(&mut row, p.edits);
+        let c = p.cuts;
+        let kept = nucleus(&row, c.temperature, c.top_k, c.top_p, c.min_p);
+        assert!(kept.iter().any(|k| k.0 == o), "token {o} is outside the host's nucleus of {} for {}", kept.len(), pick_summary(p));
+        sampled += 1;
+        same += usize::from(o == r);
+    }
+    assert!(same as f64 >= 0.99 * sampled as f64, "{same}/{sampled} draws agree");
+    (sampled, same)
 }

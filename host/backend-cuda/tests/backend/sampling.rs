@@ -8,11 +8,10 @@
 //! same tokens every time. Log-probabilities read on the device, and a
 //! plugin's top-k over an edited row, match the host's.
 
-use weft_engine::sampling::{HostRows, nucleus, param_edits, synthetic_logits, uniform};
-use weft_types::logits::{apply_edits, apply_mask};
+use weft_engine::sampling::{HostRows, param_edits, synthetic_logits, uniform};
 use weft_types::{Cuts, LogitEdit, LogitsRows, Pick, SamplingParams, TokenId};
 
-use crate::common::{CUTS, all_logits_rows, cuda, default_model, have_gpu, pick_summary};
+use crate::common::{CUTS, all_logits_rows, check_against_host, cuda, default_model, have_gpu};
 
 /// The default model's logits at every position of `text` on the GPU, the
 /// same rows on the host, and the tokens; None (after saying why) without
@@ -73,33 +72,6 @@ fn device_choices_match_the_hosts_over_the_parameter_grid() {
     let (sampled, same) = check_against_host(&host, &picks, &ours);
     let greedy = picks.len() - sampled;
     println!("RESULT device sampling: {greedy}/{greedy} greedy picks exact, {same}/{sampled} sampled picks the host's token, all inside its nucleus");
-}
-
-/// Checks the device's token for every pick against the host's: the same
-/// for a greedy pick; otherwise inside the host's nucleus of the edited
-/// row, and the host's own token for at least 99% of the picks. Returns
-/// how many picks were sampled and how many of those gave the host's token.
-fn check_against_host(host: &HostRows, picks: &[Pick<'_>], ours: &[TokenId]) -> (usize, usize) {
-    let reference = host.choose(picks).unwrap();
-    let (mut sampled, mut same) = (0, 0);
-    for ((p, &o), &r) in picks.iter().zip(ours).zip(&reference) {
-        if p.cuts.is_greedy() {
-            assert_eq!(o, r, "greedy pick {}", pick_summary(p));
-            continue;
-        }
-        let mut row = host.row(p.row).unwrap().into_owned();
-        if let Some(mask) = p.mask {
-            apply_mask(&mut row, mask);
-        }
-        apply_edits(&mut row, p.edits);
-        let c = p.cuts;
-        let kept = nucleus(&row, c.temperature, c.top_k, c.top_p, c.min_p);
-        assert!(kept.iter().any(|k| k.0 == o), "token {o} is outside the host's nucleus of {} for {}", kept.len(), pick_summary(p));
-        sampled += 1;
-        same += usize::from(o == r);
-    }
-    assert!(same as f64 >= 0.99 * sampled as f64, "{same}/{sampled} draws agree");
-    (sampled, same)
 }
 
 #[test]
