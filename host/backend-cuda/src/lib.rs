@@ -578,11 +578,8 @@ impl LogitsRows for DeviceRows {
             return Ok(Vec::new());
         }
         if k > weft_kernels_cuda::MAX_TOP_K {
-            let mut row = self.row(i)?.into_owned();
-            if let Some(mask) = mask {
-                weft_types::logits::apply_mask(&mut row, mask);
-            }
-            weft_types::logits::apply_edits(&mut row, edits);
+            let mut row = Vec::new();
+            weft_types::logits::edited_row(&mut row, &self.row(i)?, mask, edits);
             return Ok(weft_engine::sampling::largest(&row, k));
         }
         // Cuts and draw are not used: only the edited row is.

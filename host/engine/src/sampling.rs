@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 
-use weft_types::logits::apply_mask;
+use weft_types::logits::edited_row;
 use weft_types::{Cuts, LogProbs, LogitEdit, LogitsError, LogitsRows, Pick, SampleRow, Sampler, SamplerError, SamplingParams, TokenId, choose_across};
 
 /// The host's own sampler: the reference the builtin sampler plugin is
@@ -73,12 +73,7 @@ impl HostRows {
             return f(raw);
         }
         EDITED.with_borrow_mut(|row| {
-            row.clear();
-            row.extend_from_slice(raw);
-            if let Some(mask) = mask {
-                apply_mask(row, mask);
-            }
-            weft_types::logits::apply_edits(row, edits);
+            edited_row(row, raw, mask, edits);
             f(row)
         })
     }
@@ -193,11 +188,6 @@ pub fn param_edits(params: &SamplingParams, tokens: &[u32], prompt_len: usize, e
     repeat_edits(params.repetition_penalty, params.presence_penalty, params.frequency_penalty, tokens, prompt_len, &mut edits);
     edits.retain(|e| (e.0 as usize) < vocab);
     edits
-}
-
-/// Apply a sequence's own adjustments ([`param_edits`]) to its row.
-pub fn adjust_logits(logits: &mut [f32], params: &SamplingParams, tokens: &[u32], prompt_len: usize, eog: &[u32]) {
-    weft_types::logits::apply_edits(logits, &param_edits(params, tokens, prompt_len, eog, logits.len()));
 }
 
 /// The penalties for repeating a sequence's tokens, as edits onto `edits`:
@@ -536,7 +526,8 @@ mod tests {
         };
         let mut logits = [1.0f32, -1.0, 2.0, 4.0, 0.5];
         // Prompt [0], generated [1, 1, 2]; token 4 is end-of-generation.
-        adjust_logits(&mut logits, &params, &[0, 1, 1, 2], 1, &[4]);
+        let edits = param_edits(&params, &[0, 1, 1, 2], 1, &[4], logits.len());
+        weft_types::logits::apply_edits(&mut logits, &edits);
         assert_eq!(logits[0], 0.5, "prompt token: repetition penalty only");
         assert_eq!(logits[1], -2.0 - 0.5 - 0.5, "generated twice: both penalties");
         assert_eq!(logits[2], 1.0 - 0.5 - 0.25);

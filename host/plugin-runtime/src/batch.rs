@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use wasmtime::component::Resource;
 use wasmtime::{Result, bail};
 use weft_engine::sampling::{param_edits, repeat_edits, uniform};
-use weft_types::logits::{apply_edits, apply_mask};
+use weft_types::logits::edited_row;
 use weft_types::{LogitEdit, LogitsError, LogitsRows, Pick, SampleRow, TokenId, choose_across};
 
 use crate::bindings::weft::plugin::sampling::{Candidate, Cuts, Host, HostBatch, Params};
@@ -116,12 +116,7 @@ impl StepView {
         {
             return Ok(raw);
         }
-        self.scratch.clear();
-        self.scratch.extend_from_slice(&raw);
-        if let Some(mask) = r.mask {
-            apply_mask(&mut self.scratch, mask);
-        }
-        apply_edits(&mut self.scratch, edits);
+        edited_row(&mut self.scratch, &raw, r.mask, edits);
         self.built = Some(row);
         Ok(&self.scratch)
     }
@@ -281,7 +276,6 @@ impl HostBatch for StoreState {
         let mut edits = Vec::new();
         repeat_edits(repetition, presence, frequency, r.tokens, r.prompt_len, &mut edits);
         // The sequence's tokens are the engine's, inside the vocabulary.
-        edits.retain(|e| (e.0 as usize) < view.vocab);
         view.edit(row, edits.into_iter())
     }
 
@@ -322,7 +316,7 @@ impl HostBatch for StoreState {
                 if !weft_types::is_greedy_choice(c.temperature, c.top_k) {
                     check_cuts(c.temperature, c.top_p, c.min_p)?;
                 }
-                Ok((row, weft_types::Cuts { temperature: c.temperature, top_k: c.top_k, top_p: c.top_p, min_p: c.min_p }))
+                Ok((row, c.into()))
             })
             .collect::<Result<Vec<_>>>()?;
         view.choose(&choices)
@@ -350,6 +344,12 @@ impl HostBatch for StoreState {
     fn drop(&mut self, handle: Resource<BatchHandle>) -> Result<()> {
         self.table.delete(handle)?;
         Ok(())
+    }
+}
+
+impl From<Cuts> for weft_types::Cuts {
+    fn from(c: Cuts) -> Self {
+        Self { temperature: c.temperature, top_k: c.top_k, top_p: c.top_p, min_p: c.min_p }
     }
 }
 

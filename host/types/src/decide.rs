@@ -5,11 +5,9 @@
 //! The engine calls each decision once per step for the whole batch; the
 //! implementation's answer is validated by the engine like user input.
 
-use std::borrow::Cow;
-
 use thiserror::Error;
 
-use crate::logits::{Cuts, LogitEdit, LogitsError, LogitsRows, Pick, apply_mask};
+use crate::logits::{Cuts, LogitEdit, LogitsError, LogitsRows, Pick};
 use crate::{SamplingParams, TokenId};
 
 /// One sequence that needs its next token this step.
@@ -38,20 +36,6 @@ impl<'a> SampleRow<'a> {
 
     pub fn vocab(&self) -> usize {
         self.logits.vocab()
-    }
-
-    /// The row on the host, with the guide's mask applied: a copy of the
-    /// vocabulary (from the device, or to apply the mask).
-    pub fn host_logits(&self) -> Result<Cow<'a, [f32]>, LogitsError> {
-        let row = self.logits.row(self.row)?;
-        Ok(match self.mask {
-            None => row,
-            Some(mask) => {
-                let mut row = row.into_owned();
-                apply_mask(&mut row, mask);
-                Cow::Owned(row)
-            }
-        })
     }
 
     /// This row's choice with `edits`, by `cuts`, drawn with `uniform`.

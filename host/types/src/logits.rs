@@ -69,6 +69,17 @@ pub fn apply_mask(logits: &mut [f32], mask: &[u32]) {
     }
 }
 
+/// `into` = `raw` with `mask` and then `edits` applied: the row a pick
+/// chooses from, built on the host.
+pub fn edited_row(into: &mut Vec<f32>, raw: &[f32], mask: Option<&[u32]>, edits: &[(TokenId, LogitEdit)]) {
+    into.clear();
+    into.extend_from_slice(raw);
+    if let Some(mask) = mask {
+        apply_mask(into, mask);
+    }
+    apply_edits(into, edits);
+}
+
 /// How a token is drawn from an edited row: scaled by `1 / temperature`,
 /// cut to the `top_k` most likely (0: no cut), then to tokens weighing at
 /// least `min_p` of the top one, then to the smallest most-likely-first

@@ -197,12 +197,6 @@ impl CudaKernels {
             .map_err(driver("copying device data to the host"))
     }
 
-    /// Copy the first `len` elements of a device buffer into a new host
-    /// vector (waits for the stream).
-    pub fn download_prefix<T: DeviceRepr + Default + Clone>(&self, buf: &CudaSlice<T>, len: usize) -> Result<Vec<T>> {
-        self.download_range(buf, 0..len)
-    }
-
     /// Copy elements `range` of a device buffer into a new host vector
     /// (waits for the stream).
     pub fn download_range<T: DeviceRepr + Default + Clone>(&self, buf: &CudaSlice<T>, range: std::ops::Range<usize>) -> Result<Vec<T>> {

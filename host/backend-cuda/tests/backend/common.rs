@@ -8,7 +8,7 @@ use weft_backend_cuda::{CudaBackend, CudaOptions, KvCacheType, OpenError};
 use weft_engine::model::{BatchToken, ForwardBatch, LlamaModel};
 use weft_engine::{Backend, LoadedModel};
 use weft_engine::sampling::{HostRows, nucleus};
-use weft_types::logits::{apply_edits, apply_mask};
+use weft_types::logits::edited_row;
 use weft_types::{LogitsRows, Pick};
 
 fn require_gpu() -> bool {
@@ -123,11 +123,8 @@ pub fn check_against_host(host: &HostRows, picks: &[Pick<'_>], ours: &[u32]) -> 
             assert_eq!(o, r, "greedy pick {}", pick_summary(p));
             continue;
         }
-        let mut row = host.row(p.row).unwrap().into_owned();
-        if let Some(mask) = p.mask {
-            apply_mask(&mut row, mask);
-        }
-        apply_edits(&mut row, p.edits);
+        let mut row = Vec::new();
+        edited_row(&mut row, &host.row(p.row).unwrap(), p.mask, p.edits);
         let c = p.cuts;
         let kept = nucleus(&row, c.temperature, c.top_k, c.top_p, c.min_p);
         assert!(kept.iter().any(|k| k.0 == o), "token {o} is outside the host's nucleus of {} for {}", kept.len(), pick_summary(p));

@@ -152,7 +152,7 @@ impl Engine {
             let chosen = match self.samplers[sampler_id].as_mut() {
                 Some(sampler) => sampler
                     .sample(&rows, self.tokenizer.eog_tokens())
-                    .and_then(|tokens| validate_choice(sampler.name(), &tokens, rows.len(), vocab)),
+                    .and_then(|tokens| validate_choice(sampler.name(), tokens, rows.len(), vocab)),
                 None => Err(SamplerError::Fault { sampler: format!("#{sampler_id}"), message: "the sampler was dropped".into() }),
             };
             drop(rows);
@@ -215,7 +215,7 @@ fn fail_sequence(seq: &mut Sequence, out: &mut Output, e: LogitsError) {
 }
 
 /// Check a sampler's answer: one token per row, each in the vocabulary.
-fn validate_choice(sampler: &str, tokens: &[u32], rows: usize, vocab: usize) -> Result<Vec<u32>, SamplerError> {
+fn validate_choice(sampler: &str, tokens: Vec<u32>, rows: usize, vocab: usize) -> Result<Vec<u32>, SamplerError> {
     let fault = |message: String| SamplerError::Fault { sampler: sampler.to_string(), message };
     if tokens.len() != rows {
         return Err(fault(format!("returned {} tokens for {rows} rows", tokens.len())));
@@ -223,7 +223,7 @@ fn validate_choice(sampler: &str, tokens: &[u32], rows: usize, vocab: usize) -> 
     if let Some(&t) = tokens.iter().find(|&&t| t as usize >= vocab) {
         return Err(fault(format!("returned token {t}, outside the vocabulary of {vocab}")));
     }
-    Ok(tokens.to_vec())
+    Ok(tokens)
 }
 
 /// Check a guide's answer like user input: a mask of the vocabulary's
