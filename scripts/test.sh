@@ -62,7 +62,7 @@ cargo test --release --workspace \
 if [ ! -x target/pyenv/bin/python ]; then
     python3 -m venv target/pyenv
 fi
-target/pyenv/bin/python -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+target/pyenv/bin/python -m pip install -q --disable-pip-version-check --no-cache-dir -r tests/python/requirements.txt
 # componentize-js builds the JavaScript guest plugin (tests/python/test_guest_plugins.py).
 if [ ! -x target/jsenv/node_modules/.bin/componentize-js ]; then
     npm install --silent --no-audit --no-fund --prefix target/jsenv @bytecodealliance/componentize-js@0.23.0
