@@ -7,11 +7,12 @@
 //! adjacent-pair rotation; they are put back in Hugging Face's half-split
 //! order, so the exported model computes the same function.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
 use safetensors::Dtype;
-use safetensors::tensor::TensorView;
+use safetensors::tensor::View;
 use serde_json::json;
 use thiserror::Error;
 
@@ -33,7 +34,7 @@ pub enum ExportError {
 }
 
 /// Write `loaded` into `dir` (created if missing) as a Hugging Face model.
-pub fn export_hf(loaded: &LoadedModel, dir: &Path) -> Result<(), ExportError> {
+pub fn export_hf<'a>(loaded: &'a LoadedModel, dir: &Path) -> Result<(), ExportError> {
     let model = &loaded.model;
     let c = &model.config;
     let io = |path: &Path| {
@@ -61,16 +62,18 @@ pub fn export_hf(loaded: &LoadedModel, dir: &Path) -> Result<(), ExportError> {
         return Err(ExportError::Unsupported(format!("partial RoPE ({} of {} dimensions)", c.rope_dim, c.head_dim)));
     }
 
-    // Tensors, dequantised; query and key rows back in half-split order.
+    // Tensors, dequantised one at a time as the file is written; query and
+    // key rows back in half-split order.
     let unpermute = c.rope_layout == RopeLayout::Interleaved;
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    let matrix = |name: String, w: &Weight, heads: Option<usize>| {
-        let mut values = w.to_f32();
-        if let (true, Some(heads)) = (unpermute, heads) {
-            values = halves_from_pairs(&values, heads, w.rows / heads, w.cols);
-        }
-        (name, vec![w.rows, w.cols], values)
+    let matrix = |name: String, weight: &'a Weight, heads: Option<usize>| {
+        let heads = heads.filter(|_| unpermute);
+        (name, Tensor { shape: vec![weight.rows, weight.cols], values: Values::Matrix { weight, heads } })
     };
+    let vector = |name: String, values: &'a [f32], heads: Option<usize>| {
+        let heads = heads.filter(|_| unpermute);
+        (name, Tensor { shape: vec![values.len()], values: Values::Vector { values, heads } })
+    };
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
     tensors.push(matrix("model.embed_tokens.weight".into(), model.embedding(), None));
     let mut attention_bias = false;
     for (i, l) in model.layers().iter().enumerate() {
@@ -80,31 +83,21 @@ pub fn export_hf(loaded: &LoadedModel, dir: &Path) -> Result<(), ExportError> {
         for (n, w) in [("self_attn.v_proj", &l.wv), ("self_attn.o_proj", &l.wo), ("mlp.gate_proj", &l.gate), ("mlp.up_proj", &l.up), ("mlp.down_proj", &l.down)] {
             tensors.push(matrix(p(&format!("{n}.weight")), w, None));
         }
-        tensors.push((p("input_layernorm.weight"), vec![c.hidden], l.attn_norm.clone()));
-        tensors.push((p("post_attention_layernorm.weight"), vec![c.hidden], l.ffn_norm.clone()));
-        for (n, b, heads) in [("q", &l.bq, c.heads), ("k", &l.bk, c.kv_heads), ("v", &l.bv, 0)] {
+        tensors.push(vector(p("input_layernorm.weight"), &l.attn_norm, None));
+        tensors.push(vector(p("post_attention_layernorm.weight"), &l.ffn_norm, None));
+        for (n, b, heads) in [("q", &l.bq, Some(c.heads)), ("k", &l.bk, Some(c.kv_heads)), ("v", &l.bv, None)] {
             if let Some(b) = b {
                 attention_bias = true;
-                let b = if unpermute && heads > 0 { halves_from_pairs(b, heads, b.len() / heads, 1) } else { b.clone() };
-                tensors.push((p(&format!("self_attn.{n}_proj.bias")), vec![b.len()], b));
+                tensors.push(vector(p(&format!("self_attn.{n}_proj.bias")), b, heads));
             }
         }
     }
-    tensors.push(("model.norm.weight".into(), vec![c.hidden], model.output_norm().to_vec()));
+    tensors.push(vector("model.norm.weight".into(), model.output_norm(), None));
     if !c.tie_embeddings {
-        let out = model.output();
-        tensors.push(("lm_head.weight".into(), vec![out.rows, out.cols], out.to_f32()));
+        tensors.push(matrix("lm_head.weight".into(), model.output(), None));
     }
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .into_iter()
-        .map(|(name, shape, values)| (name, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()))
-        .collect();
-    let views = bytes
-        .iter()
-        .map(|(name, shape, data)| Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), data)?)))
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(meta), &dir.join("model.safetensors"))?;
+    safetensors::serialize_to_file(tensors, Some(meta), &dir.join("model.safetensors"))?;
 
     let tok = &loaded.tokenizer;
     let mut config = json!({
@@ -139,6 +132,51 @@ pub fn export_hf(loaded: &LoadedModel, dir: &Path) -> Result<(), ExportError> {
         std::fs::write(&path, text).map_err(io(&path))?;
     }
     Ok(())
+}
+
+/// One tensor of the export. Its bytes are made when the writer asks for
+/// them, so an export holds a single tensor in F32 beside the loaded model
+/// (an 8B model's F32 copy alone is 32 GB).
+struct Tensor<'a> {
+    shape: Vec<usize>,
+    values: Values<'a>,
+}
+
+/// Where a tensor's values come from: a weight to dequantise or a vector
+/// the model holds in F32; `heads` when its rows go back to half-split
+/// order.
+enum Values<'a> {
+    Matrix { weight: &'a Weight, heads: Option<usize> },
+    Vector { values: &'a [f32], heads: Option<usize> },
+}
+
+impl View for Tensor<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        let values: Cow<'_, [f32]> = match self.values {
+            Values::Matrix { weight, heads } => {
+                let values = weight.to_f32();
+                Cow::Owned(match heads {
+                    Some(heads) => halves_from_pairs(&values, heads, weight.rows / heads, weight.cols),
+                    None => values,
+                })
+            }
+            Values::Vector { values, heads: Some(heads) } => Cow::Owned(halves_from_pairs(values, heads, values.len() / heads, 1)),
+            Values::Vector { values, heads: None } => Cow::Borrowed(values),
+        };
+        Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+
+    fn data_len(&self) -> usize {
+        self.shape.iter().product::<usize>() * std::mem::size_of::<f32>()
+    }
 }
 
 /// Undo llama.cpp's conversion permutation of a projection's rows: within
