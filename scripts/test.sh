@@ -23,8 +23,8 @@ missing=()
 for tool in curl openssl npm; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
-# A C++20 compiler runs the CUDA choice kernel on CPU threads (the backend's
-# `emulated` test).
+# A C++20 compiler runs the CUDA kernels' sources on CPU threads (the
+# `emulated` tests of the kernels and the backend).
 command -v c++ >/dev/null || missing+=(g++)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -6,13 +6,14 @@
 // another), an `extern __shared__` array is rewritten to point at
 // emu::dynamic_shared, and atomics are std::atomic_ref. The __d*_rn intrinsics are
 // plain IEEE operations (compile with -ffp-contract=off), and half
-// conversions _Float16's. What this does not model: the GPU's memory
-// ordering, timing and occupancy; other inline PTX (compiled out, so
-// kernels that use it cannot run here).
+// conversions _Float16's; cp.async copies land at the latest wait that
+// allows (see below). What this does not model: the GPU's memory ordering,
+// timing and occupancy; other inline PTX (compiled out, so kernels that
+// use it cannot run here).
 //
-// Used by the backend's `emulated` tests (choose.cu's kernels through
-// choose_tokens.cpp, attention.cu's through attention.cpp); needs C++20
-// (<barrier>, std::atomic_ref).
+// Used by the `emulated` tests (choose.cu's kernels through
+// choose_tokens.cpp, attention.cu's through attention.cpp, gemv.cu's
+// through gemv.cpp); needs C++20 (<barrier>, std::atomic_ref).
 #pragma once
 
 #include <algorithm>
@@ -127,6 +128,40 @@ inline void run_grid(Dim3 grid, unsigned threads, const std::function<void()>& k
 }  // namespace emu
 
 inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_sync(); }
+
+// CUDA's vector types, as the kernels load them (16-byte aligned).
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
+};
+#define __align__(n) __attribute__((aligned(n)))
+
+// cp.async (gemv.cu's staged path) at its latest: a thread's 16-byte copies
+// land only when a wait_group must see them, so a read of a buffer before
+// its wait finds the bytes the buffer held before.
+namespace emu {
+struct AsyncCopy {
+    void* dst;
+    const void* src;
+};
+inline thread_local std::vector<AsyncCopy> uncommitted_copies;
+inline thread_local std::vector<std::vector<AsyncCopy>> pending_groups;
+}  // namespace emu
+inline void cp_async16(void* dst, const void* src) { emu::uncommitted_copies.push_back({dst, src}); }
+inline void cp_async_commit() {
+    emu::pending_groups.push_back(std::move(emu::uncommitted_copies));
+    emu::uncommitted_copies.clear();
+}
+template <int N>
+void cp_async_wait() {
+    while (emu::pending_groups.size() > (size_t)N) {
+        for (const auto& c : emu::pending_groups.front()) memcpy(c.dst, c.src, 16);
+        emu::pending_groups.erase(emu::pending_groups.begin());
+    }
+}
 template <class T>
 T __shfl_xor_sync(unsigned, T v, int o) {
     return emu::exchange(v, (int)(threadIdx.x & 31) ^ o);
@@ -147,7 +182,13 @@ inline double __dmul_rn(double a, double b) { return a * b; }
 inline double __dadd_rn(double a, double b) { return a + b; }
 inline double __dsub_rn(double a, double b) { return a - b; }
 inline unsigned long long __double2ull_rn(double x) { return (unsigned long long)std::nearbyint(x); }
-inline unsigned __byte_perm(unsigned, unsigned, unsigned) { return 0; }
+// Byte i of the result is byte (s >> 4i) & 7 of the pair (x low, y high).
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+    const uint64_t pair = (uint64_t)x | ((uint64_t)y << 32);
+    unsigned out = 0;
+    for (int i = 0; i < 4; i++) out |= (unsigned)((pair >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
+    return out;
+}
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
     return std::atomic_ref<unsigned long long>(*p).fetch_add(v);
 }

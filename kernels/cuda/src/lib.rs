@@ -22,6 +22,7 @@
 mod attention;
 mod blas;
 mod disk_cache;
+pub mod emulator;
 mod error;
 mod gemv;
 mod layers;

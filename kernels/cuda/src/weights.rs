@@ -74,7 +74,9 @@ impl WeightType {
         if matches!(self, WeightType::Q4K | WeightType::Q6K) { 16 } else { 8 }
     }
 
-    pub(crate) fn define(self) -> &'static str {
+    /// The preprocessor define that selects this type's variant of
+    /// `gemv.cu` (compiled once per weight type).
+    pub fn define(self) -> &'static str {
         match self {
             WeightType::F32 => "WEFT_WT_F32",
             WeightType::F16 => "WEFT_WT_F16",

@@ -10,82 +10,29 @@
 //! speed, which the GPU tests check. They skip (saying why) where no C++20
 //! compiler answers to `c++`; scripts/test.sh installs one.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-
+use weft_kernels_cuda::emulator::Emulated;
 use weft_engine::sampling::{HostRows, param_edits, synthetic_logits, uniform};
 use weft_types::{Cuts, LogitsRows, Pick, SamplingParams, TokenId};
 
 use crate::common::{CUTS, check_against_host};
 
-const SOURCES: [(&str, &str); 6] = [
-    ("block.h", include_str!("../../../../kernels/cuda/emulator/block.h")),
-    ("choose_tokens.cpp", include_str!("../../../../kernels/cuda/emulator/choose_tokens.cpp")),
-    ("attention.cpp", include_str!("../../../../kernels/cuda/emulator/attention.cpp")),
-    ("choose.cu", include_str!("../../../../kernels/cuda/src/kernels/choose.cu")),
-    ("attention.cu", include_str!("../../../../kernels/cuda/src/kernels/attention.cu")),
-    ("common.cuh", include_str!("../../../../kernels/cuda/src/kernels/common.cuh")),
-];
-
 /// Threads per emulated choice block: 8 warps (the GPU runs 32), enough
 /// for every cross-warp path of the scans, and 4× fewer OS threads.
-const THREADS: u32 = 256;
+const THREADS: &str = "THREADS=256";
 
-/// A kernel source as the emulator compiles it: its `extern __shared__`
-/// array pointed at the emulator's dynamic shared memory.
-fn for_cpu(source: &str) -> String {
-    source
-        .lines()
-        .map(|line| match line.trim().strip_prefix("extern __shared__ ").and_then(|d| d.strip_suffix("[];")) {
-            Some(decl) => {
-                let (ty, name) = decl.split_once(' ').expect("extern __shared__ <type> <name>[];");
-                format!("    {ty}* {name} = ({ty}*)emu::dynamic_shared;")
-            }
-            None => line.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// The emulator program `program` (`choose_tokens` or `attention`) compiled
-/// for this machine's CPU with `defines`, in a temporary directory kept
-/// alive by the first value, or None where there is no C++20 compiler.
-fn build(program: &str, defines: &[&str]) -> Option<(tempfile::TempDir, PathBuf)> {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, text) in SOURCES {
-        std::fs::write(dir.path().join(name), for_cpu(text)).unwrap();
+/// The emulator harness `program` built with `defines`, or None (saying
+/// so) where there is no C++ compiler.
+fn build(program: &str, defines: &[&str]) -> Option<Emulated> {
+    let built = Emulated::build(program, defines).unwrap();
+    if built.is_none() {
+        eprintln!("skipping emulated::{program}: no C++ compiler answers to `c++`");
     }
-    let exe = dir.path().join(program);
-    let compiled = Command::new("c++")
-        .args(["-std=c++20", "-O2", "-ffp-contract=off", "-pthread", "-w", &format!("-DTHREADS={THREADS}")])
-        .args(defines.iter().map(|d| format!("-D{d}")))
-        .arg("-o")
-        .arg(&exe)
-        .arg(dir.path().join(format!("{program}.cpp")))
-        .output();
-    match compiled {
-        Ok(out) if out.status.success() => Some((dir, exe)),
-        Ok(out) => panic!("the emulated {program} does not compile:\n{}", String::from_utf8_lossy(&out.stderr)),
-        Err(e) => {
-            eprintln!("skipping emulated::{program}: no C++ compiler (`c++`: {e})");
-            None
-        }
-    }
-}
-
-/// `exe` with `input` on stdin; its stdout.
-fn run_program(exe: &Path, input: &[u8]) -> Vec<u8> {
-    let mut child = Command::new(exe).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
+    built
 }
 
 /// The choice kernels over `rows` (rows of `vocab` logits) for `picks`,
 /// from the packed upload `choose_tokens` makes.
-fn choose_on_cpu(exe: &Path, rows: &[f32], vocab: usize, picks: &[Pick<'_>]) -> Vec<TokenId> {
+fn choose_on_cpu(kernels: &Emulated, rows: &[f32], vocab: usize, picks: &[Pick<'_>]) -> Vec<TokenId> {
     let packed = weft_kernels_cuda::pack_picks(picks, rows.len() / vocab, vocab).unwrap();
     let mut input = Vec::new();
     for v in [rows.len() / vocab, vocab, picks.len(), packed.segments, packed.words.len()] {
@@ -94,12 +41,12 @@ fn choose_on_cpu(exe: &Path, rows: &[f32], vocab: usize, picks: &[Pick<'_>]) -> 
     input.extend(rows.iter().flat_map(|v| v.to_le_bytes()));
     input.extend(packed.words.iter().flat_map(|w| w.to_le_bytes()));
     input.extend(packed.at.iter().flat_map(|&a| (a as u32).to_le_bytes()));
-    run_program(exe, &input).chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
+    kernels.run(&input).unwrap().chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
 }
 
 #[test]
 fn the_choice_kernels_on_cpu_threads_choose_the_hosts_tokens() {
-    let Some((_dir, exe)) = build("choose_tokens", &[]) else { return };
+    let Some(kernels) = build("choose_tokens", &[THREADS]) else { return };
     // Rows of every kind the cuts meet: plain, few distinct values with
     // zeros of both signs (ties at every boundary), peaked, mostly banned;
     // and every row also picked through a guide's mask and the edits a
@@ -142,8 +89,8 @@ fn the_choice_kernels_on_cpu_threads_choose_the_hosts_tokens() {
             }
         }
     }
-    let ours = choose_on_cpu(&exe, &rows, vocab, &picks);
-    assert_eq!(choose_on_cpu(&exe, &rows, vocab, &picks), ours, "the same picks give the same tokens");
+    let ours = choose_on_cpu(&kernels, &rows, vocab, &picks);
+    assert_eq!(choose_on_cpu(&kernels, &rows, vocab, &picks), ours, "the same picks give the same tokens");
     let (sampled, same) = check_against_host(&host, &picks, &ours);
     println!("emulated choice kernels: {same}/{sampled} sampled picks the host's token, all inside its nucleus, repeated exactly");
 }
@@ -307,14 +254,14 @@ fn the_attention_kernels_on_cpu_threads_match_f64_attention_for_every_cache_type
     // Every shape over the f32 cache; the 16-bit and 8-bit caches change
     // only how a value is loaded, so two shapes each.
     for (cache, shapes) in [(Cache::F32, &SHAPES[..]), (Cache::F16, &SHAPES[..2]), (Cache::E4m3, &SHAPES[..2])] {
-        let Some((_dir, exe)) = build("attention", cache.define()) else { return };
-        prefill(cache, &exe, shapes);
-        decode(cache, &exe, shapes);
+        let Some(kernels) = build("attention", cache.define()) else { return };
+        prefill(cache, &kernels, shapes);
+        decode(cache, &kernels, shapes);
     }
 }
 
 /// Prefill tiles (`paged_attn_prefill`) against f64 attention.
-fn prefill(cache: Cache, exe: &Path, shapes: &[(usize, usize, usize, usize)]) {
+fn prefill(cache: Cache, kernels: &Emulated, shapes: &[(usize, usize, usize, usize)]) {
     for (i, &shape) in shapes.iter().enumerate() {
         // Sequence 0: a 40-token prompt from the start (rows 0..40); sequence
         // 1: a 20-token chunk at positions 30..50 (rows 40..60) over 30
@@ -326,7 +273,7 @@ fn prefill(cache: Cache, exe: &Path, shapes: &[(usize, usize, usize, usize)]) {
         input.extend((tiles.len() as u32).to_le_bytes());
         input.extend(tiles.iter().flatten().flat_map(|v| v.to_le_bytes()));
         let rows: Vec<(usize, usize, usize)> = (0..40).map(|r| (r, 0, r + 1)).chain((0..20).map(|r| (40 + r, 1, 31 + r))).collect();
-        let err = a.check(&run_program(exe, &input), &rows);
+        let err = a.check(&kernels.run(&input).unwrap(), &rows);
         println!("emulated paged_attn_prefill, {cache:?} cache, {shape:?}: relative error {err:.1e}");
         assert!(err < 1e-5, "{cache:?} cache, {shape:?}: relative error {err}");
     }
@@ -334,7 +281,7 @@ fn prefill(cache: Cache, exe: &Path, shapes: &[(usize, usize, usize, usize)]) {
 
 /// Partitioned decode rows (`paged_attn_partial`, `paged_attn_reduce`)
 /// against f64 attention.
-fn decode(cache: Cache, exe: &Path, shapes: &[(usize, usize, usize, usize)]) {
+fn decode(cache: Cache, kernels: &Emulated, shapes: &[(usize, usize, usize, usize)]) {
     for (i, &shape) in shapes.iter().chain(&[(4, 4, 256, 16)]).enumerate() {
         // Three decode rows, listed out of order (row_ids) over three
         // sequences (row_seq), of 1, 37 and 130 tokens: one, one and three
@@ -346,7 +293,7 @@ fn decode(cache: Cache, exe: &Path, shapes: &[(usize, usize, usize, usize)]) {
             input.extend(v.to_le_bytes());
         }
         let rows: Vec<(usize, usize, usize)> = (0..3).map(|r| (row_ids[r] as usize, row_seq[r] as usize, lens[r] as usize)).collect();
-        let err = a.check(&run_program(exe, &input), &rows);
+        let err = a.check(&kernels.run(&input).unwrap(), &rows);
         println!("emulated paged_attn_partial + reduce, {cache:?} cache, {shape:?}: relative error {err:.1e}");
         assert!(err < 1e-5, "{cache:?} cache, {shape:?}: relative error {err}");
     }

@@ -385,6 +385,9 @@ WEFT_GEMV(8, 4)
 // steps ahead, and decodes each step from shared memory once it has landed.
 // Each warp owns its buffers, so only __syncwarp is needed.
 
+#ifdef WEFT_ON_CPU
+// kernels/cuda/emulator/block.h supplies cp.async for CPU threads.
+#else
 __device__ __forceinline__ u32 smem_addr(const void* p) {
     u32 a;
     asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
@@ -396,6 +399,7 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+#endif
 
 // Pipeline depth: as many steps as fit in 12 KB per warp (48 KB per block of
 // 4 warps), at least 2; deeper pipelines keep more bytes in flight per SM,

@@ -9,7 +9,8 @@ use weft_kernels_cuda::{GemvPath, WeightType};
 
 use crate::common::{Rng, check, dequant_row, gpu, par_map, poisoned, random_matrix};
 
-fn reference(
+/// `batch × rows` products of the exactly dequantised weights, in f64.
+pub fn reference(
     ty: WeightType,
     w: &[u8],
     rows: usize,

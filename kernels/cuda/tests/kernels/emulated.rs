@@ -1,0 +1,110 @@
+//! gemv.cu's kernels compiled as C++ and run on CPU threads
+//! (`weft_kernels_cuda::emulator`), for every weight format, against the
+//! same f64 references as the GPU tests: every direct and staged GEMV
+//! variant (B vectors × R rows per warp) on a row count that leaves the
+//! last warp partial, rows long enough to wrap the staged path's ring of
+//! shared-memory buffers and to end in a partial step, and the embedding
+//! lookup and panel dequantisation. The staged path's copies land at the
+//! latest wait that allows them, so a buffer read before its wait fails
+//! here. They run where there is no GPU; they skip (saying why) where no
+//! C++20 compiler answers to `c++` (scripts/test.sh installs one).
+
+use weft_kernels_cuda::WeightType;
+use weft_kernels_cuda::emulator::Emulated;
+
+use crate::common::{Rng, check, dequant_row, random_matrix};
+use crate::gemv::reference;
+
+/// Kernel numbers of emulator/gemv.cpp.
+const DIRECT: u32 = 0;
+const STAGED: u32 = 1;
+const EMBED: u32 = 2;
+const DEQUANT: u32 = 3;
+
+fn words(values: &[u32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn floats(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+/// Row lengths for `ty`: a short one ending in a partial pipeline step
+/// (for the staged path where rows can be 16-byte aligned) and a long one
+/// of more steps than the pipeline has buffers.
+fn column_counts(ty: WeightType) -> [usize; 2] {
+    match ty {
+        // Rows of 16-byte alignment need 8 superblocks; a step is 2048.
+        WeightType::Q6K => [2048, 9 * 2048],
+        _ => [1280, 9 * 1024 + 256],
+    }
+}
+
+fn staged_possible(ty: WeightType, cols: usize) -> bool {
+    ty != WeightType::F32 && ty.row_bytes(cols).is_multiple_of(16)
+}
+
+/// Whether gemv.cu has a staged kernel of `r` rows per warp for `ty`.
+fn staged_kernel(ty: WeightType, r: usize) -> bool {
+    r < 4 || !matches!(ty, WeightType::Q6K | WeightType::F16 | WeightType::BF16)
+}
+
+#[test]
+fn gemv_kernels_on_cpu_threads_match_the_f64_reference() {
+    let mut rng = Rng::new(0x5EED_00E0);
+    for ty in WeightType::ALL {
+        let Some(kernels) = Emulated::build("gemv", &[ty.define()]).unwrap() else {
+            eprintln!("skipping emulated gemv: no C++ compiler answers to `c++`");
+            return;
+        };
+        for (long, cols) in column_counts(ty).into_iter().enumerate() {
+            let long = long == 1;
+            for kernel in [DIRECT, STAGED] {
+                if kernel == STAGED && !staged_possible(ty, cols) {
+                    continue;
+                }
+                for b in [1usize, 2, 4, 8] {
+                    for r in [1usize, 2, 4] {
+                        // Long rows test what the row length changes (steps,
+                        // buffer reuse) with fewer runs.
+                        if (kernel == STAGED && !staged_kernel(ty, r)) || (long && (b, r) != (1, 1) && (b, r) != (8, 2)) {
+                            continue;
+                        }
+                        // Two whole blocks of 4 warps and a last one with a
+                        // partial warp of rows.
+                        let rows = 2 * 4 * r + 4 * r / 2 + 1;
+                        let w = random_matrix(&mut rng, ty, rows, cols);
+                        let x = rng.vec(b * cols, 1.0);
+                        let mut input = words(&[kernel, b as u32, r as u32, rows as u32, cols as u32, ty.row_bytes(cols) as u32]);
+                        input.extend(&w);
+                        input.extend(x.iter().flat_map(|v| v.to_le_bytes()));
+                        let got = floats(&kernels.run(&input).unwrap());
+                        let path = if kernel == STAGED { "staged" } else { "direct" };
+                        let case = format!("{ty:?} {rows}x{cols} b{b} r{r} {path} (emulated)");
+                        check("gemv", &case, &got, &reference(ty, &w, rows, cols, &x, b), 1e-5);
+                    }
+                }
+            }
+        }
+
+        // Embedding rows (repeats, first and last) and a panel of rows.
+        let (rows, cols) = (21, column_counts(ty)[0]);
+        let w = random_matrix(&mut rng, ty, rows, cols);
+        let rb = ty.row_bytes(cols);
+        let dequantized = |r: usize| dequant_row(ty, &w[r * rb..(r + 1) * rb], cols);
+        let ids = [5u32, 0, 20, 5];
+        let mut input = words(&[EMBED, 1, 1, rows as u32, cols as u32, rb as u32]);
+        input.extend(&w);
+        input.extend(words(&[ids.len() as u32]));
+        input.extend(words(&ids));
+        let want: Vec<f64> = ids.iter().flat_map(|&i| dequantized(i as usize)).collect();
+        check("embed_rows", &format!("{ty:?} (emulated)"), &floats(&kernels.run(&input).unwrap()), &want, 1e-6);
+
+        let (first, n) = (3u32, 7u32);
+        let mut input = words(&[DEQUANT, 1, 1, rows as u32, cols as u32, rb as u32]);
+        input.extend(&w);
+        input.extend(words(&[first, n]));
+        let want: Vec<f64> = (first..first + n).flat_map(|r| dequantized(r as usize)).collect();
+        check("dequant_rows", &format!("{ty:?} (emulated)"), &floats(&kernels.run(&input).unwrap()), &want, 1e-6);
+    }
+}
