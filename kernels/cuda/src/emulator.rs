@@ -5,7 +5,7 @@
 //! CUDA thread, barriers for `__syncthreads` and warps, shuffles through a
 //! per-warp buffer, cp.async copies that land at the latest allowed wait);
 //! each harness beside it (`choose_tokens.cpp`, `attention.cpp`,
-//! `gemv.cpp`) includes one `.cu` file, reads its inputs from stdin,
+//! `gemv.cpp`, `top_k.cpp`) includes one `.cu` file, reads its inputs from stdin,
 //! launches the kernels as this crate launches them and writes the outputs
 //! to stdout. What the emulation does not model, the GPU tests check: the
 //! memory model, timing and occupancy.
@@ -28,15 +28,17 @@ pub enum EmulatorError {
 }
 
 /// Every file a harness may include, as the kernels are compiled for the GPU.
-const SOURCES: [(&str, &str); 8] = [
+const SOURCES: [(&str, &str); 10] = [
     ("block.h", include_str!("../emulator/block.h")),
     ("choose_tokens.cpp", include_str!("../emulator/choose_tokens.cpp")),
     ("attention.cpp", include_str!("../emulator/attention.cpp")),
     ("gemv.cpp", include_str!("../emulator/gemv.cpp")),
+    ("top_k.cpp", include_str!("../emulator/top_k.cpp")),
     ("common.cuh", include_str!("kernels/common.cuh")),
     ("choose.cu", include_str!("kernels/choose.cu")),
     ("attention.cu", include_str!("kernels/attention.cu")),
     ("gemv.cu", include_str!("kernels/gemv.cu")),
+    ("sample.cu", include_str!("kernels/sample.cu")),
 ];
 
 /// One harness compiled for this machine's CPU.
@@ -47,7 +49,7 @@ pub struct Emulated {
 }
 
 impl Emulated {
-    /// The harness `program` (`choose_tokens`, `attention` or `gemv`)
+    /// The harness `program` (`choose_tokens`, `attention`, `gemv` or `top_k`)
     /// compiled with the preprocessor `defines` (`NAME` or `NAME=value`),
     /// or `None` where no C++20 compiler answers to `c++`.
     pub fn build(program: &str, defines: &[&str]) -> Result<Option<Self>, EmulatorError> {

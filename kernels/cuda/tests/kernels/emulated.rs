@@ -1,19 +1,21 @@
-//! gemv.cu's kernels compiled as C++ and run on CPU threads
-//! (`weft_kernels_cuda::emulator`), for every weight format, against the
-//! same f64 references as the GPU tests: every direct and staged GEMV
+//! Kernels compiled as C++ and run on CPU threads
+//! (`weft_kernels_cuda::emulator`) against the same f64 references as the
+//! GPU tests. gemv.cu's, for every weight format: every direct and staged GEMV
 //! variant (B vectors × R rows per warp) on a row count that leaves the
 //! last warp partial, rows long enough to wrap the staged path's ring of
 //! shared-memory buffers and to end in a partial step, and the embedding
 //! lookup and panel dequantisation. The staged path's copies land at the
 //! latest wait that allows them, so a buffer read before its wait fails
-//! here. They run where there is no GPU; they skip (saying why) where no
+//! here. sample.cu's top-k with log-softmax, over chunks ending short, ties
+//! across chunks and the largest k. They run where there is no GPU; they skip (saying why) where no
 //! C++20 compiler answers to `c++` (scripts/test.sh installs one).
 
-use weft_kernels_cuda::WeightType;
 use weft_kernels_cuda::emulator::Emulated;
+use weft_kernels_cuda::{TopK, WeightType};
 
 use crate::common::{Rng, check, dequant_row, random_matrix};
 use crate::gemv::reference;
+use crate::sample::{check_top_k, random_logits};
 
 /// Kernel numbers of emulator/gemv.cpp.
 const DIRECT: u32 = 0;
@@ -106,5 +108,42 @@ fn gemv_kernels_on_cpu_threads_match_the_f64_reference() {
         input.extend(words(&[first, n]));
         let want: Vec<f64> = (first..first + n).flat_map(|r| dequantized(r as usize)).collect();
         check("dequant_rows", &format!("{ty:?} (emulated)"), &floats(&kernels.run(&input).unwrap()), &want, 1e-6);
+    }
+}
+
+#[test]
+fn top_k_kernels_on_cpu_threads_match_the_sorted_f64_reference() {
+    // Two warps a block (the GPU runs eight): the same cross-warp paths, at
+    // a quarter of the OS threads.
+    let Some(kernels) = Emulated::build("top_k", &["THREADS=64"]).unwrap() else {
+        eprintln!("skipping emulated top_k: no C++ compiler answers to `c++`");
+        return;
+    };
+    let mut rng = Rng::new(0x5EED_00E1);
+    // (rows, vocab, k, chunk): chunks ending short, the largest k over
+    // several chunks, k = vocab (a full sort), and rows of few distinct
+    // values, whose ties cross chunks.
+    for (rows, vocab, k, chunk, ties) in [(2, 5000, 20, 1024, false), (1, 1500, 256, 512, false), (1, 256, 256, 4096, false), (2, 3000, 40, 1024, true)] {
+        let mut logits = random_logits(&mut rng, rows, vocab, k);
+        if ties {
+            logits.iter_mut().for_each(|l| *l = (*l / 4.0).round());
+        }
+        let mut input = words(&[rows, vocab, k, chunk].map(|v| v as u32));
+        input.extend(logits.iter().flat_map(|v| v.to_le_bytes()));
+        let out = kernels.run(&input).unwrap();
+        let (ids, rest) = out.split_at(4 * rows * k);
+        let (values, rest) = rest.split_at(4 * rows * k);
+        let (logprobs, lse) = rest.split_at(4 * rows * k);
+        let ids: Vec<u32> = ids.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+        let (values, logprobs, lse) = (floats(values), floats(logprobs), floats(lse));
+        let got: Vec<TopK> = (0..rows)
+            .map(|r| TopK {
+                ids: ids[r * k..(r + 1) * k].to_vec(),
+                logits: values[r * k..(r + 1) * k].to_vec(),
+                logprobs: logprobs[r * k..(r + 1) * k].to_vec(),
+                logsumexp: lse[r],
+            })
+            .collect();
+        check_top_k(&format!("rows{rows} vocab{vocab} k{k} chunk{chunk} (emulated)"), &logits, vocab, k, &got);
     }
 }
