@@ -203,6 +203,9 @@ impl weft_engine::Backend for FailingBackend {
     fn kv_bytes_per_token(&self) -> usize {
         self.inner.kv_bytes_per_token()
     }
+    fn default_step_tokens(&self) -> usize {
+        self.inner.default_step_tokens()
+    }
     fn allocate_kv(&mut self, num_blocks: usize, block_size: usize) -> Result<(), weft_engine::BackendError> {
         self.inner.allocate_kv(num_blocks, block_size)
     }

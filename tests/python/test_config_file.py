@@ -34,3 +34,31 @@ def test_an_unknown_key_stops_the_server_with_its_name(tmp_path):
     config.write_text("max-qeued = 8\n")
     with pytest.raises(RuntimeError, match="max-qeued"):
         Server("--config", str(config))
+
+
+def engine_steps(url):
+    metrics = urllib.request.urlopen(f"{url}/metrics").read().decode()
+    return next(int(float(line.split()[-1])) for line in metrics.splitlines() if line.startswith("weft_engine_steps"))
+
+
+def test_the_step_token_budget_chunks_a_long_prompt(tmp_path):
+    # A prompt of over 512 tokens takes at least one step per 64 tokens at
+    # the file's budget.
+    config = tmp_path / "weft.toml"
+    config.write_text("max-batch-tokens = 64\n")
+    server = Server("--config", str(config), "--max-running", "8")
+    try:
+        before = engine_steps(server.url)
+        prompt = " ".join(f"word{i}" for i in range(200))
+        status, body = post(server.url, {"prompt": prompt, "max_tokens": 1})
+        assert status == 200, body
+        prompt_tokens = body["usage"]["prompt_tokens"]
+        assert prompt_tokens > 512, prompt_tokens
+        assert engine_steps(server.url) - before >= -(-prompt_tokens // 64)
+    finally:
+        server.stop()
+
+
+def test_a_step_budget_below_the_running_sequences_stops_the_server():
+    with pytest.raises(RuntimeError, match=r"max-batch-tokens \(8\) must be at least max-running \(16\)"):
+        Server("--max-batch-tokens", "8", "--max-running", "16")

@@ -43,6 +43,12 @@ pub struct BenchArgs {
     /// --model: llama3-8b, smollm2-135m or tiny. Prompts are random token ids.
     #[arg(long, value_name = "SHAPE")]
     pub synthetic: Option<weft_engine::model::synthetic::Shape>,
+    /// Most tokens one engine step computes (prompts longer than this are
+    /// prefilled in chunks); at least the largest --batch [default: the
+    /// backend's (128 on the CPU, 512 on a GPU), raised to the largest
+    /// --batch].
+    #[arg(long)]
+    pub max_batch_tokens: Option<usize>,
     /// KV cache size (the largest decode batch needs room for every sequence).
     #[arg(long, default_value_t = 256)]
     pub kv_cache_mib: usize,
@@ -135,6 +141,14 @@ pub fn bench(store: &Store, args: BenchArgs) -> Result<()> {
     let device = opened.backend.name();
     let mut config = opened.config;
     config.max_running = config.max_running.max(args.batch.iter().copied().max().unwrap_or(1));
+    match args.max_batch_tokens {
+        Some(tokens) => {
+            anyhow::ensure!(tokens >= config.max_running, "--max-batch-tokens ({tokens}) must be at least the largest batch ({})", config.max_running);
+            config.max_batch_tokens = tokens;
+        }
+        // Every sequence of the largest batch decodes in each step.
+        None => config.max_batch_tokens = config.max_batch_tokens.max(config.max_running),
+    }
     let mut engine = crate::run::engine(&loaded, opened.backend, config, args.model.sampler, &crate::run::plugin_runtime(store)?)?;
     let weight_bytes = loaded.model.matrix_bytes();
     let threads = weft_kernels_cpu::pool::threads();

@@ -44,6 +44,13 @@ pub struct ServeArgs {
     /// Most sequences decoding at once [default: 64].
     #[arg(long, env = "WEFT_MAX_RUNNING")]
     pub max_running: Option<usize>,
+    /// Most tokens one engine step computes, prefill chunks included: a
+    /// smaller budget shortens the steps that carry a prompt (a steadier
+    /// inter-token latency for the sequences decoding beside it) at some
+    /// cost in prefill throughput. At least --max-running [default: 128 on
+    /// the CPU, 512 on a GPU; raised to --max-running].
+    #[arg(long, env = "WEFT_MAX_BATCH_TOKENS")]
+    pub max_batch_tokens: Option<usize>,
     /// Requests waiting beyond the running ones before new ones get 503 [default: 256].
     #[arg(long, env = "WEFT_MAX_QUEUED")]
     pub max_queued: Option<usize>,
@@ -89,6 +96,7 @@ struct ServeFile {
     kv_cache_mib: Option<usize>,
     max_output_tokens: Option<usize>,
     max_running: Option<usize>,
+    max_batch_tokens: Option<usize>,
     max_queued: Option<usize>,
     admin_token: Option<String>,
     state_dir: Option<PathBuf>,
@@ -130,6 +138,7 @@ impl ServeArgs {
         self.kv_cache_mib = self.kv_cache_mib.or(file.kv_cache_mib);
         self.max_output_tokens = self.max_output_tokens.or(file.max_output_tokens);
         self.max_running = self.max_running.or(file.max_running);
+        self.max_batch_tokens = self.max_batch_tokens.or(file.max_batch_tokens);
         self.max_queued = self.max_queued.or(file.max_queued);
         self.admin_token = self.admin_token.or(file.admin_token);
         self.state_dir = self.state_dir.or(file.state_dir);
@@ -166,6 +175,19 @@ pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
         loaded.name = stem.to_string();
     }
     engine_config.max_running = args.max_running.unwrap_or(64).max(1);
+    // Every running sequence decodes one token a step; a smaller budget
+    // would leave some of them out of every step.
+    match args.max_batch_tokens {
+        Some(tokens) => {
+            anyhow::ensure!(
+                tokens >= engine_config.max_running,
+                "max-batch-tokens ({tokens}) must be at least max-running ({}): every running sequence decodes a token each step",
+                engine_config.max_running
+            );
+            engine_config.max_batch_tokens = tokens;
+        }
+        None => engine_config.max_batch_tokens = engine_config.max_batch_tokens.max(engine_config.max_running),
+    }
     let plugins = std::sync::Arc::new(crate::run::plugin_runtime(store)?);
     eprintln!("weft: running on {}", backend.name());
     let engine = crate::run::engine(&loaded, backend, engine_config, args.model.sampler, &plugins)?;

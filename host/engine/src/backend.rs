@@ -45,6 +45,13 @@ pub trait Backend: Send {
     /// Bytes one token's keys and values take across all layers.
     fn kv_bytes_per_token(&self) -> usize;
 
+    /// Tokens one engine step computes unless the operator says otherwise
+    /// ([`EngineConfig::max_batch_tokens`](crate::EngineConfig)): enough
+    /// that this backend's matrix products run at full speed, few enough
+    /// that a step carrying a prompt chunk does not stall the sequences
+    /// decoding beside it.
+    fn default_step_tokens(&self) -> usize;
+
     /// Reserve storage for `num_blocks` blocks of `block_size` token slots.
     fn allocate_kv(&mut self, num_blocks: usize, block_size: usize) -> Result<(), BackendError>;
 
@@ -70,6 +77,12 @@ impl CpuBackend {
     pub fn bytes_per_token(config: &ModelConfig) -> usize {
         KvStorage::bytes_per_token(config.layers, config.kv_dim(), config.kv_precision())
     }
+
+    /// The CPU's step budget: prefill runs as fast per token in chunks of
+    /// 128 as of 512 (2 cores, the default model), while a step of 512
+    /// prompt tokens holds every decoding sequence's next token for most
+    /// of a second (docs/performance.md, "The step token budget").
+    pub const STEP_TOKENS: usize = 128;
 }
 
 impl Backend for CpuBackend {
@@ -83,6 +96,10 @@ impl Backend for CpuBackend {
 
     fn kv_bytes_per_token(&self) -> usize {
         Self::bytes_per_token(&self.model.config)
+    }
+
+    fn default_step_tokens(&self) -> usize {
+        Self::STEP_TOKENS
     }
 
     fn allocate_kv(&mut self, num_blocks: usize, block_size: usize) -> Result<(), BackendError> {

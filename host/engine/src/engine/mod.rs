@@ -48,7 +48,10 @@ pub struct EngineConfig {
     /// Blocks in the pool. Default: as many as fit in the byte budget given
     /// to [`EngineConfig::for_model`].
     pub num_blocks: usize,
-    /// Most tokens computed in one step, prefill chunks included. Default 512.
+    /// Most tokens computed in one step, prefill chunks included; at least
+    /// `max_running`, since every running sequence decodes one token a
+    /// step. Default: the backend's ([`Backend::default_step_tokens`]: 128
+    /// on the CPU, 512 on a GPU).
     pub max_batch_tokens: usize,
     /// Most sequences running at once. Default 64.
     pub max_running: usize,
@@ -63,20 +66,20 @@ pub struct EngineConfig {
 impl EngineConfig {
     /// Defaults for `model` on the CPU, with a KV cache of `kv_cache_bytes`.
     pub fn for_model(model: &LlamaModel, kv_cache_bytes: usize) -> Self {
-        Self::for_kv(CpuBackend::bytes_per_token(&model.config), kv_cache_bytes)
+        Self::for_kv(CpuBackend::bytes_per_token(&model.config), CpuBackend::STEP_TOKENS, kv_cache_bytes)
     }
 
     /// Defaults for `backend`, with a KV cache of `kv_cache_bytes`.
     pub fn for_backend(backend: &dyn Backend, kv_cache_bytes: usize) -> Self {
-        Self::for_kv(backend.kv_bytes_per_token(), kv_cache_bytes)
+        Self::for_kv(backend.kv_bytes_per_token(), backend.default_step_tokens(), kv_cache_bytes)
     }
 
-    fn for_kv(per_token: usize, kv_cache_bytes: usize) -> Self {
+    fn for_kv(per_token: usize, step_tokens: usize, kv_cache_bytes: usize) -> Self {
         let block_size = 16;
         Self {
             block_size,
             num_blocks: (kv_cache_bytes / (per_token * block_size)).max(1),
-            max_batch_tokens: 512,
+            max_batch_tokens: step_tokens,
             max_running: 64,
             guide_grace: Duration::from_millis(20),
             guide_threads: 2,
