@@ -1,7 +1,8 @@
 // attention.cu's kernels on CPU threads (block.h), for the cache type the
 // build selects (-DWEFT_KV_F16, -DWEFT_KV_E4M3, else f32): prefill tiles
-// (paged_attn_prefill) or partitioned decode rows (paged_attn_partial then
-// paged_attn_reduce), launched as the kernel crate launches them.
+// (paged_attn_prefill), partitioned decode rows (paged_attn_partial then
+// paged_attn_reduce) or the cache write (kv_write, mode 2, below), launched
+// as the kernel crate launches them.
 // stdin (little-endian u32 unless noted): mode (0 prefill, 1 decode),
 // n_heads, n_kv, head_dim, block_size, max_blocks, num_blocks, n_tables,
 // q_rows; f32 scale; f32 q[q_rows][n_heads][head_dim]; k and v caches
@@ -13,10 +14,28 @@
 #include "block.h"
 #include "attention.cu"
 
+// Mode 2: kv_write. stdin after the mode: kv_dim, tokens, capacity (slots);
+// f32 k[tokens][kv_dim], v[tokens][kv_dim]; slots[tokens]. stdout: the k
+// cache then the v cache, [capacity][kv_dim] in the cache type, zero where
+// nothing wrote.
+static int write_kv() {
+    const auto h = emu::read<uint32_t>(3);
+    const uint32_t kv_dim = h[0], tokens = h[1], capacity = h[2];
+    const auto k = emu::read<float>((size_t)tokens * kv_dim), v = emu::read<float>((size_t)tokens * kv_dim);
+    const auto slots = emu::read<uint32_t>(tokens);
+    std::vector<KV_T> kc((size_t)capacity * kv_dim, KV_T{}), vc(kc);
+    emu::run_grid(Dim3{tokens, 1, 1}, 128, [&] { kv_write(k.data(), v.data(), slots.data(), kc.data(), vc.data(), kv_dim); });
+    fwrite(kc.data(), sizeof(KV_T), kc.size(), stdout);
+    fwrite(vc.data(), sizeof(KV_T), vc.size(), stdout);
+    return 0;
+}
+
 int main() {
-    const auto h = emu::read<uint32_t>(9);
-    const uint32_t mode = h[0], n_heads = h[1], n_kv = h[2], head_dim = h[3], block_size = h[4], max_blocks = h[5],
-                   num_blocks = h[6], n_tables = h[7], q_rows = h[8];
+    const uint32_t mode = emu::read<uint32_t>(1)[0];
+    if (mode == 2) return write_kv();
+    const auto h = emu::read<uint32_t>(8);
+    const uint32_t n_heads = h[0], n_kv = h[1], head_dim = h[2], block_size = h[3], max_blocks = h[4],
+                   num_blocks = h[5], n_tables = h[6], q_rows = h[7];
     const float scale = emu::read<float>(1)[0];
     const auto q = emu::read<float>((size_t)q_rows * n_heads * head_dim);
     const size_t cache = (size_t)num_blocks * block_size * n_kv * head_dim;

@@ -60,7 +60,9 @@ impl KvType {
         }
     }
 
-    pub(crate) fn define(self) -> &'static str {
+    /// The preprocessor define that selects this storage type's variant of
+    /// `attention.cu` (compiled once per type).
+    pub fn define(self) -> &'static str {
         match self {
             KvType::F32 => "WEFT_KV_F32",
             KvType::F16 => "WEFT_KV_F16",

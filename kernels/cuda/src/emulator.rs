@@ -5,10 +5,10 @@
 //! CUDA thread, barriers for `__syncthreads` and warps, shuffles through a
 //! per-warp buffer, cp.async copies that land at the latest allowed wait);
 //! each harness beside it (`choose_tokens.cpp`, `attention.cpp`,
-//! `gemv.cpp`, `top_k.cpp`) includes one `.cu` file, reads its inputs from stdin,
-//! launches the kernels as this crate launches them and writes the outputs
-//! to stdout. What the emulation does not model, the GPU tests check: the
-//! memory model, timing and occupancy.
+//! `gemv.cpp`, `top_k.cpp`, `layers.cpp`) includes one `.cu` file, reads
+//! its inputs from stdin, launches the kernels as this crate launches them
+//! and writes the outputs to stdout. What the emulation does not model, the
+//! GPU tests check: the memory model, timing and occupancy.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -28,17 +28,19 @@ pub enum EmulatorError {
 }
 
 /// Every file a harness may include, as the kernels are compiled for the GPU.
-const SOURCES: [(&str, &str); 10] = [
+const SOURCES: [(&str, &str); 12] = [
     ("block.h", include_str!("../emulator/block.h")),
     ("choose_tokens.cpp", include_str!("../emulator/choose_tokens.cpp")),
     ("attention.cpp", include_str!("../emulator/attention.cpp")),
     ("gemv.cpp", include_str!("../emulator/gemv.cpp")),
     ("top_k.cpp", include_str!("../emulator/top_k.cpp")),
+    ("layers.cpp", include_str!("../emulator/layers.cpp")),
     ("common.cuh", include_str!("kernels/common.cuh")),
     ("choose.cu", include_str!("kernels/choose.cu")),
     ("attention.cu", include_str!("kernels/attention.cu")),
     ("gemv.cu", include_str!("kernels/gemv.cu")),
     ("sample.cu", include_str!("kernels/sample.cu")),
+    ("layers.cu", include_str!("kernels/layers.cu")),
 ];
 
 /// One harness compiled for this machine's CPU.
@@ -49,7 +51,8 @@ pub struct Emulated {
 }
 
 impl Emulated {
-    /// The harness `program` (`choose_tokens`, `attention`, `gemv` or `top_k`)
+    /// The harness `program` (`choose_tokens`, `attention`, `gemv`, `top_k`
+    /// or `layers`)
     /// compiled with the preprocessor `defines` (`NAME` or `NAME=value`),
     /// or `None` where no C++20 compiler answers to `c++`.
     pub fn build(program: &str, defines: &[&str]) -> Result<Option<Self>, EmulatorError> {
@@ -99,11 +102,12 @@ impl Emulated {
 }
 
 /// A kernel source as the emulator compiles it: its `extern __shared__`
-/// array pointed at the emulator's dynamic shared memory.
+/// array (a trailing comment allowed) pointed at the emulator's dynamic
+/// shared memory.
 fn for_cpu(source: &str) -> String {
     source
         .lines()
-        .map(|line| match line.trim().strip_prefix("extern __shared__ ").and_then(|d| d.strip_suffix("[];")) {
+        .map(|line| match line.split("//").next().unwrap_or_default().trim().strip_prefix("extern __shared__ ").and_then(|d| d.strip_suffix("[];")) {
             Some(decl) => {
                 let (ty, name) = decl.split_once(' ').expect("extern __shared__ <type> <name>[];");
                 format!("    {ty}* {name} = ({ty}*)emu::dynamic_shared;")

@@ -7,15 +7,29 @@
 //! lookup and panel dequantisation. The staged path's copies land at the
 //! latest wait that allows them, so a buffer read before its wait fails
 //! here. sample.cu's top-k with log-softmax, over chunks ending short, ties
-//! across chunks and the largest k. They run where there is no GPU; they skip (saying why) where no
+//! across chunks and the largest k. attention.cu's cache write in each
+//! storage type, byte for byte, and layers.cu's RMSNorm, RoPE (both
+//! layouts, a partial rotation) and SwiGLU. They run where there is no GPU; they skip (saying why) where no
 //! C++20 compiler answers to `c++` (scripts/test.sh installs one).
 
 use weft_kernels_cuda::emulator::Emulated;
-use weft_kernels_cuda::{TopK, WeightType};
+use weft_kernels_cuda::{KvType, TopK, WeightType};
 
 use crate::common::{Rng, check, dequant_row, random_matrix};
 use crate::gemv::reference;
+use crate::kv::{check_written, shuffled_slots, write_inputs};
+use crate::layers::{rms_norm_reference, rope_reference, swiglu_reference};
 use crate::sample::{check_top_k, random_logits};
+
+/// The harness `program` built with `defines`, or None (saying so) where
+/// there is no C++ compiler.
+fn build(program: &str, defines: &[&str]) -> Option<Emulated> {
+    let built = Emulated::build(program, defines).unwrap();
+    if built.is_none() {
+        eprintln!("skipping emulated {program}: no C++ compiler answers to `c++`");
+    }
+    built
+}
 
 /// Kernel numbers of emulator/gemv.cpp.
 const DIRECT: u32 = 0;
@@ -55,10 +69,7 @@ fn staged_kernel(ty: WeightType, r: usize) -> bool {
 fn gemv_kernels_on_cpu_threads_match_the_f64_reference() {
     let mut rng = Rng::new(0x5EED_00E0);
     for ty in WeightType::ALL {
-        let Some(kernels) = Emulated::build("gemv", &[ty.define()]).unwrap() else {
-            eprintln!("skipping emulated gemv: no C++ compiler answers to `c++`");
-            return;
-        };
+        let Some(kernels) = build("gemv", &[ty.define()]) else { return };
         for (long, cols) in column_counts(ty).into_iter().enumerate() {
             let long = long == 1;
             for kernel in [DIRECT, STAGED] {
@@ -115,10 +126,7 @@ fn gemv_kernels_on_cpu_threads_match_the_f64_reference() {
 fn top_k_kernels_on_cpu_threads_match_the_sorted_f64_reference() {
     // Two warps a block (the GPU runs eight): the same cross-warp paths, at
     // a quarter of the OS threads.
-    let Some(kernels) = Emulated::build("top_k", &["THREADS=64"]).unwrap() else {
-        eprintln!("skipping emulated top_k: no C++ compiler answers to `c++`");
-        return;
-    };
+    let Some(kernels) = build("top_k", &["THREADS=64"]) else { return };
     let mut rng = Rng::new(0x5EED_00E1);
     // (rows, vocab, k, chunk): chunks ending short, the largest k over
     // several chunks, k = vocab (a full sort), and rows of few distinct
@@ -146,4 +154,59 @@ fn top_k_kernels_on_cpu_threads_match_the_sorted_f64_reference() {
             .collect();
         check_top_k(&format!("rows{rows} vocab{vocab} k{k} chunk{chunk} (emulated)"), &logits, vocab, k, &got);
     }
+}
+
+#[test]
+fn kv_write_on_cpu_threads_stores_each_type_as_the_host_encodes_it() {
+    let mut rng = Rng::new(0x5EED_00E2);
+    for ty in KvType::ALL {
+        let Some(kernels) = build("attention", &[ty.define()]) else { return };
+        let (kv_dim, capacity) = (192, 9 * 16);
+        let slots = shuffled_slots(&mut rng, capacity, 37);
+        let (keys, values) = write_inputs(&mut rng, slots.len() * kv_dim);
+        let mut input = words(&[2, kv_dim as u32, slots.len() as u32, capacity as u32]);
+        input.extend(keys.iter().chain(&values).flat_map(|v| v.to_le_bytes()));
+        input.extend(words(&slots));
+        let out = kernels.run(&input).unwrap();
+        let (kc, vc) = out.split_at(out.len() / 2);
+        check_written(&format!("{ty:?} (emulated)"), ty, &slots, &keys, &values, capacity * kv_dim, kc, vc);
+    }
+}
+
+#[test]
+fn layer_kernels_on_cpu_threads_match_the_f64_references() {
+    let Some(kernels) = build("layers", &[]) else { return };
+    let mut rng = Rng::new(0x5EED_00E3);
+    for (rows, dim, eps) in [(3usize, 576usize, 1e-5f32), (2, 1000, 1e-6)] {
+        let (x, w) = (rng.vec(rows * dim, 3.0), rng.vec(dim, 1.5));
+        let mut input = words(&[0, rows as u32, dim as u32]);
+        input.extend(eps.to_le_bytes());
+        input.extend(x.iter().chain(&w).flat_map(|v| v.to_le_bytes()));
+        let got = floats(&kernels.run(&input).unwrap());
+        check("rms_norm", &format!("{rows}x{dim} (emulated)"), &got, &rms_norm_reference(&x, &w, eps), 1e-5);
+    }
+    // (heads, head_dim, rot_dim, base): SmolLM2's shape and a partial
+    // rotation, in both layouts, at positions into the tens of thousands.
+    for (heads, hd, rot, base) in [(9usize, 64usize, 64usize, 100_000.0f64), (4, 64, 32, 10_000.0)] {
+        for neox in [false, true] {
+            let tokens = 5;
+            let pos: Vec<u32> = (0..tokens).map(|i| if i == 0 { 0 } else { rng.below(32_768) as u32 }).collect();
+            let inv: Vec<f64> = (0..rot / 2).map(|i| base.powf(-((2 * i) as f64) / rot as f64)).collect();
+            let x = rng.vec(tokens * heads * hd, 2.0);
+            let mut input = words(&[1, tokens as u32, heads as u32, hd as u32, rot as u32, neox as u32]);
+            input.extend(words(&pos));
+            input.extend(inv.iter().flat_map(|v| v.to_le_bytes()));
+            input.extend(x.iter().flat_map(|v| v.to_le_bytes()));
+            let got = floats(&kernels.run(&input).unwrap());
+            let case = format!("{} h{heads} d{hd} rot{rot} (emulated)", if neox { "NeoX" } else { "Adjacent" });
+            check("rope", &case, &got, &rope_reference(&x, &pos, heads, hd, &inv, neox), 1e-5);
+        }
+    }
+    // Two blocks over 1536 × 3 values: each thread walks the grid stride.
+    let n = 1536 * 3;
+    let (gate, up) = (rng.vec(n, 8.0), rng.vec(n, 2.0));
+    let mut input = words(&[2, n as u32, 2]);
+    input.extend(gate.iter().chain(&up).flat_map(|v| v.to_le_bytes()));
+    let got = floats(&kernels.run(&input).unwrap());
+    check("swiglu", &format!("n{n} (emulated)"), &got, &swiglu_reference(&gate, &up), 1e-5);
 }

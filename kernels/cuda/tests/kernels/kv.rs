@@ -78,14 +78,8 @@ fn write_case(ty: KvType, seed: u64) {
     let kv_dim = shape.n_kv_heads * shape.head_dim;
     let capacity = shape.num_blocks * shape.block_size;
     let mut cache = k.paged_kv(ty, shape, 2).unwrap();
-    let mut slots: Vec<u32> = (0..capacity as u32).collect();
-    for i in (1..slots.len()).rev() {
-        slots.swap(i, rng.below(i + 1));
-    }
-    slots.truncate(37);
-    // Values over E4M3's whole range, its saturation and subnormals included.
-    let keys: Vec<f32> = (0..slots.len() * kv_dim).map(|_| rng.sym(1.0) * 10f32.powi(rng.below(7) as i32 - 4)).collect();
-    let values = rng.vec(slots.len() * kv_dim, 600.0);
+    let slots = shuffled_slots(&mut rng, capacity, 37);
+    let (keys, values) = write_inputs(&mut rng, slots.len() * kv_dim);
     let (kd, vd) = (k.upload(&keys).unwrap(), k.upload(&values).unwrap());
     k.kv_write(&mut cache, 1, &kd, &vd, &slots).unwrap();
     let (k0, v0) = cache.layer_bytes(0).unwrap();
@@ -93,8 +87,34 @@ fn write_case(ty: KvType, seed: u64) {
     assert!(untouched, "{ty:?}: writing layer 1 changed layer 0");
     let (kc, vc) = cache.layer_bytes(1).unwrap();
     let (kc, vc) = (k.download(kc).unwrap(), k.download(vc).unwrap());
+    check_written(&format!("{ty:?}"), ty, &slots, &keys, &values, capacity * kv_dim, &kc, &vc);
+}
+
+/// `n` distinct slots of a cache of `capacity`, in random order.
+pub fn shuffled_slots(rng: &mut Rng, capacity: usize, n: usize) -> Vec<u32> {
+    let mut slots: Vec<u32> = (0..capacity as u32).collect();
+    for i in (1..slots.len()).rev() {
+        slots.swap(i, rng.below(i + 1));
+    }
+    slots.truncate(n);
+    slots
+}
+
+/// Keys and values for a write of `n` values each: over E4M3's whole range,
+/// its saturation and subnormals included.
+pub fn write_inputs(rng: &mut Rng, n: usize) -> (Vec<f32>, Vec<f32>) {
+    let keys = (0..n).map(|_| rng.sym(1.0) * 10f32.powi(rng.below(7) as i32 - 4)).collect();
+    (keys, rng.vec(n, 600.0))
+}
+
+/// Check a layer's caches (`cache_len` values each, in `ty`) after `keys`
+/// and `values` were written to `slots`: every written value encoded as the
+/// host encodes it, every other byte still zero.
+#[allow(clippy::too_many_arguments)]
+pub fn check_written(case: &str, ty: KvType, slots: &[u32], keys: &[f32], values: &[f32], cache_len: usize, kc: &[u8], vc: &[u8]) {
+    let kv_dim = keys.len() / slots.len();
     let width = ty.bytes();
-    let mut expect_k = vec![0u8; capacity * kv_dim * width];
+    let mut expect_k = vec![0u8; cache_len * width];
     let mut expect_v = expect_k.clone();
     for (t, &slot) in slots.iter().enumerate() {
         for i in 0..kv_dim {
@@ -103,9 +123,10 @@ fn write_case(ty: KvType, seed: u64) {
             expect_v[at..at + width].copy_from_slice(&stored(ty, values[t * kv_dim + i]).0);
         }
     }
+    assert_eq!((kc.len(), vc.len()), (expect_k.len(), expect_v.len()), "{case}: cache sizes");
     let wrong = kc.iter().zip(&expect_k).chain(vc.iter().zip(&expect_v)).filter(|(a, b)| a != b).count();
-    println!("RESULT kernel=kv_write case={ty:?} rel_err=0 tol=exact mismatched_bytes={wrong}");
-    assert_eq!(wrong, 0, "{ty:?}: {wrong} bytes differ from the host encoding");
+    println!("RESULT kernel=kv_write case={case} rel_err=0 tol=exact mismatched_bytes={wrong}");
+    assert_eq!(wrong, 0, "{case}: {wrong} bytes differ from the host encoding");
 }
 
 #[test]

@@ -21,17 +21,35 @@ fn rms_norm_matches_f64_reference() {
         let mut out = poisoned(k, rows * dim);
         k.rms_norm(&xd, &wd, &mut out, rows, dim, eps).unwrap();
         let got = k.download(&out).unwrap();
-        let mut want = Vec::with_capacity(rows * dim);
-        for r in x.chunks_exact(dim) {
-            let ms = r.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / dim as f64;
-            let s = 1.0 / (ms + eps as f64).sqrt();
-            want.extend(r.iter().zip(&w).map(|(&v, &g)| v as f64 * s * g as f64));
-        }
-        check("rms_norm", &format!("{rows}x{dim}"), &got, &want, 1e-5);
+        check("rms_norm", &format!("{rows}x{dim}"), &got, &rms_norm_reference(&x, &w, eps), 1e-5);
     }
 }
 
-fn rope_reference(
+/// RMSNorm of each row of `x` (rows of `w.len()`) in f64.
+pub fn rms_norm_reference(x: &[f32], w: &[f32], eps: f32) -> Vec<f64> {
+    let mut want = Vec::with_capacity(x.len());
+    for r in x.chunks_exact(w.len()) {
+        let ms = r.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / w.len() as f64;
+        let s = 1.0 / (ms + eps as f64).sqrt();
+        want.extend(r.iter().zip(w).map(|(&v, &g)| v as f64 * s * g as f64));
+    }
+    want
+}
+
+/// `silu(gate) * up` in f64.
+pub fn swiglu_reference(gate: &[f32], up: &[f32]) -> Vec<f64> {
+    gate.iter()
+        .zip(up)
+        .map(|(&g, &u)| {
+            let g = g as f64;
+            g / (1.0 + (-g).exp()) * u as f64
+        })
+        .collect()
+}
+
+/// RoPE of `x` (tokens × heads × hd) at `pos` with inverse frequencies
+/// `inv` (rot_dim / 2 of them), in f64; adjacent pairs or NeoX halves.
+pub fn rope_reference(
     x: &[f32],
     pos: &[u32],
     heads: usize,
@@ -116,15 +134,7 @@ fn swiglu_matches_f64_reference() {
         let mut out = poisoned(k, n);
         k.swiglu(&gd, &ud, &mut out, n).unwrap();
         let got = k.download(&out).unwrap();
-        let want: Vec<f64> = g
-            .iter()
-            .zip(&u)
-            .map(|(&g, &u)| {
-                let g = g as f64;
-                g / (1.0 + (-g).exp()) * u as f64
-            })
-            .collect();
-        check("swiglu", &format!("n{n}"), &got, &want, 1e-5);
+        check("swiglu", &format!("n{n}"), &got, &swiglu_reference(&g, &u), 1e-5);
     }
 }
 
