@@ -27,6 +27,21 @@ pub struct TopK {
     pub logsumexp: f32,
 }
 
+/// Static shared memory of each top-k stage (`sv` and `si`: 32 floats and
+/// 32 ids), which counts against the same 48 KB as the dynamic part.
+const TOPK_STATIC_SHARED: usize = 32 * 4 + 32 * 4;
+
+/// The chunk length the top-k stages split a row of `vocab` into for `k`,
+/// or None where no chunk fits: stage 1 holds one chunk of floats in shared
+/// memory, stage 2 every chunk's k candidates (8 bytes each).
+fn top_k_chunk(vocab: usize, k: usize) -> Option<usize> {
+    [4096usize, 8192].into_iter().find(|&c| {
+        let stage1 = c * 4 + TOPK_STATIC_SHARED;
+        let stage2 = vocab.div_ceil(c) * k * 8 + TOPK_STATIC_SHARED;
+        stage1.max(stage2) <= DEFAULT_SHARED_BYTES
+    })
+}
+
 impl CudaKernels {
     /// Top `k` of rows `rows` of `logits` (rows of `vocab`), with
     /// log-probabilities, one [`TopK`] per row in order.
@@ -52,17 +67,9 @@ impl CudaKernels {
                 ),
             ));
         }
-        // Chunk length: stage 2 holds chunks × k candidates (8 bytes each) in
-        // shared memory, stage 1 one chunk of floats.
-        let chunk = [4096usize, 8192]
-            .into_iter()
-            .find(|&c| vocab.div_ceil(c) * k * 8 <= DEFAULT_SHARED_BYTES)
-            .ok_or_else(|| {
-                CudaError::invalid(
-                    OP,
-                    format!("k = {k} is too large for a vocabulary of {vocab}"),
-                )
-            })?;
+        let chunk = top_k_chunk(vocab, k).ok_or_else(|| {
+            CudaError::invalid(OP, format!("k = {k} is too large for a vocabulary of {vocab}"))
+        })?;
         let nch = vocab.div_ceil(chunk);
         let cand = rows * nch * k;
         // SAFETY (all): plain device allocations, each fully written by the
@@ -372,6 +379,16 @@ mod tests {
     use weft_types::Cuts;
 
     use super::*;
+
+    #[test]
+    fn top_k_chunks_keep_both_stages_within_the_shared_memory_limit() {
+        // Llama 3's vocabulary at k = 192 needs 48 KB of candidates in
+        // chunks of 4096, which with the stage's static arrays would not
+        // launch; chunks of 8192 halve them.
+        assert_eq!(top_k_chunk(128_256, 192), Some(8192));
+        assert_eq!(top_k_chunk(49_152, 256), Some(4096));
+        assert_eq!(top_k_chunk(262_144, 256), None);
+    }
 
     #[test]
     fn picks_flatten_into_segments_that_keep_each_tokens_order() {

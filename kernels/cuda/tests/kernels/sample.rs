@@ -61,5 +61,6 @@ fn top_k_logprobs_match_sorted_f64_reference() {
     case(3, 49_152, 20, 0x5EED_0030); // SmolLM2 vocabulary, OpenAI's top_logprobs maximum
     case(2, 49_152, 64, 0x5EED_0031);
     case(2, 128_256, 256, 0x5EED_0032); // Llama 3 vocabulary, the largest k
+    case(1, 128_256, 192, 0x5EED_0034); // 48 KB of candidates in chunks of 4096: takes 8192
     case(1, 256, 256, 0x5EED_0033); // k = vocab: a full sort
 }
