@@ -36,9 +36,9 @@ def test_an_unknown_key_stops_the_server_with_its_name(tmp_path):
         Server("--config", str(config))
 
 
-def engine_steps(url):
+def metric(url, name):
     metrics = urllib.request.urlopen(f"{url}/metrics").read().decode()
-    return next(int(float(line.split()[-1])) for line in metrics.splitlines() if line.startswith("weft_engine_steps"))
+    return next(int(float(line.split()[-1])) for line in metrics.splitlines() if line.startswith(name))
 
 
 def test_the_step_token_budget_chunks_a_long_prompt(tmp_path):
@@ -48,13 +48,17 @@ def test_the_step_token_budget_chunks_a_long_prompt(tmp_path):
     config.write_text("max-batch-tokens = 64\n")
     server = Server("--config", str(config), "--max-running", "8")
     try:
-        before = engine_steps(server.url)
+        before = metric(server.url, "weft_engine_steps")
         prompt = " ".join(f"word{i}" for i in range(200))
         status, body = post(server.url, {"prompt": prompt, "max_tokens": 1})
         assert status == 200, body
         prompt_tokens = body["usage"]["prompt_tokens"]
         assert prompt_tokens > 512, prompt_tokens
-        assert engine_steps(server.url) - before >= -(-prompt_tokens // 64)
+        assert metric(server.url, "weft_engine_steps") - before >= -(-prompt_tokens // 64)
+        # Every step computed at most 64 tokens, and together the prompt.
+        steps = metric(server.url, "weft_step_tokens_count")
+        assert metric(server.url, 'weft_step_tokens_bucket{le="64.0"}') == steps
+        assert metric(server.url, "weft_step_tokens_sum") == prompt_tokens
     finally:
         server.stop()
 

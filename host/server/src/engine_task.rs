@@ -68,6 +68,8 @@ pub struct EngineGauges {
 /// step that ran the model and exported at `/metrics`.
 #[derive(Debug)]
 pub struct StepHistograms {
+    /// Tokens each step computed (decodes and prompt chunks).
+    pub tokens: Histogram,
     /// The forward pass.
     pub forward_seconds: Histogram,
     /// A guided step's masks, from handing the guides out to the last
@@ -82,6 +84,8 @@ impl Default for StepHistograms {
         // 50 µs to ~3 s in steps of ×1.5.
         let buckets = || exponential_buckets(50e-6, 1.5, 28);
         Self {
+            // 1 to 8192 tokens in powers of two.
+            tokens: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             forward_seconds: Histogram::new(buckets()),
             guide_masks_seconds: Histogram::new(buckets()),
             guide_wait_seconds: Histogram::new(std::iter::once(0.0).chain(buckets())),
@@ -241,6 +245,7 @@ fn run(mut engine: Engine, inbox: std_mpsc::Receiver<Command>, gauges: &EngineGa
             match std::panic::catch_unwind(AssertUnwindSafe(|| engine.step())) {
                 Ok(outputs) => {
                     if let Some(timing) = engine.last_step_timing() {
+                        gauges.timings.tokens.observe(timing.tokens as f64);
                         gauges.timings.forward_seconds.observe(timing.forward.as_secs_f64());
                         if let (Some(masks), Some(wait)) = (timing.masks, timing.masks_wait) {
                             gauges.timings.guide_masks_seconds.observe(masks.as_secs_f64());

@@ -78,6 +78,7 @@ impl Metrics {
             registry.register(name, help, gauge.clone());
         }
         let timings = &engine.gauges().timings;
+        registry.register("step_tokens", "Tokens each engine step computed (decodes and prompt chunks, at most --max-batch-tokens)", timings.tokens.clone());
         registry.register("step_forward_seconds", "The forward pass of each engine step", timings.forward_seconds.clone());
         registry.register(
             "step_guide_masks_seconds",

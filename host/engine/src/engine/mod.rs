@@ -174,9 +174,12 @@ pub struct EngineStats {
     pub backend_failures: u64,
 }
 
-/// How long a step's parts took.
+/// How long a step's parts took, and how much it computed.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct StepTiming {
+    /// Tokens the forward pass computed: one per decoding sequence, and the
+    /// prompt chunks (at most [`EngineConfig::max_batch_tokens`]).
+    pub tokens: usize,
     /// The forward pass.
     pub forward: Duration,
     /// From handing the step's guides out to having every answer the step
@@ -448,6 +451,7 @@ impl Engine {
         }
         let guided = !asked.is_empty();
         self.last_step = Some(StepTiming {
+            tokens: plan.iter().map(|&(_, n)| n).sum(),
             forward,
             masks: guided.then(|| masks_done - asking),
             masks_wait: guided.then(|| masks_done.saturating_duration_since(forward_end)),
