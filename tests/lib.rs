@@ -51,6 +51,9 @@ pub fn engine_with(num_blocks: usize, max_batch_tokens: usize) -> Engine {
     engine_tuned(|config| {
         config.num_blocks = num_blocks;
         config.max_batch_tokens = max_batch_tokens;
+        // A budget holds a decode token for each running sequence (the
+        // engine would raise a smaller one).
+        config.max_running = config.max_running.min(max_batch_tokens);
     })
 }
 

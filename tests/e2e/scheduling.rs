@@ -165,6 +165,20 @@ fn max_tokens_and_end_of_sequence_set_the_finish_reason() {
 }
 
 #[test]
+fn a_step_budget_below_the_running_sequences_is_raised_to_them() {
+    // Every running sequence decodes a token each step: a budget of none
+    // (which would never compute anything) is raised to max_running.
+    let mut engine = weft_tests::engine_tuned(|c| {
+        c.max_batch_tokens = 0;
+        c.max_running = 4;
+    });
+    assert_eq!(engine.config().max_batch_tokens, 4);
+    let ids: Vec<_> = PROMPTS[..4].iter().map(|p| engine.add_request(request(&encode(p), SamplingParams::greedy(3))).unwrap()).collect();
+    let outputs = run_to_completion(&mut engine);
+    assert!(ids.iter().all(|&id| tokens_of(&outputs, id).len() == 3));
+}
+
+#[test]
 fn requests_beyond_the_context_or_vocabulary_are_refused_with_both_numbers() {
     let mut engine = engine_with(64, 512);
     let err = engine.add_request(request(&[1, 2, 3], SamplingParams::greedy(9000))).unwrap_err().to_string();

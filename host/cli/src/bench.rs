@@ -140,14 +140,13 @@ pub fn bench(store: &Store, args: BenchArgs) -> Result<()> {
     };
     let device = opened.backend.name();
     let mut config = opened.config;
-    config.max_running = config.max_running.max(args.batch.iter().copied().max().unwrap_or(1));
-    match args.max_batch_tokens {
-        Some(tokens) => {
-            anyhow::ensure!(tokens >= config.max_running, "--max-batch-tokens ({tokens}) must be at least the largest batch ({})", config.max_running);
-            config.max_batch_tokens = tokens;
-        }
-        // Every sequence of the largest batch decodes in each step.
-        None => config.max_batch_tokens = config.max_batch_tokens.max(config.max_running),
+    let largest_batch = args.batch.iter().copied().max().unwrap_or(1);
+    config.max_running = config.max_running.max(largest_batch);
+    // Every sequence of the largest batch decodes in each step.
+    if let Some(tokens) = args.max_batch_tokens {
+        anyhow::ensure!(tokens >= largest_batch, "--max-batch-tokens ({tokens}) must be at least the largest batch ({largest_batch})");
+        config.max_running = largest_batch;
+        config.max_batch_tokens = tokens;
     }
     let mut engine = crate::run::engine(&loaded, opened.backend, config, args.model.sampler, &crate::run::plugin_runtime(store)?)?;
     let weight_bytes = loaded.model.matrix_bytes();

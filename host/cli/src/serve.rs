@@ -175,18 +175,15 @@ pub fn serve(store: &Store, args: ServeArgs) -> Result<()> {
         loaded.name = stem.to_string();
     }
     engine_config.max_running = args.max_running.unwrap_or(64).max(1);
-    // Every running sequence decodes one token a step; a smaller budget
-    // would leave some of them out of every step.
-    match args.max_batch_tokens {
-        Some(tokens) => {
-            anyhow::ensure!(
-                tokens >= engine_config.max_running,
-                "max-batch-tokens ({tokens}) must be at least max-running ({}): every running sequence decodes a token each step",
-                engine_config.max_running
-            );
-            engine_config.max_batch_tokens = tokens;
-        }
-        None => engine_config.max_batch_tokens = engine_config.max_batch_tokens.max(engine_config.max_running),
+    // Every running sequence decodes one token a step: a smaller budget
+    // given is refused (the engine raises its default to max-running).
+    if let Some(tokens) = args.max_batch_tokens {
+        anyhow::ensure!(
+            tokens >= engine_config.max_running,
+            "max-batch-tokens ({tokens}) must be at least max-running ({}): every running sequence decodes a token each step",
+            engine_config.max_running
+        );
+        engine_config.max_batch_tokens = tokens;
     }
     let plugins = std::sync::Arc::new(crate::run::plugin_runtime(store)?);
     eprintln!("weft: running on {}", backend.name());

@@ -18,6 +18,7 @@ fn gpu_engine(test: &str, max_batch_tokens: usize) -> Option<Engine> {
     let backend = cuda(test, &m.model, None)?;
     let mut config = EngineConfig::for_backend(&backend, 64 << 20);
     config.max_batch_tokens = max_batch_tokens;
+    config.max_running = config.max_running.min(max_batch_tokens);
     Some(Engine::with_backend(Box::new(backend), Arc::clone(&m.tokenizer), config).unwrap())
 }
 

@@ -49,8 +49,8 @@ pub struct EngineConfig {
     /// to [`EngineConfig::for_model`].
     pub num_blocks: usize,
     /// Most tokens computed in one step, prefill chunks included; at least
-    /// `max_running`, since every running sequence decodes one token a
-    /// step. Default: the backend's ([`Backend::default_step_tokens`]: 128
+    /// `max_running` (the engine raises it), since every running sequence
+    /// decodes one token a step. Default: the backend's ([`Backend::default_step_tokens`]: 128
     /// on the CPU, 512 on a GPU).
     pub max_batch_tokens: usize,
     /// Most sequences running at once. Default 64.
@@ -225,8 +225,12 @@ impl Engine {
     }
 
     /// An engine running its model on `backend`, whose KV storage is
-    /// allocated here for the configured pool.
-    pub fn with_backend(mut backend: Box<dyn Backend>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Result<Self, BackendError> {
+    /// allocated here for the configured pool. A step budget below
+    /// `max_running` is raised to it: every running sequence decodes a
+    /// token each step.
+    pub fn with_backend(mut backend: Box<dyn Backend>, tokenizer: Arc<Tokenizer>, mut config: EngineConfig) -> Result<Self, BackendError> {
+        config.max_running = config.max_running.max(1);
+        config.max_batch_tokens = config.max_batch_tokens.max(config.max_running);
         backend.allocate_kv(config.num_blocks, config.block_size)?;
         let pool = BlockPool::new(config.num_blocks);
         Ok(Self {
