@@ -45,7 +45,7 @@ pub struct BenchArgs {
     pub synthetic: Option<weft_engine::model::synthetic::Shape>,
     /// Most tokens one engine step computes (prompts longer than this are
     /// prefilled in chunks); at least the largest --batch [default: the
-    /// backend's (128 on the CPU, 512 on a GPU), raised to the largest
+    /// backend's (256 on the CPU, 512 on a GPU), raised to the largest
     /// --batch].
     #[arg(long)]
     pub max_batch_tokens: Option<usize>,

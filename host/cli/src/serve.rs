@@ -47,7 +47,7 @@ pub struct ServeArgs {
     /// Most tokens one engine step computes, prefill chunks included: a
     /// smaller budget shortens the steps that carry a prompt (a steadier
     /// inter-token latency for the sequences decoding beside it) at some
-    /// cost in prefill throughput. At least --max-running [default: 128 on
+    /// cost in prefill throughput. At least --max-running [default: 256 on
     /// the CPU, 512 on a GPU; raised to --max-running].
     #[arg(long, env = "WEFT_MAX_BATCH_TOKENS")]
     pub max_batch_tokens: Option<usize>,

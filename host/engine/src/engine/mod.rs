@@ -50,7 +50,7 @@ pub struct EngineConfig {
     pub num_blocks: usize,
     /// Most tokens computed in one step, prefill chunks included; at least
     /// `max_running` (the engine raises it), since every running sequence
-    /// decodes one token a step. Default: the backend's ([`Backend::default_step_tokens`]: 128
+    /// decodes one token a step. Default: the backend's ([`Backend::default_step_tokens`]: 256
     /// on the CPU, 512 on a GPU).
     pub max_batch_tokens: usize,
     /// Most sequences running at once. Default 64.
