@@ -81,14 +81,19 @@ def measure(cmd, port, args):
         proc.wait(timeout=60)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
+def add_load_args(ap, rounds):
+    """The options of a serving run: rounds, threads, the load, the model."""
+    ap.add_argument("--rounds", type=int, default=rounds)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--model", type=Path)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    add_load_args(ap, rounds=3)
     ap.add_argument("--json", type=Path, help="also write the raw figures here")
     args = ap.parse_args()
     model = args.model or default_model()

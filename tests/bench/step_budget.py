@@ -19,19 +19,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
-from serving_side_by_side import FIGURES, free_port, measure  # noqa: E402
+from serving_side_by_side import FIGURES, add_load_args, free_port, measure  # noqa: E402
 from side_by_side import default_model  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--budgets", default="512,256,128", help="comma-separated --max-batch-tokens values")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--requests", type=int, default=32)
-    ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--model", type=Path)
+    add_load_args(ap, rounds=2)
     args = ap.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     model = args.model or default_model()

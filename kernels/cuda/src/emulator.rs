@@ -79,6 +79,17 @@ impl Emulated {
         }
     }
 
+    /// [`Emulated::build`] for a test: panics if the harness does not
+    /// compile, and says on stderr that the test skips where there is no
+    /// compiler.
+    pub fn build_or_skip(program: &str, defines: &[&str]) -> Option<Self> {
+        let built = Self::build(program, defines).unwrap_or_else(|e| panic!("{e}"));
+        if built.is_none() {
+            eprintln!("skipping the emulated {program}: no C++ compiler answers to `c++`");
+        }
+        built
+    }
+
     /// Run the program with `input` on stdin; its stdout.
     pub fn run(&self, input: &[u8]) -> Result<Vec<u8>, EmulatorError> {
         let mut child = Command::new(&self.exe).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;

@@ -10,6 +10,7 @@
 //! speed, which the GPU tests check. They skip (saying why) where no C++20
 //! compiler answers to `c++`; scripts/test.sh installs one.
 
+use weft_kernels_cuda::KvType;
 use weft_kernels_cuda::emulator::Emulated;
 use weft_engine::sampling::{HostRows, param_edits, synthetic_logits, uniform};
 use weft_types::{Cuts, LogitsRows, Pick, SamplingParams, TokenId};
@@ -19,16 +20,6 @@ use crate::common::{CUTS, check_against_host};
 /// Threads per emulated choice block: 8 warps (the GPU runs 32), enough
 /// for every cross-warp path of the scans, and 4× fewer OS threads.
 const THREADS: &str = "THREADS=256";
-
-/// The emulator harness `program` built with `defines`, or None (saying
-/// so) where there is no C++ compiler.
-fn build(program: &str, defines: &[&str]) -> Option<Emulated> {
-    let built = Emulated::build(program, defines).unwrap();
-    if built.is_none() {
-        eprintln!("skipping emulated::{program}: no C++ compiler answers to `c++`");
-    }
-    built
-}
 
 /// The choice kernels over `rows` (rows of `vocab` logits) for `picks`,
 /// from the packed upload `choose_tokens` makes.
@@ -46,7 +37,7 @@ fn choose_on_cpu(kernels: &Emulated, rows: &[f32], vocab: usize, picks: &[Pick<'
 
 #[test]
 fn the_choice_kernels_on_cpu_threads_choose_the_hosts_tokens() {
-    let Some(kernels) = build("choose_tokens", &[THREADS]) else { return };
+    let Some(kernels) = Emulated::build_or_skip("choose_tokens", &[THREADS]) else { return };
     // Rows of every kind the cuts meet: plain, few distinct values with
     // zeros of both signs (ties at every boundary), peaked, mostly banned;
     // and every row also picked through a guide's mask and the edits a
@@ -95,47 +86,28 @@ fn the_choice_kernels_on_cpu_threads_choose_the_hosts_tokens() {
     println!("emulated choice kernels: {same}/{sampled} sampled picks the host's token, all inside its nucleus, repeated exactly");
 }
 
-/// How the emulated kernels' cache stores keys and values (the define that
-/// selects it, as the kernel crate compiles attention.cu per type).
-#[derive(Clone, Copy, Debug)]
-enum Cache {
-    F32,
-    F16,
-    E4m3,
-}
-
-impl Cache {
-    fn define(self) -> &'static [&'static str] {
-        match self {
-            Cache::F32 => &[],
-            Cache::F16 => &["WEFT_KV_F16"],
-            Cache::E4m3 => &["WEFT_KV_E4M3"],
+/// `n` random values stored as `ty`: their bytes, and the f32 values they
+/// stand for (what the reference computes with).
+fn random_values(ty: KvType, seed: u64, n: usize) -> (Vec<u8>, Vec<f32>) {
+    let x: Vec<f32> = synthetic_logits(seed, n).into_iter().map(|x| x / 6.0).collect();
+    match ty {
+        KvType::F32 => (x.iter().flat_map(|v| v.to_le_bytes()).collect(), x),
+        KvType::F16 => {
+            let h: Vec<half::f16> = x.iter().map(|&v| half::f16::from_f32(v)).collect();
+            (h.iter().flat_map(|v| v.to_le_bytes()).collect(), h.iter().map(|v| v.to_f32()).collect())
         }
-    }
-
-    /// `n` random values in this type: their bytes, and the f32 values they
-    /// stand for (what the reference computes with).
-    fn random(self, seed: u64, n: usize) -> (Vec<u8>, Vec<f32>) {
-        let x: Vec<f32> = synthetic_logits(seed, n).into_iter().map(|x| x / 6.0).collect();
-        match self {
-            Cache::F32 => (x.iter().flat_map(|v| v.to_le_bytes()).collect(), x),
-            Cache::F16 => {
-                let h: Vec<half::f16> = x.iter().map(|&v| half::f16::from_f32(v)).collect();
-                (h.iter().flat_map(|v| v.to_le_bytes()).collect(), h.iter().map(|v| v.to_f32()).collect())
-            }
-            Cache::E4m3 => {
-                // Codes of magnitude below 2 (exponent field 0..=7), both signs.
-                let codes: Vec<u8> = x.iter().map(|&v| ((v.to_bits() >> 9) as u8 & 0x3f) | if v < 0.0 { 0x80 } else { 0 }).collect();
-                let decoded = codes
-                    .iter()
-                    .map(|&b| {
-                        let (e, m) = ((b >> 3) & 15, (b & 7) as f32);
-                        let v = if e == 0 { m / 512.0 } else { (1.0 + m / 8.0) * 2f32.powi(e as i32 - 7) };
-                        if b & 0x80 != 0 { -v } else { v }
-                    })
-                    .collect();
-                (codes, decoded)
-            }
+        KvType::E4M3 => {
+            // Codes of magnitude below 2 (exponent field 0..=7), both signs.
+            let codes: Vec<u8> = x.iter().map(|&v| ((v.to_bits() >> 9) as u8 & 0x3f) | if v < 0.0 { 0x80 } else { 0 }).collect();
+            let decoded = codes
+                .iter()
+                .map(|&b| {
+                    let (e, m) = ((b >> 3) & 15, (b & 7) as f32);
+                    let v = if e == 0 { m / 512.0 } else { (1.0 + m / 8.0) * 2f32.powi(e as i32 - 7) };
+                    if b & 0x80 != 0 { -v } else { v }
+                })
+                .collect();
+            (codes, decoded)
         }
     }
 }
@@ -160,7 +132,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(cache_type: Cache, seed: u64, (n_heads, n_kv, head_dim, block_size): (usize, usize, usize, usize), seq_lens: &[usize], q_rows: usize) -> Self {
+    fn new(cache_type: KvType, seed: u64, (n_heads, n_kv, head_dim, block_size): (usize, usize, usize, usize), seq_lens: &[usize], q_rows: usize) -> Self {
         let needs: Vec<usize> = seq_lens.iter().map(|l| l.div_ceil(block_size)).collect();
         let num_blocks = needs.iter().sum::<usize>() + 3;
         let max_blocks = *needs.iter().max().unwrap();
@@ -168,8 +140,8 @@ impl Attention {
         let mut next = (0..num_blocks as u32).cycle().step_by(7).take(num_blocks);
         let tables = needs.iter().map(|&n| (0..max_blocks).map(|i| if i < n { next.next().unwrap() } else { 0 }).collect()).collect();
         let cache = num_blocks * block_size * n_kv * head_dim;
-        let (k_bytes, k) = cache_type.random(seed * 7 + 2, cache);
-        let (v_bytes, v) = cache_type.random(seed * 7 + 3, cache);
+        let (k_bytes, k) = random_values(cache_type, seed * 7 + 2, cache);
+        let (v_bytes, v) = random_values(cache_type, seed * 7 + 3, cache);
         Self {
             n_heads,
             n_kv,
@@ -179,7 +151,7 @@ impl Attention {
             max_blocks,
             tables,
             q_rows,
-            q: Cache::F32.random(seed * 7 + 1, q_rows * n_heads * head_dim).1,
+            q: random_values(KvType::F32, seed * 7 + 1, q_rows * n_heads * head_dim).1,
             k_bytes,
             v_bytes,
             k,
@@ -253,15 +225,15 @@ const SHAPES: [(usize, usize, usize, usize); 4] = [(4, 2, 64, 16), (8, 2, 128, 8
 fn the_attention_kernels_on_cpu_threads_match_f64_attention_for_every_cache_type() {
     // Every shape over the f32 cache; the 16-bit and 8-bit caches change
     // only how a value is loaded, so two shapes each.
-    for (cache, shapes) in [(Cache::F32, &SHAPES[..]), (Cache::F16, &SHAPES[..2]), (Cache::E4m3, &SHAPES[..2])] {
-        let Some(kernels) = build("attention", cache.define()) else { return };
+    for (cache, shapes) in [(KvType::F32, &SHAPES[..]), (KvType::F16, &SHAPES[..2]), (KvType::E4M3, &SHAPES[..2])] {
+        let Some(kernels) = Emulated::build_or_skip("attention", &[cache.define()]) else { return };
         prefill(cache, &kernels, shapes);
         decode(cache, &kernels, shapes);
     }
 }
 
 /// Prefill tiles (`paged_attn_prefill`) against f64 attention.
-fn prefill(cache: Cache, kernels: &Emulated, shapes: &[(usize, usize, usize, usize)]) {
+fn prefill(cache: KvType, kernels: &Emulated, shapes: &[(usize, usize, usize, usize)]) {
     for (i, &shape) in shapes.iter().enumerate() {
         // Sequence 0: a 40-token prompt from the start (rows 0..40); sequence
         // 1: a 20-token chunk at positions 30..50 (rows 40..60) over 30
@@ -281,7 +253,7 @@ fn prefill(cache: Cache, kernels: &Emulated, shapes: &[(usize, usize, usize, usi
 
 /// Partitioned decode rows (`paged_attn_partial`, `paged_attn_reduce`)
 /// against f64 attention.
-fn decode(cache: Cache, kernels: &Emulated, shapes: &[(usize, usize, usize, usize)]) {
+fn decode(cache: KvType, kernels: &Emulated, shapes: &[(usize, usize, usize, usize)]) {
     for (i, &shape) in shapes.iter().chain(&[(4, 4, 256, 16)]).enumerate() {
         // Three decode rows, listed out of order (row_ids) over three
         // sequences (row_seq), of 1, 37 and 130 tokens: one, one and three

@@ -87,7 +87,8 @@ fn write_case(ty: KvType, seed: u64) {
     assert!(untouched, "{ty:?}: writing layer 1 changed layer 0");
     let (kc, vc) = cache.layer_bytes(1).unwrap();
     let (kc, vc) = (k.download(kc).unwrap(), k.download(vc).unwrap());
-    check_written(&format!("{ty:?}"), ty, &slots, &keys, &values, capacity * kv_dim, &kc, &vc);
+    assert_eq!(kc.len(), capacity * kv_dim * ty.bytes());
+    check_written(&format!("{ty:?}"), ty, &slots, &keys, &values, &kc, &vc);
 }
 
 /// `n` distinct slots of a cache of `capacity`, in random order.
@@ -107,14 +108,14 @@ pub fn write_inputs(rng: &mut Rng, n: usize) -> (Vec<f32>, Vec<f32>) {
     (keys, rng.vec(n, 600.0))
 }
 
-/// Check a layer's caches (`cache_len` values each, in `ty`) after `keys`
-/// and `values` were written to `slots`: every written value encoded as the
+/// Check a layer's caches `kc` and `vc` (in `ty`) after `keys` and
+/// `values` were written to `slots`: every written value encoded as the
 /// host encodes it, every other byte still zero.
-#[allow(clippy::too_many_arguments)]
-pub fn check_written(case: &str, ty: KvType, slots: &[u32], keys: &[f32], values: &[f32], cache_len: usize, kc: &[u8], vc: &[u8]) {
+pub fn check_written(case: &str, ty: KvType, slots: &[u32], keys: &[f32], values: &[f32], kc: &[u8], vc: &[u8]) {
     let kv_dim = keys.len() / slots.len();
     let width = ty.bytes();
-    let mut expect_k = vec![0u8; cache_len * width];
+    assert_eq!(kc.len(), vc.len(), "{case}: the two caches differ in size");
+    let mut expect_k = vec![0u8; kc.len()];
     let mut expect_v = expect_k.clone();
     for (t, &slot) in slots.iter().enumerate() {
         for i in 0..kv_dim {
@@ -123,7 +124,6 @@ pub fn check_written(case: &str, ty: KvType, slots: &[u32], keys: &[f32], values
             expect_v[at..at + width].copy_from_slice(&stored(ty, values[t * kv_dim + i]).0);
         }
     }
-    assert_eq!((kc.len(), vc.len()), (expect_k.len(), expect_v.len()), "{case}: cache sizes");
     let wrong = kc.iter().zip(&expect_k).chain(vc.iter().zip(&expect_v)).filter(|(a, b)| a != b).count();
     println!("RESULT kernel=kv_write case={case} rel_err=0 tol=exact mismatched_bytes={wrong}");
     assert_eq!(wrong, 0, "{case}: {wrong} bytes differ from the host encoding");
