@@ -132,12 +132,20 @@ pub enum DecisionError {
     Backend(String),
 }
 
+impl From<LogitsError> for DecisionError {
+    /// The device holding a step's logits failed to hand them over or to
+    /// choose from them: the backend's failure.
+    fn from(e: LogitsError) -> Self {
+        Self::Backend(e.to_string())
+    }
+}
+
 impl From<SamplerError> for DecisionError {
     /// A sampler's own failure, or the backend's when the device holding
     /// the logits failed under it.
     fn from(e: SamplerError) -> Self {
         match e {
-            SamplerError::Logits(e) => Self::Backend(e.to_string()),
+            SamplerError::Logits(e) => e.into(),
             e => Self::Sampler(e),
         }
     }

@@ -63,7 +63,7 @@ impl Engine {
                         Ok(lp) => out.prompt_scores.push(PromptScore { logprob: lp.token, argmax: lp.top[0].0, argmax_logprob: lp.top[0].1 }),
                         Err(e) => {
                             self.stats.backend_failures += 1;
-                            fail_sequence(seq, &mut out, e);
+                            fail_sequence(seq, &mut out, e.into());
                             continue;
                         }
                     }
@@ -78,7 +78,7 @@ impl Engine {
                         Ok(logits) => seq.held_row = Some(logits.into_owned()),
                         Err(e) => {
                             self.stats.backend_failures += 1;
-                            fail_sequence(seq, &mut out, e);
+                            fail_sequence(seq, &mut out, e.into());
                         }
                     }
                 }
@@ -108,7 +108,7 @@ impl Engine {
                     let reported = seq.params.reports_logprobs();
                     if reported && let Err(e) = report_logprobs(rows, row, tokens[0], &seq.params, out) {
                         self.stats.backend_failures += 1;
-                        fail_sequence(seq, out, e);
+                        fail_sequence(seq, out, e.into());
                         continue;
                     }
                     let run = if reported { &tokens[..1] } else { &tokens[..] };
@@ -123,9 +123,7 @@ impl Engine {
                 }
                 Err(e) => {
                     self.stats.guide_failures += 1;
-                    seq.finished = Some(StopReason::Error);
-                    outputs[slot].finished = seq.finished;
-                    outputs[slot].error = Some(e.into());
+                    fail_sequence(seq, &mut outputs[slot], e.into());
                     unsampled.push(slot);
                 }
             }
@@ -167,7 +165,7 @@ impl Engine {
                         if seq.params.reports_logprobs() {
                             if let Err(e) = report_logprobs(rows, row, token, &seq.params, out) {
                                 self.stats.backend_failures += 1;
-                                fail_sequence(seq, out, e);
+                                fail_sequence(seq, out, e.into());
                                 continue;
                             }
                         } else {
@@ -183,10 +181,7 @@ impl Engine {
                         self.stats.sampler_failures += 1;
                     }
                     for &(slot, ..) in &mine {
-                        let seq = &mut self.running[plan[slot].0];
-                        seq.finished = Some(StopReason::Error);
-                        outputs[slot].finished = seq.finished;
-                        outputs[slot].error = Some(e.clone().into());
+                        fail_sequence(&mut self.running[plan[slot].0], &mut outputs[slot], e.clone().into());
                     }
                 }
             }
@@ -207,11 +202,12 @@ fn report_logprobs(rows: &dyn LogitsRows, row: usize, token: TokenId, params: &S
     Ok(())
 }
 
-/// End `seq` because the device holding its logits failed to hand them over.
-fn fail_sequence(seq: &mut Sequence, out: &mut Output, e: LogitsError) {
+/// End `seq` with `error` (its guide's, its sampler's, or the device's that
+/// holds its logits).
+fn fail_sequence(seq: &mut Sequence, out: &mut Output, error: DecisionError) {
     seq.finished = Some(StopReason::Error);
     out.finished = seq.finished;
-    out.error = Some(DecisionError::Backend(e.to_string()));
+    out.error = Some(error);
 }
 
 /// Check a sampler's answer: one token per row, each in the vocabulary.
