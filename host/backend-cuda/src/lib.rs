@@ -584,8 +584,8 @@ impl LogitsRows for DeviceRows {
             return Ok(Vec::new());
         }
         if k > weft_kernels_cuda::MAX_TOP_K {
-            let mut row = Vec::new();
-            weft_types::logits::edited_row(&mut row, &self.row(i)?, mask, edits);
+            let mut row = self.row(i)?.into_owned();
+            weft_types::logits::edit_row(&mut row, mask, edits);
             return Ok(weft_engine::sampling::largest(&row, k));
         }
         // Cuts and draw are not used: only the edited row is.

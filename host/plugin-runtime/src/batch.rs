@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use wasmtime::component::Resource;
 use wasmtime::{Result, bail};
 use weft_engine::sampling::{param_edits, repeat_edits, uniform};
-use weft_types::logits::edited_row;
+use weft_types::logits::{edit_row, edited_row};
 use weft_types::{LogitEdit, LogitsError, LogitsRows, Pick, SampleRow, TokenId, choose_across};
 
 use crate::bindings::weft::plugin::sampling::{Candidate, Cuts, Host, HostBatch, Params};
@@ -110,13 +110,15 @@ impl StepView {
         let r = *self.row(row)?;
         let raw = r.logits.row(r.row).map_err(|e| self.device_failed(e))?;
         let edits = &self.edits[row as usize];
-        if let Cow::Borrowed(raw) = raw
-            && edits.is_empty()
-            && r.mask.is_none()
-        {
-            return Ok(raw);
+        match raw {
+            Cow::Borrowed(raw) if edits.is_empty() && r.mask.is_none() => return Ok(raw),
+            Cow::Borrowed(raw) => edited_row(&mut self.scratch, raw, r.mask, edits),
+            // A row copied from the device is edited where it landed.
+            Cow::Owned(mut copied) => {
+                edit_row(&mut copied, r.mask, edits);
+                self.scratch = copied;
+            }
         }
-        edited_row(&mut self.scratch, &raw, r.mask, edits);
         self.built = Some(row);
         Ok(&self.scratch)
     }

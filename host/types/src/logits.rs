@@ -74,10 +74,16 @@ pub fn apply_mask(logits: &mut [f32], mask: &[u32]) {
 pub fn edited_row(into: &mut Vec<f32>, raw: &[f32], mask: Option<&[u32]>, edits: &[(TokenId, LogitEdit)]) {
     into.clear();
     into.extend_from_slice(raw);
+    edit_row(into, mask, edits);
+}
+
+/// Apply `mask` and then `edits` to `row` in place (a row already copied
+/// to the host needs no second copy).
+pub fn edit_row(row: &mut [f32], mask: Option<&[u32]>, edits: &[(TokenId, LogitEdit)]) {
     if let Some(mask) = mask {
-        apply_mask(into, mask);
+        apply_mask(row, mask);
     }
-    apply_edits(into, edits);
+    apply_edits(row, edits);
 }
 
 /// How a token is drawn from an edited row: scaled by `1 / temperature`,
