@@ -562,13 +562,6 @@ impl LogitsRows for DeviceRows {
         Ok(Cow::Owned(self.kernels.download_range(self.buffer()?, range).map_err(|e| self.error(e))?))
     }
 
-    fn to_host(&self) -> Result<Vec<f32>, LogitsError> {
-        match &self.logits {
-            None => Ok(Vec::new()),
-            Some(logits) => self.kernels.download(logits).map_err(|e| self.error(e)),
-        }
-    }
-
     fn choose(&self, picks: &[Pick<'_>]) -> Result<Vec<TokenId>, LogitsError> {
         if picks.is_empty() {
             return Ok(Vec::new());

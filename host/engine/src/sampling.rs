@@ -92,10 +92,6 @@ impl LogitsRows for HostRows {
         Ok(Cow::Borrowed(self.slice(i)))
     }
 
-    fn to_host(&self) -> Result<Vec<f32>, LogitsError> {
-        Ok(self.data.clone())
-    }
-
     fn choose(&self, picks: &[Pick<'_>]) -> Result<Vec<TokenId>, LogitsError> {
         Ok(picks.iter().map(|p| self.edited(p.row, p.mask, p.edits, |row| choose(row, p.cuts, p.uniform))).collect())
     }

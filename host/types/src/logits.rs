@@ -149,15 +149,6 @@ pub trait LogitsRows {
     /// device otherwise.
     fn row(&self, i: usize) -> Result<Cow<'_, [f32]>, LogitsError>;
 
-    /// Every row, in order, on the host (tests and references).
-    fn to_host(&self) -> Result<Vec<f32>, LogitsError> {
-        let mut all = Vec::with_capacity(self.len() * self.vocab());
-        for i in 0..self.len() {
-            all.extend_from_slice(&self.row(i)?);
-        }
-        Ok(all)
-    }
-
     /// One token per pick, in order, chosen where the rows are.
     fn choose(&self, picks: &[Pick<'_>]) -> Result<Vec<TokenId>, LogitsError>;
 

@@ -60,7 +60,12 @@ pub fn default_model() -> &'static LoadedModel {
 /// Logits at every position of `tokens`, one sequence from an empty cache,
 /// in one forward pass, on the host.
 pub fn all_logits(backend: &mut dyn Backend, tokens: &[u32]) -> Vec<f32> {
-    all_logits_rows(backend, tokens).to_host().unwrap()
+    on_host(&*all_logits_rows(backend, tokens))
+}
+
+/// Every row of `rows`, in order, on the host.
+pub fn on_host(rows: &dyn LogitsRows) -> Vec<f32> {
+    (0..rows.len()).flat_map(|i| rows.row(i).unwrap().into_owned()).collect()
 }
 
 /// [`all_logits`], left where the backend keeps them.

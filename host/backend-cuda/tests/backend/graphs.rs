@@ -9,7 +9,7 @@ use weft_backend_cuda::{CudaBackend, CudaOptions};
 use weft_engine::Backend;
 use weft_engine::model::{BatchToken, ForwardBatch};
 
-use crate::common::{default_model, have_gpu};
+use crate::common::{default_model, have_gpu, on_host};
 
 const BLOCK: usize = 16;
 /// Blocks per sequence: room for 256 positions.
@@ -43,7 +43,7 @@ fn step(b: &mut CudaBackend, tables: &Tables, tokens: &[(usize, usize, u32)]) ->
         tokens: tokens.iter().map(|&(seq, pos, token)| BatchToken { token, pos, seq, logits: true }).collect(),
         block_tables: tables.0.iter().map(Vec::as_slice).collect(),
     };
-    b.forward(&batch).unwrap().to_host().unwrap()
+    on_host(&*b.forward(&batch).unwrap())
 }
 
 #[test]

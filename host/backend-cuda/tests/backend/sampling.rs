@@ -11,7 +11,7 @@
 use weft_engine::sampling::{HostRows, param_edits, synthetic_logits, uniform};
 use weft_types::{Cuts, LogitEdit, LogitsRows, Pick, SamplingParams, TokenId};
 
-use crate::common::{CUTS, all_logits_rows, check_against_host, cuda, default_model, have_gpu};
+use crate::common::{CUTS, all_logits_rows, check_against_host, cuda, default_model, have_gpu, on_host};
 
 /// The default model's logits at every position of `text` on the GPU, the
 /// same rows on the host, and the tokens; None (after saying why) without
@@ -24,7 +24,7 @@ fn rows_of(test: &str, text: &str) -> Option<(Box<dyn LogitsRows>, HostRows, Vec
     let mut backend = cuda(test, &m.model, None)?;
     let tokens = m.tokenizer.encode(text, false).unwrap();
     let device = all_logits_rows(&mut backend, &tokens);
-    let host = HostRows::new(device.to_host().unwrap(), m.model.config.vocab_size);
+    let host = HostRows::new(on_host(&*device), m.model.config.vocab_size);
     assert_eq!(device.len(), tokens.len());
     Some((device, host, tokens))
 }
